@@ -1,0 +1,193 @@
+//! `pytorch-saver`: look into and check checkpoint files from the shell.
+//!
+//!     pytorch-saver inspect FILE [--json]
+//!     pytorch-saver verify FILE...
+
+use std::process::ExitCode;
+
+use pytorch_saver::format::{dtype_name, Checkpoint, Member};
+use serde_json::{json, Value};
+
+const USAGE: &str = "usage:
+  pytorch-saver inspect FILE [--json]   show what a checkpoint holds
+  pytorch-saver verify FILE...          validate files completely (layout, CRC-32, schema, tensors);
+                                        exit 0 when all are valid, 1 otherwise
+  pytorch-saver --version";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("inspect") => inspect(&args[1..]),
+        Some("verify") if args.len() > 1 => verify(&args[1..]),
+        Some("--version") => {
+            println!("pytorch-saver {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some("--help" | "-h") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn verify(files: &[String]) -> ExitCode {
+    let mut ok = true;
+    for f in files {
+        match Checkpoint::open(f) {
+            Ok(_) => println!("OK {f}"),
+            Err(e) => {
+                ok = false;
+                println!("FAIL {f}: {e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn inspect(args: &[String]) -> ExitCode {
+    let (json_out, files): (Vec<&String>, Vec<&String>) = args.iter().partition(|a| *a == "--json");
+    let [file] = files.as_slice() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let ckpt = match Checkpoint::open(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pytorch-saver: {file}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json_out.is_empty() {
+        print_table(&ckpt);
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&as_json(&ckpt)).expect("JSON values serialize")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn member_json(m: &Member) -> Value {
+    let tensors: Vec<Value> = m
+        .tensors
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "dtype": dtype_name(t.dtype),
+                "shape": t.shape,
+                "offset": t.start,
+                "bytes": t.byte_len(),
+            })
+        })
+        .collect();
+    json!({
+        "name": m.name.as_str(),
+        "offset": m.data_start,
+        "size": m.size,
+        "crc32": format!("{:08x}", m.crc),
+        "tensors": tensors,
+    })
+}
+
+fn as_json(ckpt: &Checkpoint) -> Value {
+    let man = ckpt.manifest();
+    json!({
+        "path": ckpt.path(),
+        "format_version": man.format_version,
+        "kind": man.kind.as_str(),
+        "model_class": man.model_class,
+        "optimizer_class": man.optimizer_class,
+        "scheduler_class": man.scheduler_class,
+        "metadata": ckpt.metadata(),
+        "members": ckpt.members().iter().map(member_json).collect::<Vec<_>>(),
+    })
+}
+
+fn print_table(ckpt: &Checkpoint) {
+    let man = ckpt.manifest();
+    let p = &man.producer;
+    println!("file       {}", ckpt.path().display());
+    println!(
+        "format     v{} {}, written by {} {} ({}{})",
+        man.format_version,
+        man.kind.as_str(),
+        p.library,
+        p.version,
+        p.language,
+        p.torch_version
+            .as_deref()
+            .map(|t| format!(", torch {t}"))
+            .unwrap_or_default()
+    );
+    println!("timestamp  {}", man.timestamp);
+    let kwargs = |key: &str| {
+        ckpt.metadata()
+            .get(key)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    println!("model      {} {}", man.model_class, kwargs("model_kwargs"));
+    if let Some(o) = &man.optimizer_class {
+        println!("optimizer  {o} {}", kwargs("optim_kwargs"));
+    }
+    if let Some(s) = &man.scheduler_class {
+        println!("scheduler  {s} {}", kwargs("scheduler_kwargs"));
+    }
+    let user: Vec<String> = ckpt
+        .metadata()
+        .iter()
+        .filter(|(k, _)| !pytorch_saver::format::RESERVED_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !user.is_empty() {
+        println!("metadata   {}", user.join(" "));
+    }
+    println!();
+    println!(
+        "{:<24} {:>12} {:>14} {:>10}",
+        "member", "offset", "bytes", "crc32"
+    );
+    for m in ckpt.members() {
+        println!(
+            "{:<24} {:>12} {:>14} {:>10}",
+            m.name.as_str(),
+            m.data_start,
+            m.size,
+            format!("{:08x}", m.crc)
+        );
+    }
+    for m in ckpt.members().iter().filter(|m| !m.tensors.is_empty()) {
+        println!();
+        println!("{} ({} tensors)", m.name, m.tensors.len());
+        let width = m
+            .tensors
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        println!(
+            "  {:<width$}  {:<5} {:<20} {:>12}",
+            "name", "dtype", "shape", "bytes"
+        );
+        for t in &m.tensors {
+            println!(
+                "  {:<width$}  {:<5} {:<20} {:>12}",
+                t.name,
+                dtype_name(t.dtype),
+                format!("{:?}", t.shape),
+                t.byte_len()
+            );
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The crate's error type: format errors for malformed files, and typed
+//! errors for everything a caller can get wrong.
+
+use crate::format::FormatError;
+
+/// Anything that can go wrong in pytorch-saver.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file is malformed or could not be read or written.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// A class name that the registry does not know.
+    #[error("unknown {kind} {name:?}; registered: {known}")]
+    UnknownName {
+        kind: &'static str,
+        name: String,
+        known: String,
+    },
+    /// A second registration under a name already taken.
+    #[error("a {kind} named {name:?} is already registered")]
+    DuplicateName { kind: &'static str, name: String },
+    /// Constructor kwargs that the class does not accept.
+    #[error("{class}: {reason}")]
+    InvalidKwargs { class: String, reason: String },
+    /// A factory failed (or panicked) while building an object.
+    #[error("{class}: construction failed: {reason}")]
+    Factory { class: String, reason: String },
+    /// User metadata that uses one of the reserved top-level keys.
+    #[error("metadata key {0:?} is reserved (model_kwargs, optim_kwargs, scheduler_kwargs, timestamp and __pytorch_saver__ are written by the library)")]
+    ReservedMetadataKey(String),
+    /// User metadata that JSON cannot represent.
+    #[error("metadata key {key:?}: {reason}")]
+    InvalidMetadata { key: String, reason: String },
+    /// `save` or a model access before `initialize` or `load`.
+    #[error("the container holds no model: call initialize or load first")]
+    NotInitialized,
+    /// Saved state that does not fit the object it is loaded into.
+    #[error("state of {tensor:?} does not fit: {reason}")]
+    StateMismatch { tensor: String, reason: String },
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(String),
+}
+
+impl From<tch::TchError> for Error {
+    fn from(e: tch::TchError) -> Self {
+        Error::Torch(e.to_string())
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message of a caught panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}

@@ -1,0 +1,130 @@
+//! The one error type for everything the format layer refuses or fails at.
+//!
+//! Each variant names the problem precisely (which member, which tensor,
+//! which byte range) so that a user can tell a truncated download from a
+//! bit flip from a file written by a newer version.
+
+use std::path::PathBuf;
+
+/// A checkpoint could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// The operating system refused an operation.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file ends before a structure that must be there.
+    #[error("truncated file: {what} needs bytes {start}..{end} but the file has {len} bytes")]
+    Truncated {
+        what: String,
+        start: u64,
+        end: u64,
+        len: u64,
+    },
+    /// The file does not end with an end-of-central-directory record.
+    #[error("no end-of-central-directory record at the end of the {len}-byte file: it is truncated or not a ZIP archive")]
+    NoEndRecord { len: u64 },
+    /// ZIP structures that contradict each other.
+    #[error("inconsistent ZIP layout: {0}")]
+    Layout(String),
+    /// A ZIP record does not start with its signature.
+    #[error("not a pytorch-saver checkpoint: no {what} signature at byte {offset}")]
+    BadSignature { what: &'static str, offset: u64 },
+    /// The archive uses a ZIP feature that format v1 forbids.
+    #[error("unsupported ZIP feature in {member}: {feature}")]
+    UnsupportedZip { member: String, feature: String },
+    /// A member is compressed; v1 requires every member STORED.
+    #[error(
+        "member {member} is compressed (method {method}); format v1 requires STORED (method 0)"
+    )]
+    CompressedMember { member: String, method: u16 },
+    /// The local header of a member disagrees with its central directory entry.
+    #[error("member {member}: local header and central directory disagree on {field}")]
+    HeaderMismatch { member: String, field: &'static str },
+    /// Bytes not claimed by any ZIP structure.
+    #[error("unexpected bytes {start}..{end}: {what}")]
+    UnexpectedBytes { start: u64, end: u64, what: String },
+    /// Bytes after the end-of-central-directory record.
+    #[error("{count} trailing bytes after the end of the archive at byte {offset}")]
+    TrailingBytes { offset: u64, count: u64 },
+    /// A member's data does not start on a 64-byte boundary.
+    #[error("member {member}: data starts at byte {offset}, not on a 64-byte boundary")]
+    Misaligned { member: String, offset: u64 },
+    /// The same member name appears twice.
+    #[error("duplicate member {0}")]
+    DuplicateMember(String),
+    /// A member that format v1 does not define.
+    #[error("unexpected member {0:?}")]
+    UnexpectedMember(String),
+    /// A member that the metadata says must be there is not.
+    #[error("missing member {0}")]
+    MissingMember(String),
+    /// Members are present but not in the order v1 prescribes.
+    #[error("member {member} at position {position}; v1 orders members as {expected}")]
+    MemberOrder {
+        member: String,
+        position: usize,
+        expected: String,
+    },
+    /// The stored CRC-32 does not match the member's bytes.
+    #[error("CRC-32 mismatch in {member} (bytes {start}..{end}): stored {stored:08x}, computed {computed:08x}")]
+    CrcMismatch {
+        member: String,
+        start: u64,
+        end: u64,
+        stored: u32,
+        computed: u32,
+    },
+    /// A length field is larger than v1 allows for that structure.
+    #[error("{what} is {len} bytes, above the limit of {max}")]
+    TooLarge { what: String, len: u64, max: u64 },
+    /// `metadata.json` is not valid JSON or not an object.
+    #[error("metadata.json: {0}")]
+    Json(String),
+    /// `metadata.json` is JSON but breaks the v1 schema.
+    #[error("metadata.json: field {field}: {reason}")]
+    Schema { field: String, reason: String },
+    /// The file declares a format version this library does not read.
+    #[error("format version {found} is not supported (this library reads versions {supported})")]
+    UnsupportedVersion { found: String, supported: String },
+    /// A safetensors member's header is malformed.
+    #[error("{member}: header: {reason}")]
+    TensorHeader { member: String, reason: String },
+    /// A tensor's entry in a safetensors header is inconsistent or out of range.
+    #[error("{member}: tensor {tensor:?} (data bytes {start}..{end}): {reason}")]
+    TensorData {
+        member: String,
+        tensor: String,
+        start: u64,
+        end: u64,
+        reason: String,
+    },
+    /// A tensor has a dtype outside v1's list.
+    #[error("{member}: tensor {tensor:?} has dtype {dtype}, not one of v1's dtypes")]
+    UnsupportedDtype {
+        member: String,
+        tensor: String,
+        dtype: String,
+    },
+    /// A requested tensor does not exist in the member.
+    #[error("{member}: no tensor named {tensor:?}")]
+    TensorNotFound { member: String, tensor: String },
+    /// The caller asked the writer for something v1 cannot represent.
+    #[error("cannot write: {0}")]
+    InvalidInput(String),
+}
+
+impl FormatError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        FormatError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

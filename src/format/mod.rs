@@ -1,0 +1,55 @@
+//! Format v1 alone: the ZIP layout, the `metadata.json` schema, the
+//! safetensors members, a validating reader and a streaming atomic writer.
+//! Nothing here depends on tch; `docs/FORMAT.md` is the normative text.
+
+mod error;
+mod json;
+pub mod metadata;
+mod reader;
+mod tensors;
+mod writer;
+mod zip;
+
+pub use error::FormatError;
+pub use metadata::{FileKind, Manifest, Producer, FORMAT_VERSION, INTERNALS_KEY, RESERVED_KEYS};
+pub use reader::{Checkpoint, Member};
+pub use tensors::{dtype_name, dtype_size, Dtype, TensorEntry, DTYPES};
+pub use writer::{write_checkpoint, TensorMember, TensorSource, WriteOptions};
+pub use zip::ALIGNMENT;
+
+/// The members a v1 file may hold, in the order they must appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemberName {
+    /// `metadata.json`: every non-tensor value.
+    Metadata,
+    /// `model.safetensors`: the model's state dict.
+    Model,
+    /// `optimizer.safetensors`: per-parameter optimizer state tensors.
+    Optimizer,
+}
+
+impl MemberName {
+    pub const ALL: [MemberName; 3] = [
+        MemberName::Metadata,
+        MemberName::Model,
+        MemberName::Optimizer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberName::Metadata => "metadata.json",
+            MemberName::Model => "model.safetensors",
+            MemberName::Optimizer => "optimizer.safetensors",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for MemberName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

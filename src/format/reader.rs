@@ -1,0 +1,607 @@
+//! The validating reader. `Checkpoint::open` checks everything FORMAT.md
+//! requires (layout, CRCs, schema, tensor headers) before it hands out a
+//! single view; afterwards tensor bytes are available zero-copy from an
+//! mmap, or copied straight into a caller's buffer with `pread`.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde_json::{Map, Value};
+
+use super::metadata::{self, Manifest, MAX_METADATA_BYTES};
+use super::tensors::{index_by_name, validate_member, TensorEntry};
+use super::zip::*;
+use super::{json, FormatError, MemberName};
+
+/// More entries than this is not a v1 file; the bound keeps a hostile
+/// entry count from driving the parser.
+const MAX_ENTRIES: u64 = 16;
+/// How far back from the end to look for a misplaced end record, to tell
+/// trailing bytes from a truncated file.
+const TAIL_SEARCH: u64 = (1 << 20) + 65_557;
+/// Chunk size for CRC checks and copies.
+const CHUNK: usize = 1 << 20;
+
+/// One member as the central directory and local header describe it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: MemberName,
+    /// Absolute offset of the first data byte.
+    pub data_start: u64,
+    pub size: u64,
+    pub crc: u32,
+    /// For safetensors members: the tensors, ordered by data offset.
+    pub tensors: Vec<TensorEntry>,
+    index: HashMap<String, usize>,
+}
+
+/// A validated, open checkpoint file.
+///
+/// Tensor views borrow from a read-only memory map of the file. As with any
+/// mmap, another process truncating the file while it is open makes later
+/// accesses fault; checkpoints are written once and never modified in place.
+pub struct Checkpoint {
+    path: PathBuf,
+    file: File,
+    map: Mmap,
+    metadata: Map<String, Value>,
+    manifest: Manifest,
+    members: Vec<Member>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("path", &self.path)
+            .field("manifest", &self.manifest)
+            .finish_non_exhaustive()
+    }
+}
+
+struct CentralEntry {
+    name: String,
+    flags: u16,
+    method: u16,
+    crc: u32,
+    size: u64,
+    header_offset: u64,
+}
+
+fn slice<'a>(
+    buf: &'a [u8],
+    start: u64,
+    len: u64,
+    what: &dyn Fn() -> String,
+) -> Result<&'a [u8], FormatError> {
+    let end = start.saturating_add(len);
+    if end > buf.len() as u64 {
+        return Err(FormatError::Truncated {
+            what: what(),
+            start,
+            end,
+            len: buf.len() as u64,
+        });
+    }
+    Ok(&buf[start as usize..end as usize])
+}
+
+fn expect_sig(b: &[u8], sig: u32, what: &'static str, offset: u64) -> Result<(), FormatError> {
+    if le32(b, 0) != sig {
+        return Err(FormatError::BadSignature { what, offset });
+    }
+    Ok(())
+}
+
+/// Reads the u64 fields of a ZIP64 extra block for each 32-bit field that
+/// holds the 0xffffffff marker, in APPNOTE order.
+fn zip64_fields(member: &str, extra: &[u8], wanted: &mut [&mut u64]) -> Result<(), FormatError> {
+    let unsupported = |feature: String| FormatError::UnsupportedZip {
+        member: member.into(),
+        feature,
+    };
+    let mut p = 0usize;
+    let mut found = None;
+    while p < extra.len() {
+        if p + 4 > extra.len() {
+            return Err(unsupported("malformed extra field".into()));
+        }
+        let id = le16(extra, p);
+        let n = le16(extra, p + 2) as usize;
+        if p + 4 + n > extra.len() {
+            return Err(unsupported("extra field block runs past its header".into()));
+        }
+        if id == ZIP64_EXTRA_ID {
+            found = Some(&extra[p + 4..p + 4 + n]);
+        }
+        p += 4 + n;
+    }
+    let markers = wanted.iter().filter(|v| ***v == U32_MAX).count();
+    if markers == 0 {
+        return Ok(());
+    }
+    let block = found.ok_or_else(|| {
+        unsupported("0xffffffff size or offset without a ZIP64 extra field".into())
+    })?;
+    if block.len() < 8 * markers {
+        return Err(unsupported("ZIP64 extra field too short".into()));
+    }
+    let mut at = 0;
+    for v in wanted.iter_mut().filter(|v| ***v == U32_MAX) {
+        **v = le64(block, at);
+        at += 8;
+    }
+    Ok(())
+}
+
+impl Checkpoint {
+    /// Opens and fully validates a checkpoint: ZIP layout, every CRC-32,
+    /// `metadata.json` against the v1 schema, and every tensor header.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, FormatError> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| FormatError::io("cannot open", &path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| FormatError::io("cannot stat", &path, e))?
+            .len();
+        if len < EOCD_LEN {
+            return Err(FormatError::NoEndRecord { len });
+        }
+        // SAFETY: the map is read-only and private to this value; see the
+        // type's documentation on concurrent truncation.
+        let map =
+            unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io("cannot mmap", &path, e))?;
+        let buf: &[u8] = &map;
+
+        let layout = parse_layout(buf)?;
+        for (entry, data_start) in &layout {
+            verify_crc(&file, &path, entry, *data_start)?;
+        }
+        let (meta_entry, meta_start) = &layout[0];
+        let metadata = json::parse_object(
+            &buf[*meta_start as usize..(*meta_start + meta_entry.size) as usize],
+        )
+        .map_err(FormatError::Json)?;
+        let manifest = metadata::validate(&metadata)?;
+        let expected = manifest.members();
+        for m in &expected {
+            if !layout.iter().any(|(e, _)| e.name == m.as_str()) {
+                return Err(FormatError::MissingMember(m.as_str().into()));
+            }
+        }
+        let mut members = Vec::with_capacity(layout.len());
+        for (entry, data_start) in &layout {
+            let name = MemberName::from_name(&entry.name).expect("names checked by parse_layout");
+            if !expected.contains(&name) {
+                return Err(FormatError::UnexpectedMember(format!(
+                    "{} (the metadata declares no optimizer)",
+                    entry.name
+                )));
+            }
+            let tensors = if name == MemberName::Metadata {
+                Vec::new()
+            } else {
+                let bytes = &buf[*data_start as usize..(*data_start + entry.size) as usize];
+                validate_member(&entry.name, *data_start, bytes)?
+            };
+            members.push(Member {
+                name,
+                data_start: *data_start,
+                size: entry.size,
+                crc: entry.crc,
+                index: index_by_name(&tensors),
+                tensors,
+            });
+        }
+        Ok(Checkpoint {
+            path,
+            file,
+            map,
+            metadata,
+            manifest,
+            members,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The whole `metadata.json` object.
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.metadata
+    }
+
+    /// The validated format internals.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The members in file order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    pub fn member(&self, name: MemberName) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// The tensors of a member, ordered by data offset (empty if absent).
+    pub fn tensors(&self, member: MemberName) -> &[TensorEntry] {
+        self.member(member).map_or(&[], |m| &m.tensors)
+    }
+
+    /// Looks up one tensor.
+    pub fn tensor(&self, member: MemberName, name: &str) -> Result<&TensorEntry, FormatError> {
+        self.member(member)
+            .and_then(|m| m.index.get(name).map(|&i| &m.tensors[i]))
+            .ok_or_else(|| FormatError::TensorNotFound {
+                member: member.as_str().into(),
+                tensor: name.into(),
+            })
+    }
+
+    /// The tensor's bytes, zero-copy from the file's memory map.
+    pub fn tensor_bytes(&self, entry: &TensorEntry) -> &[u8] {
+        &self.map[entry.start as usize..entry.end as usize]
+    }
+
+    /// A whole safetensors member, parsed by the safetensors crate over the
+    /// memory map (zero-copy).
+    pub fn safetensors(&self, member: MemberName) -> Option<safetensors::SafeTensors<'_>> {
+        let m = self.member(member)?;
+        let bytes = &self.map[m.data_start as usize..(m.data_start + m.size) as usize];
+        safetensors::SafeTensors::deserialize(bytes).ok()
+    }
+
+    /// Copies a tensor's bytes into `dst` with positioned reads, so that
+    /// loading does not grow the process's resident set by the file's size
+    /// the way touching the map would.
+    pub fn read_tensor_into(&self, entry: &TensorEntry, dst: &mut [u8]) -> Result<(), FormatError> {
+        if dst.len() as u64 != entry.byte_len() {
+            return Err(FormatError::InvalidInput(format!(
+                "tensor {:?} has {} bytes, the destination {}",
+                entry.name,
+                entry.byte_len(),
+                dst.len()
+            )));
+        }
+        let mut done = 0usize;
+        while done < dst.len() {
+            let n = (dst.len() - done).min(CHUNK * 64);
+            self.file
+                .read_exact_at(&mut dst[done..done + n], entry.start + done as u64)
+                .map_err(|e| FormatError::io("cannot read", &self.path, e))?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+fn verify_crc(
+    file: &File,
+    path: &Path,
+    entry: &CentralEntry,
+    data_start: u64,
+) -> Result<(), FormatError> {
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; CHUNK.min(entry.size as usize)];
+    let mut done = 0u64;
+    while done < entry.size {
+        let n = (entry.size - done).min(CHUNK as u64) as usize;
+        file.read_exact_at(&mut buf[..n], data_start + done)
+            .map_err(|e| FormatError::io("cannot read", path, e))?;
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    let computed = hasher.finalize();
+    if computed != entry.crc {
+        return Err(FormatError::CrcMismatch {
+            member: entry.name.clone(),
+            start: data_start,
+            end: data_start + entry.size,
+            stored: entry.crc,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// Parses and checks the ZIP structure: end records, central directory,
+/// local headers, and that members tile the file from byte 0 to the
+/// central directory with nothing in between. Returns the entries in file
+/// order with the absolute offset of each one's data.
+fn parse_layout(buf: &[u8]) -> Result<Vec<(CentralEntry, u64)>, FormatError> {
+    let len = buf.len() as u64;
+    let eocd_at = len - EOCD_LEN;
+    if le32(buf, eocd_at as usize) != EOCD_SIG {
+        return Err(explain_missing_end(buf));
+    }
+    let eocd = &buf[eocd_at as usize..];
+    if le16(eocd, 4) != 0 || le16(eocd, 6) != 0 {
+        return Err(FormatError::UnsupportedZip {
+            member: "archive".into(),
+            feature: "multiple disks".into(),
+        });
+    }
+    if le16(eocd, 20) != 0 {
+        return Err(FormatError::UnsupportedZip {
+            member: "archive".into(),
+            feature: "archive comment".into(),
+        });
+    }
+    let mut entries = le16(eocd, 10) as u64;
+    let entries_disk = le16(eocd, 8) as u64;
+    let mut cd_size = le32(eocd, 12) as u64;
+    let mut cd_offset = le32(eocd, 16) as u64;
+    let mut cd_end = eocd_at;
+    if entries == U16_MAX || cd_size == U32_MAX || cd_offset == U32_MAX {
+        let loc_at = eocd_at
+            .checked_sub(ZIP64_LOCATOR_LEN)
+            .ok_or(FormatError::BadSignature {
+                what: "ZIP64 end-of-central-directory locator",
+                offset: 0,
+            })?;
+        let loc = &buf[loc_at as usize..eocd_at as usize];
+        expect_sig(
+            loc,
+            ZIP64_LOCATOR_SIG,
+            "ZIP64 end-of-central-directory locator",
+            loc_at,
+        )?;
+        let rec_at = le64(loc, 8);
+        if Some(rec_at) != loc_at.checked_sub(ZIP64_EOCD_LEN) {
+            return Err(FormatError::Layout(format!(
+                "ZIP64 end record at byte {rec_at}, expected right before its locator at {loc_at}"
+            )));
+        }
+        let rec = &buf[rec_at as usize..loc_at as usize];
+        expect_sig(
+            rec,
+            ZIP64_EOCD_SIG,
+            "ZIP64 end-of-central-directory record",
+            rec_at,
+        )?;
+        if le64(rec, 4) != ZIP64_EOCD_LEN - 12
+            || le32(rec, 16) != 0
+            || le32(rec, 20) != 0
+            || le32(loc, 4) != 0
+        {
+            return Err(FormatError::UnsupportedZip {
+                member: "archive".into(),
+                feature: "ZIP64 extensible data or multiple disks".into(),
+            });
+        }
+        if le64(rec, 24) != le64(rec, 32) {
+            return Err(FormatError::Layout("ZIP64 entry counts disagree".into()));
+        }
+        entries = le64(rec, 32);
+        cd_size = le64(rec, 40);
+        cd_offset = le64(rec, 48);
+        cd_end = rec_at;
+    } else if entries != entries_disk {
+        return Err(FormatError::Layout("entry counts disagree".into()));
+    }
+    if entries > MAX_ENTRIES {
+        return Err(FormatError::TooLarge {
+            what: "central directory entry count".into(),
+            len: entries,
+            max: MAX_ENTRIES,
+        });
+    }
+    let cd_stop = cd_offset.checked_add(cd_size).filter(|&e| e <= cd_end).ok_or_else(|| {
+        FormatError::Layout(format!(
+            "central directory at {cd_offset} of {cd_size} bytes runs past the end records at {cd_end}"
+        ))
+    })?;
+    if cd_stop != cd_end {
+        return Err(FormatError::UnexpectedBytes {
+            start: cd_stop,
+            end: cd_end,
+            what: "between the central directory and the end records".into(),
+        });
+    }
+
+    let mut central = Vec::with_capacity(entries as usize);
+    let mut p = cd_offset;
+    for i in 0..entries {
+        let what = || format!("central directory entry {i}");
+        let h = slice(buf, p, CENTRAL_LEN, &what)?;
+        if p + CENTRAL_LEN > cd_stop {
+            return Err(FormatError::Layout(format!(
+                "{} runs past the central directory",
+                what()
+            )));
+        }
+        expect_sig(h, CENTRAL_SIG, "central directory entry", p)?;
+        let (nlen, xlen, clen) = (le16(h, 28) as u64, le16(h, 30) as u64, le16(h, 32) as u64);
+        let var = slice(buf, p + CENTRAL_LEN, nlen + xlen + clen, &what)?;
+        let name = String::from_utf8_lossy(&var[..nlen as usize]).into_owned();
+        let mut csize = le32(h, 20) as u64;
+        let mut usize_ = le32(h, 24) as u64;
+        let mut offset = le32(h, 42) as u64;
+        zip64_fields(
+            &name,
+            &var[nlen as usize..(nlen + xlen) as usize],
+            &mut [&mut usize_, &mut csize, &mut offset],
+        )?;
+        if le16(h, 34) != 0 {
+            return Err(FormatError::UnsupportedZip {
+                member: name,
+                feature: "multiple disks".into(),
+            });
+        }
+        if csize != usize_ {
+            return Err(FormatError::UnsupportedZip {
+                member: name,
+                feature: format!("compressed size {csize} differs from size {usize_}"),
+            });
+        }
+        central.push(CentralEntry {
+            flags: le16(h, 8),
+            method: le16(h, 10),
+            crc: le32(h, 16),
+            size: usize_,
+            header_offset: offset,
+            name,
+        });
+        p += CENTRAL_LEN + nlen + xlen + clen;
+    }
+    if p != cd_stop {
+        return Err(FormatError::UnexpectedBytes {
+            start: p.min(cd_stop),
+            end: cd_stop.max(p),
+            what: "in the central directory after its last entry".into(),
+        });
+    }
+
+    let mut seen = HashSet::new();
+    let mut last_rank = None;
+    for (position, e) in central.iter().enumerate() {
+        let member = MemberName::from_name(&e.name)
+            .ok_or_else(|| FormatError::UnexpectedMember(e.name.clone()))?;
+        if !seen.insert(member) {
+            return Err(FormatError::DuplicateMember(e.name.clone()));
+        }
+        if e.method != 0 {
+            return Err(FormatError::CompressedMember {
+                member: e.name.clone(),
+                method: e.method,
+            });
+        }
+        if e.flags & FORBIDDEN_FLAGS != 0 {
+            return Err(FormatError::UnsupportedZip {
+                member: e.name.clone(),
+                feature: format!(
+                    "general purpose flags {:#06x} (encryption or data descriptor)",
+                    e.flags
+                ),
+            });
+        }
+        let rank = MemberName::ALL.iter().position(|m| *m == member);
+        if last_rank >= rank || (position == 0 && member != MemberName::Metadata) {
+            return Err(FormatError::MemberOrder {
+                member: e.name.clone(),
+                position,
+                expected: "metadata.json, model.safetensors, optimizer.safetensors".into(),
+            });
+        }
+        last_rank = rank;
+    }
+    if central.is_empty() {
+        return Err(FormatError::MissingMember(
+            MemberName::Metadata.as_str().into(),
+        ));
+    }
+
+    let mut out = Vec::with_capacity(central.len());
+    let mut cursor = 0u64;
+    for e in central {
+        let at = e.header_offset;
+        if at > cursor {
+            return Err(FormatError::UnexpectedBytes {
+                start: cursor,
+                end: at,
+                what: format!("before member {}, part of no member", e.name),
+            });
+        }
+        if at < cursor {
+            return Err(FormatError::Layout(format!(
+                "member {} starts at byte {at}, inside the previous member (which ends at {cursor})",
+                e.name
+            )));
+        }
+        let what = || format!("local header of {}", e.name);
+        let h = slice(buf, at, LOCAL_LEN, &what)?;
+        expect_sig(h, LOCAL_SIG, "local file header", at)?;
+        let (nlen, xlen) = (le16(h, 26) as u64, le16(h, 28) as u64);
+        let var = slice(buf, at + LOCAL_LEN, nlen + xlen, &what)?;
+        let mismatch = |field| FormatError::HeaderMismatch {
+            member: e.name.clone(),
+            field,
+        };
+        if &var[..nlen as usize] != e.name.as_bytes() {
+            return Err(mismatch("name"));
+        }
+        if le16(h, 8) != e.method {
+            return Err(mismatch("compression method"));
+        }
+        if le16(h, 6) != e.flags {
+            return Err(mismatch("flags"));
+        }
+        if le32(h, 14) != e.crc {
+            return Err(mismatch("CRC-32"));
+        }
+        let mut csize = le32(h, 18) as u64;
+        let mut usize_ = le32(h, 22) as u64;
+        zip64_fields(
+            &e.name,
+            &var[nlen as usize..],
+            &mut [&mut usize_, &mut csize],
+        )?;
+        if usize_ != e.size || csize != e.size {
+            return Err(mismatch("size"));
+        }
+        let data_start = at + LOCAL_LEN + nlen + xlen;
+        if data_start % ALIGNMENT != 0 {
+            return Err(FormatError::Misaligned {
+                member: e.name.clone(),
+                offset: data_start,
+            });
+        }
+        let data_end = data_start.saturating_add(e.size);
+        if data_end > cd_offset {
+            let what = || format!("data of {}", e.name);
+            slice(buf, data_start, e.size, &what)?;
+            return Err(FormatError::Layout(format!(
+                "data of {} (bytes {data_start}..{data_end}) runs into the central directory at {cd_offset}",
+                e.name
+            )));
+        }
+        cursor = data_end;
+        out.push((e, data_start));
+    }
+    if cursor != cd_offset {
+        return Err(FormatError::UnexpectedBytes {
+            start: cursor,
+            end: cd_offset,
+            what: "between the last member and the central directory".into(),
+        });
+    }
+    if out[0].0.size > MAX_METADATA_BYTES {
+        return Err(FormatError::TooLarge {
+            what: "metadata.json".into(),
+            len: out[0].0.size,
+            max: MAX_METADATA_BYTES,
+        });
+    }
+    Ok(out)
+}
+
+/// No end record at the very end: either something follows it (trailing
+/// bytes or a comment), or the file is cut short or not a ZIP at all.
+fn explain_missing_end(buf: &[u8]) -> FormatError {
+    let len = buf.len() as u64;
+    let lo = len.saturating_sub(TAIL_SEARCH) as usize;
+    let hi = (len - EOCD_LEN) as usize;
+    for p in (lo..hi).rev() {
+        if le32(buf, p) == EOCD_SIG {
+            let end = p as u64 + EOCD_LEN + le16(buf, p + 20) as u64;
+            if end < len {
+                return FormatError::TrailingBytes {
+                    offset: end,
+                    count: len - end,
+                };
+            }
+            if end == len {
+                return FormatError::UnsupportedZip {
+                    member: "archive".into(),
+                    feature: "archive comment".into(),
+                };
+            }
+        }
+    }
+    FormatError::NoEndRecord { len }
+}

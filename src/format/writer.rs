@@ -1,0 +1,242 @@
+//! The streaming, atomic writer: tensor bytes go from their source to the
+//! file one tensor at a time (never a whole-file buffer), into a temporary
+//! file in the target directory that is fsynced and then published under a
+//! name that no existing file has.
+
+use std::borrow::Cow;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Map, Value};
+
+use super::metadata::{self, MAX_METADATA_BYTES};
+use super::tensors::{build_header, dtype_size, Dtype};
+use super::zip::{dos_time_date, end_records, PlannedMember};
+use super::{FormatError, MemberName};
+
+/// One tensor to be written. `bytes` is called exactly once, when the
+/// writer reaches the tensor, so a source may convert or copy lazily
+/// (a GPU tensor is brought to the CPU one tensor at a time).
+pub trait TensorSource {
+    fn name(&self) -> &str;
+    fn dtype(&self) -> Dtype;
+    fn shape(&self) -> Vec<usize>;
+    /// The tensor's elements in C order, little-endian.
+    fn bytes(&self) -> std::io::Result<Cow<'_, [u8]>>;
+}
+
+/// The tensors of one safetensors member.
+pub struct TensorMember<'a> {
+    pub name: MemberName,
+    pub tensors: Vec<&'a dyn TensorSource>,
+}
+
+/// Knobs that a normal caller leaves at their defaults.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// Use ZIP64 records even where the sizes do not need them (tests the
+    /// ZIP64 paths of readers without writing 4 GiB).
+    pub force_zip64: bool,
+}
+
+/// Removes the temporary name when the write ends, however it ends: after
+/// a failure nothing is left behind, after success the published name is a
+/// second link to the same file.
+struct TempFile {
+    path: PathBuf,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes a checkpoint into `dir` as `{stem}.zip`, or `{stem}-{n}.zip` with
+/// the smallest n >= 1 that no existing file has, and returns its path.
+///
+/// `metadata` is the whole `metadata.json` object and must pass the v1
+/// schema; `members` are the tensor members it implies, in order.
+pub fn write_checkpoint(
+    dir: &Path,
+    stem: &str,
+    metadata: &Map<String, Value>,
+    members: &[TensorMember<'_>],
+    options: &WriteOptions,
+) -> Result<PathBuf, FormatError> {
+    let manifest = metadata::validate(metadata)?;
+    let expected: Vec<MemberName> = manifest.members().into_iter().skip(1).collect();
+    let given: Vec<MemberName> = members.iter().map(|m| m.name).collect();
+    if expected != given {
+        return Err(FormatError::InvalidInput(format!(
+            "the metadata implies tensor members {expected:?}, given {given:?}"
+        )));
+    }
+    if stem.is_empty() || stem.contains('/') || stem.starts_with('.') {
+        return Err(FormatError::InvalidInput(format!(
+            "file name stem {stem:?}"
+        )));
+    }
+    let metadata_bytes = serde_json::to_vec_pretty(metadata)
+        .map_err(|e| FormatError::InvalidInput(e.to_string()))?;
+    if metadata_bytes.len() as u64 > MAX_METADATA_BYTES {
+        return Err(FormatError::TooLarge {
+            what: "metadata.json".into(),
+            len: metadata_bytes.len() as u64,
+            max: MAX_METADATA_BYTES,
+        });
+    }
+
+    // Plan the whole layout first: every size is known before a byte is written.
+    struct Prepared<'m, 'a> {
+        header: Vec<u8>,
+        order: Vec<usize>,
+        sizes: Vec<usize>,
+        member: &'m TensorMember<'a>,
+    }
+    let mut prepared = Vec::with_capacity(members.len());
+    for m in members {
+        let shapes: Vec<(String, Dtype, Vec<usize>)> = m
+            .tensors
+            .iter()
+            .map(|t| (t.name().to_owned(), t.dtype(), t.shape()))
+            .collect();
+        let (header, order) = build_header(m.name.as_str(), &shapes)?;
+        let sizes = shapes
+            .iter()
+            .map(|(_, d, s)| s.iter().product::<usize>() * dtype_size(*d))
+            .collect();
+        prepared.push(Prepared {
+            header,
+            order,
+            sizes,
+            member: m,
+        });
+    }
+    let force = options.force_zip64;
+    let mut plan = Vec::with_capacity(1 + members.len());
+    let mut meta_plan = PlannedMember::plan(
+        MemberName::Metadata.as_str(),
+        0,
+        metadata_bytes.len() as u64,
+        force,
+    );
+    meta_plan.crc = crc32fast::hash(&metadata_bytes);
+    plan.push(meta_plan);
+    for p in &prepared {
+        let size = p.header.len() as u64 + p.sizes.iter().map(|&s| s as u64).sum::<u64>();
+        let offset = plan.last().expect("metadata planned").end();
+        plan.push(PlannedMember::plan(
+            p.member.name.as_str(),
+            offset,
+            size,
+            force,
+        ));
+    }
+
+    let dir_meta =
+        std::fs::metadata(dir).map_err(|e| FormatError::io("cannot use directory", dir, e))?;
+    if !dir_meta.is_dir() {
+        return Err(FormatError::io(
+            "cannot use directory",
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        ));
+    }
+    let tmp_path = dir.join(format!(
+        ".{stem}.zip.{}.{}.tmp",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp_path)
+        .map_err(|e| FormatError::io("cannot create", &tmp_path, e))?;
+    let tmp = TempFile {
+        path: tmp_path.clone(),
+    };
+    let werr = |e: std::io::Error| FormatError::io("cannot write", &tmp_path, e);
+    let (dos_time, dos_date) = dos_time_date(manifest.timestamp);
+
+    let mut out = BufWriter::with_capacity(1 << 20, &file);
+    out.write_all(&plan[0].local_header(dos_time, dos_date))
+        .map_err(werr)?;
+    out.write_all(&metadata_bytes).map_err(werr)?;
+    for (p, planned) in prepared.iter().zip(plan.iter_mut().skip(1)) {
+        out.write_all(&planned.local_header(dos_time, dos_date))
+            .map_err(werr)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&p.header);
+        out.write_all(&p.header).map_err(werr)?;
+        for &i in &p.order {
+            let src = p.member.tensors[i];
+            let bytes = src
+                .bytes()
+                .map_err(|e| FormatError::io("cannot read tensor data for", src.name(), e))?;
+            if bytes.len() != p.sizes[i] {
+                return Err(FormatError::InvalidInput(format!(
+                    "tensor {:?} gave {} bytes, its dtype and shape need {}",
+                    src.name(),
+                    bytes.len(),
+                    p.sizes[i]
+                )));
+            }
+            crc.update(&bytes);
+            out.write_all(&bytes).map_err(werr)?;
+        }
+        planned.crc = crc.finalize();
+    }
+    out.flush().map_err(werr)?;
+    drop(out);
+    // The CRCs of tensor members are known only now: patch them in place.
+    for planned in &plan[1..] {
+        file.write_all_at(&planned.crc.to_le_bytes(), planned.crc_field_offset())
+            .map_err(werr)?;
+    }
+    let cd_offset = plan.last().expect("members planned").end();
+    let mut tail = Vec::new();
+    for planned in &plan {
+        tail.extend_from_slice(&planned.central_header(dos_time, dos_date));
+    }
+    let cd_size = tail.len() as u64;
+    tail.extend_from_slice(&end_records(plan.len() as u64, cd_offset, cd_size, force));
+    file.write_all_at(&tail, cd_offset).map_err(werr)?;
+    file.sync_all()
+        .map_err(|e| FormatError::io("cannot fsync", &tmp_path, e))?;
+    drop(file);
+
+    let path = publish(&tmp_path, dir, stem)?;
+    drop(tmp);
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| FormatError::io("cannot fsync directory", dir, e))?;
+    Ok(path)
+}
+
+/// Gives the finished temporary file its final name without ever replacing
+/// an existing file: `link(2)` fails atomically when the name is taken.
+fn publish(tmp: &Path, dir: &Path, stem: &str) -> Result<PathBuf, FormatError> {
+    for n in 0..10_000u32 {
+        let name = if n == 0 {
+            format!("{stem}.zip")
+        } else {
+            format!("{stem}-{n}.zip")
+        };
+        let target = dir.join(name);
+        match std::fs::hard_link(tmp, &target) {
+            Ok(()) => return Ok(target),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(FormatError::io("cannot publish", target, e)),
+        }
+    }
+    Err(FormatError::InvalidInput(format!(
+        "10000 files named {stem}-N.zip already exist in {}",
+        dir.display()
+    )))
+}

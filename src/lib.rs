@@ -1,0 +1,22 @@
+//! pytorch-saver: one checkpoint format for PyTorch training state (model,
+//! optimizer and scheduler state with their class names and constructor
+//! kwargs), and the Rust core that writes and reads it on tch/libtorch.
+//!
+//! - [`format`]: format v1 alone (ZIP of safetensors members + JSON), no tch.
+//! - [`registry`]: class name -> factory, so that a file rebuilds its objects.
+//! - [`models`]: built-in models with PyTorch's state-dict names.
+//! - [`ModelContainer`]: initialize, save, save_inference, load.
+
+pub mod container;
+pub mod error;
+pub mod format;
+pub mod models;
+pub mod registry;
+pub mod tensors;
+
+pub use container::{MetadataValue, Model, ModelContainer, UserMetadata};
+pub use error::{Error, Result};
+pub use registry::{BoxedModel, Kwargs, Registry};
+
+/// The libtorch version tch 0.26 binds, recorded in every file we write.
+pub const TORCH_VERSION: &str = "2.13.0";

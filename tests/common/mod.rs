@@ -1,0 +1,163 @@
+//! Helpers shared by the integration tests: a raw-bytes tensor source, a
+//! minimal ZIP builder for hand-made (often deliberately broken) files,
+//! and valid v1 metadata.
+#![allow(dead_code)]
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use pytorch_saver::format::{Dtype, TensorSource};
+use serde_json::{json, Map, Value};
+
+/// A tensor given as raw little-endian bytes.
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl TensorSource for RawTensor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+    fn bytes(&self) -> std::io::Result<Cow<'_, [u8]>> {
+        Ok(Cow::Borrowed(&self.data))
+    }
+}
+
+/// Valid v1 metadata for a file of `kind` holding `class`.
+pub fn metadata(kind: &str, class: &str) -> Map<String, Value> {
+    let v = json!({
+        "model_kwargs": {"in_features": 2, "out_features": 3},
+        "timestamp": 1_700_000_000u64,
+        "loss": 0.25,
+        "__pytorch_saver__": {
+            "format_version": 1,
+            "kind": kind,
+            "model": {"class": class},
+            "producer": {"library": "pytorch-saver", "version": "0.1.0", "language": "rust"}
+        }
+    });
+    v.as_object().unwrap().clone()
+}
+
+pub fn metadata_bytes(meta: &Map<String, Value>) -> Vec<u8> {
+    serde_json::to_vec(meta).unwrap()
+}
+
+/// One member of a hand-built archive.
+pub struct RawMember<'a> {
+    pub name: &'a str,
+    pub data: Vec<u8>,
+    pub method: u16,
+}
+
+pub fn member<'a>(name: &'a str, data: Vec<u8>) -> RawMember<'a> {
+    RawMember {
+        name,
+        data,
+        method: 0,
+    }
+}
+
+/// Builds a ZIP the way v1 lays it out (data aligned to 64 with a padding
+/// extra field, correct CRCs, no gaps), from members that may break v1.
+pub fn build_zip(members: &[RawMember<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for m in members {
+        let offset = out.len() as u32;
+        let crc = crc32fast::hash(&m.data);
+        let fixed = 30 + m.name.len();
+        let mut pad = (64 - (out.len() + fixed) % 64) % 64;
+        if pad < 4 {
+            pad += 64;
+        }
+        let mut local = Vec::new();
+        local.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        local.extend_from_slice(&20u16.to_le_bytes());
+        local.extend_from_slice(&0u16.to_le_bytes());
+        local.extend_from_slice(&m.method.to_le_bytes());
+        local.extend_from_slice(&[0; 4]);
+        local.extend_from_slice(&crc.to_le_bytes());
+        local.extend_from_slice(&(m.data.len() as u32).to_le_bytes());
+        local.extend_from_slice(&(m.data.len() as u32).to_le_bytes());
+        local.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
+        local.extend_from_slice(&(pad as u16).to_le_bytes());
+        local.extend_from_slice(m.name.as_bytes());
+        local.extend_from_slice(&0xd935u16.to_le_bytes());
+        local.extend_from_slice(&((pad - 4) as u16).to_le_bytes());
+        local.resize(fixed + pad, 0);
+        out.extend_from_slice(&local);
+        out.extend_from_slice(&m.data);
+
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        central.extend_from_slice(&20u16.to_le_bytes());
+        central.extend_from_slice(&20u16.to_le_bytes());
+        central.extend_from_slice(&0u16.to_le_bytes());
+        central.extend_from_slice(&m.method.to_le_bytes());
+        central.extend_from_slice(&[0; 4]);
+        central.extend_from_slice(&crc.to_le_bytes());
+        central.extend_from_slice(&(m.data.len() as u32).to_le_bytes());
+        central.extend_from_slice(&(m.data.len() as u32).to_le_bytes());
+        central.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
+        central.extend_from_slice(&[0; 8]); // extra, comment, disk, internal attrs
+        central.extend_from_slice(&[0; 4]); // external attrs
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(m.name.as_bytes());
+    }
+    let cd_offset = out.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out
+}
+
+/// A safetensors member from a header JSON and data bytes (header padded
+/// with spaces to keep the data 8-byte aligned).
+pub fn safetensors_bytes(header: &Value, data: &[u8]) -> Vec<u8> {
+    let mut h = serde_json::to_vec(header).unwrap();
+    h.resize(h.len().next_multiple_of(8), b' ');
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    out
+}
+
+/// A valid safetensors member with one F32 tensor "weight" of shape [2].
+pub fn small_model_member() -> Vec<u8> {
+    safetensors_bytes(
+        &json!({"weight": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}),
+        &[0, 0, 128, 63, 0, 0, 0, 64],
+    )
+}
+
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// The project's Python (the venv that `make` creates), which has torch
+/// and safetensors: the independent reader of the cross-language tests.
+pub fn python() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run `make venv` (make test does)",
+        p.display()
+    );
+    p
+}

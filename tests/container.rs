@@ -1,0 +1,495 @@
+//! ModelContainer on real libtorch tensors: round trips bit for bit, the
+//! built-in models' PyTorch names, and the typed errors of bad input.
+
+use std::path::Path;
+
+use pytorch_saver::format::{Checkpoint, MemberName};
+use pytorch_saver::{models, Error, Kwargs, ModelContainer, Registry, UserMetadata};
+use serde_json::{json, Map, Value};
+use tch::{nn, Kind, Tensor};
+
+const ALL_DTYPES: &str = "tests.AllDtypes";
+
+/// A model whose state dict holds every v1 dtype, rank-0 and empty
+/// tensors, and float specials (NaN payloads, -0.0, infinities) that only
+/// a bit-exact path preserves.
+#[derive(Debug)]
+struct AllDtypes;
+
+impl nn::Module for AllDtypes {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        xs.shallow_clone()
+    }
+}
+
+fn all_dtypes_factory(
+    p: nn::Path<'_>,
+    kw: &Kwargs<'_>,
+) -> pytorch_saver::Result<pytorch_saver::BoxedModel> {
+    let n = kw.i64_or("n", 5)?;
+    let r = |kind: Kind| Tensor::randn([n, 3], (Kind::Float, p.device())).to_kind(kind) * 7;
+    let specials = Tensor::from_slice(&[
+        f32::NAN,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::from_bits(0x7fc0_1234),
+    ]);
+    let _ = p.add("f64", r(Kind::Double), true);
+    let _ = p.add("f32", r(Kind::Float), true);
+    let _ = p.add("f32_specials", specials.copy(), false);
+    let _ = p.add("f16", r(Kind::Half), false);
+    let _ = p.add("bf16", r(Kind::BFloat16), false);
+    let _ = p.add("i64", r(Kind::Int64), false);
+    let _ = p.add("i32", r(Kind::Int), false);
+    let _ = p.add("i16", r(Kind::Int16), false);
+    let _ = p.add("i8", r(Kind::Int8), false);
+    let _ = p.add("u8", r(Kind::Uint8), false);
+    let _ = p.add("bool", r(Kind::Float).gt(0.0), false);
+    let _ = p.add(
+        "scalar_f32",
+        Tensor::randn([], (Kind::Float, p.device())),
+        true,
+    );
+    let _ = (&p / "bn").add("num_batches_tracked", Tensor::from(n * 1000 + 7), false);
+    let _ = p.add(
+        "empty_f32",
+        Tensor::zeros([0], (Kind::Float, p.device())),
+        false,
+    );
+    let _ = p.add(
+        "empty_i64_2d",
+        Tensor::zeros([3, 0], (Kind::Int64, p.device())),
+        false,
+    );
+    Ok(Box::new(AllDtypes))
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register_model(ALL_DTYPES, all_dtypes_factory).unwrap();
+    r
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+fn bytes_of(t: &Tensor) -> Vec<u8> {
+    let t = t.contiguous();
+    let n = t.numel();
+    let mut out = vec![0u8; n * t.kind().elt_size_in_bytes()];
+    t.copy_data_u8(&mut out, n);
+    out
+}
+
+fn assert_same_state(a: &ModelContainer, b: &ModelContainer) {
+    let sa = a.model().unwrap().state_dict();
+    let sb = b.model().unwrap().state_dict();
+    assert_eq!(sa.keys().collect::<Vec<_>>(), sb.keys().collect::<Vec<_>>());
+    for (name, ta) in &sa {
+        let tb = &sb[name];
+        assert_eq!(ta.kind(), tb.kind(), "{name}");
+        assert_eq!(ta.size(), tb.size(), "{name}");
+        assert_eq!(bytes_of(ta), bytes_of(tb), "{name} differs");
+    }
+}
+
+#[test]
+fn every_dtype_and_user_metadata_round_trip_bit_exact() {
+    tch::manual_seed(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut saved = ModelContainer::with_registry(registry());
+    saved.initialize(ALL_DTYPES, obj(json!({"n": 4}))).unwrap();
+    let meta = UserMetadata::new()
+        .with("loss", 0.55)
+        .unwrap()
+        .with("epoch", 5)
+        .unwrap()
+        .with("note", "ünïcode ✓")
+        .unwrap()
+        .with("history", json!([1.5, 2, {"nested": [true, null]}]))
+        .unwrap()
+        .with("big", u64::MAX)
+        .unwrap()
+        .with("tiny", 5e-324)
+        .unwrap();
+    let path = saved.save(dir.path(), "rt", &meta).unwrap();
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.starts_with("rt_checkpoint_") && name.ends_with(".zip"),
+        "{name}"
+    );
+
+    tch::manual_seed(2); // the rebuilt model starts from other values
+    let mut loaded = ModelContainer::with_registry(registry());
+    let metadata = loaded.load(&path).unwrap();
+    assert_same_state(&saved, &loaded);
+    for (k, v) in meta.as_map() {
+        assert_eq!(&metadata[k], v, "{k}");
+    }
+    assert_eq!(metadata["model_kwargs"], json!({"n": 4}));
+    assert!(metadata["timestamp"].as_u64().unwrap() > 1_700_000_000);
+    assert!(name.contains(&metadata["timestamp"].to_string()));
+    assert!(
+        !metadata.contains_key("__pytorch_saver__"),
+        "internals stay out of the flat metadata"
+    );
+    assert!(
+        !metadata.contains_key("optim_kwargs"),
+        "only the kwargs that exist"
+    );
+}
+
+#[test]
+fn mlp_has_pytorch_state_dict_names_and_forward_survives_round_trip() {
+    tch::manual_seed(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ModelContainer::new();
+    c.initialize(
+        models::MLP,
+        obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 3})),
+    )
+    .unwrap();
+    let names: Vec<String> = c.model().unwrap().state_dict().into_keys().collect();
+    assert_eq!(
+        names,
+        [
+            "fc1.bias",
+            "fc1.weight",
+            "hidden_layers.0.bias",
+            "hidden_layers.0.weight",
+            "hidden_layers.2.bias",
+            "hidden_layers.2.weight",
+            "hidden_layers.4.bias",
+            "hidden_layers.4.weight"
+        ]
+    );
+    let sd = c.model().unwrap().state_dict();
+    assert_eq!(sd["fc1.weight"].size(), [8, 4]);
+    assert_eq!(sd["hidden_layers.4.weight"].size(), [3, 8]);
+    let x = Tensor::randn([5, 4], (Kind::Float, tch::Device::Cpu));
+    let y = c.model().unwrap().forward(&x).unwrap();
+    assert_eq!(y.size(), [5, 3]);
+
+    let path = c
+        .save_inference(dir.path(), "", &UserMetadata::new())
+        .unwrap();
+    assert!(path
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("inference_"));
+    let mut l = ModelContainer::new();
+    l.load(&path).unwrap();
+    let y2 = l.model().unwrap().forward(&x).unwrap();
+    assert_eq!(bytes_of(&y), bytes_of(&y2));
+    assert_eq!(
+        Checkpoint::open(&path).unwrap().manifest().kind.as_str(),
+        "inference"
+    );
+}
+
+#[test]
+fn linear_matches_pytorch_names_and_kwargs() {
+    let mut c = ModelContainer::new();
+    c.initialize(
+        models::LINEAR,
+        obj(json!({"in_features": 3, "out_features": 2})),
+    )
+    .unwrap();
+    let names: Vec<String> = c.model().unwrap().state_dict().into_keys().collect();
+    assert_eq!(names, ["bias", "weight"]);
+    c.initialize(
+        models::LINEAR,
+        obj(json!({"in_features": 3, "out_features": 2, "bias": false})),
+    )
+    .unwrap();
+    let names: Vec<String> = c.model().unwrap().state_dict().into_keys().collect();
+    assert_eq!(names, ["weight"]);
+}
+
+#[test]
+fn restore_loads_into_the_existing_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ModelContainer::new();
+    let kwargs = obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3}));
+    c.initialize(models::MLP, kwargs.clone()).unwrap();
+    let path = c.save(dir.path(), "r", &UserMetadata::new()).unwrap();
+    let mut other = ModelContainer::new();
+    other.initialize(models::MLP, kwargs).unwrap();
+    let held = other.model().unwrap().state_dict()["fc1.weight"].shallow_clone();
+    other.restore(&path).unwrap();
+    assert_same_state(&c, &other);
+    let want = bytes_of(&c.model().unwrap().state_dict()["fc1.weight"]);
+    assert_eq!(
+        bytes_of(&held),
+        want,
+        "the tensor the caller holds sees the loaded values"
+    );
+}
+
+#[test]
+fn unknown_model_name_is_a_typed_error() {
+    let mut c = ModelContainer::new();
+    let e = c.initialize("my.Missing", Map::new()).unwrap_err();
+    assert!(
+        matches!(&e, Error::UnknownName { name, .. } if name == "my.Missing"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains(models::MLP),
+        "lists what is registered: {e}"
+    );
+}
+
+#[test]
+fn a_file_naming_an_unregistered_class_is_refused_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ModelContainer::with_registry(registry());
+    c.initialize(ALL_DTYPES, Map::new()).unwrap();
+    let path = c.save(dir.path(), "x", &UserMetadata::new()).unwrap();
+    let mut plain = ModelContainer::new();
+    plain
+        .initialize(
+            models::LINEAR,
+            obj(json!({"in_features": 1, "out_features": 1})),
+        )
+        .unwrap();
+    let e = plain.load(&path).unwrap_err();
+    assert!(
+        matches!(&e, Error::UnknownName { name, .. } if name == ALL_DTYPES),
+        "{e}"
+    );
+    assert_eq!(
+        plain.model().unwrap().class(),
+        models::LINEAR,
+        "the held model is kept"
+    );
+}
+
+#[test]
+fn bad_kwargs_are_typed_errors_naming_the_kwarg() {
+    let mut c = ModelContainer::new();
+    let cases = [
+        (
+            json!({"in_dim": 4, "hidden_dim": 8}),
+            "missing required kwarg \"n_classes\"",
+        ),
+        (
+            json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 2, "dropout": 0.1}),
+            "unexpected kwarg \"dropout\"",
+        ),
+        (
+            json!({"in_dim": "four", "hidden_dim": 8, "n_classes": 2}),
+            "kwarg \"in_dim\" must be an integer",
+        ),
+        (
+            json!({"in_dim": -1, "hidden_dim": 8, "n_classes": 2}),
+            "kwarg \"in_dim\" must be at least 1",
+        ),
+        (
+            json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 2, "n_layers": 0}),
+            "\"n_layers\" must be at least 1",
+        ),
+    ];
+    for (kwargs, needle) in cases {
+        let e = c.initialize(models::MLP, obj(kwargs)).unwrap_err();
+        assert!(matches!(e, Error::InvalidKwargs { .. }), "{e}");
+        assert!(
+            e.to_string().contains(needle),
+            "{e} should contain {needle}"
+        );
+    }
+}
+
+#[test]
+fn a_panicking_factory_is_a_typed_error() {
+    let mut r = Registry::new();
+    r.register_model(
+        "tests.Panics",
+        |_p: nn::Path<'_>, _k: &Kwargs<'_>| -> pytorch_saver::Result<pytorch_saver::BoxedModel> {
+            panic!("boom in factory")
+        },
+    )
+    .unwrap();
+    let e = r
+        .register_model(
+            "tests.Panics",
+            |_p: nn::Path<'_>, _k: &Kwargs<'_>| unreachable!(),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::DuplicateName { .. }), "{e}");
+    let mut c = ModelContainer::with_registry(r);
+    let e = c.initialize("tests.Panics", Map::new()).unwrap_err();
+    assert!(
+        matches!(&e, Error::Factory { reason, .. } if reason.contains("boom in factory")),
+        "{e}"
+    );
+}
+
+#[test]
+fn reserved_and_non_json_metadata_are_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ModelContainer::new();
+    c.initialize(
+        models::LINEAR,
+        obj(json!({"in_features": 2, "out_features": 2})),
+    )
+    .unwrap();
+    for key in [
+        "model_kwargs",
+        "optim_kwargs",
+        "scheduler_kwargs",
+        "timestamp",
+        "__pytorch_saver__",
+    ] {
+        let meta = UserMetadata::new().with(key, 1).unwrap();
+        let e = c.save(dir.path(), "x", &meta).unwrap_err();
+        assert!(
+            matches!(&e, Error::ReservedMetadataKey(k) if k == key),
+            "{e}"
+        );
+    }
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let e = UserMetadata::new().with("loss", bad).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidMetadata { key, .. } if key == "loss"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("not representable in JSON"), "{e}");
+    }
+    let e = UserMetadata::new().with("loss", f32::NAN).unwrap_err();
+    assert!(matches!(e, Error::InvalidMetadata { .. }));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+#[test]
+fn save_before_initialize_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = ModelContainer::new()
+        .save(dir.path(), "x", &UserMetadata::new())
+        .unwrap_err();
+    assert!(matches!(e, Error::NotInitialized), "{e}");
+}
+
+#[test]
+fn state_that_does_not_fit_is_refused_and_the_model_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut small = ModelContainer::new();
+    small
+        .initialize(
+            models::MLP,
+            obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})),
+        )
+        .unwrap();
+    let path = small.save(dir.path(), "s", &UserMetadata::new()).unwrap();
+    let mut big = ModelContainer::new();
+    big.initialize(
+        models::MLP,
+        obj(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3})),
+    )
+    .unwrap();
+    let before: Vec<Vec<u8>> = big
+        .model()
+        .unwrap()
+        .state_dict()
+        .values()
+        .map(bytes_of)
+        .collect();
+    let e = big.restore(&path).unwrap_err();
+    assert!(matches!(&e, Error::StateMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("shape"), "{e}");
+    let after: Vec<Vec<u8>> = big
+        .model()
+        .unwrap()
+        .state_dict()
+        .values()
+        .map(bytes_of)
+        .collect();
+    assert_eq!(before, after, "nothing half-loaded");
+}
+
+#[test]
+fn missing_and_unexpected_tensors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let linear = |bias: bool| {
+        let mut c = ModelContainer::new();
+        c.initialize(
+            models::LINEAR,
+            obj(json!({"in_features": 2, "out_features": 2, "bias": bias})),
+        )
+        .unwrap();
+        c
+    };
+    let with_bias = linear(true)
+        .save(dir.path(), "b", &UserMetadata::new())
+        .unwrap();
+    let without_bias = linear(false)
+        .save(dir.path(), "nb", &UserMetadata::new())
+        .unwrap();
+    let e = linear(false).restore(&with_bias).unwrap_err();
+    assert!(
+        matches!(&e, Error::StateMismatch { tensor, .. } if tensor == "bias"),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("in the file but not in model torch.nn.Linear"),
+        "{e}"
+    );
+    let e = linear(true).restore(&without_bias).unwrap_err();
+    assert!(
+        e.to_string().contains("\"bias\"") && e.to_string().contains("not in the file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn forward_with_a_wrong_shape_is_an_error_not_a_panic() {
+    let mut c = ModelContainer::new();
+    c.initialize(
+        models::MLP,
+        obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})),
+    )
+    .unwrap();
+    let x = Tensor::zeros([2, 5], (Kind::Float, tch::Device::Cpu));
+    assert!(matches!(
+        c.model().unwrap().forward(&x),
+        Err(Error::Torch(_))
+    ));
+}
+
+#[test]
+fn model_tensors_are_in_model_safetensors_with_their_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ModelContainer::new();
+    c.initialize(
+        models::MLP,
+        obj(json!({"in_dim": 2, "hidden_dim": 3, "n_classes": 1, "n_layers": 1})),
+    )
+    .unwrap();
+    let path = c.save(dir.path(), "n", &UserMetadata::new()).unwrap();
+    let ckpt = Checkpoint::open(Path::new(&path)).unwrap();
+    let mut names: Vec<&str> = ckpt
+        .tensors(MemberName::Model)
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "fc1.bias",
+            "fc1.weight",
+            "hidden_layers.0.bias",
+            "hidden_layers.0.weight"
+        ]
+    );
+    assert_eq!(ckpt.manifest().model_class, models::MLP);
+}

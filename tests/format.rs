@@ -1,0 +1,681 @@
+//! Format v1 without tch: round trips through the writer and reader, one
+//! test per reader failure of DESIGN.md section 4, and the writer's
+//! durability rules (no overwrite, no temp file left, clear errors).
+
+mod common;
+
+use common::*;
+use pytorch_saver::format::{
+    write_checkpoint, Checkpoint, Dtype, FormatError, MemberName, TensorMember, TensorSource,
+    WriteOptions, DTYPES,
+};
+use serde_json::json;
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// One tensor of every v1 dtype, plus rank-0 and empty ones.
+fn every_dtype() -> Vec<RawTensor> {
+    let mut out = Vec::new();
+    for (i, &d) in DTYPES.iter().enumerate() {
+        let size = d.bitsize() / 8;
+        let shape = vec![2, 3];
+        out.push(RawTensor {
+            name: format!("t.{d:?}"),
+            dtype: d,
+            data: if d == Dtype::BOOL {
+                vec![0, 1, 1, 0, 1, 0]
+            } else {
+                pattern(6 * size, i as u8)
+            },
+            shape,
+        });
+        out.push(RawTensor {
+            name: format!("scalar.{d:?}"),
+            dtype: d,
+            shape: vec![],
+            data: if d == Dtype::BOOL {
+                vec![1]
+            } else {
+                pattern(size, 7)
+            },
+        });
+        out.push(RawTensor {
+            name: format!("empty.{d:?}"),
+            dtype: d,
+            shape: vec![3, 0],
+            data: vec![],
+        });
+    }
+    out
+}
+
+fn write(
+    dir: &std::path::Path,
+    tensors: &[RawTensor],
+    options: &WriteOptions,
+) -> std::path::PathBuf {
+    let members = [TensorMember {
+        name: MemberName::Model,
+        tensors: tensors.iter().map(|t| t as &dyn TensorSource).collect(),
+    }];
+    write_checkpoint(
+        dir,
+        "m_checkpoint_1700000000",
+        &metadata("checkpoint", "torch.nn.Linear"),
+        &members,
+        options,
+    )
+    .unwrap()
+}
+
+fn assert_round_trip(options: WriteOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = every_dtype();
+    let path = write(dir.path(), &tensors, &options);
+    let ckpt = Checkpoint::open(&path).unwrap();
+    assert_eq!(ckpt.metadata(), &metadata("checkpoint", "torch.nn.Linear"));
+    assert_eq!(ckpt.tensors(MemberName::Model).len(), tensors.len());
+    for t in &tensors {
+        let e = ckpt.tensor(MemberName::Model, &t.name).unwrap();
+        assert_eq!(e.dtype, t.dtype, "{}", t.name);
+        assert_eq!(e.shape, t.shape, "{}", t.name);
+        assert_eq!(ckpt.tensor_bytes(e), &t.data[..], "{}", t.name);
+        let mut copy = vec![0u8; t.data.len()];
+        ckpt.read_tensor_into(e, &mut copy).unwrap();
+        assert_eq!(copy, t.data, "{}", t.name);
+        assert_eq!(
+            e.start % (t.dtype.bitsize() as u64 / 8),
+            0,
+            "{} is aligned to its dtype",
+            t.name
+        );
+    }
+    for m in ckpt.members() {
+        assert_eq!(m.data_start % 64, 0, "{} data is 64-byte aligned", m.name);
+    }
+    // The reference safetensors implementation agrees on every value.
+    let st = ckpt.safetensors(MemberName::Model).unwrap();
+    for t in &tensors {
+        let v = st.tensor(&t.name).unwrap();
+        assert_eq!(v.data(), &t.data[..]);
+        assert_eq!(v.shape(), &t.shape[..]);
+    }
+}
+
+#[test]
+fn every_dtype_rank0_and_empty_round_trip_bit_exact() {
+    assert_round_trip(WriteOptions::default());
+}
+
+#[test]
+fn zip64_records_round_trip() {
+    assert_round_trip(WriteOptions { force_zip64: true });
+}
+
+#[test]
+fn member_data_and_tensor_data_are_64_byte_aligned() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &every_dtype(), &WriteOptions::default());
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let model = ckpt.member(MemberName::Model).unwrap();
+    let first = &model.tensors[0];
+    assert_eq!(first.start % 64, 0, "tensor data area starts 64-aligned");
+}
+
+// ---- Reader failures: one hand-made file per error -----------------------
+
+fn open_bytes(bytes: &[u8]) -> FormatError {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_file(dir.path(), "bad.zip", bytes);
+    Checkpoint::open(&p).expect_err("a malformed file must be refused")
+}
+
+fn valid_file() -> Vec<u8> {
+    let meta = metadata("inference", "torch.nn.Linear");
+    build_zip(&[
+        member("metadata.json", metadata_bytes(&meta)),
+        member("model.safetensors", small_model_member()),
+    ])
+}
+
+#[test]
+fn hand_built_valid_file_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_file(dir.path(), "ok.zip", &valid_file());
+    let c = Checkpoint::open(&p).unwrap();
+    assert_eq!(c.tensors(MemberName::Model)[0].name, "weight");
+}
+
+#[test]
+fn truncated_file_is_refused() {
+    let bytes = valid_file();
+    for cut in [bytes.len() / 2, bytes.len() - 1, 10, 0] {
+        let e = open_bytes(&bytes[..cut]);
+        assert!(
+            matches!(e, FormatError::NoEndRecord { .. }),
+            "cut at {cut}: {e}"
+        );
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+}
+
+#[test]
+fn bad_crc_is_refused_naming_member() {
+    let mut bytes = valid_file();
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_file(dir.path(), "ok.zip", &bytes);
+    let at = Checkpoint::open(&p).unwrap().tensors(MemberName::Model)[0].start as usize;
+    bytes[at] ^= 0x40;
+    let e = open_bytes(&bytes);
+    match &e {
+        FormatError::CrcMismatch { member, .. } => assert_eq!(member, "model.safetensors"),
+        other => panic!("expected a CRC mismatch, got {other}"),
+    }
+    assert!(
+        e.to_string()
+            .contains("CRC-32 mismatch in model.safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn huge_safetensors_header_length_is_refused() {
+    let mut st = small_model_member();
+    st[..8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let meta = metadata("inference", "torch.nn.Linear");
+    let e = open_bytes(&build_zip(&[
+        member("metadata.json", metadata_bytes(&meta)),
+        member("model.safetensors", st),
+    ]));
+    assert!(matches!(e, FormatError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("model.safetensors header"), "{e}");
+}
+
+#[test]
+fn header_length_past_member_end_is_refused() {
+    let mut st = small_model_member();
+    st[..8].copy_from_slice(&4096u64.to_le_bytes());
+    let meta = metadata("inference", "torch.nn.Linear");
+    let e = open_bytes(&build_zip(&[
+        member("metadata.json", metadata_bytes(&meta)),
+        member("model.safetensors", st),
+    ]));
+    assert!(matches!(e, FormatError::TensorHeader { .. }), "{e}");
+    assert!(e.to_string().contains("runs past the end"), "{e}");
+}
+
+fn with_model_member(st: Vec<u8>) -> FormatError {
+    let meta = metadata("inference", "torch.nn.Linear");
+    open_bytes(&build_zip(&[
+        member("metadata.json", metadata_bytes(&meta)),
+        member("model.safetensors", st),
+    ]))
+}
+
+#[test]
+fn overlapping_tensor_data_is_refused_naming_tensors() {
+    let st = safetensors_bytes(
+        &json!({
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+        }),
+        &[0u8; 12],
+    );
+    let e = with_model_member(st);
+    let msg = e.to_string();
+    assert!(matches!(e, FormatError::TensorData { .. }), "{msg}");
+    assert!(
+        msg.contains("tensor \"b\"")
+            && msg.contains("overlaps tensor \"a\"")
+            && msg.contains("4..12"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn out_of_range_tensor_data_is_refused() {
+    let st = safetensors_bytes(
+        &json!({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}),
+        &[0u8; 8],
+    );
+    let e = with_model_member(st);
+    let msg = e.to_string();
+    assert!(matches!(e, FormatError::TensorData { .. }), "{msg}");
+    assert!(
+        msg.contains("tensor \"a\"") && msg.contains("0..16") && msg.contains("out of range"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn shape_and_offsets_that_disagree_are_refused() {
+    let st = safetensors_bytes(
+        &json!({"a": {"dtype": "F64", "shape": [2], "data_offsets": [0, 8]}}),
+        &[0u8; 8],
+    );
+    let msg = with_model_member(st).to_string();
+    assert!(msg.contains("needs 16 bytes"), "{msg}");
+}
+
+#[test]
+fn unclaimed_tensor_bytes_are_refused() {
+    let st = safetensors_bytes(
+        &json!({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}),
+        &[0u8; 8],
+    );
+    let msg = with_model_member(st).to_string();
+    assert!(
+        msg.contains("4 bytes of tensor data are claimed by no tensor"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unsupported_dtype_is_refused() {
+    let st = safetensors_bytes(
+        &json!({"a": {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [0, 1]}}),
+        &[0u8; 1],
+    );
+    let e = with_model_member(st);
+    assert!(matches!(e, FormatError::UnsupportedDtype { .. }), "{e}");
+}
+
+#[test]
+fn duplicate_tensor_name_in_header_is_refused() {
+    let mut st = b"{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}".to_vec();
+    st.resize(st.len().next_multiple_of(8), b' ');
+    let mut member_bytes = (st.len() as u64).to_le_bytes().to_vec();
+    member_bytes.extend_from_slice(&st);
+    member_bytes.extend_from_slice(&[1, 2]);
+    let msg = with_model_member(member_bytes).to_string();
+    assert!(msg.contains("duplicate key \"a\""), "{msg}");
+}
+
+#[test]
+fn duplicate_member_is_refused() {
+    let meta = metadata("inference", "torch.nn.Linear");
+    let e = open_bytes(&build_zip(&[
+        member("metadata.json", metadata_bytes(&meta)),
+        member("model.safetensors", small_model_member()),
+        member("model.safetensors", small_model_member()),
+    ]));
+    assert!(
+        matches!(&e, FormatError::DuplicateMember(m) if m == "model.safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unexpected_member_is_refused() {
+    let meta = metadata("inference", "torch.nn.Linear");
+    let e = open_bytes(&build_zip(&[
+        member("metadata.json", metadata_bytes(&meta)),
+        member("model.safetensors", small_model_member()),
+        member("state_dicts.pkl", b"\x80\x04evil".to_vec()),
+    ]));
+    assert!(
+        matches!(&e, FormatError::UnexpectedMember(m) if m == "state_dicts.pkl"),
+        "{e}"
+    );
+}
+
+#[test]
+fn optimizer_member_in_an_inference_file_is_refused() {
+    let meta = metadata("inference", "torch.nn.Linear");
+    let e = open_bytes(&build_zip(&[
+        member("metadata.json", metadata_bytes(&meta)),
+        member("model.safetensors", small_model_member()),
+        member("optimizer.safetensors", small_model_member()),
+    ]));
+    assert!(matches!(e, FormatError::UnexpectedMember(_)), "{e}");
+}
+
+#[test]
+fn compressed_member_is_refused() {
+    let meta = metadata("inference", "torch.nn.Linear");
+    let mut model = member("model.safetensors", small_model_member());
+    model.method = 8;
+    let e = open_bytes(&build_zip(&[
+        member("metadata.json", metadata_bytes(&meta)),
+        model,
+    ]));
+    assert!(
+        matches!(&e, FormatError::CompressedMember { member, method: 8 } if member == "model.safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn trailing_bytes_are_refused() {
+    let mut bytes = valid_file();
+    let len = bytes.len() as u64;
+    bytes.extend_from_slice(&[0xAB; 100]);
+    let e = open_bytes(&bytes);
+    assert!(
+        matches!(e, FormatError::TrailingBytes { offset, count: 100 } if offset == len),
+        "{e}"
+    );
+}
+
+#[test]
+fn leading_or_interior_garbage_is_refused() {
+    let meta = metadata("inference", "torch.nn.Linear");
+    let good = build_zip(&[
+        member("metadata.json", metadata_bytes(&meta)),
+        member("model.safetensors", small_model_member()),
+    ]);
+    // 64 bytes prepended: every offset in the central directory is now off.
+    let mut shifted = vec![0u8; 64];
+    shifted.extend_from_slice(&good);
+    let e = open_bytes(&shifted);
+    assert!(
+        matches!(
+            e,
+            FormatError::UnexpectedBytes { .. }
+                | FormatError::BadSignature { .. }
+                | FormatError::Layout(_)
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_format_version_is_refused() {
+    let mut meta = metadata("inference", "torch.nn.Linear");
+    meta["__pytorch_saver__"]["format_version"] = json!(2);
+    let e = open_bytes(&build_zip(&[
+        member("metadata.json", metadata_bytes(&meta)),
+        member("model.safetensors", small_model_member()),
+    ]));
+    assert!(
+        matches!(&e, FormatError::UnsupportedVersion { found, .. } if found == "2"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("format version 2 is not supported"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_member_is_refused() {
+    let meta = metadata("inference", "torch.nn.Linear");
+    let e = open_bytes(&build_zip(&[member(
+        "metadata.json",
+        metadata_bytes(&meta),
+    )]));
+    assert!(
+        matches!(&e, FormatError::MissingMember(m) if m == "model.safetensors"),
+        "{e}"
+    );
+    let mut with_opt = metadata("checkpoint", "torch.nn.Linear");
+    with_opt["__pytorch_saver__"]["optimizer"] = json!({"class": "torch.optim.SGD"});
+    with_opt.insert("optim_kwargs".into(), json!({"lr": 0.1}));
+    let e = open_bytes(&build_zip(&[
+        member("metadata.json", metadata_bytes(&with_opt)),
+        member("model.safetensors", small_model_member()),
+    ]));
+    assert!(
+        matches!(&e, FormatError::MissingMember(m) if m == "optimizer.safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn members_out_of_order_are_refused() {
+    let meta = metadata("inference", "torch.nn.Linear");
+    let e = open_bytes(&build_zip(&[
+        member("model.safetensors", small_model_member()),
+        member("metadata.json", metadata_bytes(&meta)),
+    ]));
+    assert!(matches!(e, FormatError::MemberOrder { .. }), "{e}");
+}
+
+#[test]
+fn metadata_that_is_not_v1_is_refused() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"not json".to_vec(), "metadata.json: expected"),
+        (b"{\"a\": 1, \"a\": 2}".to_vec(), "duplicate key"),
+        (
+            b"{\"model_kwargs\": {}, \"timestamp\": 1}".to_vec(),
+            "not a pytorch-saver format file",
+        ),
+    ];
+    for (bytes, needle) in cases {
+        let e = open_bytes(&build_zip(&[
+            member("metadata.json", bytes),
+            member("model.safetensors", small_model_member()),
+        ]));
+        assert!(
+            e.to_string().contains(needle),
+            "{e} should mention {needle}"
+        );
+    }
+    let mut no_kwargs = metadata("inference", "torch.nn.Linear");
+    no_kwargs.remove("model_kwargs");
+    let e = open_bytes(&build_zip(&[
+        member("metadata.json", metadata_bytes(&no_kwargs)),
+        member("model.safetensors", small_model_member()),
+    ]));
+    assert!(
+        matches!(&e, FormatError::Schema { field, .. } if field == "model_kwargs"),
+        "{e}"
+    );
+}
+
+#[test]
+fn misaligned_member_data_is_refused() {
+    // The builder aligns; shift a member by editing its padding length.
+    let meta = metadata("inference", "torch.nn.Linear");
+    let meta_bytes = metadata_bytes(&meta);
+    let mut bytes = build_zip(&[
+        member("metadata.json", meta_bytes),
+        member("model.safetensors", small_model_member()),
+    ]);
+    // Local header of metadata.json is at 0; its extra length is at 28.
+    let extra = u16::from_le_bytes([bytes[28], bytes[29]]);
+    bytes[28..30].copy_from_slice(&(extra - 1).to_le_bytes());
+    let e = open_bytes(&bytes);
+    assert!(
+        matches!(
+            e,
+            FormatError::Misaligned { .. } | FormatError::UnsupportedZip { .. }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_single_byte_corruption_and_truncation_is_an_error_not_a_panic() {
+    let bytes = valid_file();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f.zip");
+    std::fs::write(&p, &bytes).unwrap();
+    let original = Checkpoint::open(&p).unwrap();
+    let weight = original
+        .tensor_bytes(&original.tensors(MemberName::Model)[0])
+        .to_vec();
+    for i in 0..bytes.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut b = bytes.clone();
+            b[i] ^= flip;
+            std::fs::write(&p, &b).unwrap();
+            // A few bytes carry nothing (padding, DOS time, version made
+            // by); a flip there may pass, but must not change what is read.
+            if let Ok(c) = Checkpoint::open(&p) {
+                assert_eq!(
+                    c.metadata(),
+                    original.metadata(),
+                    "flip at {i} changed the metadata"
+                );
+                assert_eq!(
+                    c.tensor_bytes(&c.tensors(MemberName::Model)[0]),
+                    &weight[..],
+                    "flip at {i}"
+                );
+            }
+        }
+        std::fs::write(&p, &bytes[..i]).unwrap();
+        assert!(Checkpoint::open(&p).is_err(), "truncation at {i} accepted");
+    }
+}
+
+// ---- Writer: names, no overwrite, nothing left behind -----------------------
+
+fn tmp_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect()
+}
+
+#[test]
+fn existing_names_are_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = dir.path().join("m_checkpoint_1700000000.zip");
+    std::fs::write(&taken, b"someone else's file").unwrap();
+    let tensors = every_dtype();
+    let first = write(dir.path(), &tensors, &WriteOptions::default());
+    let second = write(dir.path(), &tensors, &WriteOptions::default());
+    assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's file");
+    assert_eq!(first.file_name().unwrap(), "m_checkpoint_1700000000-1.zip");
+    assert_eq!(second.file_name().unwrap(), "m_checkpoint_1700000000-2.zip");
+    Checkpoint::open(&first).unwrap();
+    Checkpoint::open(&second).unwrap();
+    assert!(tmp_files(dir.path()).is_empty());
+}
+
+#[test]
+fn missing_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/dir");
+    let members = [TensorMember {
+        name: MemberName::Model,
+        tensors: vec![],
+    }];
+    let e = write_checkpoint(
+        &missing,
+        "x",
+        &metadata("inference", "torch.nn.Linear"),
+        &members,
+        &WriteOptions::default(),
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("cannot use directory") && msg.contains("no/such/dir"),
+        "{msg}"
+    );
+    assert!(!missing.exists());
+}
+
+#[test]
+fn read_only_directory_is_a_clear_error_and_leaves_nothing() {
+    // Root ignores permission bits, so use a directory no one can write:
+    // procfs refuses file creation to everyone.
+    let ro = if unsafe_is_root() {
+        std::path::PathBuf::from("/proc/self")
+    } else {
+        ro_dir()
+    };
+    let members = [TensorMember {
+        name: MemberName::Model,
+        tensors: vec![],
+    }];
+    let before: Vec<_> = std::fs::read_dir(&ro)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let e = write_checkpoint(
+        &ro,
+        "x",
+        &metadata("inference", "torch.nn.Linear"),
+        &members,
+        &WriteOptions::default(),
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.starts_with("cannot create"), "{msg}");
+    let after: Vec<_> = std::fs::read_dir(&ro)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before.len(), after.len());
+}
+
+fn unsafe_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn ro_dir() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    dir
+}
+
+#[test]
+fn failed_write_removes_its_temp_file() {
+    struct Liar;
+    impl TensorSource for Liar {
+        fn name(&self) -> &str {
+            "liar"
+        }
+        fn dtype(&self) -> Dtype {
+            Dtype::F32
+        }
+        fn shape(&self) -> Vec<usize> {
+            vec![4]
+        }
+        fn bytes(&self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+            Ok(std::borrow::Cow::Owned(vec![0; 3]))
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let members = [TensorMember {
+        name: MemberName::Model,
+        tensors: vec![&Liar],
+    }];
+    let e = write_checkpoint(
+        dir.path(),
+        "x",
+        &metadata("inference", "torch.nn.Linear"),
+        &members,
+        &WriteOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("gave 3 bytes"), "{e}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no temp file, no checkpoint"
+    );
+}
+
+#[test]
+fn invalid_metadata_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut meta = metadata("inference", "torch.nn.Linear");
+    meta.remove("timestamp");
+    let members = [TensorMember {
+        name: MemberName::Model,
+        tensors: vec![],
+    }];
+    let e =
+        write_checkpoint(dir.path(), "x", &meta, &members, &WriteOptions::default()).unwrap_err();
+    assert!(
+        matches!(&e, FormatError::Schema { field, .. } if field == "timestamp"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
