@@ -12,8 +12,8 @@ use tch::{nn, Device, Tensor};
 
 use crate::error::{panic_message, Error, Result};
 use crate::format::{
-    self, Checkpoint, FileKind, MemberName, Producer, TensorMember, TensorSource, WriteOptions,
-    FORMAT_VERSION, INTERNALS_KEY, RESERVED_KEYS,
+    self, Checkpoint, FileKind, MemberName, Producer, TensorMember, TensorSource, WriteOptions, FORMAT_VERSION,
+    INTERNALS_KEY, RESERVED_KEYS,
 };
 use crate::registry::{BoxedModel, Registry};
 use crate::tensors::{check_fits, read_into, TchSource};
@@ -49,9 +49,7 @@ impl MetadataValue for f64 {
     fn to_json(self) -> std::result::Result<Value, String> {
         serde_json::Number::from_f64(self)
             .map(Value::Number)
-            .ok_or_else(|| {
-                format!("{self} is not representable in JSON (NaN and infinities are not)")
-            })
+            .ok_or_else(|| format!("{self} is not representable in JSON (NaN and infinities are not)"))
     }
 }
 
@@ -74,11 +72,7 @@ impl UserMetadata {
     }
 
     /// Adds `key`; fails on a value JSON cannot represent.
-    pub fn insert(
-        &mut self,
-        key: impl Into<String>,
-        value: impl MetadataValue,
-    ) -> Result<&mut Self> {
+    pub fn insert(&mut self, key: impl Into<String>, value: impl MetadataValue) -> Result<&mut Self> {
         let key = key.into();
         let value = value.to_json().map_err(|reason| Error::InvalidMetadata {
             key: key.clone(),
@@ -99,11 +93,7 @@ impl UserMetadata {
     }
 
     fn check_reserved(&self) -> Result<()> {
-        match self
-            .map
-            .keys()
-            .find(|k| RESERVED_KEYS.contains(&k.as_str()))
-        {
+        match self.map.keys().find(|k| RESERVED_KEYS.contains(&k.as_str())) {
             Some(k) => Err(Error::ReservedMetadataKey(k.clone())),
             None => Ok(()),
         }
@@ -139,12 +129,7 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    fn build(
-        registry: &Registry,
-        class: &str,
-        kwargs: Map<String, Value>,
-        device: Device,
-    ) -> Result<Self> {
+    fn build(registry: &Registry, class: &str, kwargs: Map<String, Value>, device: Device) -> Result<Self> {
         let vs = nn::VarStore::new(device);
         let module = registry.build_model(class, vs.root(), &kwargs)?;
         Ok(Model {
@@ -298,32 +283,16 @@ impl ModelContainer {
 
     /// Saves a training checkpoint into `dir` as
     /// `{prefix}_checkpoint_{unix seconds}.zip` and returns its path.
-    pub fn save(
-        &self,
-        dir: impl AsRef<Path>,
-        prefix: &str,
-        metadata: &UserMetadata,
-    ) -> Result<PathBuf> {
+    pub fn save(&self, dir: impl AsRef<Path>, prefix: &str, metadata: &UserMetadata) -> Result<PathBuf> {
         self.write(dir.as_ref(), prefix, metadata, FileKind::Checkpoint)
     }
 
     /// Saves the model alone, as `{prefix}_inference_{unix seconds}.zip`.
-    pub fn save_inference(
-        &self,
-        dir: impl AsRef<Path>,
-        prefix: &str,
-        metadata: &UserMetadata,
-    ) -> Result<PathBuf> {
+    pub fn save_inference(&self, dir: impl AsRef<Path>, prefix: &str, metadata: &UserMetadata) -> Result<PathBuf> {
         self.write(dir.as_ref(), prefix, metadata, FileKind::Inference)
     }
 
-    fn write(
-        &self,
-        dir: &Path,
-        prefix: &str,
-        user: &UserMetadata,
-        kind: FileKind,
-    ) -> Result<PathBuf> {
+    fn write(&self, dir: &Path, prefix: &str, user: &UserMetadata, kind: FileKind) -> Result<PathBuf> {
         let model = self.model()?;
         user.check_reserved()?;
         if prefix.contains(['/', '\0']) {

@@ -16,10 +16,7 @@ pub const MLP: &str = "pytorch_saver.models.MLP";
 /// weight and bias uniform in +-1/sqrt(in_features).
 pub fn linear(p: nn::Path<'_>, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {
     let bound = 1.0 / (in_dim as f64).sqrt();
-    let init = nn::Init::Uniform {
-        lo: -bound,
-        up: bound,
-    };
+    let init = nn::Init::Uniform { lo: -bound, up: bound };
     nn::linear(
         p,
         in_dim,
@@ -59,25 +56,14 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(
-        p: nn::Path<'_>,
-        in_dim: i64,
-        hidden_dim: i64,
-        n_classes: i64,
-        n_layers: i64,
-    ) -> Self {
+    pub fn new(p: nn::Path<'_>, in_dim: i64, hidden_dim: i64, n_classes: i64, n_layers: i64) -> Self {
         let fc1 = linear(&p / "fc1", in_dim, hidden_dim, true);
         let seq = &p / "hidden_layers";
         let mut hidden = Vec::new();
         for i in 0..(n_layers - 1) {
             hidden.push(linear(&seq / (2 * i), hidden_dim, hidden_dim, true));
         }
-        hidden.push(linear(
-            &seq / (2 * (n_layers - 1)),
-            hidden_dim,
-            n_classes,
-            true,
-        ));
+        hidden.push(linear(&seq / (2 * (n_layers - 1)), hidden_dim, n_classes, true));
         Mlp { fc1, hidden }
     }
 }
@@ -109,17 +95,12 @@ fn build_mlp(p: nn::Path<'_>, kw: &Kwargs<'_>) -> Result<BoxedModel> {
     let n_classes = kw.required_i64_at_least("n_classes", 1)?;
     let n_layers = kw.i64_or("n_layers", 3)?;
     if n_layers < 1 {
-        return Err(kw.error(format!(
-            "kwarg \"n_layers\" must be at least 1, got {n_layers}"
-        )));
+        return Err(kw.error(format!("kwarg \"n_layers\" must be at least 1, got {n_layers}")));
     }
-    Ok(Box::new(Mlp::new(
-        p, in_dim, hidden_dim, n_classes, n_layers,
-    )))
+    Ok(Box::new(Mlp::new(p, in_dim, hidden_dim, n_classes, n_layers)))
 }
 
 pub(crate) fn register_builtins(r: &mut Registry) {
-    r.register_model(LINEAR, build_linear)
-        .expect("fresh registry");
+    r.register_model(LINEAR, build_linear).expect("fresh registry");
     r.register_model(MLP, build_mlp).expect("fresh registry");
 }

@@ -52,10 +52,7 @@ impl<'a> Kwargs<'a> {
     }
 
     fn take(&self, key: &str) -> Option<&'a Value> {
-        self.used
-            .lock()
-            .expect("kwargs lock")
-            .insert(key.to_owned());
+        self.used.lock().expect("kwargs lock").insert(key.to_owned());
         self.map.get(key).filter(|v| !v.is_null())
     }
 
@@ -133,9 +130,7 @@ impl Default for Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry")
-            .field("models", &self.models.keys())
-            .finish()
+        f.debug_struct("Registry").field("models", &self.models.keys()).finish()
     }
 }
 
@@ -195,19 +190,12 @@ impl Registry {
 
     /// Builds a model. Unknown kwargs, a failing factory and a panicking
     /// one (tch panics on bad sizes) all become typed errors.
-    pub fn build_model(
-        &self,
-        name: &str,
-        path: nn::Path<'_>,
-        kwargs: &Map<String, Value>,
-    ) -> Result<BoxedModel> {
+    pub fn build_model(&self, name: &str, path: nn::Path<'_>, kwargs: &Map<String, Value>) -> Result<BoxedModel> {
         let factory = self.factory(name)?;
         let kw = Kwargs::new(name, kwargs);
-        let built = catch_unwind(AssertUnwindSafe(|| factory(path, &kw))).map_err(|p| {
-            Error::Factory {
-                class: name.into(),
-                reason: panic_message(&*p),
-            }
+        let built = catch_unwind(AssertUnwindSafe(|| factory(path, &kw))).map_err(|p| Error::Factory {
+            class: name.into(),
+            reason: panic_message(&*p),
         })??;
         kw.finish()?;
         Ok(built)

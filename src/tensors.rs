@@ -59,11 +59,7 @@ impl<'t> TchSource<'t> {
             tensor: name.clone(),
             reason: format!("dtype {kind:?} cannot be stored in format v1"),
         })?;
-        Ok(TchSource {
-            name,
-            tensor,
-            dtype,
-        })
+        Ok(TchSource { name, tensor, dtype })
     }
 }
 
@@ -87,9 +83,7 @@ impl TensorSource for TchSource<'_> {
             // SAFETY: a defined, contiguous CPU tensor owns `len` bytes at
             // data_ptr, and `self` borrows the tensor for the slice's life.
             let ptr = self.tensor.data_ptr() as *const u8;
-            return Ok(Cow::Borrowed(unsafe {
-                std::slice::from_raw_parts(ptr, len)
-            }));
+            return Ok(Cow::Borrowed(unsafe { std::slice::from_raw_parts(ptr, len) }));
         }
         let mut out = vec![0u8; len];
         self.tensor

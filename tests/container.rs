@@ -1,86 +1,19 @@
 //! ModelContainer on real libtorch tensors: round trips bit for bit, the
 //! built-in models' PyTorch names, and the typed errors of bad input.
 
+mod common;
+
 use std::path::Path;
+
+use common::{bytes_of, registry, ALL_DTYPES};
 
 use pytorch_saver::format::{Checkpoint, MemberName};
 use pytorch_saver::{models, Error, Kwargs, ModelContainer, Registry, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::{nn, Kind, Tensor};
 
-const ALL_DTYPES: &str = "tests.AllDtypes";
-
-/// A model whose state dict holds every v1 dtype, rank-0 and empty
-/// tensors, and float specials (NaN payloads, -0.0, infinities) that only
-/// a bit-exact path preserves.
-#[derive(Debug)]
-struct AllDtypes;
-
-impl nn::Module for AllDtypes {
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.shallow_clone()
-    }
-}
-
-fn all_dtypes_factory(
-    p: nn::Path<'_>,
-    kw: &Kwargs<'_>,
-) -> pytorch_saver::Result<pytorch_saver::BoxedModel> {
-    let n = kw.i64_or("n", 5)?;
-    let r = |kind: Kind| Tensor::randn([n, 3], (Kind::Float, p.device())).to_kind(kind) * 7;
-    let specials = Tensor::from_slice(&[
-        f32::NAN,
-        -0.0,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::from_bits(0x7fc0_1234),
-    ]);
-    let _ = p.add("f64", r(Kind::Double), true);
-    let _ = p.add("f32", r(Kind::Float), true);
-    let _ = p.add("f32_specials", specials.copy(), false);
-    let _ = p.add("f16", r(Kind::Half), false);
-    let _ = p.add("bf16", r(Kind::BFloat16), false);
-    let _ = p.add("i64", r(Kind::Int64), false);
-    let _ = p.add("i32", r(Kind::Int), false);
-    let _ = p.add("i16", r(Kind::Int16), false);
-    let _ = p.add("i8", r(Kind::Int8), false);
-    let _ = p.add("u8", r(Kind::Uint8), false);
-    let _ = p.add("bool", r(Kind::Float).gt(0.0), false);
-    let _ = p.add(
-        "scalar_f32",
-        Tensor::randn([], (Kind::Float, p.device())),
-        true,
-    );
-    let _ = (&p / "bn").add("num_batches_tracked", Tensor::from(n * 1000 + 7), false);
-    let _ = p.add(
-        "empty_f32",
-        Tensor::zeros([0], (Kind::Float, p.device())),
-        false,
-    );
-    let _ = p.add(
-        "empty_i64_2d",
-        Tensor::zeros([3, 0], (Kind::Int64, p.device())),
-        false,
-    );
-    Ok(Box::new(AllDtypes))
-}
-
-fn registry() -> Registry {
-    let mut r = Registry::new();
-    r.register_model(ALL_DTYPES, all_dtypes_factory).unwrap();
-    r
-}
-
 fn obj(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()
-}
-
-fn bytes_of(t: &Tensor) -> Vec<u8> {
-    let t = t.contiguous();
-    let n = t.numel();
-    let mut out = vec![0u8; n * t.kind().elt_size_in_bytes()];
-    t.copy_data_u8(&mut out, n);
-    out
 }
 
 fn assert_same_state(a: &ModelContainer, b: &ModelContainer) {
@@ -116,10 +49,7 @@ fn every_dtype_and_user_metadata_round_trip_bit_exact() {
         .unwrap();
     let path = saved.save(dir.path(), "rt", &meta).unwrap();
     let name = path.file_name().unwrap().to_str().unwrap();
-    assert!(
-        name.starts_with("rt_checkpoint_") && name.ends_with(".zip"),
-        "{name}"
-    );
+    assert!(name.starts_with("rt_checkpoint_") && name.ends_with(".zip"), "{name}");
 
     tch::manual_seed(2); // the rebuilt model starts from other values
     let mut loaded = ModelContainer::with_registry(registry());
@@ -135,10 +65,7 @@ fn every_dtype_and_user_metadata_round_trip_bit_exact() {
         !metadata.contains_key("__pytorch_saver__"),
         "internals stay out of the flat metadata"
     );
-    assert!(
-        !metadata.contains_key("optim_kwargs"),
-        "only the kwargs that exist"
-    );
+    assert!(!metadata.contains_key("optim_kwargs"), "only the kwargs that exist");
 }
 
 #[test]
@@ -172,33 +99,20 @@ fn mlp_has_pytorch_state_dict_names_and_forward_survives_round_trip() {
     let y = c.model().unwrap().forward(&x).unwrap();
     assert_eq!(y.size(), [5, 3]);
 
-    let path = c
-        .save_inference(dir.path(), "", &UserMetadata::new())
-        .unwrap();
-    assert!(path
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .starts_with("inference_"));
+    let path = c.save_inference(dir.path(), "", &UserMetadata::new()).unwrap();
+    assert!(path.file_name().unwrap().to_str().unwrap().starts_with("inference_"));
     let mut l = ModelContainer::new();
     l.load(&path).unwrap();
     let y2 = l.model().unwrap().forward(&x).unwrap();
     assert_eq!(bytes_of(&y), bytes_of(&y2));
-    assert_eq!(
-        Checkpoint::open(&path).unwrap().manifest().kind.as_str(),
-        "inference"
-    );
+    assert_eq!(Checkpoint::open(&path).unwrap().manifest().kind.as_str(), "inference");
 }
 
 #[test]
 fn linear_matches_pytorch_names_and_kwargs() {
     let mut c = ModelContainer::new();
-    c.initialize(
-        models::LINEAR,
-        obj(json!({"in_features": 3, "out_features": 2})),
-    )
-    .unwrap();
+    c.initialize(models::LINEAR, obj(json!({"in_features": 3, "out_features": 2})))
+        .unwrap();
     let names: Vec<String> = c.model().unwrap().state_dict().into_keys().collect();
     assert_eq!(names, ["bias", "weight"]);
     c.initialize(
@@ -238,10 +152,7 @@ fn unknown_model_name_is_a_typed_error() {
         matches!(&e, Error::UnknownName { name, .. } if name == "my.Missing"),
         "{e}"
     );
-    assert!(
-        e.to_string().contains(models::MLP),
-        "lists what is registered: {e}"
-    );
+    assert!(e.to_string().contains(models::MLP), "lists what is registered: {e}");
 }
 
 #[test]
@@ -252,21 +163,14 @@ fn a_file_naming_an_unregistered_class_is_refused_and_nothing_changes() {
     let path = c.save(dir.path(), "x", &UserMetadata::new()).unwrap();
     let mut plain = ModelContainer::new();
     plain
-        .initialize(
-            models::LINEAR,
-            obj(json!({"in_features": 1, "out_features": 1})),
-        )
+        .initialize(models::LINEAR, obj(json!({"in_features": 1, "out_features": 1})))
         .unwrap();
     let e = plain.load(&path).unwrap_err();
     assert!(
         matches!(&e, Error::UnknownName { name, .. } if name == ALL_DTYPES),
         "{e}"
     );
-    assert_eq!(
-        plain.model().unwrap().class(),
-        models::LINEAR,
-        "the held model is kept"
-    );
+    assert_eq!(plain.model().unwrap().class(), models::LINEAR, "the held model is kept");
 }
 
 #[test]
@@ -297,10 +201,7 @@ fn bad_kwargs_are_typed_errors_naming_the_kwarg() {
     for (kwargs, needle) in cases {
         let e = c.initialize(models::MLP, obj(kwargs)).unwrap_err();
         assert!(matches!(e, Error::InvalidKwargs { .. }), "{e}");
-        assert!(
-            e.to_string().contains(needle),
-            "{e} should contain {needle}"
-        );
+        assert!(e.to_string().contains(needle), "{e} should contain {needle}");
     }
 }
 
@@ -315,10 +216,7 @@ fn a_panicking_factory_is_a_typed_error() {
     )
     .unwrap();
     let e = r
-        .register_model(
-            "tests.Panics",
-            |_p: nn::Path<'_>, _k: &Kwargs<'_>| unreachable!(),
-        )
+        .register_model("tests.Panics", |_p: nn::Path<'_>, _k: &Kwargs<'_>| unreachable!())
         .unwrap_err();
     assert!(matches!(e, Error::DuplicateName { .. }), "{e}");
     let mut c = ModelContainer::with_registry(r);
@@ -333,11 +231,8 @@ fn a_panicking_factory_is_a_typed_error() {
 fn reserved_and_non_json_metadata_are_refused_before_writing() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::new();
-    c.initialize(
-        models::LINEAR,
-        obj(json!({"in_features": 2, "out_features": 2})),
-    )
-    .unwrap();
+    c.initialize(models::LINEAR, obj(json!({"in_features": 2, "out_features": 2})))
+        .unwrap();
     for key in [
         "model_kwargs",
         "optim_kwargs",
@@ -347,26 +242,16 @@ fn reserved_and_non_json_metadata_are_refused_before_writing() {
     ] {
         let meta = UserMetadata::new().with(key, 1).unwrap();
         let e = c.save(dir.path(), "x", &meta).unwrap_err();
-        assert!(
-            matches!(&e, Error::ReservedMetadataKey(k) if k == key),
-            "{e}"
-        );
+        assert!(matches!(&e, Error::ReservedMetadataKey(k) if k == key), "{e}");
     }
     for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         let e = UserMetadata::new().with("loss", bad).unwrap_err();
-        assert!(
-            matches!(&e, Error::InvalidMetadata { key, .. } if key == "loss"),
-            "{e}"
-        );
+        assert!(matches!(&e, Error::InvalidMetadata { key, .. } if key == "loss"), "{e}");
         assert!(e.to_string().contains("not representable in JSON"), "{e}");
     }
     let e = UserMetadata::new().with("loss", f32::NAN).unwrap_err();
     assert!(matches!(e, Error::InvalidMetadata { .. }));
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
-        "nothing written"
-    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
 }
 
 #[test]
@@ -383,35 +268,17 @@ fn state_that_does_not_fit_is_refused_and_the_model_is_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let mut small = ModelContainer::new();
     small
-        .initialize(
-            models::MLP,
-            obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})),
-        )
+        .initialize(models::MLP, obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})))
         .unwrap();
     let path = small.save(dir.path(), "s", &UserMetadata::new()).unwrap();
     let mut big = ModelContainer::new();
-    big.initialize(
-        models::MLP,
-        obj(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3})),
-    )
-    .unwrap();
-    let before: Vec<Vec<u8>> = big
-        .model()
-        .unwrap()
-        .state_dict()
-        .values()
-        .map(bytes_of)
-        .collect();
+    big.initialize(models::MLP, obj(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3})))
+        .unwrap();
+    let before: Vec<Vec<u8>> = big.model().unwrap().state_dict().values().map(bytes_of).collect();
     let e = big.restore(&path).unwrap_err();
     assert!(matches!(&e, Error::StateMismatch { .. }), "{e}");
     assert!(e.to_string().contains("shape"), "{e}");
-    let after: Vec<Vec<u8>> = big
-        .model()
-        .unwrap()
-        .state_dict()
-        .values()
-        .map(bytes_of)
-        .collect();
+    let after: Vec<Vec<u8>> = big.model().unwrap().state_dict().values().map(bytes_of).collect();
     assert_eq!(before, after, "nothing half-loaded");
 }
 
@@ -427,20 +294,15 @@ fn missing_and_unexpected_tensors_are_named() {
         .unwrap();
         c
     };
-    let with_bias = linear(true)
-        .save(dir.path(), "b", &UserMetadata::new())
-        .unwrap();
-    let without_bias = linear(false)
-        .save(dir.path(), "nb", &UserMetadata::new())
-        .unwrap();
+    let with_bias = linear(true).save(dir.path(), "b", &UserMetadata::new()).unwrap();
+    let without_bias = linear(false).save(dir.path(), "nb", &UserMetadata::new()).unwrap();
     let e = linear(false).restore(&with_bias).unwrap_err();
     assert!(
         matches!(&e, Error::StateMismatch { tensor, .. } if tensor == "bias"),
         "{e}"
     );
     assert!(
-        e.to_string()
-            .contains("in the file but not in model torch.nn.Linear"),
+        e.to_string().contains("in the file but not in model torch.nn.Linear"),
         "{e}"
     );
     let e = linear(true).restore(&without_bias).unwrap_err();
@@ -453,16 +315,10 @@ fn missing_and_unexpected_tensors_are_named() {
 #[test]
 fn forward_with_a_wrong_shape_is_an_error_not_a_panic() {
     let mut c = ModelContainer::new();
-    c.initialize(
-        models::MLP,
-        obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})),
-    )
-    .unwrap();
+    c.initialize(models::MLP, obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})))
+        .unwrap();
     let x = Tensor::zeros([2, 5], (Kind::Float, tch::Device::Cpu));
-    assert!(matches!(
-        c.model().unwrap().forward(&x),
-        Err(Error::Torch(_))
-    ));
+    assert!(matches!(c.model().unwrap().forward(&x), Err(Error::Torch(_))));
 }
 
 #[test]

@@ -6,15 +6,12 @@ mod common;
 
 use common::*;
 use pytorch_saver::format::{
-    write_checkpoint, Checkpoint, Dtype, FormatError, MemberName, TensorMember, TensorSource,
-    WriteOptions, DTYPES,
+    write_checkpoint, Checkpoint, Dtype, FormatError, MemberName, TensorMember, TensorSource, WriteOptions, DTYPES,
 };
 use serde_json::json;
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
 /// One tensor of every v1 dtype, plus rank-0 and empty ones.
@@ -37,11 +34,7 @@ fn every_dtype() -> Vec<RawTensor> {
             name: format!("scalar.{d:?}"),
             dtype: d,
             shape: vec![],
-            data: if d == Dtype::BOOL {
-                vec![1]
-            } else {
-                pattern(size, 7)
-            },
+            data: if d == Dtype::BOOL { vec![1] } else { pattern(size, 7) },
         });
         out.push(RawTensor {
             name: format!("empty.{d:?}"),
@@ -53,11 +46,7 @@ fn every_dtype() -> Vec<RawTensor> {
     out
 }
 
-fn write(
-    dir: &std::path::Path,
-    tensors: &[RawTensor],
-    options: &WriteOptions,
-) -> std::path::PathBuf {
+fn write(dir: &std::path::Path, tensors: &[RawTensor], options: &WriteOptions) -> std::path::PathBuf {
     let members = [TensorMember {
         name: MemberName::Model,
         tensors: tensors.iter().map(|t| t as &dyn TensorSource).collect(),
@@ -155,10 +144,7 @@ fn truncated_file_is_refused() {
     let bytes = valid_file();
     for cut in [bytes.len() / 2, bytes.len() - 1, 10, 0] {
         let e = open_bytes(&bytes[..cut]);
-        assert!(
-            matches!(e, FormatError::NoEndRecord { .. }),
-            "cut at {cut}: {e}"
-        );
+        assert!(matches!(e, FormatError::NoEndRecord { .. }), "cut at {cut}: {e}");
         assert!(e.to_string().contains("truncated"), "{e}");
     }
 }
@@ -175,11 +161,7 @@ fn bad_crc_is_refused_naming_member() {
         FormatError::CrcMismatch { member, .. } => assert_eq!(member, "model.safetensors"),
         other => panic!("expected a CRC mismatch, got {other}"),
     }
-    assert!(
-        e.to_string()
-            .contains("CRC-32 mismatch in model.safetensors"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("CRC-32 mismatch in model.safetensors"), "{e}");
 }
 
 #[test]
@@ -229,9 +211,7 @@ fn overlapping_tensor_data_is_refused_naming_tensors() {
     let msg = e.to_string();
     assert!(matches!(e, FormatError::TensorData { .. }), "{msg}");
     assert!(
-        msg.contains("tensor \"b\"")
-            && msg.contains("overlaps tensor \"a\"")
-            && msg.contains("4..12"),
+        msg.contains("tensor \"b\"") && msg.contains("overlaps tensor \"a\"") && msg.contains("4..12"),
         "{msg}"
     );
 }
@@ -268,10 +248,7 @@ fn unclaimed_tensor_bytes_are_refused() {
         &[0u8; 8],
     );
     let msg = with_model_member(st).to_string();
-    assert!(
-        msg.contains("4 bytes of tensor data are claimed by no tensor"),
-        "{msg}"
-    );
+    assert!(msg.contains("4 bytes of tensor data are claimed by no tensor"), "{msg}");
 }
 
 #[test]
@@ -339,10 +316,7 @@ fn compressed_member_is_refused() {
     let meta = metadata("inference", "torch.nn.Linear");
     let mut model = member("model.safetensors", small_model_member());
     model.method = 8;
-    let e = open_bytes(&build_zip(&[
-        member("metadata.json", metadata_bytes(&meta)),
-        model,
-    ]));
+    let e = open_bytes(&build_zip(&[member("metadata.json", metadata_bytes(&meta)), model]));
     assert!(
         matches!(&e, FormatError::CompressedMember { member, method: 8 } if member == "model.safetensors"),
         "{e}"
@@ -375,9 +349,7 @@ fn leading_or_interior_garbage_is_refused() {
     assert!(
         matches!(
             e,
-            FormatError::UnexpectedBytes { .. }
-                | FormatError::BadSignature { .. }
-                | FormatError::Layout(_)
+            FormatError::UnexpectedBytes { .. } | FormatError::BadSignature { .. } | FormatError::Layout(_)
         ),
         "{e}"
     );
@@ -395,19 +367,13 @@ fn unknown_format_version_is_refused() {
         matches!(&e, FormatError::UnsupportedVersion { found, .. } if found == "2"),
         "{e}"
     );
-    assert!(
-        e.to_string().contains("format version 2 is not supported"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("format version 2 is not supported"), "{e}");
 }
 
 #[test]
 fn missing_member_is_refused() {
     let meta = metadata("inference", "torch.nn.Linear");
-    let e = open_bytes(&build_zip(&[member(
-        "metadata.json",
-        metadata_bytes(&meta),
-    )]));
+    let e = open_bytes(&build_zip(&[member("metadata.json", metadata_bytes(&meta))]));
     assert!(
         matches!(&e, FormatError::MissingMember(m) if m == "model.safetensors"),
         "{e}"
@@ -450,10 +416,7 @@ fn metadata_that_is_not_v1_is_refused() {
             member("metadata.json", bytes),
             member("model.safetensors", small_model_member()),
         ]));
-        assert!(
-            e.to_string().contains(needle),
-            "{e} should mention {needle}"
-        );
+        assert!(e.to_string().contains(needle), "{e} should mention {needle}");
     }
     let mut no_kwargs = metadata("inference", "torch.nn.Linear");
     no_kwargs.remove("model_kwargs");
@@ -481,10 +444,7 @@ fn misaligned_member_data_is_refused() {
     bytes[28..30].copy_from_slice(&(extra - 1).to_le_bytes());
     let e = open_bytes(&bytes);
     assert!(
-        matches!(
-            e,
-            FormatError::Misaligned { .. } | FormatError::UnsupportedZip { .. }
-        ),
+        matches!(e, FormatError::Misaligned { .. } | FormatError::UnsupportedZip { .. }),
         "{e}"
     );
 }
@@ -496,9 +456,7 @@ fn every_single_byte_corruption_and_truncation_is_an_error_not_a_panic() {
     let p = dir.path().join("f.zip");
     std::fs::write(&p, &bytes).unwrap();
     let original = Checkpoint::open(&p).unwrap();
-    let weight = original
-        .tensor_bytes(&original.tensors(MemberName::Model)[0])
-        .to_vec();
+    let weight = original.tensor_bytes(&original.tensors(MemberName::Model)[0]).to_vec();
     for i in 0..bytes.len() {
         for flip in [0x01u8, 0x80, 0xff] {
             let mut b = bytes.clone();
@@ -507,11 +465,7 @@ fn every_single_byte_corruption_and_truncation_is_an_error_not_a_panic() {
             // A few bytes carry nothing (padding, DOS time, version made
             // by); a flip there may pass, but must not change what is read.
             if let Ok(c) = Checkpoint::open(&p) {
-                assert_eq!(
-                    c.metadata(),
-                    original.metadata(),
-                    "flip at {i} changed the metadata"
-                );
+                assert_eq!(c.metadata(), original.metadata(), "flip at {i} changed the metadata");
                 assert_eq!(
                     c.tensor_bytes(&c.tensors(MemberName::Model)[0]),
                     &weight[..],
@@ -671,8 +625,7 @@ fn invalid_metadata_is_refused_before_writing() {
         name: MemberName::Model,
         tensors: vec![],
     }];
-    let e =
-        write_checkpoint(dir.path(), "x", &meta, &members, &WriteOptions::default()).unwrap_err();
+    let e = write_checkpoint(dir.path(), "x", &meta, &members, &WriteOptions::default()).unwrap_err();
     assert!(
         matches!(&e, FormatError::Schema { field, .. } if field == "timestamp"),
         "{e}"

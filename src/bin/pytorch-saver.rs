@@ -130,12 +130,7 @@ fn print_table(ckpt: &Checkpoint) {
             .unwrap_or_default()
     );
     println!("timestamp  {}", man.timestamp);
-    let kwargs = |key: &str| {
-        ckpt.metadata()
-            .get(key)
-            .map(|v| v.to_string())
-            .unwrap_or_default()
-    };
+    let kwargs = |key: &str| ckpt.metadata().get(key).map(|v| v.to_string()).unwrap_or_default();
     println!("model      {} {}", man.model_class, kwargs("model_kwargs"));
     if let Some(o) = &man.optimizer_class {
         println!("optimizer  {o} {}", kwargs("optim_kwargs"));
@@ -153,10 +148,7 @@ fn print_table(ckpt: &Checkpoint) {
         println!("metadata   {}", user.join(" "));
     }
     println!();
-    println!(
-        "{:<24} {:>12} {:>14} {:>10}",
-        "member", "offset", "bytes", "crc32"
-    );
+    println!("{:<24} {:>12} {:>14} {:>10}", "member", "offset", "bytes", "crc32");
     for m in ckpt.members() {
         println!(
             "{:<24} {:>12} {:>14} {:>10}",
@@ -169,17 +161,8 @@ fn print_table(ckpt: &Checkpoint) {
     for m in ckpt.members().iter().filter(|m| !m.tensors.is_empty()) {
         println!();
         println!("{} ({} tensors)", m.name, m.tensors.len());
-        let width = m
-            .tensors
-            .iter()
-            .map(|t| t.name.len())
-            .max()
-            .unwrap_or(4)
-            .max(4);
-        println!(
-            "  {:<width$}  {:<5} {:<20} {:>12}",
-            "name", "dtype", "shape", "bytes"
-        );
+        let width = m.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+        println!("  {:<width$}  {:<5} {:<20} {:>12}", "name", "dtype", "shape", "bytes");
         for t in &m.tensors {
             println!(
                 "  {:<width$}  {:<5} {:<20} {:>12}",

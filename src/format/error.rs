@@ -27,7 +27,9 @@ pub enum FormatError {
         len: u64,
     },
     /// The file does not end with an end-of-central-directory record.
-    #[error("no end-of-central-directory record at the end of the {len}-byte file: it is truncated or not a ZIP archive")]
+    #[error(
+        "no end-of-central-directory record at the end of the {len}-byte file: it is truncated or not a ZIP archive"
+    )]
     NoEndRecord { len: u64 },
     /// ZIP structures that contradict each other.
     #[error("inconsistent ZIP layout: {0}")]
@@ -39,9 +41,7 @@ pub enum FormatError {
     #[error("unsupported ZIP feature in {member}: {feature}")]
     UnsupportedZip { member: String, feature: String },
     /// A member is compressed; v1 requires every member STORED.
-    #[error(
-        "member {member} is compressed (method {method}); format v1 requires STORED (method 0)"
-    )]
+    #[error("member {member} is compressed (method {method}); format v1 requires STORED (method 0)")]
     CompressedMember { member: String, method: u16 },
     /// The local header of a member disagrees with its central directory entry.
     #[error("member {member}: local header and central directory disagree on {field}")]

@@ -105,10 +105,7 @@ fn schema(field: &str, reason: impl Into<String>) -> FormatError {
 fn get_str(obj: &Map<String, Value>, field: &str, path: &str) -> Result<String, FormatError> {
     match obj.get(field) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        Some(_) => Err(schema(
-            &format!("{path}.{field}"),
-            "must be a non-empty string",
-        )),
+        Some(_) => Err(schema(&format!("{path}.{field}"), "must be a non-empty string")),
         None => Err(schema(&format!("{path}.{field}"), "missing")),
     }
 }
@@ -176,8 +173,8 @@ pub fn validate(meta: &Map<String, Value>) -> Result<Manifest, FormatError> {
             ))
         }
     };
-    let model_class = get_class(internals, "model")?
-        .ok_or_else(|| schema(&format!("{INTERNALS_KEY}.model"), "missing"))?;
+    let model_class =
+        get_class(internals, "model")?.ok_or_else(|| schema(&format!("{INTERNALS_KEY}.model"), "missing"))?;
     let optimizer_class = get_class(internals, "optimizer")?;
     let scheduler_class = get_class(internals, "scheduler")?;
     if kind == FileKind::Inference && (optimizer_class.is_some() || scheduler_class.is_some()) {
@@ -210,12 +207,7 @@ pub fn validate(meta: &Map<String, Value>) -> Result<Manifest, FormatError> {
         Some(Value::Number(n)) => n
             .as_u64()
             .ok_or_else(|| schema("timestamp", "must be a non-negative integer (Unix seconds)"))?,
-        Some(_) => {
-            return Err(schema(
-                "timestamp",
-                "must be a non-negative integer (Unix seconds)",
-            ))
-        }
+        Some(_) => return Err(schema("timestamp", "must be a non-negative integer (Unix seconds)")),
         None => return Err(schema("timestamp", "missing")),
     };
     Ok(Manifest {

@@ -29,11 +29,7 @@ pub enum MemberName {
 }
 
 impl MemberName {
-    pub const ALL: [MemberName; 3] = [
-        MemberName::Metadata,
-        MemberName::Model,
-        MemberName::Optimizer,
-    ];
+    pub const ALL: [MemberName; 3] = [MemberName::Metadata, MemberName::Model, MemberName::Optimizer];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -70,12 +70,7 @@ struct CentralEntry {
     header_offset: u64,
 }
 
-fn slice<'a>(
-    buf: &'a [u8],
-    start: u64,
-    len: u64,
-    what: &dyn Fn() -> String,
-) -> Result<&'a [u8], FormatError> {
+fn slice<'a>(buf: &'a [u8], start: u64, len: u64, what: &dyn Fn() -> String) -> Result<&'a [u8], FormatError> {
     let end = start.saturating_add(len);
     if end > buf.len() as u64 {
         return Err(FormatError::Truncated {
@@ -122,9 +117,7 @@ fn zip64_fields(member: &str, extra: &[u8], wanted: &mut [&mut u64]) -> Result<(
     if markers == 0 {
         return Ok(());
     }
-    let block = found.ok_or_else(|| {
-        unsupported("0xffffffff size or offset without a ZIP64 extra field".into())
-    })?;
+    let block = found.ok_or_else(|| unsupported("0xffffffff size or offset without a ZIP64 extra field".into()))?;
     if block.len() < 8 * markers {
         return Err(unsupported("ZIP64 extra field too short".into()));
     }
@@ -151,8 +144,7 @@ impl Checkpoint {
         }
         // SAFETY: the map is read-only and private to this value; see the
         // type's documentation on concurrent truncation.
-        let map =
-            unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io("cannot mmap", &path, e))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io("cannot mmap", &path, e))?;
         let buf: &[u8] = &map;
 
         let layout = parse_layout(buf)?;
@@ -160,10 +152,8 @@ impl Checkpoint {
             verify_crc(&file, &path, entry, *data_start)?;
         }
         let (meta_entry, meta_start) = &layout[0];
-        let metadata = json::parse_object(
-            &buf[*meta_start as usize..(*meta_start + meta_entry.size) as usize],
-        )
-        .map_err(FormatError::Json)?;
+        let metadata = json::parse_object(&buf[*meta_start as usize..(*meta_start + meta_entry.size) as usize])
+            .map_err(FormatError::Json)?;
         let manifest = metadata::validate(&metadata)?;
         let expected = manifest.members();
         for m in &expected {
@@ -280,12 +270,7 @@ impl Checkpoint {
     }
 }
 
-fn verify_crc(
-    file: &File,
-    path: &Path,
-    entry: &CentralEntry,
-    data_start: u64,
-) -> Result<(), FormatError> {
+fn verify_crc(file: &File, path: &Path, entry: &CentralEntry, data_start: u64) -> Result<(), FormatError> {
     let mut hasher = crc32fast::Hasher::new();
     let mut buf = vec![0u8; CHUNK.min(entry.size as usize)];
     let mut done = 0u64;
@@ -345,12 +330,7 @@ fn parse_layout(buf: &[u8]) -> Result<Vec<(CentralEntry, u64)>, FormatError> {
                 offset: 0,
             })?;
         let loc = &buf[loc_at as usize..eocd_at as usize];
-        expect_sig(
-            loc,
-            ZIP64_LOCATOR_SIG,
-            "ZIP64 end-of-central-directory locator",
-            loc_at,
-        )?;
+        expect_sig(loc, ZIP64_LOCATOR_SIG, "ZIP64 end-of-central-directory locator", loc_at)?;
         let rec_at = le64(loc, 8);
         if Some(rec_at) != loc_at.checked_sub(ZIP64_EOCD_LEN) {
             return Err(FormatError::Layout(format!(
@@ -358,17 +338,8 @@ fn parse_layout(buf: &[u8]) -> Result<Vec<(CentralEntry, u64)>, FormatError> {
             )));
         }
         let rec = &buf[rec_at as usize..loc_at as usize];
-        expect_sig(
-            rec,
-            ZIP64_EOCD_SIG,
-            "ZIP64 end-of-central-directory record",
-            rec_at,
-        )?;
-        if le64(rec, 4) != ZIP64_EOCD_LEN - 12
-            || le32(rec, 16) != 0
-            || le32(rec, 20) != 0
-            || le32(loc, 4) != 0
-        {
+        expect_sig(rec, ZIP64_EOCD_SIG, "ZIP64 end-of-central-directory record", rec_at)?;
+        if le64(rec, 4) != ZIP64_EOCD_LEN - 12 || le32(rec, 16) != 0 || le32(rec, 20) != 0 || le32(loc, 4) != 0 {
             return Err(FormatError::UnsupportedZip {
                 member: "archive".into(),
                 feature: "ZIP64 extensible data or multiple disks".into(),
@@ -460,8 +431,7 @@ fn parse_layout(buf: &[u8]) -> Result<Vec<(CentralEntry, u64)>, FormatError> {
     let mut seen = HashSet::new();
     let mut last_rank = None;
     for (position, e) in central.iter().enumerate() {
-        let member = MemberName::from_name(&e.name)
-            .ok_or_else(|| FormatError::UnexpectedMember(e.name.clone()))?;
+        let member = MemberName::from_name(&e.name).ok_or_else(|| FormatError::UnexpectedMember(e.name.clone()))?;
         if !seen.insert(member) {
             return Err(FormatError::DuplicateMember(e.name.clone()));
         }
@@ -474,10 +444,7 @@ fn parse_layout(buf: &[u8]) -> Result<Vec<(CentralEntry, u64)>, FormatError> {
         if e.flags & FORBIDDEN_FLAGS != 0 {
             return Err(FormatError::UnsupportedZip {
                 member: e.name.clone(),
-                feature: format!(
-                    "general purpose flags {:#06x} (encryption or data descriptor)",
-                    e.flags
-                ),
+                feature: format!("general purpose flags {:#06x} (encryption or data descriptor)", e.flags),
             });
         }
         let rank = MemberName::ALL.iter().position(|m| *m == member);
@@ -491,9 +458,7 @@ fn parse_layout(buf: &[u8]) -> Result<Vec<(CentralEntry, u64)>, FormatError> {
         last_rank = rank;
     }
     if central.is_empty() {
-        return Err(FormatError::MissingMember(
-            MemberName::Metadata.as_str().into(),
-        ));
+        return Err(FormatError::MissingMember(MemberName::Metadata.as_str().into()));
     }
 
     let mut out = Vec::with_capacity(central.len());
@@ -536,11 +501,7 @@ fn parse_layout(buf: &[u8]) -> Result<Vec<(CentralEntry, u64)>, FormatError> {
         }
         let mut csize = le32(h, 18) as u64;
         let mut usize_ = le32(h, 22) as u64;
-        zip64_fields(
-            &e.name,
-            &var[nlen as usize..],
-            &mut [&mut usize_, &mut csize],
-        )?;
+        zip64_fields(&e.name, &var[nlen as usize..], &mut [&mut usize_, &mut csize])?;
         if usize_ != e.size || csize != e.size {
             return Err(mismatch("size"));
         }

@@ -71,12 +71,7 @@ pub(crate) fn build_header(
     tensors: &[(String, Dtype, Vec<usize>)],
 ) -> Result<(Vec<u8>, Vec<usize>), FormatError> {
     let mut order: Vec<usize> = (0..tensors.len()).collect();
-    order.sort_by(|&a, &b| {
-        tensors[b]
-            .1
-            .cmp(&tensors[a].1)
-            .then(tensors[a].0.cmp(&tensors[b].0))
-    });
+    order.sort_by(|&a, &b| tensors[b].1.cmp(&tensors[a].1).then(tensors[a].0.cmp(&tensors[b].0)));
     let mut infos = Vec::with_capacity(tensors.len());
     let mut offset = 0usize;
     let mut seen = std::collections::HashSet::new();
@@ -95,9 +90,7 @@ pub(crate) fn build_header(
         let n = shape
             .iter()
             .try_fold(dtype_size(*dtype), |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| {
-                FormatError::InvalidInput(format!("{member}: tensor {name:?} is too large"))
-            })?;
+            .ok_or_else(|| FormatError::InvalidInput(format!("{member}: tensor {name:?} is too large")))?;
         infos.push((
             name.clone(),
             TensorInfo {
@@ -108,10 +101,8 @@ pub(crate) fn build_header(
         ));
         offset += n;
     }
-    let metadata = Metadata::new(None, infos)
-        .map_err(|e| FormatError::InvalidInput(format!("{member}: {e}")))?;
-    let mut json =
-        serde_json::to_vec(&metadata).map_err(|e| FormatError::InvalidInput(e.to_string()))?;
+    let metadata = Metadata::new(None, infos).map_err(|e| FormatError::InvalidInput(format!("{member}: {e}")))?;
+    let mut json = serde_json::to_vec(&metadata).map_err(|e| FormatError::InvalidInput(e.to_string()))?;
     let padded = (8 + json.len()).next_multiple_of(64) - 8;
     json.resize(padded, b' ');
     if json.len() as u64 > MAX_TENSOR_HEADER_BYTES {
@@ -129,11 +120,7 @@ pub(crate) fn build_header(
 /// Validates a whole safetensors member (`bytes`, which may be an mmap:
 /// only the header is read) whose first byte is at absolute offset `base`.
 /// Returns the tensors ordered by data offset.
-pub(crate) fn validate_member(
-    member: &str,
-    base: u64,
-    bytes: &[u8],
-) -> Result<Vec<TensorEntry>, FormatError> {
+pub(crate) fn validate_member(member: &str, base: u64, bytes: &[u8]) -> Result<Vec<TensorEntry>, FormatError> {
     let header_err = |reason: String| FormatError::TensorHeader {
         member: member.into(),
         reason,
@@ -163,13 +150,9 @@ pub(crate) fn validate_member(
     let mut entries = Vec::with_capacity(obj.len());
     for (name, info) in &obj {
         if name == "__metadata__" {
-            let ok = info
-                .as_object()
-                .is_some_and(|m| m.values().all(Value::is_string));
+            let ok = info.as_object().is_some_and(|m| m.values().all(Value::is_string));
             if !ok {
-                return Err(header_err(
-                    "__metadata__ must map strings to strings".into(),
-                ));
+                return Err(header_err("__metadata__ must map strings to strings".into()));
             }
             continue;
         }
@@ -196,10 +179,7 @@ pub(crate) fn validate_member(
             )));
         }
         if e.start > cursor {
-            return Err(data_err(format!(
-                "{} unclaimed bytes before it",
-                e.start - cursor
-            )));
+            return Err(data_err(format!("{} unclaimed bytes before it", e.start - cursor)));
         }
         cursor = e.end;
         prev = Some(e);
@@ -253,9 +233,7 @@ fn parse_entry(
         .iter()
         .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
         .collect::<Option<Vec<usize>>>()
-        .ok_or_else(|| {
-            header_err("shape has an entry that is not a non-negative integer".into())
-        })?;
+        .ok_or_else(|| header_err("shape has an entry that is not a non-negative integer".into()))?;
     let offsets = obj
         .get("data_offsets")
         .and_then(Value::as_array)
@@ -280,9 +258,7 @@ fn parse_entry(
     }
     let need = shape
         .iter()
-        .try_fold(dtype_size(dtype) as u64, |acc, &d| {
-            acc.checked_mul(d as u64)
-        })
+        .try_fold(dtype_size(dtype) as u64, |acc, &d| acc.checked_mul(d as u64))
         .ok_or_else(|| data_err(format!("shape {shape:?} overflows")))?;
     if need != e - s {
         return Err(data_err(format!(
@@ -301,9 +277,5 @@ fn parse_entry(
 
 /// Looks a tensor up by name among a member's entries.
 pub(crate) fn index_by_name(entries: &[TensorEntry]) -> HashMap<String, usize> {
-    entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.name.clone(), i))
-        .collect()
+    entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect()
 }

@@ -78,12 +78,9 @@ pub fn write_checkpoint(
         )));
     }
     if stem.is_empty() || stem.contains('/') || stem.starts_with('.') {
-        return Err(FormatError::InvalidInput(format!(
-            "file name stem {stem:?}"
-        )));
+        return Err(FormatError::InvalidInput(format!("file name stem {stem:?}")));
     }
-    let metadata_bytes = serde_json::to_vec_pretty(metadata)
-        .map_err(|e| FormatError::InvalidInput(e.to_string()))?;
+    let metadata_bytes = serde_json::to_vec_pretty(metadata).map_err(|e| FormatError::InvalidInput(e.to_string()))?;
     if metadata_bytes.len() as u64 > MAX_METADATA_BYTES {
         return Err(FormatError::TooLarge {
             what: "metadata.json".into(),
@@ -120,27 +117,16 @@ pub fn write_checkpoint(
     }
     let force = options.force_zip64;
     let mut plan = Vec::with_capacity(1 + members.len());
-    let mut meta_plan = PlannedMember::plan(
-        MemberName::Metadata.as_str(),
-        0,
-        metadata_bytes.len() as u64,
-        force,
-    );
+    let mut meta_plan = PlannedMember::plan(MemberName::Metadata.as_str(), 0, metadata_bytes.len() as u64, force);
     meta_plan.crc = crc32fast::hash(&metadata_bytes);
     plan.push(meta_plan);
     for p in &prepared {
         let size = p.header.len() as u64 + p.sizes.iter().map(|&s| s as u64).sum::<u64>();
         let offset = plan.last().expect("metadata planned").end();
-        plan.push(PlannedMember::plan(
-            p.member.name.as_str(),
-            offset,
-            size,
-            force,
-        ));
+        plan.push(PlannedMember::plan(p.member.name.as_str(), offset, size, force));
     }
 
-    let dir_meta =
-        std::fs::metadata(dir).map_err(|e| FormatError::io("cannot use directory", dir, e))?;
+    let dir_meta = std::fs::metadata(dir).map_err(|e| FormatError::io("cannot use directory", dir, e))?;
     if !dir_meta.is_dir() {
         return Err(FormatError::io(
             "cannot use directory",
@@ -158,19 +144,15 @@ pub fn write_checkpoint(
         .create_new(true)
         .open(&tmp_path)
         .map_err(|e| FormatError::io("cannot create", &tmp_path, e))?;
-    let tmp = TempFile {
-        path: tmp_path.clone(),
-    };
+    let tmp = TempFile { path: tmp_path.clone() };
     let werr = |e: std::io::Error| FormatError::io("cannot write", &tmp_path, e);
     let (dos_time, dos_date) = dos_time_date(manifest.timestamp);
 
     let mut out = BufWriter::with_capacity(1 << 20, &file);
-    out.write_all(&plan[0].local_header(dos_time, dos_date))
-        .map_err(werr)?;
+    out.write_all(&plan[0].local_header(dos_time, dos_date)).map_err(werr)?;
     out.write_all(&metadata_bytes).map_err(werr)?;
     for (p, planned) in prepared.iter().zip(plan.iter_mut().skip(1)) {
-        out.write_all(&planned.local_header(dos_time, dos_date))
-            .map_err(werr)?;
+        out.write_all(&planned.local_header(dos_time, dos_date)).map_err(werr)?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&p.header);
         out.write_all(&p.header).map_err(werr)?;

@@ -75,10 +75,7 @@ impl PlannedMember {
     }
 
     pub fn local_header_len(&self) -> u64 {
-        LOCAL_LEN
-            + self.name.len() as u64
-            + if self.zip64_sizes { 20 } else { 0 }
-            + self.padding as u64
+        LOCAL_LEN + self.name.len() as u64 + if self.zip64_sizes { 20 } else { 0 } + self.padding as u64
     }
 
     pub fn data_offset(&self) -> u64 {
@@ -161,14 +158,7 @@ impl PlannedMember {
         put32(&mut b, size32);
         put32(&mut b, size32);
         put16(&mut b, self.name.len() as u16);
-        put16(
-            &mut b,
-            if zip64.is_empty() {
-                0
-            } else {
-                4 + zip64.len() as u16
-            },
-        );
+        put16(&mut b, if zip64.is_empty() { 0 } else { 4 + zip64.len() as u16 });
         put16(&mut b, 0); // comment length
         put16(&mut b, 0); // disk number start
         put16(&mut b, 0); // internal attributes
@@ -191,12 +181,7 @@ impl PlannedMember {
 
 /// The end records: ZIP64 end record and locator when needed, then the
 /// classic end-of-central-directory record with no comment.
-pub(crate) fn end_records(
-    entries: u64,
-    cd_offset: u64,
-    cd_size: u64,
-    force_zip64: bool,
-) -> Vec<u8> {
+pub(crate) fn end_records(entries: u64, cd_offset: u64, cd_size: u64, force_zip64: bool) -> Vec<u8> {
     let zip64 = force_zip64 || entries >= U16_MAX || cd_offset >= U32_MAX || cd_size >= U32_MAX;
     let mut b = Vec::new();
     if zip64 {
@@ -219,29 +204,11 @@ pub(crate) fn end_records(
     put32(&mut b, EOCD_SIG);
     put16(&mut b, 0);
     put16(&mut b, 0);
-    let entries16 = if zip64 {
-        U16_MAX as u16
-    } else {
-        entries as u16
-    };
+    let entries16 = if zip64 { U16_MAX as u16 } else { entries as u16 };
     put16(&mut b, entries16);
     put16(&mut b, entries16);
-    put32(
-        &mut b,
-        if zip64 {
-            U32_MAX as u32
-        } else {
-            cd_size as u32
-        },
-    );
-    put32(
-        &mut b,
-        if zip64 {
-            U32_MAX as u32
-        } else {
-            cd_offset as u32
-        },
-    );
+    put32(&mut b, if zip64 { U32_MAX as u32 } else { cd_size as u32 });
+    put32(&mut b, if zip64 { U32_MAX as u32 } else { cd_offset as u32 });
     put16(&mut b, 0);
     b
 }
@@ -254,8 +221,7 @@ pub(crate) fn dos_time_date(unix_seconds: u64) -> (u16, u16) {
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
     let year = (y - 1980).clamp(0, 127) as u16;
-    let time =
-        ((rem / 3600) as u16) << 11 | (((rem % 3600) / 60) as u16) << 5 | ((rem % 60) / 2) as u16;
+    let time = ((rem / 3600) as u16) << 11 | (((rem % 3600) / 60) as u16) << 5 | ((rem % 60) / 2) as u16;
     let date = year << 9 | (m as u16) << 5 | d as u16;
     (time, date)
 }

@@ -1,0 +1,54 @@
+# Every target does its own setup from a clean clone: the venv with the
+# torch wheel (libtorch for tch), then the cargo build.
+#   make demo   build, train, save, load in a fresh process, inspect, verify
+#   make test   formatting, lints, every test
+#   make bench  save/load benchmark against raw I/O and tch (1 GiB)
+
+VENV := .venv
+PY := $(VENV)/bin/python
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+CARGO := cargo
+DEMO_DIR := out/demo
+
+.PHONY: all demo test lint rust-test python-lint bench venv deps build clean
+
+all: test
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# Tools the tests call that a bare machine may lack.
+deps:
+	@command -v unzip >/dev/null || { apt-get update -qq && apt-get install -y -qq unzip; }
+
+build: venv
+	$(CARGO) build --release --all-targets
+
+demo: build
+	@mkdir -p $(DEMO_DIR)
+	./target/release/examples/quickstart $(DEMO_DIR)
+	@latest=$$(ls -t $(DEMO_DIR)/quickstart_checkpoint_*.zip | head -n 1); \
+	  echo "== pytorch-saver inspect $$latest"; ./target/release/pytorch-saver inspect $$latest && \
+	  echo "== pytorch-saver verify $(DEMO_DIR)/*.zip"; ./target/release/pytorch-saver verify $(DEMO_DIR)/*.zip
+
+lint: venv
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(VENV)/bin/ruff check tests benches
+	$(VENV)/bin/ruff format --check tests benches
+
+rust-test: venv deps
+	$(CARGO) test --release
+
+test: lint rust-test
+
+bench: build
+	$(CARGO) bench --bench save_load
+
+clean:
+	rm -rf target out
