@@ -129,9 +129,15 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    fn build(registry: &Registry, class: &str, kwargs: Map<String, Value>, device: Device) -> Result<Self> {
+    fn build(
+        registry: &Registry,
+        class: &str,
+        kwargs: Map<String, Value>,
+        device: Device,
+        loading: bool,
+    ) -> Result<Self> {
         let vs = nn::VarStore::new(device);
-        let module = registry.build_model(class, vs.root(), &kwargs)?;
+        let module = registry.build_model(class, vs.root(), &kwargs, loading)?;
         Ok(Model {
             class: class.to_owned(),
             kwargs,
@@ -269,7 +275,7 @@ impl ModelContainer {
     /// Builds a model by registry name and kwargs, replacing any model the
     /// container held (only once the new one is built).
     pub fn initialize(&mut self, model: &str, kwargs: Map<String, Value>) -> Result<&mut Model> {
-        let built = Model::build(&self.registry, model, kwargs, self.device)?;
+        let built = Model::build(&self.registry, model, kwargs, self.device, false)?;
         Ok(self.model.insert(built))
     }
 
@@ -355,7 +361,7 @@ impl ModelContainer {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        let mut model = Model::build(&self.registry, &manifest.model_class, kwargs, self.device)?;
+        let mut model = Model::build(&self.registry, &manifest.model_class, kwargs, self.device, true)?;
         model.load_state(&ckpt)?;
         self.model = Some(model);
         Ok(flat_metadata(&ckpt))

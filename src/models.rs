@@ -13,10 +13,15 @@ pub const LINEAR: &str = "torch.nn.Linear";
 pub const MLP: &str = "pytorch_saver.models.MLP";
 
 /// A Linear layer initialised as PyTorch's `reset_parameters` does:
-/// weight and bias uniform in +-1/sqrt(in_features).
-pub fn linear(p: nn::Path<'_>, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {
+/// weight and bias uniform in +-1/sqrt(in_features); zeros when
+/// `random_init` is false (the values are about to be loaded).
+pub fn linear(p: nn::Path<'_>, in_dim: i64, out_dim: i64, bias: bool, random_init: bool) -> nn::Linear {
     let bound = 1.0 / (in_dim as f64).sqrt();
-    let init = nn::Init::Uniform { lo: -bound, up: bound };
+    let init = if random_init {
+        nn::Init::Uniform { lo: -bound, up: bound }
+    } else {
+        nn::Init::Const(0.0)
+    };
     nn::linear(
         p,
         in_dim,
@@ -56,14 +61,28 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(p: nn::Path<'_>, in_dim: i64, hidden_dim: i64, n_classes: i64, n_layers: i64) -> Self {
-        let fc1 = linear(&p / "fc1", in_dim, hidden_dim, true);
+    /// The MLP under `p`; `random_init` as in [`linear`].
+    pub fn new(
+        p: nn::Path<'_>,
+        in_dim: i64,
+        hidden_dim: i64,
+        n_classes: i64,
+        n_layers: i64,
+        random_init: bool,
+    ) -> Self {
+        let fc1 = linear(&p / "fc1", in_dim, hidden_dim, true, random_init);
         let seq = &p / "hidden_layers";
         let mut hidden = Vec::new();
         for i in 0..(n_layers - 1) {
-            hidden.push(linear(&seq / (2 * i), hidden_dim, hidden_dim, true));
+            hidden.push(linear(&seq / (2 * i), hidden_dim, hidden_dim, true, random_init));
         }
-        hidden.push(linear(&seq / (2 * (n_layers - 1)), hidden_dim, n_classes, true));
+        hidden.push(linear(
+            &seq / (2 * (n_layers - 1)),
+            hidden_dim,
+            n_classes,
+            true,
+            random_init,
+        ));
         Mlp { fc1, hidden }
     }
 }
@@ -86,7 +105,7 @@ fn build_linear(p: nn::Path<'_>, kw: &Kwargs<'_>) -> Result<BoxedModel> {
     let in_features = kw.required_i64_at_least("in_features", 1)?;
     let out_features = kw.required_i64_at_least("out_features", 1)?;
     let bias = kw.bool_or("bias", true)?;
-    Ok(Box::new(linear(p, in_features, out_features, bias)))
+    Ok(Box::new(linear(p, in_features, out_features, bias, !kw.loading())))
 }
 
 fn build_mlp(p: nn::Path<'_>, kw: &Kwargs<'_>) -> Result<BoxedModel> {
@@ -97,7 +116,14 @@ fn build_mlp(p: nn::Path<'_>, kw: &Kwargs<'_>) -> Result<BoxedModel> {
     if n_layers < 1 {
         return Err(kw.error(format!("kwarg \"n_layers\" must be at least 1, got {n_layers}")));
     }
-    Ok(Box::new(Mlp::new(p, in_dim, hidden_dim, n_classes, n_layers)))
+    Ok(Box::new(Mlp::new(
+        p,
+        in_dim,
+        hidden_dim,
+        n_classes,
+        n_layers,
+        !kw.loading(),
+    )))
 }
 
 pub(crate) fn register_builtins(r: &mut Registry) {

@@ -24,15 +24,27 @@ pub struct Kwargs<'a> {
     class: &'a str,
     map: &'a Map<String, Value>,
     used: Mutex<HashSet<String>>,
+    loading: bool,
 }
 
 impl<'a> Kwargs<'a> {
-    pub fn new(class: &'a str, map: &'a Map<String, Value>) -> Self {
+    /// Kwargs for building `class`; `loading` says the model is rebuilt
+    /// from a file (see [`loading`](Self::loading)).
+    pub fn new(class: &'a str, map: &'a Map<String, Value>, loading: bool) -> Self {
         Kwargs {
             class,
             map,
             used: Mutex::new(HashSet::new()),
+            loading,
         }
+    }
+
+    /// True when the model is being rebuilt from a file: every initial
+    /// value will be overwritten by the file's, so a factory may skip a
+    /// costly random init (PyTorch's `skip_init`). Random init of a 1 GiB
+    /// model costs about ten times the load itself.
+    pub fn loading(&self) -> bool {
+        self.loading
     }
 
     pub fn class(&self) -> &str {
@@ -188,11 +200,18 @@ impl Registry {
         })
     }
 
-    /// Builds a model. Unknown kwargs, a failing factory and a panicking
-    /// one (tch panics on bad sizes) all become typed errors.
-    pub fn build_model(&self, name: &str, path: nn::Path<'_>, kwargs: &Map<String, Value>) -> Result<BoxedModel> {
+    /// Builds a model (`loading`: see [`Kwargs::loading`]). Unknown
+    /// kwargs, a failing factory and a panicking one (tch panics on bad
+    /// sizes) all become typed errors.
+    pub fn build_model(
+        &self,
+        name: &str,
+        path: nn::Path<'_>,
+        kwargs: &Map<String, Value>,
+        loading: bool,
+    ) -> Result<BoxedModel> {
         let factory = self.factory(name)?;
-        let kw = Kwargs::new(name, kwargs);
+        let kw = Kwargs::new(name, kwargs, loading);
         let built = catch_unwind(AssertUnwindSafe(|| factory(path, &kw))).map_err(|p| Error::Factory {
             class: name.into(),
             reason: panic_message(&*p),

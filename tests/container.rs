@@ -349,3 +349,27 @@ fn model_tensors_are_in_model_safetensors_with_their_names() {
     );
     assert_eq!(ckpt.manifest().model_class, models::MLP);
 }
+
+#[test]
+fn factories_learn_when_a_load_will_overwrite_their_init() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let seen = Arc::new(AtomicUsize::new(0)); // bit 0: built to train, bit 1: built to load
+    let mut r = Registry::new();
+    let s = seen.clone();
+    r.register_model("tests.Flag", move |p: nn::Path<'_>, k: &Kwargs<'_>| {
+        s.fetch_or(if k.loading() { 2 } else { 1 }, Ordering::SeqCst);
+        let _ = p.add("w", Tensor::ones([2], (Kind::Float, p.device())), true);
+        Ok(Box::new(models::Mlp::new(p, 1, 1, 1, 1, !k.loading())) as pytorch_saver::BoxedModel)
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ModelContainer::with_registry(r.clone());
+    c.initialize("tests.Flag", Map::new()).unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    let path = c.save(dir.path(), "f", &UserMetadata::new()).unwrap();
+    let mut l = ModelContainer::with_registry(r);
+    l.load(&path).unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+    assert_same_state(&c, &l);
+}
