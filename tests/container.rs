@@ -373,3 +373,22 @@ fn factories_learn_when_a_load_will_overwrite_their_init() {
     assert_eq!(seen.load(Ordering::SeqCst), 3);
     assert_same_state(&c, &l);
 }
+
+/// The registration example of the README, verbatim.
+#[test]
+fn readme_registry_example_works() -> pytorch_saver::Result<()> {
+    let mut registry = pytorch_saver::Registry::new(); // with the built-ins
+    registry.register_model("mypkg.models.Net", |p, kw| {
+        let width = kw.required_i64_at_least("width", 1)?; // errors name the kwarg
+        Ok(Box::new(tch::nn::linear(p / "fc", width, 2, Default::default())))
+    })?;
+    let mut container = ModelContainer::with_registry(registry);
+    container.initialize("mypkg.models.Net", obj(json!({"width": 3})))?;
+    let names: Vec<String> = container.model()?.state_dict().into_keys().collect();
+    assert_eq!(names, ["fc.bias", "fc.weight"]);
+    let e = container
+        .initialize("mypkg.models.Net", obj(json!({"width": 3, "depth": 2})))
+        .unwrap_err();
+    assert!(e.to_string().contains("unexpected kwarg \"depth\""), "{e}");
+    Ok(())
+}
