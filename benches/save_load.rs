@@ -69,7 +69,7 @@ fn tensor_slice(t: &Tensor) -> &[u8] {
     unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, len) }
 }
 
-fn tensor_slice_mut(t: &Tensor) -> &mut [u8] {
+fn tensor_slice_mut(t: &mut Tensor) -> &mut [u8] {
     let len = t.numel() * t.kind().elt_size_in_bytes();
     // SAFETY: as above; the benchmark is the only user of these tensors.
     unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, len) }
@@ -85,10 +85,10 @@ fn raw_write(path: &Path, tensors: &[(String, Tensor)], fsync: bool) {
     }
 }
 
-fn raw_read(path: &Path, tensors: &[(String, Tensor)]) {
+fn raw_read(path: &Path, tensors: &mut [(String, Tensor)]) {
     let f = File::open(path).unwrap();
     let mut off = 0u64;
-    for (_, t) in tensors {
+    for (_, t) in tensors.iter_mut() {
         let dst = tensor_slice_mut(t);
         f.read_exact_at(dst, off).unwrap();
         off += dst.len() as u64;
@@ -205,7 +205,7 @@ fn main() {
     tch::manual_seed(0);
     let mut c = ModelContainer::new();
     c.initialize(models::MLP, kwargs()).unwrap();
-    let tensors = state_bytes(&c);
+    let mut tensors = state_bytes(&c);
     let total: usize = tensors.iter().map(|(_, t)| tensor_slice(t).len()).sum();
     println!(
         "state dict: {} tensors, {:.1} MiB; {runs} runs each, median; files in {}",
@@ -231,7 +231,7 @@ fn main() {
     );
     let ours_path = ours_path.into_inner();
 
-    let raw_load = time(runs, || raw_read(&raw, &tensors));
+    let raw_load = time(runs, || raw_read(&raw, &mut tensors));
     let mut vs_mut = nn::VarStore::new(tch::Device::Cpu);
     let _shadow = models::Mlp::new(vs_mut.root(), 8192, 8192, 8192, 3, true);
     let ot_load = time(runs, || vs_mut.load(&ot).unwrap());
