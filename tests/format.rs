@@ -8,7 +8,7 @@ use common::*;
 use pytorch_saver::format::{
     write_checkpoint, Checkpoint, Dtype, FormatError, MemberName, TensorMember, TensorSource, WriteOptions, DTYPES,
 };
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
@@ -631,4 +631,102 @@ fn invalid_metadata_is_refused_before_writing() {
         "{e}"
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn directories_and_fifos_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    let fifo = dir.path().join("pipe.zip");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let e = Checkpoint::open(&fifo).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+}
+
+/// xorshift64*: a deterministic stream for the randomized tests below.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Random safetensors headers (plausible and hostile offsets, shapes and
+/// dtypes): the reader never panics, and whatever it accepts satisfies
+/// every invariant FORMAT.md section 4 states.
+#[test]
+fn random_tensor_headers_are_refused_or_consistent() {
+    let dtypes = [
+        "F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "X",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.zip");
+    let meta = metadata("inference", "torch.nn.Linear");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut accepted = 0;
+    for _ in 0..1500 {
+        let n = rng.below(4) as usize;
+        let mut header = serde_json::Map::new();
+        let mut cursor = 0u64;
+        for t in 0..n {
+            let dtype = dtypes[rng.below(dtypes.len() as u64) as usize];
+            let shape: Vec<u64> = (0..rng.below(3)).map(|_| rng.below(4)).collect();
+            let elem = match dtype {
+                "F64" | "I64" => 8,
+                "F32" | "I32" => 4,
+                "F16" | "BF16" | "I16" => 2,
+                _ => 1,
+            };
+            let size = shape.iter().product::<u64>() * elem;
+            let (b, e) = match rng.below(6) {
+                0 => (rng.below(64), rng.below(64)),
+                1 => (cursor, cursor + size + 1),
+                2 => (cursor.saturating_sub(1), cursor + size),
+                3 => (u64::MAX - 3, u64::MAX),
+                _ => (cursor, cursor + size),
+            };
+            cursor = e;
+            header.insert(
+                format!("t{t}"),
+                json!({"dtype": dtype, "shape": shape, "data_offsets": [b, e]}),
+            );
+        }
+        let data_len = if rng.below(4) == 0 {
+            rng.below(64)
+        } else {
+            cursor.min(4096)
+        };
+        let st = safetensors_bytes(&Value::Object(header), &vec![7u8; data_len as usize]);
+        let zip = build_zip(&[
+            member("metadata.json", metadata_bytes(&meta)),
+            member("model.safetensors", st),
+        ]);
+        std::fs::write(&path, &zip).unwrap();
+        if let Ok(c) = Checkpoint::open(&path) {
+            accepted += 1;
+            let m = c.member(MemberName::Model).unwrap();
+            let mut end = None;
+            for t in &m.tensors {
+                if let Some(prev) = end {
+                    assert_eq!(t.start, prev, "tensors tile the data");
+                }
+                assert_eq!(t.byte_len(), (t.numel() * t.dtype.bitsize() / 8) as u64);
+                end = Some(t.end);
+            }
+            assert!(
+                end.is_none_or(|e| e == m.data_start + m.size),
+                "last tensor ends the member"
+            );
+        }
+    }
+    assert!(accepted > 50, "the generator also makes valid files ({accepted})");
 }

@@ -134,6 +134,12 @@ impl Checkpoint {
     /// `metadata.json` against the v1 schema, and every tensor header.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, FormatError> {
         let path = path.as_ref().to_path_buf();
+        // Opening a FIFO for reading would block: look before opening.
+        let kind = std::fs::metadata(&path).map_err(|e| FormatError::io("cannot open", &path, e))?;
+        if !kind.is_file() {
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+            return Err(FormatError::io("cannot open", &path, e));
+        }
         let file = File::open(&path).map_err(|e| FormatError::io("cannot open", &path, e))?;
         let len = file
             .metadata()

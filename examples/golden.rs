@@ -1,0 +1,179 @@
+//! Writes the Rust-side golden files of the current format version into
+//! tests/golden/v<N>/, each with a sidecar `<file>.json` holding what a
+//! reader must find in it. It only ever adds: a file that exists is kept
+//! as it is (golden files are never regenerated).
+//!
+//!     cargo run --release --example golden
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use pytorch_saver::format::{
+    dtype_name, write_checkpoint, Checkpoint, Dtype, MemberName, TensorMember, TensorSource, WriteOptions, DTYPES,
+    FORMAT_VERSION,
+};
+use pytorch_saver::{models, ModelContainer, UserMetadata};
+use serde_json::{json, Map, Value};
+use tch::{Device, Kind, Tensor};
+
+struct Raw {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl TensorSource for Raw {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+    fn bytes(&self) -> std::io::Result<Cow<'_, [u8]>> {
+        Ok(Cow::Borrowed(&self.data))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The sidecar: the file's whole metadata and every tensor's bytes.
+fn sidecar(path: &Path, extra: Map<String, Value>) -> Value {
+    let ckpt = Checkpoint::open(path).expect("what we just wrote is valid");
+    let mut members = Map::new();
+    for m in ckpt.members().iter().filter(|m| m.name != MemberName::Metadata) {
+        let tensors: Map<String, Value> = m
+            .tensors
+            .iter()
+            .map(|t| {
+                let v = json!({"dtype": dtype_name(t.dtype), "shape": t.shape, "hex": hex(ckpt.tensor_bytes(t))});
+                (t.name.clone(), v)
+            })
+            .collect();
+        members.insert(m.name.as_str().into(), Value::Object(tensors));
+    }
+    let mut v = json!({"metadata": ckpt.metadata(), "tensors": members});
+    v.as_object_mut().expect("object").extend(extra);
+    v
+}
+
+fn keep_or_write(dir: &Path, name: &str, write: impl FnOnce(&Path) -> (PathBuf, Map<String, Value>)) {
+    let target = dir.join(name);
+    if target.exists() {
+        println!("kept    {}", target.display());
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let (written, extra) = write(scratch.path());
+    let expected = sidecar(&written, extra);
+    std::fs::copy(&written, &target).expect("copy golden file");
+    let json = serde_json::to_string_pretty(&expected).expect("JSON") + "\n";
+    std::fs::write(dir.join(format!("{name}.json")), json).expect("write sidecar");
+    println!("added   {}", target.display());
+}
+
+fn kwargs(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+fn main() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/v{FORMAT_VERSION}"));
+    std::fs::create_dir_all(&dir).expect("golden dir");
+
+    keep_or_write(&dir, "rust_mlp_inference.zip", |out| {
+        tch::manual_seed(0);
+        let mut c = ModelContainer::new();
+        c.initialize(
+            models::MLP,
+            kwargs(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 3})),
+        )
+        .expect("MLP");
+        let x = Tensor::linspace(-1.0, 1.0, 8, (Kind::Float, Device::Cpu)).reshape([2, 4]);
+        let y = c.model().and_then(|m| m.forward(&x)).expect("forward");
+        let input = Vec::<f32>::try_from(x.flatten(0, -1)).expect("f32");
+        let output = Vec::<f32>::try_from(y.flatten(0, -1)).expect("f32");
+        let path = c.save_inference(out, "golden", &UserMetadata::new()).expect("save");
+        (
+            path,
+            kwargs(json!({"forward": {"input": input, "input_shape": [2, 4], "output": output}})),
+        )
+    });
+
+    keep_or_write(&dir, "rust_linear_checkpoint.zip", |out| {
+        tch::manual_seed(1);
+        let mut c = ModelContainer::new();
+        c.initialize(models::LINEAR, kwargs(json!({"in_features": 3, "out_features": 2})))
+            .expect("Linear");
+        let meta = UserMetadata::new()
+            .with("loss", 0.55)
+            .and_then(|m| m.with("epoch", 5))
+            .and_then(|m| m.with("notes", json!({"text": "ünïcode ✓", "list": [1, 2.5, null, true]})))
+            .expect("metadata");
+        (c.save(out, "golden", &meta).expect("save"), Map::new())
+    });
+
+    keep_or_write(&dir, "rust_all_dtypes_inference.zip", |out| {
+        let mut tensors = Vec::new();
+        for (i, &d) in DTYPES.iter().enumerate() {
+            let size = d.bitsize() / 8;
+            let pattern = |n: usize| -> Vec<u8> {
+                if d == Dtype::BOOL {
+                    (0..n).map(|j| (j % 2) as u8).collect()
+                } else {
+                    (0..n * size).map(|j| (j * 37 + i * 11) as u8).collect()
+                }
+            };
+            let name = dtype_name(d).to_lowercase();
+            tensors.push(Raw {
+                name: format!("{name}.matrix"),
+                dtype: d,
+                shape: vec![2, 3],
+                data: pattern(6),
+            });
+            tensors.push(Raw {
+                name: format!("{name}.scalar"),
+                dtype: d,
+                shape: vec![],
+                data: pattern(1),
+            });
+            tensors.push(Raw {
+                name: format!("{name}.empty"),
+                dtype: d,
+                shape: vec![0, 4],
+                data: vec![],
+            });
+        }
+        let mut meta = kwargs(json!({
+            "model_kwargs": {},
+            "timestamp": 1_795_000_000u64,
+            "__pytorch_saver__": {
+                "format_version": FORMAT_VERSION,
+                "kind": "inference",
+                "model": {"class": "tests.AllDtypes"},
+                "producer": pytorch_saver::format::Producer::this_library().to_json(),
+            }
+        }));
+        meta.insert(
+            "description".into(),
+            "every v1 dtype as matrix, rank-0 and empty tensors".into(),
+        );
+        let members = [TensorMember {
+            name: MemberName::Model,
+            tensors: tensors.iter().map(|t| t as &dyn TensorSource).collect(),
+        }];
+        let path = write_checkpoint(
+            out,
+            "golden_inference_1795000000",
+            &meta,
+            &members,
+            &WriteOptions::default(),
+        )
+        .expect("write");
+        (path, Map::new())
+    });
+}
