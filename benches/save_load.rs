@@ -118,45 +118,27 @@ fn rss_child(phase: &str, dir: &Path, file: Option<&str>) {
     match phase {
         "save" => {
             c.initialize(models::MLP, kwargs()).unwrap();
-            let model_kib = c
-                .model()
-                .unwrap()
-                .state_dict()
-                .values()
-                .map(|t| t.numel() * 4)
-                .sum::<usize>() as u64
-                / 1024;
             c.save(dir, "rss", &UserMetadata::new()).unwrap();
-            println!("{base} {model_kib} {}", vm_kib("VmHWM:"));
         }
         "load" => {
             let metadata = c.load(file.unwrap()).unwrap();
             assert!(metadata.contains_key("model_kwargs"));
-            let model_kib = c
-                .model()
-                .unwrap()
-                .state_dict()
-                .values()
-                .map(|t| t.numel() * 4)
-                .sum::<usize>() as u64
-                / 1024;
-            println!("{base} {model_kib} {}", vm_kib("VmHWM:"));
         }
         "restore" => {
             c.initialize(models::MLP, kwargs()).unwrap();
             c.restore(file.unwrap()).unwrap();
-            let model_kib = c
-                .model()
-                .unwrap()
-                .state_dict()
-                .values()
-                .map(|t| t.numel() * 4)
-                .sum::<usize>() as u64
-                / 1024;
-            println!("{base} {model_kib} {}", vm_kib("VmHWM:"));
         }
         _ => panic!("unknown phase {phase}"),
     }
+    let model_kib = c
+        .model()
+        .unwrap()
+        .state_dict()
+        .values()
+        .map(|t| t.numel() * 4)
+        .sum::<usize>() as u64
+        / 1024;
+    println!("{base} {model_kib} {}", vm_kib("VmHWM:"));
 }
 
 fn measure_rss(phase: &str, dir: &Path, file: Option<&Path>) -> (u64, u64, u64) {

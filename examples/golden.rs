@@ -9,34 +9,12 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use pytorch_saver::format::{
-    dtype_name, write_checkpoint, Checkpoint, Dtype, MemberName, TensorMember, TensorSource, WriteOptions, DTYPES,
-    FORMAT_VERSION,
+    dtype_name, write_checkpoint, BytesTensor, Checkpoint, Dtype, MemberName, TensorMember, TensorSource, WriteOptions,
+    DTYPES, FORMAT_VERSION,
 };
 use pytorch_saver::{models, ModelContainer, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
-
-struct Raw {
-    name: String,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl TensorSource for Raw {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> Vec<usize> {
-        self.shape.clone()
-    }
-    fn bytes(&self) -> std::io::Result<Cow<'_, [u8]>> {
-        Ok(Cow::Borrowed(&self.data))
-    }
-}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -129,24 +107,19 @@ fn main() {
                 }
             };
             let name = dtype_name(d).to_lowercase();
-            tensors.push(Raw {
-                name: format!("{name}.matrix"),
-                dtype: d,
-                shape: vec![2, 3],
-                data: pattern(6),
-            });
-            tensors.push(Raw {
-                name: format!("{name}.scalar"),
-                dtype: d,
-                shape: vec![],
-                data: pattern(1),
-            });
-            tensors.push(Raw {
-                name: format!("{name}.empty"),
-                dtype: d,
-                shape: vec![0, 4],
-                data: vec![],
-            });
+            for (kind, shape, n) in [
+                ("matrix", vec![2, 3], 6),
+                ("scalar", vec![], 1),
+                ("empty", vec![0, 4], 0),
+            ] {
+                let data = Cow::Owned(pattern(n));
+                tensors.push(BytesTensor {
+                    name: format!("{name}.{kind}"),
+                    dtype: d,
+                    shape,
+                    data,
+                });
+            }
         }
         let mut meta = kwargs(json!({
             "model_kwargs": {},

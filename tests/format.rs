@@ -19,29 +19,17 @@ fn every_dtype() -> Vec<RawTensor> {
     let mut out = Vec::new();
     for (i, &d) in DTYPES.iter().enumerate() {
         let size = d.bitsize() / 8;
-        let shape = vec![2, 3];
-        out.push(RawTensor {
-            name: format!("t.{d:?}"),
-            dtype: d,
-            data: if d == Dtype::BOOL {
-                vec![0, 1, 1, 0, 1, 0]
+        let bools = |n: usize| (0..n).map(|j| (j % 3 == 1) as u8).collect::<Vec<u8>>();
+        let data = |n: usize| {
+            if d == Dtype::BOOL {
+                bools(n)
             } else {
-                pattern(6 * size, i as u8)
-            },
-            shape,
-        });
-        out.push(RawTensor {
-            name: format!("scalar.{d:?}"),
-            dtype: d,
-            shape: vec![],
-            data: if d == Dtype::BOOL { vec![1] } else { pattern(size, 7) },
-        });
-        out.push(RawTensor {
-            name: format!("empty.{d:?}"),
-            dtype: d,
-            shape: vec![3, 0],
-            data: vec![],
-        });
+                pattern(n * size, i as u8)
+            }
+        };
+        out.push(raw(format!("t.{d:?}"), d, vec![2, 3], data(6)));
+        out.push(raw(format!("scalar.{d:?}"), d, vec![], data(1)));
+        out.push(raw(format!("empty.{d:?}"), d, vec![3, 0], vec![]));
     }
     out
 }
@@ -75,7 +63,7 @@ fn assert_round_trip(options: WriteOptions) {
         assert_eq!(ckpt.tensor_bytes(e), &t.data[..], "{}", t.name);
         let mut copy = vec![0u8; t.data.len()];
         ckpt.read_tensor_into(e, &mut copy).unwrap();
-        assert_eq!(copy, t.data, "{}", t.name);
+        assert_eq!(copy[..], t.data[..], "{}", t.name);
         assert_eq!(
             e.start % (t.dtype.bitsize() as u64 / 8),
             0,

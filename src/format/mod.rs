@@ -14,7 +14,7 @@ pub use error::FormatError;
 pub use metadata::{FileKind, Manifest, Producer, FORMAT_VERSION, INTERNALS_KEY, RESERVED_KEYS};
 pub use reader::{Checkpoint, Member};
 pub use tensors::{dtype_name, dtype_size, Dtype, TensorEntry, DTYPES};
-pub use writer::{write_checkpoint, TensorMember, TensorSource, WriteOptions};
+pub use writer::{write_checkpoint, BytesTensor, TensorMember, TensorSource, WriteOptions};
 pub use zip::ALIGNMENT;
 
 /// The members a v1 file may hold, in the order they must appear.

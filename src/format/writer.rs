@@ -28,6 +28,32 @@ pub trait TensorSource {
     fn bytes(&self) -> std::io::Result<Cow<'_, [u8]>>;
 }
 
+/// A tensor given as bytes (owned or borrowed): what a caller without tch
+/// (C, Go, a tool) writes. The bytes are checked against dtype and shape
+/// when the file is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BytesTensor<'a> {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Cow<'a, [u8]>,
+}
+
+impl TensorSource for BytesTensor<'_> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+    fn bytes(&self) -> std::io::Result<Cow<'_, [u8]>> {
+        Ok(Cow::Borrowed(&self.data))
+    }
+}
+
 /// The tensors of one safetensors member.
 pub struct TensorMember<'a> {
     pub name: MemberName,

@@ -6,31 +6,21 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use pytorch_saver::format::{Dtype, TensorSource};
+use pytorch_saver::format::{BytesTensor, Dtype};
 use pytorch_saver::{Kwargs, Registry};
 use serde_json::{json, Map, Value};
 use tch::{nn, Kind, Tensor};
 
 /// A tensor given as raw little-endian bytes.
-pub struct RawTensor {
-    pub name: String,
-    pub dtype: Dtype,
-    pub shape: Vec<usize>,
-    pub data: Vec<u8>,
-}
+pub type RawTensor = BytesTensor<'static>;
 
-impl TensorSource for RawTensor {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> Vec<usize> {
-        self.shape.clone()
-    }
-    fn bytes(&self) -> std::io::Result<Cow<'_, [u8]>> {
-        Ok(Cow::Borrowed(&self.data))
+/// A [`RawTensor`] from owned bytes.
+pub fn raw(name: impl Into<String>, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>) -> RawTensor {
+    BytesTensor {
+        name: name.into(),
+        dtype,
+        shape,
+        data: Cow::Owned(data),
     }
 }
 
