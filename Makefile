@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 CARGO := cargo
 DEMO_DIR := out/demo
 
-.PHONY: all demo test lint rust-test python-lint bench venv deps build clean
+.PHONY: all demo test lint rust-test bench fuzz venv deps build clean
 
 all: test
 
@@ -39,6 +39,7 @@ demo: build
 lint: venv
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release --no-default-features --all-targets -- -D warnings
 	$(VENV)/bin/ruff check tests benches
 	$(VENV)/bin/ruff format --check tests benches
 
@@ -49,6 +50,17 @@ test: lint rust-test
 
 bench: build
 	$(CARGO) bench --bench save_load
+
+# Coverage-guided fuzzing of the reader (needs a nightly toolchain and
+# cargo-fuzz: cargo install cargo-fuzz), seeded with the golden files;
+# FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= open open_crc_fixed
+fuzz:
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t && cp tests/golden/*/*.zip fuzz/corpus/$$t/ && \
+	  (cd fuzz && cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536) || exit 1; \
+	done
 
 clean:
 	rm -rf target out

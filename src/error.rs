@@ -43,6 +43,7 @@ pub enum Error {
     Torch(String),
 }
 
+#[cfg(feature = "torch")]
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
         Error::Torch(e.to_string())
@@ -53,6 +54,7 @@ impl From<tch::TchError> for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The message of a caught panic payload.
+#[cfg(feature = "torch")]
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()

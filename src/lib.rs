@@ -7,15 +7,21 @@
 //! - [`models`]: built-in models with PyTorch's state-dict names.
 //! - [`ModelContainer`]: initialize, save, save_inference, load.
 
+#[cfg(feature = "torch")]
 pub mod container;
 pub mod error;
 pub mod format;
+#[cfg(feature = "torch")]
 pub mod models;
+#[cfg(feature = "torch")]
 pub mod registry;
+#[cfg(feature = "torch")]
 pub mod tensors;
 
+#[cfg(feature = "torch")]
 pub use container::{MetadataValue, Model, ModelContainer, UserMetadata};
 pub use error::{Error, Result};
+#[cfg(feature = "torch")]
 pub use registry::{BoxedModel, Kwargs, Registry};
 
 /// The libtorch version tch 0.26 binds, recorded in every file we write.

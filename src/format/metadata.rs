@@ -56,7 +56,7 @@ impl Producer {
             library: "pytorch-saver".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             language: "rust".into(),
-            torch_version: Some(crate::TORCH_VERSION.into()),
+            torch_version: cfg!(feature = "torch").then(|| crate::TORCH_VERSION.into()),
         }
     }
 

@@ -1,0 +1,61 @@
+//! Test models on real libtorch tensors.
+
+use pytorch_saver::{Kwargs, Registry};
+use tch::{nn, Kind, Tensor};
+
+pub const ALL_DTYPES: &str = "tests.AllDtypes";
+
+/// A model whose state dict holds every v1 dtype, rank-0 and empty
+/// tensors, and float specials (NaN payloads, -0.0, infinities) that only
+/// a bit-exact path preserves.
+#[derive(Debug)]
+struct AllDtypes;
+
+impl nn::Module for AllDtypes {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        xs.shallow_clone()
+    }
+}
+
+pub fn all_dtypes_factory(p: nn::Path<'_>, kw: &Kwargs<'_>) -> pytorch_saver::Result<pytorch_saver::BoxedModel> {
+    let n = kw.i64_or("n", 5)?;
+    let r = |kind: Kind| Tensor::randn([n, 3], (Kind::Float, p.device())).to_kind(kind) * 7;
+    let specials = Tensor::from_slice(&[
+        f32::NAN,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::from_bits(0x7fc0_1234),
+    ]);
+    let _ = p.add("f64", r(Kind::Double), true);
+    let _ = p.add("f32", r(Kind::Float), true);
+    let _ = p.add("f32_specials", specials.copy(), false);
+    let _ = p.add("f16", r(Kind::Half), false);
+    let _ = p.add("bf16", r(Kind::BFloat16), false);
+    let _ = p.add("i64", r(Kind::Int64), false);
+    let _ = p.add("i32", r(Kind::Int), false);
+    let _ = p.add("i16", r(Kind::Int16), false);
+    let _ = p.add("i8", r(Kind::Int8), false);
+    let _ = p.add("u8", r(Kind::Uint8), false);
+    let _ = p.add("bool", r(Kind::Float).gt(0.0), false);
+    let _ = p.add("scalar_f32", Tensor::randn([], (Kind::Float, p.device())), true);
+    let _ = (&p / "bn").add("num_batches_tracked", Tensor::from(n * 1000 + 7), false);
+    let _ = p.add("empty_f32", Tensor::zeros([0], (Kind::Float, p.device())), false);
+    let _ = p.add("empty_i64_2d", Tensor::zeros([3, 0], (Kind::Int64, p.device())), false);
+    Ok(Box::new(AllDtypes))
+}
+
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register_model(ALL_DTYPES, all_dtypes_factory).unwrap();
+    r
+}
+
+/// The raw bytes of a tensor, in C order.
+pub fn bytes_of(t: &Tensor) -> Vec<u8> {
+    let t = t.contiguous();
+    let n = t.numel();
+    let mut out = vec![0u8; n * t.kind().elt_size_in_bytes()];
+    t.copy_data_u8(&mut out, n);
+    out
+}
