@@ -196,7 +196,7 @@ impl Model {
             })?;
             check_fits(e, dst)?;
         }
-        if let Some(missing) = vars.keys().find(|k| !entries.iter().any(|e| &e.name == *k)) {
+        if let Some(missing) = vars.keys().find(|k| ckpt.tensor(MemberName::Model, k).is_err()) {
             return Err(Error::StateMismatch {
                 tensor: missing.clone(),
                 reason: format!("in model {} but not in the file", self.class),
@@ -368,8 +368,10 @@ impl ModelContainer {
     }
 
     /// Loads a file's state into the model the container already holds
-    /// (same class; every tensor must fit), keeping the tensors' storage.
-    /// All checks run before any byte is copied.
+    /// (same class; every tensor must fit), keeping the tensors' storage,
+    /// so that tensors the caller holds (an optimizer's) see the values.
+    /// All checks run before any byte is copied. The file's model kwargs
+    /// are not compared with the container's: tensors that fit are loaded.
     pub fn restore(&mut self, path: impl AsRef<Path>) -> Result<Map<String, Value>> {
         let ckpt = Checkpoint::open(path)?;
         let model = self.model.as_mut().ok_or(Error::NotInitialized)?;
