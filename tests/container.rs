@@ -392,3 +392,27 @@ fn readme_registry_example_works() -> pytorch_saver::Result<()> {
     assert!(e.to_string().contains("unexpected kwarg \"depth\""), "{e}");
     Ok(())
 }
+
+#[test]
+fn saves_within_one_second_get_distinct_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ModelContainer::new();
+    c.initialize(models::LINEAR, obj(json!({"in_features": 2, "out_features": 2})))
+        .unwrap();
+    let paths: Vec<_> = (0..3)
+        .map(|_| c.save(dir.path(), "same", &UserMetadata::new()).unwrap())
+        .collect();
+    let mut names: Vec<_> = paths.iter().map(|p| p.file_name().unwrap().to_owned()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 3, "{paths:?}");
+    for p in &paths {
+        Checkpoint::open(p).unwrap();
+    }
+    // Three saves take far less than two seconds: at least two shared a
+    // timestamp, and the later one got the "-1" suffix.
+    assert!(
+        paths.iter().any(|p| p.to_string_lossy().ends_with("-1.zip")),
+        "{paths:?}"
+    );
+}
