@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use pytorch_saver::format::{dtype_name, Checkpoint, MemberName};
 use pytorch_saver::ModelContainer;
 use serde_json::Value;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 fn golden_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
@@ -26,6 +26,15 @@ fn golden_files() -> Vec<PathBuf> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A JSON array of numbers as f32 (exact for values written from f32).
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn expected(path: &Path) -> Value {
@@ -74,26 +83,15 @@ fn golden_models_rebuild_and_compute_the_recorded_output() {
         let Some(fwd) = want.get("forward") else { continue };
         let mut c = ModelContainer::new();
         c.load(&path).unwrap();
-        let input: Vec<f32> = fwd["input"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
         let shape: Vec<i64> = fwd["input_shape"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_i64().unwrap())
             .collect();
-        let x = Tensor::from_slice(&input).reshape(&shape).to_device(Device::Cpu);
+        let x = Tensor::from_slice(&f32s(&fwd["input"])).reshape(&shape);
         let y = Vec::<f32>::try_from(c.model().unwrap().forward(&x).unwrap().flatten(0, -1)).unwrap();
-        let out: Vec<f32> = fwd["output"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let out = f32s(&fwd["output"]);
         assert_eq!(y.len(), out.len());
         for (a, b) in y.iter().zip(&out) {
             // Another CPU may order a reduction differently: 1e-6 relative.
