@@ -38,6 +38,15 @@ pub enum Error {
     /// Saved state that does not fit the object it is loaded into.
     #[error("state of {tensor:?} does not fit: {reason}")]
     StateMismatch { tensor: String, reason: String },
+    /// Optimizer or scheduler state (from a file, or handed to
+    /// `load_state_dict`) that is malformed: `what` names the key.
+    #[error("invalid {what}: {reason}")]
+    InvalidState { what: String, reason: String },
+    /// A call that is not valid in the object's current configuration
+    /// (a scheduler without an optimizer, ReduceLROnPlateau stepped
+    /// without a metric, ...).
+    #[error("{0}")]
+    Usage(String),
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(String),

@@ -5,24 +5,30 @@
 //! - [`format`]: format v1 alone (ZIP of safetensors members + JSON), no tch.
 //! - [`registry`]: class name -> factory, so that a file rebuilds its objects.
 //! - [`models`]: built-in models with PyTorch's state-dict names.
+//! - [`optim`]: torch.optim's optimizers, same math and state layout.
+//! - [`sched`]: torch.optim.lr_scheduler's schedulers, same math and state.
 //! - [`ModelContainer`]: initialize, save, save_inference, load.
 
 #[cfg(feature = "torch")]
 pub mod container;
 pub mod error;
 pub mod format;
+pub mod kwargs;
 #[cfg(feature = "torch")]
 pub mod models;
+pub mod optim;
 #[cfg(feature = "torch")]
 pub mod registry;
+pub mod sched;
 #[cfg(feature = "torch")]
 pub mod tensors;
 
 #[cfg(feature = "torch")]
 pub use container::{MetadataValue, Model, ModelContainer, UserMetadata};
 pub use error::{Error, Result};
+pub use kwargs::Kwargs;
 #[cfg(feature = "torch")]
-pub use registry::{BoxedModel, Kwargs, Registry};
+pub use registry::{BoxedModel, Registry};
 
 /// The libtorch version tch 0.26 binds, recorded in every file we write.
 pub const TORCH_VERSION: &str = "2.13.0";

@@ -1,0 +1,1 @@
+//! LR schedulers with torch.optim.lr_scheduler's math and `state_dict()`.
