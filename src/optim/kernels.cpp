@@ -1,0 +1,78 @@
+// The few ATen calls the optimizers need that tch 0.26 does not expose:
+// tch's generated API drops defaulted Scalar arguments, so it has
+// `add_(other)` but not `add_(other, alpha)`, and `addcmul_` without
+// `value`. torch.optim passes those scalars, and the kernels use them
+// inside a fused multiply-add, so rewriting `add_(b, alpha=a)` as
+// `add_(b * a)` changes the last bit. Calling the same ATen op with the
+// same arguments keeps Rust bit-identical to torch.optim.
+//
+// Every function catches every exception; it returns NULL on success or
+// a malloc'ed message that the caller frees with pts_kernel_free_error.
+// Tensors are tch's handles (heap-allocated at::Tensor); a returned
+// tensor is heap-allocated for tch's Tensor::from_ptr to own.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+
+namespace {
+
+char *message(const char *text) {
+  size_t n = std::strlen(text) + 1;
+  char *copy = static_cast<char *>(std::malloc(n));
+  if (copy != nullptr) std::memcpy(copy, text, n);
+  return copy;
+}
+
+template <typename F>
+char *guard(F &&f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const std::exception &e) {
+    return message(e.what());
+  } catch (...) {
+    return message("unknown C++ exception");
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+void pts_kernel_free_error(char *error) { std::free(error); }
+
+// *out = self + alpha * other
+char *pts_kernel_add(const at::Tensor *self, const at::Tensor *other, double alpha, at::Tensor **out) {
+  return guard([&] { *out = new at::Tensor(self->add(*other, alpha)); });
+}
+
+// self += alpha * other
+char *pts_kernel_add_(at::Tensor *self, const at::Tensor *other, double alpha) {
+  return guard([&] { self->add_(*other, alpha); });
+}
+
+// *out = self + value * t1 * t2
+char *pts_kernel_addcmul(const at::Tensor *self, const at::Tensor *t1, const at::Tensor *t2, double value,
+                         at::Tensor **out) {
+  return guard([&] { *out = new at::Tensor(self->addcmul(*t1, *t2, value)); });
+}
+
+// self += value * t1 * t2
+char *pts_kernel_addcmul_(at::Tensor *self, const at::Tensor *t1, const at::Tensor *t2, double value) {
+  return guard([&] { self->addcmul_(*t1, *t2, value); });
+}
+
+// self += value * t1 / t2
+char *pts_kernel_addcdiv_(at::Tensor *self, const at::Tensor *t1, const at::Tensor *t2, double value) {
+  return guard([&] { self->addcdiv_(*t1, *t2, value); });
+}
+
+// self.grad = None (PyTorch's zero_grad(set_to_none=True)); tch can only zero it.
+char *pts_kernel_clear_grad(at::Tensor *self) {
+  return guard([&] { self->mutable_grad().reset(); });
+}
+
+}  // extern "C"

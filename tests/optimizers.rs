@@ -1,0 +1,329 @@
+//! The optimizers against torch.optim itself: the same parameters and
+//! gradients, 200 steps, in Rust and in PyTorch (driven from here through
+//! tests/python/optim_reference.py), then parameters, per-parameter state
+//! and param_groups compared.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use pytorch_saver::optim::{Optimizer, ADAGRAD, ADAM, ADAMW, RMSPROP, SGD};
+use pytorch_saver::Error;
+use serde_json::{json, Map, Value};
+use tch::{Kind, Tensor};
+
+const STEPS: usize = 200;
+/// The parameters of optim_reference.py, in its order.
+const NAMES: [&str; 6] = ["a.weight", "a.bias", "b.weight", "c", "d", "e"];
+
+fn kwargs(v: Value) -> Map<String, Value> {
+    v.as_object().expect("kwargs object").clone()
+}
+
+fn scenarios() -> Vec<(&'static str, Value)> {
+    vec![
+        (SGD, json!({"lr": 0.1})),
+        (SGD, json!({"lr": 0.05, "momentum": 0.9})),
+        (
+            SGD,
+            json!({"lr": 0.05, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}),
+        ),
+        (
+            SGD,
+            json!({"lr": 0.01, "momentum": 0.8, "nesterov": true, "maximize": true, "weight_decay": 0.001}),
+        ),
+        (ADAM, json!({})),
+        (ADAM, json!({"lr": 0.01, "amsgrad": true, "weight_decay": 0.01})),
+        (
+            ADAM,
+            json!({"lr": 0.002, "betas": [0.8, 0.99], "eps": 1e-6, "maximize": true}),
+        ),
+        (
+            ADAM,
+            json!({"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": true}),
+        ),
+        (ADAMW, json!({})),
+        (ADAMW, json!({"lr": 0.01, "amsgrad": true, "weight_decay": 0.05})),
+        (RMSPROP, json!({})),
+        (
+            RMSPROP,
+            json!({"lr": 0.001, "centered": true, "momentum": 0.9, "weight_decay": 0.01}),
+        ),
+        (RMSPROP, json!({"alpha": 0.9, "maximize": true})),
+        (ADAGRAD, json!({})),
+        (
+            ADAGRAD,
+            json!({"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.01}),
+        ),
+        (
+            ADAM,
+            json!({"lr": 0.01, "param_groups": [
+                {"params": ["b.weight", "c"], "lr": 0.05, "betas": [0.5, 0.9]},
+                {"params": ["a.weight", "a.bias", "d", "e"], "amsgrad": true},
+            ]}),
+        ),
+        (
+            SGD,
+            json!({"lr": 0.01, "momentum": 0.9, "param_groups": [
+                {"params": ["e", "d", "c"], "nesterov": true},
+                {"params": ["b.weight", "a.bias", "a.weight"], "momentum": 0.5, "lr": 0.1},
+            ]}),
+        ),
+    ]
+}
+
+/// The tensors of a safetensors file, as tch tensors.
+fn read_safetensors(path: &std::path::Path) -> BTreeMap<String, Tensor> {
+    let bytes = std::fs::read(path).expect("reference output");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let kind = match view.dtype() {
+                safetensors::Dtype::F32 => Kind::Float,
+                safetensors::Dtype::F64 => Kind::Double,
+                d => panic!("unexpected dtype {d:?}"),
+            };
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            (name, Tensor::from_data_size(view.data(), &shape, kind))
+        })
+        .collect()
+}
+
+/// Largest |a - b| / max(|a|, |b|) over the elements (0 where both are 0).
+fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    let a = a.to_kind(Kind::Double);
+    let b = b.to_kind(Kind::Double);
+    let diff = (&a - &b).abs();
+    let scale = a.abs().maximum(&b.abs());
+    let rel = diff.where_self(&scale.eq(0.0).logical_not(), &Tensor::from(0.0f64)) / scale.clamp_min(f64::MIN_POSITIVE);
+    rel.max().double_value(&[])
+}
+
+fn bit_equal(a: &Tensor, b: &Tensor) -> bool {
+    a.size() == b.size() && a.kind() == b.kind() && a.equal(b)
+}
+
+#[test]
+fn optimizers_match_torch_optim_over_200_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("reference.safetensors");
+    let scenarios = scenarios();
+    let spec = json!({
+        "seed": 1234,
+        "steps": STEPS,
+        "out": out,
+        "scenarios": scenarios.iter().map(|(c, k)| json!({"class": c, "kwargs": k})).collect::<Vec<_>>(),
+    });
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/optim_reference.py");
+    let mut child = Command::new(common::python())
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(spec.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "optim_reference.py failed");
+    let reference: Vec<Value> = serde_json::from_slice(&output.stdout).expect("reference JSON");
+    let tensors = read_safetensors(&out);
+
+    let mut worst = (0.0f64, String::new());
+    let mut identical = 0;
+    let mut compared = 0;
+    for (s, (class, kw)) in scenarios.iter().enumerate() {
+        let params: Vec<(String, Tensor)> = NAMES
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    tensors[&format!("init.{n}")].copy().set_requires_grad(true),
+                )
+            })
+            .collect();
+        let mut opt = Optimizer::new(
+            class,
+            &kwargs(kw.clone()),
+            params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+        )
+        .unwrap_or_else(|e| panic!("{class} {kw}: {e}"));
+        for step in 0..STEPS {
+            opt.zero_grad().unwrap();
+            for (n, p) in &params {
+                if let Some(g) = tensors.get(&format!("grad.{step}.{n}")) {
+                    (p * g).sum(p.kind()).backward();
+                }
+            }
+            opt.step().unwrap();
+        }
+        let label = format!("{class} {kw}");
+        // The layout: param_groups and parameter names as PyTorch's.
+        let sd = opt.state_dict();
+        let ours: Vec<Value> = sd.param_groups.iter().map(|g| g.to_json()).collect();
+        assert_eq!(
+            Value::Array(ours),
+            reference[s]["param_groups"],
+            "{label}: param_groups"
+        );
+        assert_eq!(
+            json!(sd.param_names),
+            reference[s]["param_names"],
+            "{label}: param_names"
+        );
+        let expected_keys: Vec<String> = tensors
+            .keys()
+            .filter_map(|k| k.strip_prefix(&format!("state.{s}.")).map(str::to_owned))
+            .collect();
+        let mut our_keys = Vec::new();
+        for (i, state) in &sd.state {
+            for (key, t) in state {
+                let name = format!("{i}.{key}");
+                let theirs = &tensors[&format!("state.{s}.{name}")];
+                let d = max_rel_diff(t, theirs);
+                compared += 1;
+                identical += usize::from(bit_equal(t, theirs));
+                if d > worst.0 {
+                    worst = (d, format!("{label} state {name}"));
+                }
+                our_keys.push(name);
+            }
+        }
+        our_keys.sort();
+        let mut expected_keys = expected_keys;
+        expected_keys.sort();
+        assert_eq!(our_keys, expected_keys, "{label}: state keys");
+        for (n, p) in &params {
+            let theirs = &tensors[&format!("final.{s}.{n}")];
+            let d = max_rel_diff(p, theirs);
+            compared += 1;
+            identical += usize::from(bit_equal(&p.detach(), theirs));
+            if d > worst.0 {
+                worst = (d, format!("{label} param {n}"));
+            }
+        }
+    }
+    println!(
+        "{} scenarios x {STEPS} steps: {identical}/{compared} tensors bit-identical to torch.optim; worst relative difference {:e} ({})",
+        scenarios.len(),
+        worst.0,
+        if worst.1.is_empty() { "none" } else { &worst.1 }
+    );
+    assert!(
+        worst.0 <= 1e-6,
+        "worst relative difference {:e} at {}",
+        worst.0,
+        worst.1
+    );
+}
+
+fn two_params() -> Vec<(String, Tensor)> {
+    vec![
+        (
+            "w".into(),
+            Tensor::ones([2, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true),
+        ),
+        (
+            "b".into(),
+            Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true),
+        ),
+    ]
+}
+
+#[test]
+fn unknown_names_and_bad_kwargs_are_errors_naming_them() {
+    let err = Optimizer::new("torch.optim.LBFGS", &Map::new(), two_params()).unwrap_err();
+    assert!(matches!(err, Error::UnknownName { kind: "optimizer", .. }), "{err}");
+    assert!(
+        err.to_string().contains("torch.optim.Adam"),
+        "lists the known names: {err}"
+    );
+
+    let cases = [
+        (
+            ADAM,
+            json!({"learning_rate": 0.1}),
+            "unexpected kwarg \"learning_rate\"",
+        ),
+        (ADAM, json!({"lr": -1.0}), "\"lr\""),
+        (ADAM, json!({"betas": [0.9, 1.0]}), "betas[1]"),
+        (ADAM, json!({"betas": 0.9}), "\"betas\""),
+        (
+            ADAMW,
+            json!({"decoupled_weight_decay": false}),
+            "unexpected kwarg \"decoupled_weight_decay\"",
+        ),
+        (SGD, json!({"momentum": "high"}), "\"momentum\""),
+        (SGD, json!({"nesterov": true}), "Nesterov"),
+        (RMSPROP, json!({"centered": 1}), "\"centered\""),
+        (
+            ADAGRAD,
+            json!({"initial_accumulator_value": -0.1}),
+            "\"initial_accumulator_value\"",
+        ),
+        (
+            SGD,
+            json!({"param_groups": [{"params": ["w"]}]}),
+            "\"b\" is in no group",
+        ),
+        (
+            SGD,
+            json!({"param_groups": [{"params": ["w", "b"]}, {"params": ["w"]}]}),
+            "\"w\" is in more than one group",
+        ),
+        (
+            SGD,
+            json!({"param_groups": [{"params": ["w", "b", "x"]}]}),
+            "\"x\", which is not a parameter",
+        ),
+        (
+            SGD,
+            json!({"param_groups": [{"params": ["w", "b"], "lr": -2}]}),
+            "param_groups[0]",
+        ),
+        (
+            SGD,
+            json!({"param_groups": [{"params": ["w", "b"], "betas": [0.1, 0.2]}]}),
+            "unexpected kwarg \"betas\"",
+        ),
+    ];
+    for (class, kw, needle) in cases {
+        let err = Optimizer::new(class, &kwargs(kw.clone()), two_params()).unwrap_err();
+        assert!(matches!(err, Error::InvalidKwargs { .. }), "{class} {kw}: {err:?}");
+        assert!(
+            err.to_string().contains(needle),
+            "{class} {kw}: {err} should mention {needle}"
+        );
+    }
+}
+
+#[test]
+fn zero_grad_sets_gradients_to_none_so_unused_parameters_are_skipped() {
+    let params = two_params();
+    let mut opt = Optimizer::new(
+        ADAM,
+        &Map::new(),
+        params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+    )
+    .unwrap();
+    (&params[0].1 * 2.0).sum(Kind::Float).backward();
+    (&params[1].1 * 3.0).sum(Kind::Float).backward();
+    opt.step().unwrap();
+    opt.zero_grad().unwrap();
+    assert!(!params[0].1.grad().defined() && !params[1].1.grad().defined());
+    let b_before = params[1].1.detach().copy();
+    (&params[0].1 * 2.0).sum(Kind::Float).backward();
+    opt.step().unwrap();
+    // Only w had a gradient: b and its state did not move (as in PyTorch).
+    assert!(params[1].1.detach().equal(&b_before));
+    let sd = opt.state_dict();
+    assert_eq!(sd.state[&0]["step"].double_value(&[]), 2.0);
+    assert_eq!(sd.state[&1]["step"].double_value(&[]), 1.0);
+}
