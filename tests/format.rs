@@ -367,7 +367,7 @@ fn missing_member_is_refused() {
         "{e}"
     );
     let mut with_opt = metadata("checkpoint", "torch.nn.Linear");
-    with_opt["__pytorch_saver__"]["optimizer"] = json!({"class": "torch.optim.SGD"});
+    with_opt["__pytorch_saver__"]["optimizer"] = sgd_internals();
     with_opt.insert("optim_kwargs".into(), json!({"lr": 0.1}));
     let e = open_bytes(&build_zip(&[
         member("metadata.json", metadata_bytes(&with_opt)),
@@ -756,4 +756,117 @@ fn random_tensor_sets_round_trip() {
             assert_eq!(ckpt.tensor_bytes(e), &t.data[..]);
         }
     }
+}
+
+/// A checkpoint with the small Linear, `optimizer` internals and the
+/// optimizer member's tensors (as (name, shape) of F32 zeros).
+fn with_optimizer(opt: Value, tensors: &[(&str, Vec<usize>)], scheduler: Option<Value>) -> Vec<u8> {
+    let mut meta = metadata("checkpoint", "torch.nn.Linear");
+    meta["__pytorch_saver__"]["optimizer"] = opt;
+    meta.insert("optim_kwargs".into(), json!({"lr": 0.1}));
+    if let Some(s) = scheduler {
+        meta["__pytorch_saver__"]["scheduler"] = s;
+        meta.insert("scheduler_kwargs".into(), json!({"step_size": 2}));
+    }
+    let mut header = serde_json::Map::new();
+    let mut offset = 0;
+    for (name, shape) in tensors {
+        let len = 4 * shape.iter().product::<usize>();
+        header.insert(
+            name.to_string(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    build_zip(&[
+        member("metadata.json", metadata_bytes(&meta)),
+        member("model.safetensors", small_model_member()),
+        member(
+            "optimizer.safetensors",
+            safetensors_bytes(&Value::Object(header), &vec![0u8; offset]),
+        ),
+    ])
+}
+
+fn open_ok(bytes: &[u8]) -> Checkpoint {
+    let dir = tempfile::tempdir().unwrap();
+    Checkpoint::open(write_file(dir.path(), "ok.zip", bytes)).expect("a valid file")
+}
+
+#[test]
+fn optimizer_layout_is_validated_against_section_5() {
+    let adam_state = |state: Value| {
+        let mut o = sgd_internals();
+        o["state"] = state;
+        o
+    };
+    let ok = open_ok(&with_optimizer(
+        adam_state(json!({"0": {}, "1": {"note": 1}})),
+        &[
+            ("state.0.step", vec![]),
+            ("state.0.exp_avg", vec![2]),
+            ("state.1.step", vec![]),
+        ],
+        Some(json!({"class": "torch.optim.lr_scheduler.StepLR", "state": {"last_epoch": 0}})),
+    ));
+    let layout = ok.manifest().optimizer.clone().unwrap();
+    assert_eq!(layout.param_count, 2);
+    assert_eq!(layout.state[&1], ["note"]);
+    assert_eq!(ok.tensors(MemberName::Optimizer).len(), 3);
+
+    let schema_cases = [
+        (json!({"param_names": ["weight", "weight"]}), "appears twice"),
+        (json!({"param_names": ["weight", 3]}), "non-empty string"),
+        (json!({"param_names": null}), "param_names"),
+        (json!({"param_groups": [{"lr": 0.1, "params": [0, 2]}]}), "not an index"),
+        (
+            json!({"param_groups": [{"lr": 0.1, "params": [0]}]}),
+            "parameter 1 is in no group",
+        ),
+        (
+            json!({"param_groups": [{"params": [0, 1]}, {"params": [1]}]}),
+            "more than one group",
+        ),
+        (json!({"param_groups": [{"lr": 0.1}]}), "params"),
+        (json!({"state": {"01": {}}}), "not a parameter index"),
+        (json!({"state": {"2": {}}}), "not a parameter index"),
+        (json!({"state": {"0": 1}}), "must be an object"),
+        (json!({"state": []}), "must be an object"),
+    ];
+    for (patch, needle) in schema_cases {
+        let mut opt = sgd_internals();
+        for (k, v) in patch.as_object().unwrap() {
+            opt[k] = v.clone();
+        }
+        let e = open_bytes(&with_optimizer(opt, &[], None));
+        assert!(
+            matches!(e, FormatError::Schema { .. }) && e.to_string().contains(needle),
+            "{patch}: {e}"
+        );
+    }
+
+    let tensor_cases: [(Value, &[(&str, Vec<usize>)], &str); 4] = [
+        (json!({}), &[("state.0.step", vec![])], "parameter 0 has no entry"),
+        (json!({"0": {}}), &[("exp_avg", vec![2])], "state.<index>.<key>"),
+        (json!({"0": {}}), &[("state.00.step", vec![])], "canonical"),
+        (
+            json!({"0": {"step": 3}}),
+            &[("state.0.step", vec![])],
+            "both a tensor and a JSON value",
+        ),
+    ];
+    for (state, tensors, needle) in tensor_cases {
+        let e = open_bytes(&with_optimizer(adam_state(state.clone()), tensors, None));
+        assert!(
+            matches!(e, FormatError::TensorHeader { .. }) && e.to_string().contains(needle),
+            "{state} {tensors:?}: {e}"
+        );
+    }
+
+    let e = open_bytes(&with_optimizer(
+        sgd_internals(),
+        &[],
+        Some(json!({"class": "torch.optim.lr_scheduler.StepLR"})),
+    ));
+    assert!(e.to_string().contains("scheduler.state"), "{e}");
 }

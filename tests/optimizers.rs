@@ -5,10 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use pytorch_saver::optim::{Optimizer, ADAGRAD, ADAM, ADAMW, RMSPROP, SGD};
 use pytorch_saver::Error;
 use serde_json::{json, Map, Value};
@@ -74,39 +70,6 @@ fn scenarios() -> Vec<(&'static str, Value)> {
     ]
 }
 
-/// The tensors of a safetensors file, as tch tensors.
-fn read_safetensors(path: &std::path::Path) -> BTreeMap<String, Tensor> {
-    let bytes = std::fs::read(path).expect("reference output");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let kind = match view.dtype() {
-                safetensors::Dtype::F32 => Kind::Float,
-                safetensors::Dtype::F64 => Kind::Double,
-                d => panic!("unexpected dtype {d:?}"),
-            };
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            (name, Tensor::from_data_size(view.data(), &shape, kind))
-        })
-        .collect()
-}
-
-/// Largest |a - b| / max(|a|, |b|) over the elements (0 where both are 0).
-fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let a = a.to_kind(Kind::Double);
-    let b = b.to_kind(Kind::Double);
-    let diff = (&a - &b).abs();
-    let scale = a.abs().maximum(&b.abs());
-    let rel = diff.where_self(&scale.eq(0.0).logical_not(), &Tensor::from(0.0f64)) / scale.clamp_min(f64::MIN_POSITIVE);
-    rel.max().double_value(&[])
-}
-
-fn bit_equal(a: &Tensor, b: &Tensor) -> bool {
-    a.size() == b.size() && a.kind() == b.kind() && a.equal(b)
-}
-
 #[test]
 fn optimizers_match_torch_optim_over_200_steps() {
     let dir = tempfile::tempdir().unwrap();
@@ -118,23 +81,8 @@ fn optimizers_match_torch_optim_over_200_steps() {
         "out": out,
         "scenarios": scenarios.iter().map(|(c, k)| json!({"class": c, "kwargs": k})).collect::<Vec<_>>(),
     });
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/optim_reference.py");
-    let mut child = Command::new(common::python())
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(spec.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "optim_reference.py failed");
-    let reference: Vec<Value> = serde_json::from_slice(&output.stdout).expect("reference JSON");
-    let tensors = read_safetensors(&out);
+    let reference: Vec<Value> = serde_json::from_value(common::run_python("optim_reference.py", &spec)).unwrap();
+    let tensors = common::read_safetensors(&out);
 
     let mut worst = (0.0f64, String::new());
     let mut identical = 0;
@@ -187,9 +135,9 @@ fn optimizers_match_torch_optim_over_200_steps() {
             for (key, t) in state {
                 let name = format!("{i}.{key}");
                 let theirs = &tensors[&format!("state.{s}.{name}")];
-                let d = max_rel_diff(t, theirs);
+                let d = common::max_rel_diff(t, theirs);
                 compared += 1;
-                identical += usize::from(bit_equal(t, theirs));
+                identical += usize::from(common::bit_equal(t, theirs));
                 if d > worst.0 {
                     worst = (d, format!("{label} state {name}"));
                 }
@@ -202,9 +150,9 @@ fn optimizers_match_torch_optim_over_200_steps() {
         assert_eq!(our_keys, expected_keys, "{label}: state keys");
         for (n, p) in &params {
             let theirs = &tensors[&format!("final.{s}.{n}")];
-            let d = max_rel_diff(p, theirs);
+            let d = common::max_rel_diff(p, theirs);
             compared += 1;
-            identical += usize::from(bit_equal(&p.detach(), theirs));
+            identical += usize::from(common::bit_equal(&p.detach(), theirs));
             if d > worst.0 {
                 worst = (d, format!("{label} param {n}"));
             }

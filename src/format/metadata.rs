@@ -82,6 +82,137 @@ pub struct Manifest {
     pub scheduler_class: Option<String>,
     pub producer: Producer,
     pub timestamp: u64,
+    /// The optimizer's layout, when the file has an optimizer.
+    pub optimizer: Option<OptimizerLayout>,
+}
+
+/// What the reader checks `optimizer.safetensors` against: how many
+/// parameters the optimizer has, and which of them have state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptimizerLayout {
+    /// Length of `param_names`: parameter indices are `0..param_count`.
+    pub param_count: usize,
+    /// The parameter indices with state, with their non-tensor state keys.
+    pub state: std::collections::BTreeMap<usize, Vec<String>>,
+}
+
+impl OptimizerLayout {
+    /// Splits a tensor name `state.<index>.<key>` and checks it against
+    /// the layout.
+    pub fn check_tensor_name<'n>(&self, name: &'n str) -> Result<(usize, &'n str), String> {
+        let rest = name
+            .strip_prefix("state.")
+            .ok_or_else(|| "optimizer tensors are named state.<index>.<key>".to_string())?;
+        let (index, key) = rest
+            .split_once('.')
+            .filter(|(i, k)| !k.is_empty() && !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| "optimizer tensors are named state.<index>.<key>".to_string())?;
+        let canonical = index.parse::<usize>().ok().filter(|i| i.to_string() == index);
+        let index = canonical.ok_or_else(|| format!("{index:?} is not a canonical decimal parameter index"))?;
+        match self.state.get(&index) {
+            None => Err(format!(
+                "parameter {index} has no entry in {INTERNALS_KEY}.optimizer.state"
+            )),
+            Some(plain) if plain.iter().any(|k| k == key) => {
+                Err(format!("state key {key:?} is both a tensor and a JSON value"))
+            }
+            Some(_) => Ok((index, key)),
+        }
+    }
+}
+
+/// Checks `__pytorch_saver__.optimizer` (FORMAT.md section 5).
+fn validate_optimizer(opt: &Map<String, Value>) -> Result<OptimizerLayout, FormatError> {
+    let path = format!("{INTERNALS_KEY}.optimizer");
+    let field = |f: &str| format!("{path}.{f}");
+    let names = match opt.get("param_names") {
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(schema(&field("param_names"), "must be a list of parameter names")),
+        None => return Err(schema(&field("param_names"), "missing")),
+    };
+    let mut seen_names = std::collections::HashSet::new();
+    for (i, n) in names.iter().enumerate() {
+        match n.as_str() {
+            Some(s) if !s.is_empty() => {
+                if !seen_names.insert(s) {
+                    return Err(schema(
+                        &format!("{}[{i}]", field("param_names")),
+                        format!("{s:?} appears twice"),
+                    ));
+                }
+            }
+            _ => {
+                return Err(schema(
+                    &format!("{}[{i}]", field("param_names")),
+                    "must be a non-empty string",
+                ))
+            }
+        }
+    }
+    let param_count = names.len();
+    let groups = match opt.get("param_groups") {
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(schema(&field("param_groups"), "must be a list of objects")),
+        None => return Err(schema(&field("param_groups"), "missing")),
+    };
+    let mut in_group = vec![false; param_count];
+    for (g, group) in groups.iter().enumerate() {
+        let gpath = format!("{}[{g}]", field("param_groups"));
+        let params = match group.as_object().map(|o| o.get("params")) {
+            None => return Err(schema(&gpath, "must be an object")),
+            Some(Some(Value::Array(p))) => p,
+            Some(_) => {
+                return Err(schema(
+                    &format!("{gpath}.params"),
+                    "must be a list of parameter indices",
+                ))
+            }
+        };
+        for p in params {
+            let i = p
+                .as_u64()
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|&i| i < param_count)
+                .ok_or_else(|| {
+                    schema(
+                        &format!("{gpath}.params"),
+                        format!("{p} is not an index into param_names (0..{param_count})"),
+                    )
+                })?;
+            if std::mem::replace(&mut in_group[i], true) {
+                return Err(schema(
+                    &format!("{gpath}.params"),
+                    format!("parameter {i} is in more than one group"),
+                ));
+            }
+        }
+    }
+    if let Some(i) = in_group.iter().position(|&x| !x) {
+        return Err(schema(&field("param_groups"), format!("parameter {i} is in no group")));
+    }
+    let state_obj = match opt.get("state") {
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(schema(&field("state"), "must be an object")),
+        None => return Err(schema(&field("state"), "missing")),
+    };
+    let mut state = std::collections::BTreeMap::new();
+    for (k, v) in state_obj {
+        let index = k
+            .parse::<usize>()
+            .ok()
+            .filter(|i| i.to_string() == *k && *i < param_count)
+            .ok_or_else(|| {
+                schema(
+                    &field("state"),
+                    format!("key {k:?} is not a parameter index (0..{param_count})"),
+                )
+            })?;
+        let plain = v
+            .as_object()
+            .ok_or_else(|| schema(&format!("{}.{k}", field("state")), "must be an object"))?;
+        state.insert(index, plain.keys().cloned().collect());
+    }
+    Ok(OptimizerLayout { param_count, state })
 }
 
 impl Manifest {
@@ -177,6 +308,15 @@ pub fn validate(meta: &Map<String, Value>) -> Result<Manifest, FormatError> {
         get_class(internals, "model")?.ok_or_else(|| schema(&format!("{INTERNALS_KEY}.model"), "missing"))?;
     let optimizer_class = get_class(internals, "optimizer")?;
     let scheduler_class = get_class(internals, "scheduler")?;
+    let optimizer = match internals.get("optimizer") {
+        Some(Value::Object(o)) => Some(validate_optimizer(o)?),
+        _ => None,
+    };
+    if let Some(Value::Object(sched)) = internals.get("scheduler") {
+        if !matches!(sched.get("state"), Some(Value::Object(_))) {
+            return Err(schema(&format!("{INTERNALS_KEY}.scheduler.state"), "must be an object"));
+        }
+    }
     if kind == FileKind::Inference && (optimizer_class.is_some() || scheduler_class.is_some()) {
         return Err(schema(
             INTERNALS_KEY,
@@ -218,6 +358,7 @@ pub fn validate(meta: &Map<String, Value>) -> Result<Manifest, FormatError> {
         scheduler_class,
         producer,
         timestamp,
+        optimizer,
     })
 }
 

@@ -11,7 +11,7 @@ mod writer;
 mod zip;
 
 pub use error::FormatError;
-pub use metadata::{FileKind, Manifest, Producer, FORMAT_VERSION, INTERNALS_KEY, RESERVED_KEYS};
+pub use metadata::{FileKind, Manifest, OptimizerLayout, Producer, FORMAT_VERSION, INTERNALS_KEY, RESERVED_KEYS};
 pub use reader::{Checkpoint, Member};
 pub use tensors::{dtype_name, dtype_size, Dtype, TensorEntry, DTYPES};
 pub use writer::{write_checkpoint, BytesTensor, TensorMember, TensorSource, WriteOptions};

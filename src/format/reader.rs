@@ -182,6 +182,16 @@ impl Checkpoint {
                 let bytes = &buf[*data_start as usize..(*data_start + entry.size) as usize];
                 validate_member(&entry.name, *data_start, bytes)?
             };
+            if let (MemberName::Optimizer, Some(layout)) = (name, &manifest.optimizer) {
+                for t in &tensors {
+                    layout
+                        .check_tensor_name(&t.name)
+                        .map_err(|reason| FormatError::TensorHeader {
+                            member: entry.name.clone(),
+                            reason: format!("tensor {:?}: {reason}", t.name),
+                        })?;
+                }
+            }
             members.push(Member {
                 name,
                 data_start: *data_start,

@@ -38,6 +38,19 @@ pub fn metadata(kind: &str, class: &str) -> Map<String, Value> {
     v.as_object().unwrap().clone()
 }
 
+/// A valid `__pytorch_saver__.optimizer` for the small Linear of
+/// [`metadata`]: SGD without momentum (no state).
+pub fn sgd_internals() -> Value {
+    json!({
+        "class": "torch.optim.SGD",
+        "param_groups": [{"lr": 0.1, "momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": false,
+                          "maximize": false, "foreach": null, "differentiable": false, "fused": null,
+                          "params": [0, 1]}],
+        "param_names": ["weight", "bias"],
+        "state": {}
+    })
+}
+
 pub fn metadata_bytes(meta: &Map<String, Value>) -> Vec<u8> {
     serde_json::to_vec(meta).unwrap()
 }
@@ -146,6 +159,29 @@ pub fn python() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Runs tests/python/`script` with `spec` as JSON on stdin and returns
+/// the JSON it prints.
+pub fn run_python(script: &str, spec: &Value) -> Value {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let mut child = Command::new(python())
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(spec.to_string().as_bytes())
+        .expect("write spec");
+    let output = child.wait_with_output().expect("wait for python");
+    assert!(output.status.success(), "{script} failed (its stderr is above)");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{script} printed no JSON: {e}"))
 }
 
 #[cfg(feature = "torch")]

@@ -1,6 +1,8 @@
 //! Test models on real libtorch tensors.
 
 use pytorch_saver::{Kwargs, Registry};
+use std::collections::BTreeMap;
+
 use tch::{nn, Kind, Tensor};
 
 pub const ALL_DTYPES: &str = "tests.AllDtypes";
@@ -58,4 +60,37 @@ pub fn bytes_of(t: &Tensor) -> Vec<u8> {
     let mut out = vec![0u8; n * t.kind().elt_size_in_bytes()];
     t.copy_data_u8(&mut out, n);
     out
+}
+
+/// The tensors of a safetensors file, as tch tensors.
+pub fn read_safetensors(path: &std::path::Path) -> BTreeMap<String, Tensor> {
+    let bytes = std::fs::read(path).expect("reference output");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let kind = match view.dtype() {
+                safetensors::Dtype::F32 => Kind::Float,
+                safetensors::Dtype::F64 => Kind::Double,
+                d => panic!("unexpected dtype {d:?}"),
+            };
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            (name, Tensor::from_data_size(view.data(), &shape, kind))
+        })
+        .collect()
+}
+
+/// Largest |a - b| / max(|a|, |b|) over the elements (0 where both are 0).
+pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    let a = a.to_kind(Kind::Double);
+    let b = b.to_kind(Kind::Double);
+    let diff = (&a - &b).abs();
+    let scale = a.abs().maximum(&b.abs());
+    let rel = diff.where_self(&scale.eq(0.0).logical_not(), &Tensor::from(0.0f64)) / scale.clamp_min(f64::MIN_POSITIVE);
+    rel.max().double_value(&[])
+}
+
+pub fn bit_equal(a: &Tensor, b: &Tensor) -> bool {
+    a.size() == b.size() && a.kind() == b.kind() && a.equal(b)
 }
