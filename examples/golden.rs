@@ -12,7 +12,7 @@ use pytorch_saver::format::{
     dtype_name, write_checkpoint, BytesTensor, Checkpoint, Dtype, MemberName, TensorMember, TensorSource, WriteOptions,
     DTYPES, FORMAT_VERSION,
 };
-use pytorch_saver::{models, ModelContainer, UserMetadata};
+use pytorch_saver::{models, ModelContainer, Spec, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -66,10 +66,10 @@ fn main() {
     keep_or_write(&dir, "rust_mlp_inference.zip", |out| {
         tch::manual_seed(0);
         let mut c = ModelContainer::new();
-        c.initialize(
+        c.initialize(Spec::model(
             models::MLP,
             kwargs(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 3})),
-        )
+        ))
         .expect("MLP");
         let x = Tensor::linspace(-1.0, 1.0, 8, (Kind::Float, Device::Cpu)).reshape([2, 4]);
         let y = c.model().and_then(|m| m.forward(&x)).expect("forward");
@@ -85,8 +85,11 @@ fn main() {
     keep_or_write(&dir, "rust_linear_checkpoint.zip", |out| {
         tch::manual_seed(1);
         let mut c = ModelContainer::new();
-        c.initialize(models::LINEAR, kwargs(json!({"in_features": 3, "out_features": 2})))
-            .expect("Linear");
+        c.initialize(Spec::model(
+            models::LINEAR,
+            kwargs(json!({"in_features": 3, "out_features": 2})),
+        ))
+        .expect("Linear");
         let meta = UserMetadata::new()
             .with("loss", 0.55)
             .and_then(|m| m.with("epoch", 5))

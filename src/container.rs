@@ -15,8 +15,10 @@ use crate::format::{
     self, Checkpoint, FileKind, MemberName, Producer, TensorMember, TensorSource, WriteOptions, FORMAT_VERSION,
     INTERNALS_KEY, RESERVED_KEYS,
 };
+use crate::optim::{Optimizer, OptimizerState, ParamGroup, ParamState};
 use crate::registry::{BoxedModel, Registry};
-use crate::tensors::{check_fits, read_into, TchSource};
+use crate::sched::Scheduler;
+use crate::tensors::{check_fits, read_into, read_new, TchSource};
 
 /// Free user metadata saved beside the state (`loss`, `epoch`, ...).
 ///
@@ -166,6 +168,27 @@ impl Model {
         &mut self.vs
     }
 
+    /// The trainable parameters with their state-dict names, in creation
+    /// order: the order of PyTorch's `model.parameters()` for a model
+    /// whose layers are created in its `__init__` order (so that
+    /// optimizer parameter indices agree between languages). Buffers are
+    /// not parameters. Shallow clones: they share storage.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::new();
+        for t in self.vs.trainable_variables() {
+            // tch keeps names and trainable order apart; the storage
+            // pointer (with the shape, for empty tensors) joins them.
+            let key = (t.data_ptr(), t.size());
+            if let Some(pos) = named.iter().position(|(_, v)| (v.data_ptr(), v.size()) == key) {
+                let (name, _) = named.remove(pos);
+                out.push((name, t));
+            }
+        }
+        out
+    }
+
     /// The state dict, sorted by name (shallow clones: they share storage).
     pub fn state_dict(&self) -> BTreeMap<String, Tensor> {
         self.vs.variables().into_iter().collect()
@@ -183,13 +206,11 @@ impl Model {
         tch::no_grad(|| self.forward_t(xs, false))
     }
 
-    /// Loads the file's model tensors into this model: every name must be
-    /// present on both sides with the same dtype and shape, and all of that
-    /// is checked before the first byte is copied.
-    fn load_state(&mut self, ckpt: &Checkpoint) -> Result<()> {
-        let entries = ckpt.tensors(MemberName::Model);
-        let mut vars = self.vs.variables();
-        for e in entries {
+    /// Checks that the file's model tensors fit this model: every name
+    /// present on both sides with the same dtype and shape.
+    fn check_state(&self, ckpt: &Checkpoint) -> Result<()> {
+        let vars = self.vs.variables();
+        for e in ckpt.tensors(MemberName::Model) {
             let dst = vars.get(&e.name).ok_or_else(|| Error::StateMismatch {
                 tensor: e.name.clone(),
                 reason: format!("in the file but not in model {}", self.class),
@@ -202,7 +223,14 @@ impl Model {
                 reason: format!("in model {} but not in the file", self.class),
             });
         }
-        for e in entries {
+        Ok(())
+    }
+
+    /// Copies the file's model tensors into this model's storage; call
+    /// [`check_state`](Self::check_state) first.
+    fn copy_state(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        let mut vars = self.vs.variables();
+        for e in ckpt.tensors(MemberName::Model) {
             let dst = vars.get_mut(&e.name).expect("checked above");
             read_into(ckpt, e, dst)?;
         }
@@ -210,20 +238,110 @@ impl Model {
     }
 }
 
-/// Saves and loads a model with its constructor kwargs and free metadata.
+/// What [`ModelContainer::initialize`] builds: a model, and optionally an
+/// optimizer over its parameters and a scheduler over that optimizer,
+/// each by registry name and constructor kwargs.
 ///
 /// ```no_run
-/// use pytorch_saver::{ModelContainer, UserMetadata, models};
+/// # use pytorch_saver::{container::Spec, models, optim, sched};
+/// # use serde_json::json;
+/// # let kw = |v: serde_json::Value| v.as_object().unwrap().clone();
+/// let spec = Spec::model(models::MLP, kw(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3})))
+///     .optimizer(optim::ADAM, kw(json!({"lr": 1e-3})))
+///     .scheduler(sched::STEP_LR, kw(json!({"step_size": 10})));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Spec {
+    model: (String, Map<String, Value>),
+    optimizer: Option<(String, Map<String, Value>)>,
+    scheduler: Option<(String, Map<String, Value>)>,
+}
+
+impl Spec {
+    /// A model alone.
+    pub fn model(class: &str, kwargs: Map<String, Value>) -> Self {
+        Spec {
+            model: (class.to_owned(), kwargs),
+            optimizer: None,
+            scheduler: None,
+        }
+    }
+
+    /// Adds an optimizer over the model's parameters (`torch.optim.Adam`, ...).
+    pub fn optimizer(mut self, class: &str, kwargs: Map<String, Value>) -> Self {
+        self.optimizer = Some((class.to_owned(), kwargs));
+        self
+    }
+
+    /// Adds an LR scheduler over the optimizer
+    /// (`torch.optim.lr_scheduler.StepLR`, ...); it needs an optimizer.
+    pub fn scheduler(mut self, class: &str, kwargs: Map<String, Value>) -> Self {
+        self.scheduler = Some((class.to_owned(), kwargs));
+        self
+    }
+}
+
+/// The objects a container holds, borrowed together so that a training
+/// loop can use all three (PyTorch's `objs.model`, `.optimizer`, `.scheduler`).
+#[derive(Debug)]
+pub struct Parts<'a> {
+    pub model: &'a mut Model,
+    pub optimizer: Option<&'a mut Optimizer>,
+    pub scheduler: Option<&'a mut Scheduler>,
+}
+
+/// The three objects, built but not yet in a container.
+struct Built {
+    model: Model,
+    optimizer: Option<Optimizer>,
+    scheduler: Option<Scheduler>,
+}
+
+impl Built {
+    fn new(registry: &Registry, spec: Spec, device: Device, loading: bool) -> Result<Self> {
+        if spec.scheduler.is_some() && spec.optimizer.is_none() {
+            return Err(Error::Usage(
+                "a scheduler needs an optimizer: give an optimizer too, or no scheduler".into(),
+            ));
+        }
+        let (class, kwargs) = spec.model;
+        let model = Model::build(registry, &class, kwargs, device, loading)?;
+        let mut optimizer = match spec.optimizer {
+            Some((class, kwargs)) => Some(Optimizer::new(&class, &kwargs, model.parameters())?),
+            None => None,
+        };
+        let scheduler = match (spec.scheduler, optimizer.as_mut()) {
+            (Some((class, kwargs)), Some(opt)) => Some(Scheduler::new(&class, &kwargs, opt.param_groups_mut())?),
+            _ => None,
+        };
+        Ok(Built {
+            model,
+            optimizer,
+            scheduler,
+        })
+    }
+}
+
+/// Saves and loads a model, its optimizer and its LR scheduler, with their
+/// constructor kwargs and free metadata.
+///
+/// ```no_run
+/// use pytorch_saver::{container::Spec, models, optim, sched, ModelContainer, UserMetadata};
 /// use serde_json::json;
 ///
+/// let kw = |v: serde_json::Value| v.as_object().unwrap().clone();
 /// let mut container = ModelContainer::new();
-/// let kwargs = json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3});
-/// container.initialize(models::MLP, kwargs.as_object().unwrap().clone())?;
+/// container.initialize(
+///     Spec::model(models::MLP, kw(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3})))
+///         .optimizer(optim::ADAM, kw(json!({"lr": 1e-3})))
+///         .scheduler(sched::STEP_LR, kw(json!({"step_size": 10}))),
+/// )?;
+/// // ... forward, backward, container.step()?, container.scheduler_step()? ...
 /// let meta = UserMetadata::new().with("loss", 0.55)?.with("epoch", 5)?;
 /// let path = container.save("./", "tutorial", &meta)?;
 ///
 /// let mut restored = ModelContainer::new();
-/// let metadata = restored.load(&path)?;
+/// let metadata = restored.load(&path)?; // model, optimizer and scheduler
 /// assert_eq!(metadata["epoch"], 5);
 /// # Ok::<(), pytorch_saver::Error>(())
 /// ```
@@ -231,6 +349,8 @@ pub struct ModelContainer {
     registry: Arc<Registry>,
     device: Device,
     model: Option<Model>,
+    optimizer: Option<Optimizer>,
+    scheduler: Option<Scheduler>,
     write_options: WriteOptions,
 }
 
@@ -252,6 +372,8 @@ impl ModelContainer {
             registry: registry.into(),
             device: Device::Cpu,
             model: None,
+            optimizer: None,
+            scheduler: None,
             write_options: WriteOptions::default(),
         }
     }
@@ -272,11 +394,20 @@ impl ModelContainer {
         &self.registry
     }
 
-    /// Builds a model by registry name and kwargs, replacing any model the
-    /// container held (only once the new one is built).
-    pub fn initialize(&mut self, model: &str, kwargs: Map<String, Value>) -> Result<&mut Model> {
-        let built = Model::build(&self.registry, model, kwargs, self.device, false)?;
-        Ok(self.model.insert(built))
+    /// Builds the model, and the optimizer and scheduler if the spec has
+    /// them, replacing what the container held (only once all are built:
+    /// on error it keeps what it had). A scheduler without an optimizer is
+    /// an error, as is any unknown name or kwarg.
+    pub fn initialize(&mut self, spec: Spec) -> Result<Parts<'_>> {
+        let built = Built::new(&self.registry, spec, self.device, false)?;
+        self.install(built);
+        self.parts_mut()
+    }
+
+    fn install(&mut self, built: Built) {
+        self.model = Some(built.model);
+        self.optimizer = built.optimizer;
+        self.scheduler = built.scheduler;
     }
 
     pub fn model(&self) -> Result<&Model> {
@@ -287,8 +418,76 @@ impl ModelContainer {
         self.model.as_mut().ok_or(Error::NotInitialized)
     }
 
-    /// Saves a training checkpoint into `dir` as
-    /// `{prefix}_checkpoint_{unix seconds}.zip` and returns its path.
+    /// The optimizer, if the container has one.
+    pub fn optimizer(&self) -> Option<&Optimizer> {
+        self.optimizer.as_ref()
+    }
+
+    pub fn optimizer_mut(&mut self) -> Option<&mut Optimizer> {
+        self.optimizer.as_mut()
+    }
+
+    /// The scheduler, if the container has one.
+    pub fn scheduler(&self) -> Option<&Scheduler> {
+        self.scheduler.as_ref()
+    }
+
+    /// Model, optimizer and scheduler at once.
+    pub fn parts_mut(&mut self) -> Result<Parts<'_>> {
+        Ok(Parts {
+            model: self.model.as_mut().ok_or(Error::NotInitialized)?,
+            optimizer: self.optimizer.as_mut(),
+            scheduler: self.scheduler.as_mut(),
+        })
+    }
+
+    fn require_optimizer(&mut self) -> Result<&mut Optimizer> {
+        self.optimizer
+            .as_mut()
+            .ok_or_else(|| Error::Usage("the container has no optimizer: initialize it with one".into()))
+    }
+
+    /// `optimizer.zero_grad()`: every gradient becomes None.
+    pub fn zero_grad(&mut self) -> Result<()> {
+        self.require_optimizer()?.zero_grad()
+    }
+
+    /// `optimizer.step()`.
+    pub fn step(&mut self) -> Result<()> {
+        self.require_optimizer()?.step()
+    }
+
+    /// `scheduler.step()`.
+    pub fn scheduler_step(&mut self) -> Result<()> {
+        let (opt, sched) = self.scheduler_parts()?;
+        sched.step(opt.param_groups_mut())
+    }
+
+    /// `scheduler.step(metric)`, for ReduceLROnPlateau.
+    pub fn scheduler_step_with_metric(&mut self, metric: f64) -> Result<()> {
+        let (opt, sched) = self.scheduler_parts()?;
+        sched.step_with_metric(opt.param_groups_mut(), metric)
+    }
+
+    fn scheduler_parts(&mut self) -> Result<(&mut Optimizer, &mut Scheduler)> {
+        match (self.optimizer.as_mut(), self.scheduler.as_mut()) {
+            (Some(o), Some(s)) => Ok((o, s)),
+            _ => Err(Error::Usage(
+                "the container has no scheduler: initialize it with one".into(),
+            )),
+        }
+    }
+
+    /// Each parameter group's current learning rate.
+    pub fn lrs(&self) -> Result<Vec<f64>> {
+        match &self.optimizer {
+            Some(o) => o.lrs(),
+            None => Err(Error::Usage("the container has no optimizer".into())),
+        }
+    }
+
+    /// Saves a training checkpoint (model, optimizer and scheduler) into
+    /// `dir` as `{prefix}_checkpoint_{unix seconds}.zip` and returns its path.
     pub fn save(&self, dir: impl AsRef<Path>, prefix: &str, metadata: &UserMetadata) -> Result<PathBuf> {
         self.write(dir.as_ref(), prefix, metadata, FileKind::Checkpoint)
     }
@@ -311,14 +510,29 @@ impl ModelContainer {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let training = kind == FileKind::Checkpoint;
+        let optimizer = self.optimizer.as_ref().filter(|_| training);
+        let scheduler = self.scheduler.as_ref().filter(|_| training);
 
         let mut internals = Map::new();
         internals.insert("format_version".into(), FORMAT_VERSION.into());
         internals.insert("kind".into(), kind.as_str().into());
         internals.insert("model".into(), serde_json::json!({ "class": model.class }));
-        internals.insert("producer".into(), Producer::this_library().to_json());
         let mut metadata = Map::new();
         metadata.insert("model_kwargs".into(), Value::Object(model.kwargs.clone()));
+        let opt_state = optimizer.map(Optimizer::state_dict);
+        if let (Some(opt), Some(sd)) = (optimizer, &opt_state) {
+            metadata.insert("optim_kwargs".into(), Value::Object(opt.kwargs().clone()));
+            internals.insert("optimizer".into(), optimizer_internals(opt.class(), sd));
+        }
+        if let Some(sched) = scheduler {
+            metadata.insert("scheduler_kwargs".into(), Value::Object(sched.kwargs().clone()));
+            internals.insert(
+                "scheduler".into(),
+                serde_json::json!({ "class": sched.class(), "state": Value::Object(sched.state_dict()) }),
+            );
+        }
+        internals.insert("producer".into(), Producer::this_library().to_json());
         metadata.insert("timestamp".into(), timestamp.into());
         for (k, v) in &user.map {
             metadata.insert(k.clone(), v.clone());
@@ -326,14 +540,29 @@ impl ModelContainer {
         metadata.insert(INTERNALS_KEY.into(), Value::Object(internals));
 
         let state = model.state_dict();
-        let sources = state
+        let model_sources = state
             .iter()
             .map(|(name, t)| TchSource::new(name.clone(), t))
             .collect::<Result<Vec<_>>>()?;
-        let members = [TensorMember {
+        let mut members = vec![TensorMember {
             name: MemberName::Model,
-            tensors: sources.iter().map(|s| s as &dyn TensorSource).collect(),
+            tensors: model_sources.iter().map(|s| s as &dyn TensorSource).collect(),
         }];
+        let opt_sources = match &opt_state {
+            Some(sd) => sd
+                .state
+                .iter()
+                .flat_map(|(i, s)| s.iter().map(move |(k, t)| (format!("state.{i}.{k}"), t)))
+                .map(|(name, t)| TchSource::new(name, t))
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        if opt_state.is_some() {
+            members.push(TensorMember {
+                name: MemberName::Optimizer,
+                tensors: opt_sources.iter().map(|s| s as &dyn TensorSource).collect(),
+            });
+        }
         let stem = match prefix {
             "" => format!("{}_{timestamp}", kind.as_str()),
             p => format!("{p}_{}_{timestamp}", kind.as_str()),
@@ -347,47 +576,180 @@ impl ModelContainer {
         )?)
     }
 
-    /// Loads a file: validates it completely, rebuilds the model it names
-    /// through the registry, and loads its state. Returns the flat metadata
-    /// (`model_kwargs`, `timestamp`, the user's keys...). On any error the
-    /// container keeps what it held before.
+    /// Loads a file: validates it completely, rebuilds the model, optimizer
+    /// and scheduler it names through the registry, and loads their state.
+    /// Returns the flat metadata (`model_kwargs`, `optim_kwargs`,
+    /// `scheduler_kwargs`, `timestamp`, the user's keys...). All or
+    /// nothing: on any error the container keeps what it held before.
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<Map<String, Value>> {
         let ckpt = Checkpoint::open(path)?;
         let manifest = ckpt.manifest();
-        // The format layer has checked that model_kwargs is an object.
-        let kwargs = ckpt
-            .metadata()
-            .get("model_kwargs")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        let mut model = Model::build(&self.registry, &manifest.model_class, kwargs, self.device, true)?;
-        model.load_state(&ckpt)?;
-        self.model = Some(model);
+        // The format layer has checked that the kwargs are objects.
+        let kwargs = |key: &str| {
+            ckpt.metadata()
+                .get(key)
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut spec = Spec::model(&manifest.model_class, kwargs("model_kwargs"));
+        if let Some(class) = &manifest.optimizer_class {
+            spec = spec.optimizer(class, kwargs("optim_kwargs"));
+        }
+        if let Some(class) = &manifest.scheduler_class {
+            spec = spec.scheduler(class, kwargs("scheduler_kwargs"));
+        }
+        let mut built = Built::new(&self.registry, spec, self.device, true)?;
+        built.model.check_state(&ckpt)?;
+        let prepared = match &built.optimizer {
+            Some(opt) => Some(opt.prepare_load(optimizer_state(&ckpt)?)?),
+            None => None,
+        };
+        if let (Some(sched), Some(p)) = (built.scheduler.as_mut(), &prepared) {
+            sched.load_state_dict(scheduler_state(&ckpt)?, &p.groups)?;
+        }
+        built.model.copy_state(&ckpt)?;
+        if let (Some(opt), Some(p)) = (built.optimizer.as_mut(), prepared) {
+            opt.commit_load(p);
+        }
+        self.install(built);
         Ok(flat_metadata(&ckpt))
     }
 
-    /// Loads a file's state into the model the container already holds
-    /// (same class; every tensor must fit), keeping the tensors' storage,
-    /// so that tensors the caller holds (an optimizer's) see the values.
-    /// All checks run before any byte is copied. The file's model kwargs
-    /// are not compared with the container's: tensors that fit are loaded.
+    /// Loads a file's state into the objects the container already holds,
+    /// keeping the tensors' storage (so that tensors the caller holds see
+    /// the values). The file must hold the same parts as the container
+    /// (model class, optimizer class, scheduler class; an inference file
+    /// restores a container that has a model only). Every check runs, and
+    /// the optimizer and scheduler state is prepared, before any byte of
+    /// the model is copied; constructor kwargs are not compared: state
+    /// that fits is loaded.
     pub fn restore(&mut self, path: impl AsRef<Path>) -> Result<Map<String, Value>> {
         let ckpt = Checkpoint::open(path)?;
-        let model = self.model.as_mut().ok_or(Error::NotInitialized)?;
-        if model.class != ckpt.manifest().model_class {
-            return Err(Error::StateMismatch {
-                tensor: "model".into(),
-                reason: format!(
-                    "the file holds {}, the container {}",
-                    ckpt.manifest().model_class,
-                    model.class
-                ),
-            });
+        let manifest = ckpt.manifest();
+        let model = self.model.as_ref().ok_or(Error::NotInitialized)?;
+        let parts = [
+            ("model", Some(model.class.as_str()), Some(manifest.model_class.as_str())),
+            (
+                "optimizer",
+                self.optimizer.as_ref().map(Optimizer::class),
+                manifest.optimizer_class.as_deref(),
+            ),
+            (
+                "scheduler",
+                self.scheduler.as_ref().map(Scheduler::class),
+                manifest.scheduler_class.as_deref(),
+            ),
+        ];
+        for (part, ours, theirs) in parts {
+            if ours != theirs {
+                return Err(Error::StateMismatch {
+                    tensor: part.into(),
+                    reason: format!(
+                        "the file holds {}, the container {}",
+                        theirs.unwrap_or("none"),
+                        ours.unwrap_or("none")
+                    ),
+                });
+            }
         }
-        model.load_state(&ckpt)?;
+        model.check_state(&ckpt)?;
+        let prepared = match &self.optimizer {
+            Some(opt) => Some(opt.prepare_load(optimizer_state(&ckpt)?)?),
+            None => None,
+        };
+        let scheduler = match (&self.scheduler, &prepared) {
+            (Some(sched), Some(p)) => {
+                let mut s = sched.clone();
+                s.load_state_dict(scheduler_state(&ckpt)?, &p.groups)?;
+                Some(s)
+            }
+            _ => None,
+        };
+        self.model.as_mut().expect("checked above").copy_state(&ckpt)?;
+        if let (Some(opt), Some(p)) = (self.optimizer.as_mut(), prepared) {
+            opt.commit_load(p);
+        }
+        if scheduler.is_some() {
+            self.scheduler = scheduler;
+        }
         Ok(flat_metadata(&ckpt))
     }
+}
+
+/// `__pytorch_saver__.optimizer` for a state (FORMAT.md section 5).
+fn optimizer_internals(class: &str, sd: &OptimizerState) -> Value {
+    let state: Map<String, Value> = sd
+        .state
+        .keys()
+        .map(|i| (i.to_string(), Value::Object(Map::new())))
+        .collect();
+    serde_json::json!({
+        "class": class,
+        "param_groups": sd.param_groups.iter().map(ParamGroup::to_json).collect::<Vec<_>>(),
+        "param_names": sd.param_names,
+        "state": state,
+    })
+}
+
+/// The optimizer state of a checkpoint (its layout is validated by
+/// `Checkpoint::open`): groups and names from the JSON, tensors read into
+/// new CPU tensors.
+fn optimizer_state(ckpt: &Checkpoint) -> Result<OptimizerState> {
+    let invalid = |what: &str, reason: String| Error::InvalidState {
+        what: format!("{INTERNALS_KEY}.optimizer.{what}"),
+        reason,
+    };
+    let internals = &ckpt.metadata()[INTERNALS_KEY]["optimizer"];
+    let param_groups = internals["param_groups"]
+        .as_array()
+        .map(|g| g.iter().map(ParamGroup::from_json).collect::<Result<Vec<_>>>())
+        .transpose()?
+        .unwrap_or_default();
+    let param_names = internals["param_names"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let mut state: BTreeMap<usize, ParamState> = BTreeMap::new();
+    for (index, plain) in internals["state"].as_object().into_iter().flatten() {
+        if let Some(key) = plain.as_object().and_then(|o| o.keys().next()) {
+            return Err(invalid(
+                &format!("state.{index}.{key}"),
+                "non-tensor state values are not used by the built-in optimizers".into(),
+            ));
+        }
+        let i = index
+            .parse()
+            .map_err(|_| invalid("state", format!("bad index {index:?}")))?;
+        state.insert(i, ParamState::new());
+    }
+    let layout = ckpt
+        .manifest()
+        .optimizer
+        .as_ref()
+        .expect("a file with an optimizer has its layout");
+    for entry in ckpt.tensors(MemberName::Optimizer) {
+        let (i, key) = layout
+            .check_tensor_name(&entry.name)
+            .map_err(|reason| invalid("state", reason))?;
+        let tensor = read_new(ckpt, entry)?;
+        state.entry(i).or_default().insert(key.to_owned(), tensor);
+    }
+    Ok(OptimizerState {
+        param_groups,
+        param_names,
+        state,
+    })
+}
+
+/// `__pytorch_saver__.scheduler.state` (an object: checked at open).
+fn scheduler_state(ckpt: &Checkpoint) -> Result<&Map<String, Value>> {
+    ckpt.metadata()[INTERNALS_KEY]["scheduler"]["state"]
+        .as_object()
+        .ok_or_else(|| Error::InvalidState {
+            what: format!("{INTERNALS_KEY}.scheduler.state"),
+            reason: "must be an object".into(),
+        })
 }
 
 /// Every top-level key but the format internals.

@@ -24,7 +24,7 @@ pub mod sched;
 pub mod tensors;
 
 #[cfg(feature = "torch")]
-pub use container::{MetadataValue, Model, ModelContainer, UserMetadata};
+pub use container::{MetadataValue, Model, ModelContainer, Parts, Spec, UserMetadata};
 pub use error::{Error, Result};
 pub use kwargs::Kwargs;
 #[cfg(feature = "torch")]

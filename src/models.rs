@@ -15,6 +15,10 @@ pub const MLP: &str = "pytorch_saver.models.MLP";
 /// A Linear layer initialised as PyTorch's `reset_parameters` does:
 /// weight and bias uniform in +-1/sqrt(in_features); zeros when
 /// `random_init` is false (the values are about to be loaded).
+///
+/// The weight is created before the bias, as PyTorch registers them (tch's
+/// own `nn::linear` creates the bias first): creation order is parameter
+/// order, and optimizer state indexes parameters by that order.
 pub fn linear(p: nn::Path<'_>, in_dim: i64, out_dim: i64, bias: bool, random_init: bool) -> nn::Linear {
     let bound = 1.0 / (in_dim as f64).sqrt();
     let init = if random_init {
@@ -22,16 +26,9 @@ pub fn linear(p: nn::Path<'_>, in_dim: i64, out_dim: i64, bias: bool, random_ini
     } else {
         nn::Init::Const(0.0)
     };
-    nn::linear(
-        p,
-        in_dim,
-        out_dim,
-        nn::LinearConfig {
-            ws_init: init,
-            bs_init: Some(init),
-            bias,
-        },
-    )
+    let ws = p.var("weight", &[out_dim, in_dim], init);
+    let bs = bias.then(|| p.var("bias", &[out_dim], init));
+    nn::Linear { ws, bs }
 }
 
 /// The MLP of the original pytorch-saver tutorial:

@@ -143,3 +143,15 @@ pub fn read_into(ckpt: &Checkpoint, entry: &TensorEntry, dst: &mut Tensor) -> Re
     tch::no_grad(|| dst.f_copy_(&src))?;
     Ok(())
 }
+
+/// A file tensor as a new CPU tensor of its own dtype and shape.
+pub fn read_new(ckpt: &Checkpoint, entry: &TensorEntry) -> Result<Tensor> {
+    let kind = kind_of(entry.dtype).ok_or_else(|| Error::StateMismatch {
+        tensor: entry.name.clone(),
+        reason: format!("dtype {:?} has no libtorch equivalent", entry.dtype),
+    })?;
+    let shape: Vec<i64> = entry.shape.iter().map(|&d| d as i64).collect();
+    let mut t = Tensor::f_empty(&shape, (kind, Device::Cpu))?;
+    read_into(ckpt, entry, &mut t)?;
+    Ok(t)
+}

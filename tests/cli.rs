@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use pytorch_saver::{models, ModelContainer, UserMetadata};
+use pytorch_saver::{models, ModelContainer, Spec, UserMetadata};
 use serde_json::{json, Value};
 
 fn cli() -> Command {
@@ -14,13 +14,13 @@ fn cli() -> Command {
 
 fn saved_mlp(dir: &std::path::Path) -> std::path::PathBuf {
     let mut c = ModelContainer::new();
-    c.initialize(
+    c.initialize(Spec::model(
         models::MLP,
         json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})
             .as_object()
             .unwrap()
             .clone(),
-    )
+    ))
     .unwrap();
     c.save(dir, "cli", &UserMetadata::new().with("epoch", 7).unwrap())
         .unwrap()

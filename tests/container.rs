@@ -8,7 +8,7 @@ use std::path::Path;
 use common::{bytes_of, registry, ALL_DTYPES};
 
 use pytorch_saver::format::{Checkpoint, MemberName};
-use pytorch_saver::{models, Error, Kwargs, ModelContainer, Registry, UserMetadata};
+use pytorch_saver::{models, Error, Kwargs, ModelContainer, Registry, Spec, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::{nn, Kind, Tensor};
 
@@ -33,7 +33,7 @@ fn every_dtype_and_user_metadata_round_trip_bit_exact() {
     tch::manual_seed(1);
     let dir = tempfile::tempdir().unwrap();
     let mut saved = ModelContainer::with_registry(registry());
-    saved.initialize(ALL_DTYPES, obj(json!({"n": 4}))).unwrap();
+    saved.initialize(Spec::model(ALL_DTYPES, obj(json!({"n": 4})))).unwrap();
     let meta = UserMetadata::new()
         .with("loss", 0.55)
         .unwrap()
@@ -73,10 +73,10 @@ fn mlp_has_pytorch_state_dict_names_and_forward_survives_round_trip() {
     tch::manual_seed(3);
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::new();
-    c.initialize(
+    c.initialize(Spec::model(
         models::MLP,
         obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 3})),
-    )
+    ))
     .unwrap();
     let names: Vec<String> = c.model().unwrap().state_dict().into_keys().collect();
     assert_eq!(
@@ -111,14 +111,17 @@ fn mlp_has_pytorch_state_dict_names_and_forward_survives_round_trip() {
 #[test]
 fn linear_matches_pytorch_names_and_kwargs() {
     let mut c = ModelContainer::new();
-    c.initialize(models::LINEAR, obj(json!({"in_features": 3, "out_features": 2})))
-        .unwrap();
+    c.initialize(Spec::model(
+        models::LINEAR,
+        obj(json!({"in_features": 3, "out_features": 2})),
+    ))
+    .unwrap();
     let names: Vec<String> = c.model().unwrap().state_dict().into_keys().collect();
     assert_eq!(names, ["bias", "weight"]);
-    c.initialize(
+    c.initialize(Spec::model(
         models::LINEAR,
         obj(json!({"in_features": 3, "out_features": 2, "bias": false})),
-    )
+    ))
     .unwrap();
     let names: Vec<String> = c.model().unwrap().state_dict().into_keys().collect();
     assert_eq!(names, ["weight"]);
@@ -129,10 +132,10 @@ fn restore_loads_into_the_existing_tensors() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::new();
     let kwargs = obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3}));
-    c.initialize(models::MLP, kwargs.clone()).unwrap();
+    c.initialize(Spec::model(models::MLP, kwargs.clone())).unwrap();
     let path = c.save(dir.path(), "r", &UserMetadata::new()).unwrap();
     let mut other = ModelContainer::new();
-    other.initialize(models::MLP, kwargs).unwrap();
+    other.initialize(Spec::model(models::MLP, kwargs)).unwrap();
     let held = other.model().unwrap().state_dict()["fc1.weight"].shallow_clone();
     other.restore(&path).unwrap();
     assert_same_state(&c, &other);
@@ -147,7 +150,7 @@ fn restore_loads_into_the_existing_tensors() {
 #[test]
 fn unknown_model_name_is_a_typed_error() {
     let mut c = ModelContainer::new();
-    let e = c.initialize("my.Missing", Map::new()).unwrap_err();
+    let e = c.initialize(Spec::model("my.Missing", Map::new())).unwrap_err();
     assert!(
         matches!(&e, Error::UnknownName { name, .. } if name == "my.Missing"),
         "{e}"
@@ -159,11 +162,14 @@ fn unknown_model_name_is_a_typed_error() {
 fn a_file_naming_an_unregistered_class_is_refused_and_nothing_changes() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::with_registry(registry());
-    c.initialize(ALL_DTYPES, Map::new()).unwrap();
+    c.initialize(Spec::model(ALL_DTYPES, Map::new())).unwrap();
     let path = c.save(dir.path(), "x", &UserMetadata::new()).unwrap();
     let mut plain = ModelContainer::new();
     plain
-        .initialize(models::LINEAR, obj(json!({"in_features": 1, "out_features": 1})))
+        .initialize(Spec::model(
+            models::LINEAR,
+            obj(json!({"in_features": 1, "out_features": 1})),
+        ))
         .unwrap();
     let e = plain.load(&path).unwrap_err();
     assert!(
@@ -199,7 +205,7 @@ fn bad_kwargs_are_typed_errors_naming_the_kwarg() {
         ),
     ];
     for (kwargs, needle) in cases {
-        let e = c.initialize(models::MLP, obj(kwargs)).unwrap_err();
+        let e = c.initialize(Spec::model(models::MLP, obj(kwargs))).unwrap_err();
         assert!(matches!(e, Error::InvalidKwargs { .. }), "{e}");
         assert!(e.to_string().contains(needle), "{e} should contain {needle}");
     }
@@ -220,7 +226,7 @@ fn a_panicking_factory_is_a_typed_error() {
         .unwrap_err();
     assert!(matches!(e, Error::DuplicateName { .. }), "{e}");
     let mut c = ModelContainer::with_registry(r);
-    let e = c.initialize("tests.Panics", Map::new()).unwrap_err();
+    let e = c.initialize(Spec::model("tests.Panics", Map::new())).unwrap_err();
     assert!(
         matches!(&e, Error::Factory { reason, .. } if reason.contains("boom in factory")),
         "{e}"
@@ -231,8 +237,11 @@ fn a_panicking_factory_is_a_typed_error() {
 fn reserved_and_non_json_metadata_are_refused_before_writing() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::new();
-    c.initialize(models::LINEAR, obj(json!({"in_features": 2, "out_features": 2})))
-        .unwrap();
+    c.initialize(Spec::model(
+        models::LINEAR,
+        obj(json!({"in_features": 2, "out_features": 2})),
+    ))
+    .unwrap();
     for key in [
         "model_kwargs",
         "optim_kwargs",
@@ -268,12 +277,18 @@ fn state_that_does_not_fit_is_refused_and_the_model_is_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let mut small = ModelContainer::new();
     small
-        .initialize(models::MLP, obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})))
+        .initialize(Spec::model(
+            models::MLP,
+            obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})),
+        ))
         .unwrap();
     let path = small.save(dir.path(), "s", &UserMetadata::new()).unwrap();
     let mut big = ModelContainer::new();
-    big.initialize(models::MLP, obj(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3})))
-        .unwrap();
+    big.initialize(Spec::model(
+        models::MLP,
+        obj(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3})),
+    ))
+    .unwrap();
     let before: Vec<Vec<u8>> = big.model().unwrap().state_dict().values().map(bytes_of).collect();
     let e = big.restore(&path).unwrap_err();
     assert!(matches!(&e, Error::StateMismatch { .. }), "{e}");
@@ -287,10 +302,10 @@ fn missing_and_unexpected_tensors_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let linear = |bias: bool| {
         let mut c = ModelContainer::new();
-        c.initialize(
+        c.initialize(Spec::model(
             models::LINEAR,
             obj(json!({"in_features": 2, "out_features": 2, "bias": bias})),
-        )
+        ))
         .unwrap();
         c
     };
@@ -315,8 +330,11 @@ fn missing_and_unexpected_tensors_are_named() {
 #[test]
 fn forward_with_a_wrong_shape_is_an_error_not_a_panic() {
     let mut c = ModelContainer::new();
-    c.initialize(models::MLP, obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})))
-        .unwrap();
+    c.initialize(Spec::model(
+        models::MLP,
+        obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})),
+    ))
+    .unwrap();
     let x = Tensor::zeros([2, 5], (Kind::Float, tch::Device::Cpu));
     assert!(matches!(c.model().unwrap().forward(&x), Err(Error::Torch(_))));
 }
@@ -325,10 +343,10 @@ fn forward_with_a_wrong_shape_is_an_error_not_a_panic() {
 fn model_tensors_are_in_model_safetensors_with_their_names() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::new();
-    c.initialize(
+    c.initialize(Spec::model(
         models::MLP,
         obj(json!({"in_dim": 2, "hidden_dim": 3, "n_classes": 1, "n_layers": 1})),
-    )
+    ))
     .unwrap();
     let path = c.save(dir.path(), "n", &UserMetadata::new()).unwrap();
     let ckpt = Checkpoint::open(Path::new(&path)).unwrap();
@@ -365,7 +383,7 @@ fn factories_learn_when_a_load_will_overwrite_their_init() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::with_registry(r.clone());
-    c.initialize("tests.Flag", Map::new()).unwrap();
+    c.initialize(Spec::model("tests.Flag", Map::new())).unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), 1);
     let path = c.save(dir.path(), "f", &UserMetadata::new()).unwrap();
     let mut l = ModelContainer::with_registry(r);
@@ -383,11 +401,11 @@ fn readme_registry_example_works() -> pytorch_saver::Result<()> {
         Ok(Box::new(tch::nn::linear(p / "fc", width, 2, Default::default())))
     })?;
     let mut container = ModelContainer::with_registry(registry);
-    container.initialize("mypkg.models.Net", obj(json!({"width": 3})))?;
+    container.initialize(Spec::model("mypkg.models.Net", obj(json!({"width": 3}))))?;
     let names: Vec<String> = container.model()?.state_dict().into_keys().collect();
     assert_eq!(names, ["fc.bias", "fc.weight"]);
     let e = container
-        .initialize("mypkg.models.Net", obj(json!({"width": 3, "depth": 2})))
+        .initialize(Spec::model("mypkg.models.Net", obj(json!({"width": 3, "depth": 2}))))
         .unwrap_err();
     assert!(e.to_string().contains("unexpected kwarg \"depth\""), "{e}");
     Ok(())
@@ -397,8 +415,11 @@ fn readme_registry_example_works() -> pytorch_saver::Result<()> {
 fn saves_within_one_second_get_distinct_names() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::new();
-    c.initialize(models::LINEAR, obj(json!({"in_features": 2, "out_features": 2})))
-        .unwrap();
+    c.initialize(Spec::model(
+        models::LINEAR,
+        obj(json!({"in_features": 2, "out_features": 2})),
+    ))
+    .unwrap();
     let paths: Vec<_> = (0..3)
         .map(|_| c.save(dir.path(), "same", &UserMetadata::new()).unwrap())
         .collect();

@@ -758,9 +758,12 @@ fn random_tensor_sets_round_trip() {
     }
 }
 
+/// An optimizer tensor: name and shape.
+type OptTensor<'a> = (&'a str, Vec<usize>);
+
 /// A checkpoint with the small Linear, `optimizer` internals and the
 /// optimizer member's tensors (as (name, shape) of F32 zeros).
-fn with_optimizer(opt: Value, tensors: &[(&str, Vec<usize>)], scheduler: Option<Value>) -> Vec<u8> {
+fn with_optimizer(opt: Value, tensors: &[OptTensor], scheduler: Option<Value>) -> Vec<u8> {
     let mut meta = metadata("checkpoint", "torch.nn.Linear");
     meta["__pytorch_saver__"]["optimizer"] = opt;
     meta.insert("optim_kwargs".into(), json!({"lr": 0.1}));
@@ -845,7 +848,7 @@ fn optimizer_layout_is_validated_against_section_5() {
         );
     }
 
-    let tensor_cases: [(Value, &[(&str, Vec<usize>)], &str); 4] = [
+    let tensor_cases: [(Value, &[OptTensor], &str); 4] = [
         (json!({}), &[("state.0.step", vec![])], "parameter 0 has no entry"),
         (json!({"0": {}}), &[("exp_avg", vec![2])], "state.<index>.<key>"),
         (json!({"0": {}}), &[("state.00.step", vec![])], "canonical"),

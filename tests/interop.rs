@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{bytes_of, python, registry, ALL_DTYPES};
 use pytorch_saver::format::{dtype_name, Checkpoint, MemberName, WriteOptions};
-use pytorch_saver::{models, ModelContainer, UserMetadata};
+use pytorch_saver::{models, ModelContainer, Spec, UserMetadata};
 use serde_json::{json, Value};
 
 fn torch_dtype(safetensors_dtype: &str) -> &'static str {
@@ -34,7 +34,7 @@ fn hex(bytes: &[u8]) -> String {
 fn write_all_dtypes(dir: &std::path::Path, options: WriteOptions) -> std::path::PathBuf {
     tch::manual_seed(11);
     let mut c = ModelContainer::with_registry(registry()).with_write_options(options);
-    c.initialize(ALL_DTYPES, json!({"n": 3}).as_object().unwrap().clone())
+    c.initialize(Spec::model(ALL_DTYPES, json!({"n": 3}).as_object().unwrap().clone()))
         .unwrap();
     let meta = UserMetadata::new()
         .with("loss", 0.55)
@@ -98,7 +98,7 @@ fn python_zipfile_and_safetensors_read_what_rust_wrote() {
     // And the values are the model's, bit for bit.
     tch::manual_seed(11);
     let mut c = ModelContainer::with_registry(registry());
-    c.initialize(ALL_DTYPES, json!({"n": 3}).as_object().unwrap().clone())
+    c.initialize(Spec::model(ALL_DTYPES, json!({"n": 3}).as_object().unwrap().clone()))
         .unwrap();
     let ckpt = Checkpoint::open(&path).unwrap();
     for (name, t) in c.model().unwrap().state_dict() {
@@ -139,13 +139,13 @@ fn unzip_t_passes_on_every_kind_of_file_we_write() {
     unzip_t(&write_all_dtypes(dir.path(), WriteOptions::default()));
     unzip_t(&write_all_dtypes(dir.path(), WriteOptions { force_zip64: true }));
     let mut c = ModelContainer::new();
-    c.initialize(
+    c.initialize(Spec::model(
         models::MLP,
         json!({"in_dim": 3, "hidden_dim": 5, "n_classes": 2})
             .as_object()
             .unwrap()
             .clone(),
-    )
+    ))
     .unwrap();
     unzip_t(&c.save_inference(dir.path(), "mlp", &UserMetadata::new()).unwrap());
 }
@@ -157,13 +157,13 @@ fn checkpoint_above_4_gib_uses_zip64_and_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let n = (4u64 << 30) / 4 + 1024; // f32 elements: just over 4 GiB
     let mut c = ModelContainer::new();
-    c.initialize(
+    c.initialize(Spec::model(
         models::LINEAR,
         json!({"in_features": n / 2, "out_features": 2, "bias": false})
             .as_object()
             .unwrap()
             .clone(),
-    )
+    ))
     .unwrap();
     let weight = c.model().unwrap().state_dict()["weight"].shallow_clone();
     tch::no_grad(|| {

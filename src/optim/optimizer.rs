@@ -321,6 +321,13 @@ pub struct OptimizerState {
     pub state: BTreeMap<usize, ParamState>,
 }
 
+/// A checked state, ready to replace an optimizer's.
+#[derive(Debug)]
+pub(crate) struct PreparedState {
+    pub(crate) groups: Vec<ParamGroup>,
+    state: BTreeMap<usize, ParamState>,
+}
+
 /// A parameter the optimizer updates: a tensor sharing storage with the
 /// model's, and its state-dict name.
 #[derive(Debug)]
@@ -516,6 +523,15 @@ impl Optimizer {
     /// dtype and device, as PyTorch does. Everything is checked before
     /// anything changes: on error the optimizer is untouched.
     pub fn load_state_dict(&mut self, saved: OptimizerState) -> Result<()> {
+        let prepared = self.prepare_load(saved)?;
+        self.commit_load(prepared);
+        Ok(())
+    }
+
+    /// The checks and conversions of [`load_state_dict`](Self::load_state_dict),
+    /// without changing anything: a container prepares every part of a
+    /// checkpoint before it commits any.
+    pub(crate) fn prepare_load(&self, saved: OptimizerState) -> Result<PreparedState> {
         let alg = self.algorithm;
         if saved.param_groups.len() != self.groups.len() {
             return Err(Error::InvalidState {
@@ -606,9 +622,12 @@ impl Optimizer {
             }
             state.insert(j, converted);
         }
-        self.groups = groups;
-        self.state = state;
-        Ok(())
+        Ok(PreparedState { groups, state })
+    }
+
+    pub(crate) fn commit_load(&mut self, prepared: PreparedState) {
+        self.groups = prepared.groups;
+        self.state = prepared.state;
     }
 }
 
