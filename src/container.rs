@@ -520,7 +520,7 @@ impl ModelContainer {
         internals.insert("model".into(), serde_json::json!({ "class": model.class }));
         let mut metadata = Map::new();
         metadata.insert("model_kwargs".into(), Value::Object(model.kwargs.clone()));
-        let opt_state = optimizer.map(Optimizer::state_dict);
+        let opt_state = optimizer.map(Optimizer::state_dict).transpose()?;
         if let (Some(opt), Some(sd)) = (optimizer, &opt_state) {
             metadata.insert("optim_kwargs".into(), Value::Object(opt.kwargs().clone()));
             internals.insert("optimizer".into(), optimizer_internals(opt.class(), sd));

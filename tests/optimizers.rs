@@ -114,7 +114,7 @@ fn optimizers_match_torch_optim_over_200_steps() {
         }
         let label = format!("{class} {kw}");
         // The layout: param_groups and parameter names as PyTorch's.
-        let sd = opt.state_dict();
+        let sd = opt.state_dict().unwrap();
         let ours: Vec<Value> = sd.param_groups.iter().map(|g| g.to_json()).collect();
         assert_eq!(
             Value::Array(ours),
@@ -271,7 +271,20 @@ fn zero_grad_sets_gradients_to_none_so_unused_parameters_are_skipped() {
     opt.step().unwrap();
     // Only w had a gradient: b and its state did not move (as in PyTorch).
     assert!(params[1].1.detach().equal(&b_before));
-    let sd = opt.state_dict();
+    let sd = opt.state_dict().unwrap();
     assert_eq!(sd.state[&0]["step"].double_value(&[]), 2.0);
     assert_eq!(sd.state[&1]["step"].double_value(&[]), 1.0);
+}
+
+#[test]
+fn groups_edited_out_of_shape_are_refused_not_a_panic() {
+    let params = two_params();
+    let mut opt = Optimizer::new(SGD, &Map::new(), params).unwrap();
+    opt.param_groups_mut()[0].params.push(7);
+    assert!(matches!(opt.step(), Err(Error::Usage(m)) if m.contains("index 7")));
+    assert!(matches!(opt.state_dict(), Err(Error::Usage(_))));
+    opt.param_groups_mut()[0].params = vec![0];
+    assert!(matches!(opt.step(), Err(Error::Usage(m)) if m.contains("\"b\" is in no param group")));
+    opt.param_groups_mut()[0].params = vec![0, 1];
+    opt.step().unwrap();
 }

@@ -113,7 +113,7 @@ struct Snapshot {
 }
 
 fn snapshot(c: &ModelContainer) -> Snapshot {
-    let sd = c.optimizer().unwrap().state_dict();
+    let sd = c.optimizer().unwrap().state_dict().unwrap();
     Snapshot {
         params: c.model().unwrap().state_dict(),
         state: sd

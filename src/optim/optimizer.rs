@@ -420,7 +420,9 @@ impl Optimizer {
     }
 
     /// The groups, for a scheduler (or the caller) to change their
-    /// hyperparameters. Changing `params` is not supported.
+    /// hyperparameters. Groups must keep their parameters: `step` and
+    /// `state_dict` refuse groups whose `params` no longer hold every
+    /// parameter exactly once.
     pub fn param_groups_mut(&mut self) -> &mut [ParamGroup] {
         &mut self.groups
     }
@@ -450,8 +452,30 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Checks that the groups still hold every parameter exactly once.
+    fn check_groups(&self) -> Result<()> {
+        let mut seen = vec![false; self.params.len()];
+        for (g, group) in self.groups.iter().enumerate() {
+            for &i in &group.params {
+                if i >= seen.len() || std::mem::replace(&mut seen[i], true) {
+                    return Err(Error::Usage(format!(
+                        "param_groups[{g}] holds parameter index {i}, which is out of range or in another group"
+                    )));
+                }
+            }
+        }
+        match seen.iter().position(|s| !s) {
+            Some(i) => Err(Error::Usage(format!(
+                "parameter {:?} is in no param group",
+                self.params[i].name
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// One optimization step over every parameter that has a gradient.
     pub fn step(&mut self) -> Result<()> {
+        self.check_groups()?;
         let _guard = tch::no_grad_guard();
         for g in 0..self.groups.len() {
             let group = &self.groups[g];
@@ -488,14 +512,15 @@ impl Optimizer {
     /// The state in PyTorch's layout (tensors are shallow clones). As in
     /// PyTorch, parameter indices count through the groups in order, so
     /// with several groups they can differ from the constructor's order.
-    pub fn state_dict(&self) -> OptimizerState {
+    pub fn state_dict(&self) -> Result<OptimizerState> {
+        self.check_groups()?;
         let mut packed = HashMap::new();
         let mut param_names = Vec::with_capacity(self.params.len());
         for &i in self.groups.iter().flat_map(|g| &g.params) {
             packed.insert(i, param_names.len());
             param_names.push(self.params[i].name.clone());
         }
-        OptimizerState {
+        Ok(OptimizerState {
             param_groups: self
                 .groups
                 .iter()
@@ -512,7 +537,7 @@ impl Optimizer {
                     )
                 })
                 .collect(),
-        }
+        })
     }
 
     /// Loads a state, matching parameters by name (PyTorch matches by
