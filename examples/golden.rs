@@ -12,7 +12,7 @@ use pytorch_saver::format::{
     dtype_name, write_checkpoint, BytesTensor, Checkpoint, Dtype, MemberName, TensorMember, TensorSource, WriteOptions,
     DTYPES, FORMAT_VERSION,
 };
-use pytorch_saver::{models, ModelContainer, Spec, UserMetadata};
+use pytorch_saver::{models, optim, sched, ModelContainer, Spec, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -57,6 +57,86 @@ fn keep_or_write(dir: &Path, name: &str, write: impl FnOnce(&Path) -> (PathBuf, 
 
 fn kwargs(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap_or_default()
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32 tensor")
+}
+
+/// The loop tests/golden.rs repeats on a training checkpoint: MSE on one
+/// batch, optimizer step, scheduler step (with the loss as metric for
+/// ReduceLROnPlateau).
+fn train(c: &mut ModelContainer, x: &Tensor, y: &Tensor, steps: usize, scheduler: bool) {
+    for _ in 0..steps {
+        c.zero_grad().expect("zero_grad");
+        let out = c.model().and_then(|m| m.forward_t(x, true)).expect("forward");
+        let loss = (out - y).square().mean(Kind::Float);
+        loss.backward();
+        c.step().expect("step");
+        if !scheduler {
+            continue;
+        }
+        if c.scheduler().expect("scheduler").needs_metric() {
+            c.scheduler_step_with_metric(loss.double_value(&[]))
+                .expect("scheduler step");
+        } else {
+            c.scheduler_step().expect("scheduler step");
+        }
+    }
+}
+
+/// A training checkpoint of the MLP with `optimizer` and `scheduler`,
+/// trained `before` steps (the scheduler stepped only if `step_scheduler`),
+/// and the sidecar's `resume`: the batch, and the parameters and LRs after
+/// `after` more steps of [`train`] from the loaded file.
+fn training_checkpoint(
+    out: &Path,
+    seed: i64,
+    optimizer: (&str, Value),
+    scheduler: (&str, Value),
+    step_scheduler: bool,
+) -> (PathBuf, Map<String, Value>) {
+    let (before, after) = (10, 5);
+    tch::manual_seed(seed);
+    let mut c = ModelContainer::new();
+    c.initialize(
+        Spec::model(
+            models::MLP,
+            kwargs(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2})),
+        )
+        .optimizer(optimizer.0, kwargs(optimizer.1))
+        .scheduler(scheduler.0, kwargs(scheduler.1)),
+    )
+    .expect("initialize");
+    let x = Tensor::randn([6, 4], (Kind::Float, Device::Cpu));
+    let y = Tensor::randn([6, 3], (Kind::Float, Device::Cpu));
+    train(&mut c, &x, &y, before, step_scheduler);
+    let path = c
+        .save(
+            out,
+            "golden",
+            &UserMetadata::new().with("step", before).expect("metadata"),
+        )
+        .expect("save");
+
+    let mut resumed = ModelContainer::new();
+    resumed.load(&path).expect("load what was just written");
+    train(&mut resumed, &x, &y, after, true);
+    let params: Map<String, Value> = resumed
+        .model()
+        .expect("model")
+        .state_dict()
+        .iter()
+        .map(|(n, t)| (n.clone(), json!(f32s(t))))
+        .collect();
+    let resume = json!({
+        "input": f32s(&x), "input_shape": [6, 4],
+        "target": f32s(&y), "target_shape": [6, 3],
+        "steps": after,
+        "params_after": params,
+        "lrs_after": resumed.lrs().expect("lrs"),
+    });
+    (path, kwargs(json!({ "resume": resume })))
 }
 
 fn main() {
@@ -151,5 +231,27 @@ fn main() {
         )
         .expect("write");
         (path, Map::new())
+    });
+
+    // Optimizer and scheduler state (FORMAT.md sections 5 and 6).
+    keep_or_write(&dir, "rust_mlp_adam_warm_restarts_checkpoint.zip", |out| {
+        training_checkpoint(
+            out,
+            2,
+            (optim::ADAM, json!({"lr": 0.01, "amsgrad": true})),
+            (sched::COSINE_ANNEALING_WARM_RESTARTS, json!({"T_0": 4, "T_mult": 2})),
+            true,
+        )
+    });
+    // ReduceLROnPlateau never stepped: its `best` is inf, the non-finite
+    // float encoding of 3.4.
+    keep_or_write(&dir, "rust_mlp_sgd_plateau_checkpoint.zip", |out| {
+        training_checkpoint(
+            out,
+            3,
+            (optim::SGD, json!({"lr": 0.05, "momentum": 0.9, "weight_decay": 0.001})),
+            (sched::REDUCE_LR_ON_PLATEAU, json!({"patience": 1, "factor": 0.5})),
+            false,
+        )
     });
 }

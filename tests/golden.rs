@@ -105,3 +105,61 @@ fn golden_models_rebuild_and_compute_the_recorded_output() {
     }
     assert!(checked >= 1);
 }
+
+fn tensor(v: &Value, shape: &Value) -> Tensor {
+    let shape: Vec<i64> = shape.as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+    Tensor::from_slice(&f32s(v)).reshape(&shape)
+}
+
+/// Training checkpoints resume: loaded with nothing but the file, the
+/// recorded steps (MSE on the recorded batch, optimizer step, scheduler
+/// step; the loss as metric for ReduceLROnPlateau) reach the recorded
+/// parameters and learning rates.
+#[test]
+fn golden_training_checkpoints_resume_to_the_recorded_state() {
+    let mut checked = 0;
+    for path in golden_files() {
+        let want = expected(&path);
+        let Some(resume) = want.get("resume") else { continue };
+        let label = path.display().to_string();
+        let mut c = ModelContainer::new();
+        c.load(&path).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let x = tensor(&resume["input"], &resume["input_shape"]);
+        let y = tensor(&resume["target"], &resume["target_shape"]);
+        for _ in 0..resume["steps"].as_u64().unwrap() {
+            c.zero_grad().unwrap();
+            let loss = (c.model().unwrap().forward_t(&x, true).unwrap() - &y)
+                .square()
+                .mean(tch::Kind::Float);
+            loss.backward();
+            c.step().unwrap();
+            if c.scheduler().unwrap().needs_metric() {
+                c.scheduler_step_with_metric(loss.double_value(&[])).unwrap();
+            } else {
+                c.scheduler_step().unwrap();
+            }
+        }
+        for (name, t) in c.model().unwrap().state_dict() {
+            let got = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+            let recorded = f32s(&resume["params_after"][&name]);
+            assert_eq!(got.len(), recorded.len(), "{label}: {name}");
+            for (a, b) in got.iter().zip(&recorded) {
+                // Another CPU may round a matmul differently: 1e-5 relative.
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{label}: {name}: {a} vs {b}");
+            }
+        }
+        let lrs = c.lrs().unwrap();
+        let recorded: Vec<f64> = resume["lrs_after"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(lrs.len(), recorded.len());
+        for (a, b) in lrs.iter().zip(&recorded) {
+            assert!((a - b).abs() <= 1e-12 * b.abs(), "{label}: lr {a} vs {b}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "training golden files present");
+}
