@@ -2,7 +2,8 @@
 # torch wheel (libtorch for tch), then the cargo build.
 #   make demo   build, train, save, load in a fresh process, inspect, verify
 #   make test   formatting, lints, every test
-#   make bench  save/load benchmark against raw I/O and tch (1 GiB)
+#   make bench  save/load against raw I/O and tch (1 GiB); optimizer step against
+#               LibTorch's C++ optimizers and torch.optim
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -50,6 +51,7 @@ test: lint rust-test
 
 bench: build
 	$(CARGO) bench --bench save_load
+	$(CARGO) bench --bench optim_step
 
 # Coverage-guided fuzzing of the reader (needs a nightly toolchain and
 # cargo-fuzz: cargo install cargo-fuzz), seeded with the golden files;
