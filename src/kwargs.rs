@@ -61,16 +61,17 @@ impl<'a> Kwargs<'a> {
 
     /// An integer kwarg that must be present.
     pub fn required_i64(&self, key: &str) -> Result<i64> {
-        self.optional_i64_opt(key)?
+        self.optional_i64(key)?
             .ok_or_else(|| self.error(format!("missing required kwarg {key:?}")))
     }
 
     /// An integer kwarg with a default.
     pub fn i64_or(&self, key: &str, default: i64) -> Result<i64> {
-        Ok(self.optional_i64_opt(key)?.unwrap_or(default))
+        Ok(self.optional_i64(key)?.unwrap_or(default))
     }
 
-    fn optional_i64_opt(&self, key: &str) -> Result<Option<i64>> {
+    /// An integer kwarg whose default is `None`.
+    pub fn optional_i64(&self, key: &str) -> Result<Option<i64>> {
         match self.take(key) {
             None => Ok(None),
             Some(v) => v

@@ -2,6 +2,8 @@
 //! metadata and tensor bytes its sidecar records; model files also rebuild
 //! through the registry and give the recorded forward output.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use pytorch_saver::format::{dtype_name, Checkpoint, MemberName};
@@ -127,17 +129,7 @@ fn golden_training_checkpoints_resume_to_the_recorded_state() {
         let x = tensor(&resume["input"], &resume["input_shape"]);
         let y = tensor(&resume["target"], &resume["target_shape"]);
         for _ in 0..resume["steps"].as_u64().unwrap() {
-            c.zero_grad().unwrap();
-            let loss = (c.model().unwrap().forward_t(&x, true).unwrap() - &y)
-                .square()
-                .mean(tch::Kind::Float);
-            loss.backward();
-            c.step().unwrap();
-            if c.scheduler().unwrap().needs_metric() {
-                c.scheduler_step_with_metric(loss.double_value(&[])).unwrap();
-            } else {
-                c.scheduler_step().unwrap();
-            }
+            common::mse_step(&mut c, &x, &y);
         }
         for (name, t) in c.model().unwrap().state_dict() {
             let got = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();

@@ -90,17 +90,7 @@ fn data() -> (Tensor, Tensor) {
 fn train(c: &mut ModelContainer, (x, y): &(Tensor, Tensor), start: usize, steps: usize) {
     for step in start..start + steps {
         let b = (step % 8) as i64;
-        let (xb, yb) = (x.narrow(0, b * 8, 8), y.narrow(0, b * 8, 8));
-        c.zero_grad().unwrap();
-        let out = c.model().unwrap().forward_t(&xb, true).unwrap();
-        let loss = (out - yb).square().mean(Kind::Float);
-        loss.backward();
-        c.step().unwrap();
-        if c.scheduler().unwrap().needs_metric() {
-            c.scheduler_step_with_metric(loss.double_value(&[])).unwrap();
-        } else {
-            c.scheduler_step().unwrap();
-        }
+        common::mse_step(c, &x.narrow(0, b * 8, 8), &y.narrow(0, b * 8, 8));
     }
 }
 
@@ -259,6 +249,27 @@ fn compare_with_torch(c: &ModelContainer, file: &Path, json: &Value, label: &str
     (worst, n, same)
 }
 
+/// A training checkpoint written with the format layer alone.
+fn write_training_file(
+    dir: &Path,
+    stem: &str,
+    metadata: &Map<String, Value>,
+    model: &[BytesTensor<'_>],
+    optim: &[BytesTensor<'_>],
+) -> PathBuf {
+    let members = [
+        TensorMember {
+            name: MemberName::Model,
+            tensors: model.iter().map(|t| t as &dyn TensorSource).collect(),
+        },
+        TensorMember {
+            name: MemberName::Optimizer,
+            tensors: optim.iter().map(|t| t as &dyn TensorSource).collect(),
+        },
+    ];
+    format::write_checkpoint(dir, stem, metadata, &members, &WriteOptions::default()).unwrap()
+}
+
 /// A v1 checkpoint from PyTorch's state in the pytorch-saver layout (what
 /// resume_torch.py dumped), written with the format layer.
 fn checkpoint_from_torch(dir: &Path, state_file: &Path, state: &Value, opt_kw: &Value, sched_kw: &Value) -> PathBuf {
@@ -394,17 +405,7 @@ fn rewrite(
     let mut optim = copy(MemberName::Optimizer);
     let mut meta = ckpt.metadata().clone();
     edit(&mut meta, &mut optim);
-    let members = [
-        TensorMember {
-            name: MemberName::Model,
-            tensors: model.iter().map(|t| t as &dyn TensorSource).collect(),
-        },
-        TensorMember {
-            name: MemberName::Optimizer,
-            tensors: optim.iter().map(|t| t as &dyn TensorSource).collect(),
-        },
-    ];
-    format::write_checkpoint(dir, "edited", &meta, &members, &WriteOptions::default()).unwrap()
+    write_training_file(dir, "edited", &meta, &model, &optim)
 }
 
 fn adam_container() -> ModelContainer {

@@ -107,20 +107,6 @@ fn hyperparameters(alg: Algorithm) -> &'static [Hp] {
         hp!("fused", Ty::OptBool, null),
         hp!("decoupled_weight_decay", Ty::Bool, false),
     ];
-    static ADAMW_HP: &[Hp] = &[
-        hp!("lr", NON_NEG, 1e-3),
-        hp!("betas", Ty::Betas, [0.9, 0.999]),
-        hp!("eps", NON_NEG, 1e-8),
-        hp!("weight_decay", NON_NEG, 1e-2),
-        hp!("amsgrad", Ty::Bool, false),
-        hp!("maximize", Ty::Bool, false),
-        hp!("foreach", Ty::OptBool, null),
-        hp!("capturable", Ty::Bool, false),
-        hp!("differentiable", Ty::Bool, false),
-        hp!("fused", Ty::OptBool, null),
-        // Not a kwarg of AdamW: always true (see `fixed`).
-        hp!("decoupled_weight_decay", Ty::Bool, true),
-    ];
     static RMSPROP_HP: &[Hp] = &[
         hp!("lr", NON_NEG, 1e-2),
         hp!("momentum", NON_NEG, 0),
@@ -146,8 +132,8 @@ fn hyperparameters(alg: Algorithm) -> &'static [Hp] {
     ];
     match alg {
         Algorithm::Sgd => SGD_HP,
-        Algorithm::Adam => ADAM_HP,
-        Algorithm::AdamW => ADAMW_HP,
+        // AdamW differs only in two defaults: see `default`.
+        Algorithm::Adam | Algorithm::AdamW => ADAM_HP,
         Algorithm::RmsProp => RMSPROP_HP,
         Algorithm::Adagrad => ADAGRAD_HP,
     }
@@ -184,6 +170,16 @@ impl Algorithm {
     /// Keys set by the class, not by kwargs.
     fn fixed(self, key: &str) -> bool {
         self == Algorithm::AdamW && key == "decoupled_weight_decay"
+    }
+
+    /// The default of `hp` for this class: AdamW is Adam with
+    /// `weight_decay=1e-2` and `decoupled_weight_decay=True` (fixed).
+    fn default(self, hp: &Hp) -> Value {
+        match (self, hp.key) {
+            (Algorithm::AdamW, "weight_decay") => serde_json::json!(1e-2),
+            (Algorithm::AdamW, "decoupled_weight_decay") => Value::Bool(true),
+            _ => (hp.default)(),
+        }
     }
 
     /// The per-parameter state keys this algorithm may hold; `step` is a
@@ -259,11 +255,11 @@ fn parse_options(alg: Algorithm, kw: &Kwargs<'_>, base: &Map<String, Value>) -> 
     let mut options = Map::new();
     for hp in hyperparameters(alg) {
         let value = if alg.fixed(hp.key) {
-            (hp.default)()
+            alg.default(hp)
         } else {
             match kw.take(hp.key) {
                 Some(v) => v.clone(),
-                None => base.get(hp.key).cloned().unwrap_or_else(hp.default),
+                None => base.get(hp.key).cloned().unwrap_or_else(|| alg.default(hp)),
             }
         };
         check_value(hp, &value).map_err(|reason| kw.error(format!("kwarg {:?} {reason}", hp.key)))?;

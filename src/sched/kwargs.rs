@@ -85,15 +85,4 @@ impl Kwargs<'_> {
             Some(v) => Err(bad(v)),
         }
     }
-
-    /// An integer kwarg whose default is `None`.
-    pub(crate) fn optional_i64(&self, key: &str) -> Result<Option<i64>> {
-        match self.take(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| self.error(format!("kwarg {key:?} must be an integer, got {v}"))),
-        }
-    }
 }

@@ -1,6 +1,6 @@
 //! Test models on real libtorch tensors.
 
-use pytorch_saver::{Kwargs, Registry};
+use pytorch_saver::{Kwargs, ModelContainer, Registry};
 use std::collections::BTreeMap;
 
 use tch::{nn, Kind, Tensor};
@@ -93,4 +93,21 @@ pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 pub fn bit_equal(a: &Tensor, b: &Tensor) -> bool {
     a.size() == b.size() && a.kind() == b.kind() && a.equal(b)
+}
+
+/// One training step through the container: MSE of the model on `x`
+/// against `y`, optimizer step, then a scheduler step if there is one (the
+/// loss as metric for ReduceLROnPlateau). The loop every training test,
+/// golden sidecar and tests/python/resume_torch.py repeat.
+pub fn mse_step(c: &mut ModelContainer, x: &Tensor, y: &Tensor) {
+    c.zero_grad().unwrap();
+    let out = c.model().unwrap().forward_t(x, true).unwrap();
+    let loss = (out - y).square().mean(Kind::Float);
+    loss.backward();
+    c.step().unwrap();
+    match c.scheduler().map(|s| s.needs_metric()) {
+        Some(true) => c.scheduler_step_with_metric(loss.double_value(&[])).unwrap(),
+        Some(false) => c.scheduler_step().unwrap(),
+        None => {}
+    }
 }

@@ -18,54 +18,19 @@ decimal. Only stdlib and torch are used.
 """
 
 import json
-import math
 import sys
 import warnings
-from collections import Counter
 from typing import Any
 
 import torch
+from layout import decode, encode, scheduler_state
 from torch.optim import lr_scheduler
 
 PREFIX = "torch.optim.lr_scheduler."
 
 
-def to_json(value: Any) -> Any:
-    """A state_dict or param group value as JSON (see the module docstring)."""
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        return {"__float__": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    raise TypeError(f"no JSON form for {type(value).__name__}: {value!r}")
-
-
-def from_json(value: Any) -> Any:
-    """Inverse of to_json for a state_dict, except the Counter (see load_state)."""
-    if isinstance(value, dict):
-        if set(value) == {"__float__"}:
-            return float(value["__float__"])
-        return {k: from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [from_json(v) for v in value]
-    return value
-
-
-def load_state(state: dict[str, Any]) -> dict[str, Any]:
-    """A JSON state_dict back in the types PyTorch's state_dict() has."""
-    out = from_json(state)
-    if "milestones" in out:
-        out["milestones"] = Counter({int(k): v for k, v in out["milestones"].items()})
-    return out
-
-
 def groups_json(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    return [{k: to_json(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    return [{k: encode(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
 
 
 def momenta(optimizer: torch.optim.Optimizer) -> list[float | None]:
@@ -107,7 +72,7 @@ def run(scenario: dict[str, Any]) -> dict[str, Any]:
     def snapshot(k: int) -> None:
         if k in snapshots:
             out["snapshots"][str(k)] = {
-                "state": to_json(sched.state_dict()),
+                "state": encode(sched.state_dict()),
                 "groups": groups_json(optimizer),
             }
 
@@ -125,8 +90,8 @@ def run(scenario: dict[str, Any]) -> dict[str, Any]:
         optimizer, sched = build(scenario)
         for g, saved in zip(optimizer.param_groups, resume["groups"], strict=True):
             for k, v in saved.items():
-                g[k] = tuple(v) if k == "betas" else from_json(v)
-        sched.load_state_dict(load_state(resume["state"]))
+                g[k] = tuple(v) if k == "betas" else decode(v)
+        sched.load_state_dict(scheduler_state(resume["state"]))
         resumed: dict[str, list[Any]] = {"lrs": [], "momenta": []}
         for i in range(resume["steps"]):
             advance(sched, resume.get("metrics"), i)

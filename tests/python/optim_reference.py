@@ -6,13 +6,13 @@ stdin: {"seed": int, "steps": int, "out": path, "scenarios": [{"class": name,
 "kwargs": {...}}]}, where kwargs may hold "param_groups": [{"params":
 [names], ...overrides}]. Writes `out` (safetensors: init.<name>,
 grad.<step>.<name>, final.<s>.<name>, state.<s>.<index>.<key>) and prints
-JSON: per scenario the internals of optim_layout.to_layout."""
+JSON: per scenario the internals of layout.to_layout."""
 
 import json
 import sys
 
 import torch
-from optim_layout import to_layout
+from layout import to_layout
 from safetensors.torch import save_file
 
 # name, shape, dtype; "e" gets a gradient only on some steps.

@@ -19,7 +19,7 @@ import sys
 import zipfile
 
 import torch
-from optim_layout import decode, encode, from_layout, to_layout
+from layout import encode, from_layout, scheduler_state, to_layout
 from safetensors.torch import load, load_file, save_file
 from torch import nn
 
@@ -68,7 +68,7 @@ def load_checkpoint(path):
     # optimizer's lr, which the loaded param_groups then overwrite.
     sched = sched_cls(opt, **meta["scheduler_kwargs"])
     opt.load_state_dict(from_layout(internals["optimizer"], opt_tensors))
-    sched.load_state_dict(decode(internals["scheduler"]["state"]))
+    sched.load_state_dict(scheduler_state(internals["scheduler"]["state"]))
     return model, opt, sched
 
 

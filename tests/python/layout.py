@@ -1,26 +1,33 @@
-"""Conversion between torch.optim state_dicts and the pytorch-saver v1
-layout (docs/FORMAT.md section 5): JSON internals plus `state.<i>.<key>`
-tensors. Used by the tests that compare Rust's optimizers with PyTorch's."""
+"""Conversion between torch.optim / lr_scheduler state_dicts and the
+pytorch-saver v1 layout (docs/FORMAT.md sections 5 and 6): JSON internals
+plus `state.<i>.<key>` tensors. Used by the tests that compare Rust's
+optimizers and schedulers with PyTorch's."""
 
 import math
+from collections import Counter
 
 import torch
 
 
 def encode(value):
-    """JSON-ready value: tuples become lists, non-finite floats the format's encoding."""
-    if isinstance(value, float) and not math.isfinite(value):
-        tag = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-        return {"__float__": tag}
+    """A state_dict or param group value as JSON: tuples become lists,
+    non-finite floats the format's encoding (FORMAT.md 3.4), dict keys
+    strings (MultiStepLR's Counter of milestones)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return {"__float__": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
     if isinstance(value, (list, tuple)):
         return [encode(v) for v in value]
     if isinstance(value, dict):
-        return {k: encode(v) for k, v in value.items()}
-    return value
+        return {str(k): encode(v) for k, v in value.items()}
+    raise TypeError(f"no JSON form for {type(value).__name__}: {value!r}")
 
 
 def decode(value):
-    """The inverse of encode (lists stay lists)."""
+    """The inverse of encode (lists stay lists, see scheduler_state)."""
     if isinstance(value, dict):
         if set(value) == {"__float__"}:
             return float(value["__float__"])
@@ -28,6 +35,14 @@ def decode(value):
     if isinstance(value, list):
         return [decode(v) for v in value]
     return value
+
+
+def scheduler_state(state):
+    """A scheduler state from JSON, in the types PyTorch's state_dict() has."""
+    out = decode(state)
+    if "milestones" in out:
+        out["milestones"] = Counter({int(k): v for k, v in out["milestones"].items()})
+    return out
 
 
 def to_layout(optimizer, names_by_param):
