@@ -307,24 +307,7 @@ fn checkpoint_from_torch(dir: &Path, state_file: &Path, state: &Value, opt_kw: &
             "producer": {"library": "tests/python/resume_torch.py", "version": "0", "language": "python", "torch_version": "2.13.0"},
         },
     });
-    let members = [
-        TensorMember {
-            name: MemberName::Model,
-            tensors: model.iter().map(|t| t as &dyn TensorSource).collect(),
-        },
-        TensorMember {
-            name: MemberName::Optimizer,
-            tensors: optim.iter().map(|t| t as &dyn TensorSource).collect(),
-        },
-    ];
-    format::write_checkpoint(
-        dir,
-        "from_torch",
-        metadata.as_object().unwrap(),
-        &members,
-        &WriteOptions::default(),
-    )
-    .unwrap()
+    write_training_file(dir, "from_torch", metadata.as_object().unwrap(), &model, &optim)
 }
 
 #[test]
