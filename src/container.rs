@@ -596,17 +596,21 @@ impl ModelContainer {
         if let Some(class) = &manifest.optimizer_class {
             spec = spec.optimizer(class, kwargs("optim_kwargs"));
         }
-        if let Some(class) = &manifest.scheduler_class {
-            spec = spec.scheduler(class, kwargs("scheduler_kwargs"));
-        }
         let mut built = Built::new(&self.registry, spec, self.device, true)?;
         built.model.check_state(&ckpt)?;
         let prepared = match &built.optimizer {
             Some(opt) => Some(opt.prepare_load(optimizer_state(&ckpt)?)?),
             None => None,
         };
-        if let (Some(sched), Some(p)) = (built.scheduler.as_mut(), &prepared) {
+        if let (Some(class), Some(p)) = (&manifest.scheduler_class, &prepared) {
+            // Constructed over a copy of the loaded groups: the constructor's
+            // side effects (initial_lr, the initial step) are then replaced
+            // by the saved state, and kwargs such as last_epoch, which need
+            // the groups' initial_lr, work as they did when it was saved.
+            let mut scratch = p.groups.clone();
+            let mut sched = Scheduler::new(class, &kwargs("scheduler_kwargs"), &mut scratch)?;
             sched.load_state_dict(scheduler_state(&ckpt)?, &p.groups)?;
+            built.scheduler = Some(sched);
         }
         built.model.copy_state(&ckpt)?;
         if let (Some(opt), Some(p)) = (built.optimizer.as_mut(), prepared) {
