@@ -563,3 +563,19 @@ fn a_scheduler_needs_an_optimizer_and_a_failed_initialize_keeps_the_old_objects(
     assert!(matches!(bare.step(), Err(Error::Usage(_))));
     assert!(matches!(bare.scheduler_step(), Err(Error::Usage(_))));
 }
+
+#[test]
+fn scheduler_kwargs_that_need_the_saved_groups_rebuild_on_load() {
+    // A Python user may construct a scheduler with last_epoch != -1 (it
+    // needs initial_lr in the groups); the loaded groups have it.
+    let dir = tempfile::tempdir().unwrap();
+    let c = adam_container();
+    let src = c.save(dir.path(), "a", &UserMetadata::new()).unwrap();
+    let file = rewrite(&src, dir.path(), |meta, _| {
+        meta["scheduler_kwargs"]["last_epoch"] = json!(4);
+    });
+    let mut loaded = ModelContainer::new();
+    let meta = loaded.load(&file).unwrap();
+    assert_eq!(meta["scheduler_kwargs"]["last_epoch"], 4);
+    assert_bit_identical(&snapshot(&c), &snapshot(&loaded), "load with last_epoch");
+}
