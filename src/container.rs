@@ -1,7 +1,7 @@
 //! `ModelContainer`: initialize objects by name and kwargs, save them with
 //! metadata, load them back with nothing but the file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -174,19 +174,26 @@ impl Model {
     /// optimizer parameter indices agree between languages). Buffers are
     /// not parameters. Shallow clones: they share storage.
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        // tch keeps names and trainable order apart; the storage pointer
+        // (with the shape, for empty tensors) joins them. Names sharing a
+        // key are taken in name order.
+        let mut by_storage: HashMap<(usize, Vec<i64>), Vec<String>> = HashMap::new();
         let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out = Vec::new();
-        for t in self.vs.trainable_variables() {
-            // tch keeps names and trainable order apart; the storage
-            // pointer (with the shape, for empty tensors) joins them.
-            let key = (t.data_ptr(), t.size());
-            if let Some(pos) = named.iter().position(|(_, v)| (v.data_ptr(), v.size()) == key) {
-                let (name, _) = named.remove(pos);
-                out.push((name, t));
-            }
+        named.sort_by(|a, b| b.0.cmp(&a.0));
+        for (name, v) in named {
+            by_storage
+                .entry((v.data_ptr() as usize, v.size()))
+                .or_default()
+                .push(name);
         }
-        out
+        self.vs
+            .trainable_variables()
+            .into_iter()
+            .filter_map(|t| {
+                let name = by_storage.get_mut(&(t.data_ptr() as usize, t.size()))?.pop()?;
+                Some((name, t))
+            })
+            .collect()
     }
 
     /// The state dict, sorted by name (shallow clones: they share storage).
