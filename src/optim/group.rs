@@ -45,14 +45,6 @@ impl ParamGroup {
         decode_float(v).ok_or_else(|| Self::invalid(key, format!("must be a number, got {v}")))
     }
 
-    /// `key` as a float, if present and not null.
-    pub fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
-        match self.options.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(_) => self.f64(key).map(Some),
-        }
-    }
-
     /// Sets `key` to a float (non-finite values use the format's encoding).
     pub fn set_f64(&mut self, key: &str, value: f64) {
         self.options.insert(key.to_owned(), encode_float(value));
@@ -78,14 +70,6 @@ impl ParamGroup {
             Some(_) => Err(bad()),
             None => Err(Self::invalid(key, "missing")),
         }
-    }
-
-    /// Sets `key` to a pair of floats.
-    pub fn set_f64_pair(&mut self, key: &str, value: (f64, f64)) {
-        self.options.insert(
-            key.to_owned(),
-            Value::Array(vec![encode_float(value.0), encode_float(value.1)]),
-        );
     }
 
     /// The learning rate.

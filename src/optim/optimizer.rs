@@ -482,16 +482,16 @@ impl Optimizer {
                     with_grad.push((i, grad));
                 }
             }
-            let group = group.clone();
+            let hyper = Hyper::read(self.algorithm, group)?;
             for (i, grad) in with_grad {
                 let mut param = self.params[i].tensor.shallow_clone();
                 let state = self.state.entry(i).or_default();
                 let name = &self.params[i].name;
-                let result = match self.algorithm {
-                    Algorithm::Sgd => sgd(&group, &mut param, grad, state),
-                    Algorithm::Adam | Algorithm::AdamW => adam(&group, &mut param, grad, state),
-                    Algorithm::RmsProp => rmsprop(&group, &mut param, grad, state),
-                    Algorithm::Adagrad => adagrad(&group, &mut param, grad, state),
+                let result = match &hyper {
+                    Hyper::Sgd(h) => sgd(h, &mut param, grad, state),
+                    Hyper::Adam(h) => adam(h, &mut param, grad, state),
+                    Hyper::RmsProp(h) => rmsprop(h, &mut param, grad, state),
+                    Hyper::Adagrad(h) => adagrad(h, &mut param, grad, state),
                 };
                 result.map_err(|e| match e {
                     Error::Torch(m) => Error::Torch(format!("{} step on {name:?}: {m}", self.algorithm.name())),
@@ -766,14 +766,108 @@ fn increment_step(state: &mut ParamState) -> Result<f64> {
     Ok(step.f_double_value(&[])?)
 }
 
+/// A group's hyperparameters, read once per group and step.
+enum Hyper {
+    Sgd(SgdHp),
+    Adam(AdamHp),
+    RmsProp(RmsPropHp),
+    Adagrad(AdagradHp),
+}
+
+#[derive(Clone, Copy)]
+struct SgdHp {
+    lr: f64,
+    momentum: f64,
+    dampening: f64,
+    weight_decay: f64,
+    nesterov: bool,
+    maximize: bool,
+}
+
+#[derive(Clone, Copy)]
+struct AdamHp {
+    lr: f64,
+    betas: (f64, f64),
+    eps: f64,
+    weight_decay: f64,
+    amsgrad: bool,
+    decoupled: bool,
+    maximize: bool,
+}
+
+#[derive(Clone, Copy)]
+struct RmsPropHp {
+    lr: f64,
+    alpha: f64,
+    eps: f64,
+    weight_decay: f64,
+    momentum: f64,
+    centered: bool,
+    maximize: bool,
+}
+
+#[derive(Clone, Copy)]
+struct AdagradHp {
+    lr: f64,
+    lr_decay: f64,
+    eps: f64,
+    weight_decay: f64,
+    initial_accumulator_value: f64,
+    maximize: bool,
+}
+
+impl Hyper {
+    fn read(alg: Algorithm, g: &ParamGroup) -> Result<Self> {
+        Ok(match alg {
+            Algorithm::Sgd => Hyper::Sgd(SgdHp {
+                lr: g.lr()?,
+                momentum: g.f64("momentum")?,
+                dampening: g.f64("dampening")?,
+                weight_decay: g.f64("weight_decay")?,
+                nesterov: g.bool("nesterov")?,
+                maximize: g.bool("maximize")?,
+            }),
+            Algorithm::Adam | Algorithm::AdamW => Hyper::Adam(AdamHp {
+                lr: g.lr()?,
+                betas: g.f64_pair("betas")?,
+                eps: g.f64("eps")?,
+                weight_decay: g.f64("weight_decay")?,
+                amsgrad: g.bool("amsgrad")?,
+                decoupled: g.bool("decoupled_weight_decay")?,
+                maximize: g.bool("maximize")?,
+            }),
+            Algorithm::RmsProp => Hyper::RmsProp(RmsPropHp {
+                lr: g.lr()?,
+                alpha: g.f64("alpha")?,
+                eps: g.f64("eps")?,
+                weight_decay: g.f64("weight_decay")?,
+                momentum: g.f64("momentum")?,
+                centered: g.bool("centered")?,
+                maximize: g.bool("maximize")?,
+            }),
+            Algorithm::Adagrad => Hyper::Adagrad(AdagradHp {
+                lr: g.lr()?,
+                lr_decay: g.f64("lr_decay")?,
+                eps: g.f64("eps")?,
+                weight_decay: g.f64("weight_decay")?,
+                initial_accumulator_value: g.f64("initial_accumulator_value")?,
+                maximize: g.bool("maximize")?,
+            }),
+        })
+    }
+}
+
 /// torch/optim/sgd.py `_single_tensor_sgd`, for one parameter.
-fn sgd(group: &ParamGroup, param: &mut Tensor, grad: Tensor, state: &mut ParamState) -> Result<()> {
-    let lr = group.lr()?;
-    let momentum = group.f64("momentum")?;
-    let dampening = group.f64("dampening")?;
-    let weight_decay = group.f64("weight_decay")?;
-    let nesterov = group.bool("nesterov")?;
-    let mut grad = if group.bool("maximize")? { grad.f_neg()? } else { grad };
+fn sgd(h: &SgdHp, param: &mut Tensor, grad: Tensor, state: &mut ParamState) -> Result<()> {
+    let SgdHp {
+        lr,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+        maximize,
+    } = *h;
+    let mut grad = if maximize { grad.f_neg()? } else { grad };
     if weight_decay != 0.0 {
         grad = kernels::add(&grad, param, weight_decay)?;
     }
@@ -801,14 +895,17 @@ fn sgd(group: &ParamGroup, param: &mut Tensor, grad: Tensor, state: &mut ParamSt
 
 /// torch/optim/adam.py `_single_tensor_adam` (capturable=False), for one
 /// parameter; AdamW is Adam with decoupled_weight_decay.
-fn adam(group: &ParamGroup, param: &mut Tensor, grad: Tensor, state: &mut ParamState) -> Result<()> {
-    let lr = group.lr()?;
-    let (beta1, beta2) = group.f64_pair("betas")?;
-    let eps = group.f64("eps")?;
-    let weight_decay = group.f64("weight_decay")?;
-    let amsgrad = group.bool("amsgrad")?;
-    let decoupled = group.bool("decoupled_weight_decay")?;
-    let mut grad = if group.bool("maximize")? { grad.f_neg()? } else { grad };
+fn adam(h: &AdamHp, param: &mut Tensor, grad: Tensor, state: &mut ParamState) -> Result<()> {
+    let AdamHp {
+        lr,
+        betas: (beta1, beta2),
+        eps,
+        weight_decay,
+        amsgrad,
+        decoupled,
+        maximize,
+    } = *h;
+    let mut grad = if maximize { grad.f_neg()? } else { grad };
     if state.is_empty() {
         state.insert("step".into(), step_tensor(0.0)?);
         state.insert("exp_avg".into(), param.f_zeros_like()?);
@@ -848,13 +945,16 @@ fn adam(group: &ParamGroup, param: &mut Tensor, grad: Tensor, state: &mut ParamS
 }
 
 /// torch/optim/rmsprop.py `_single_tensor_rmsprop`, for one parameter.
-fn rmsprop(group: &ParamGroup, param: &mut Tensor, grad: Tensor, state: &mut ParamState) -> Result<()> {
-    let lr = group.lr()?;
-    let alpha = group.f64("alpha")?;
-    let eps = group.f64("eps")?;
-    let weight_decay = group.f64("weight_decay")?;
-    let momentum = group.f64("momentum")?;
-    let centered = group.bool("centered")?;
+fn rmsprop(h: &RmsPropHp, param: &mut Tensor, grad: Tensor, state: &mut ParamState) -> Result<()> {
+    let RmsPropHp {
+        lr,
+        alpha,
+        eps,
+        weight_decay,
+        momentum,
+        centered,
+        maximize,
+    } = *h;
     if state.is_empty() {
         state.insert("step".into(), step_tensor(0.0)?);
         state.insert("square_avg".into(), param.f_zeros_like()?);
@@ -865,7 +965,7 @@ fn rmsprop(group: &ParamGroup, param: &mut Tensor, grad: Tensor, state: &mut Par
             state.insert("grad_avg".into(), param.f_zeros_like()?);
         }
     }
-    let mut grad = if group.bool("maximize")? { grad.f_neg()? } else { grad };
+    let mut grad = if maximize { grad.f_neg()? } else { grad };
     increment_step(state)?;
     if weight_decay != 0.0 {
         grad = kernels::add(&grad, param, weight_decay)?;
@@ -895,14 +995,17 @@ fn rmsprop(group: &ParamGroup, param: &mut Tensor, grad: Tensor, state: &mut Par
 }
 
 /// torch/optim/adagrad.py `_single_tensor_adagrad` (dense), for one parameter.
-fn adagrad(group: &ParamGroup, param: &mut Tensor, grad: Tensor, state: &mut ParamState) -> Result<()> {
-    let lr = group.lr()?;
-    let lr_decay = group.f64("lr_decay")?;
-    let eps = group.f64("eps")?;
-    let weight_decay = group.f64("weight_decay")?;
-    let init = group.f64("initial_accumulator_value")?;
+fn adagrad(h: &AdagradHp, param: &mut Tensor, grad: Tensor, state: &mut ParamState) -> Result<()> {
+    let AdagradHp {
+        lr,
+        lr_decay,
+        eps,
+        weight_decay,
+        initial_accumulator_value: init,
+        maximize,
+    } = *h;
     let step = increment_step(state)?;
-    let mut grad = if group.bool("maximize")? { grad.f_neg()? } else { grad };
+    let mut grad = if maximize { grad.f_neg()? } else { grad };
     if weight_decay != 0.0 {
         grad = kernels::add(&grad, param, weight_decay)?;
     }
