@@ -16,6 +16,17 @@ fn obj(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()
 }
 
+/// A container holding `torch.nn.Linear(2, 2, bias)`.
+fn linear(bias: bool) -> ModelContainer {
+    let mut c = ModelContainer::new();
+    c.initialize(Spec::model(
+        models::LINEAR,
+        obj(json!({"in_features": 2, "out_features": 2, "bias": bias})),
+    ))
+    .unwrap();
+    c
+}
+
 fn assert_same_state(a: &ModelContainer, b: &ModelContainer) {
     let sa = a.model().unwrap().state_dict();
     let sb = b.model().unwrap().state_dict();
@@ -236,12 +247,7 @@ fn a_panicking_factory_is_a_typed_error() {
 #[test]
 fn reserved_and_non_json_metadata_are_refused_before_writing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = ModelContainer::new();
-    c.initialize(Spec::model(
-        models::LINEAR,
-        obj(json!({"in_features": 2, "out_features": 2})),
-    ))
-    .unwrap();
+    let c = linear(true);
     for key in [
         "model_kwargs",
         "optim_kwargs",
@@ -300,15 +306,6 @@ fn state_that_does_not_fit_is_refused_and_the_model_is_untouched() {
 #[test]
 fn missing_and_unexpected_tensors_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let linear = |bias: bool| {
-        let mut c = ModelContainer::new();
-        c.initialize(Spec::model(
-            models::LINEAR,
-            obj(json!({"in_features": 2, "out_features": 2, "bias": bias})),
-        ))
-        .unwrap();
-        c
-    };
     let with_bias = linear(true).save(dir.path(), "b", &UserMetadata::new()).unwrap();
     let without_bias = linear(false).save(dir.path(), "nb", &UserMetadata::new()).unwrap();
     let e = linear(false).restore(&with_bias).unwrap_err();
@@ -414,12 +411,7 @@ fn readme_registry_example_works() -> pytorch_saver::Result<()> {
 #[test]
 fn saves_within_one_second_get_distinct_names() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = ModelContainer::new();
-    c.initialize(Spec::model(
-        models::LINEAR,
-        obj(json!({"in_features": 2, "out_features": 2})),
-    ))
-    .unwrap();
+    let c = linear(true);
     let paths: Vec<_> = (0..3)
         .map(|_| c.save(dir.path(), "same", &UserMetadata::new()).unwrap())
         .collect();
