@@ -2,7 +2,6 @@
 //! metadata, load them back with nothing but the file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,13 +9,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 use tch::{nn, Device, Tensor};
 
-use crate::error::{panic_message, Error, Result};
+use crate::error::{Error, Result};
 use crate::format::{
     self, Checkpoint, FileKind, MemberName, Producer, TensorMember, TensorSource, WriteOptions, FORMAT_VERSION,
     INTERNALS_KEY, RESERVED_KEYS,
 };
 use crate::optim::{Optimizer, OptimizerState, ParamGroup, ParamState};
-use crate::registry::{BoxedModel, Registry};
+use crate::registry::{BoxedModel, Forward, Registry};
 use crate::sched::Scheduler;
 use crate::tensors::{check_fits, read_into, read_new, TchSource};
 
@@ -196,6 +195,12 @@ impl Model {
             .collect()
     }
 
+    /// The module the factory built, as its concrete type (`None` when it
+    /// is another type): `model.module::<models::Mlp>()`.
+    pub fn module<M: Forward>(&self) -> Option<&M> {
+        self.module.as_any().downcast_ref::<M>()
+    }
+
     /// The state dict, sorted by name (shallow clones: they share storage).
     pub fn state_dict(&self) -> BTreeMap<String, Tensor> {
         self.vs.variables().into_iter().collect()
@@ -204,8 +209,7 @@ impl Model {
     /// Runs the model. A libtorch error (say, a wrong input shape) is an
     /// error, not a panic.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        catch_unwind(AssertUnwindSafe(|| self.module.forward_t(xs, train)))
-            .map_err(|p| Error::Torch(panic_message(&*p)))
+        self.module.forward_t(xs, train)
     }
 
     /// Eval-mode forward with no gradient tracking.

@@ -47,6 +47,10 @@ pub enum Error {
     /// without a metric, ...).
     #[error("{0}")]
     Usage(String),
+    /// A callback registered from outside Rust (a C or C++ forward
+    /// function) reported an error.
+    #[error("{what}: {message}")]
+    Callback { what: String, message: String },
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(String),

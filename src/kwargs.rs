@@ -110,6 +110,12 @@ impl<'a> Kwargs<'a> {
         }
     }
 
+    /// Marks every kwarg as used: for a factory that reads the whole JSON
+    /// object itself and so answers for its own validation.
+    pub fn accept_all(&self) {
+        self.used.lock().expect("kwargs lock").extend(self.map.keys().cloned());
+    }
+
     /// Fails on the first kwarg that no getter asked for.
     pub fn finish(&self) -> Result<()> {
         let used = self.used.lock().expect("kwargs lock");

@@ -8,7 +8,10 @@
 //! - [`optim`]: torch.optim's optimizers, same math and state layout.
 //! - [`sched`]: torch.optim.lr_scheduler's schedulers, same math and state.
 //! - [`ModelContainer`]: initialize, save, save_inference, load.
+//! - [`capi`]: the C ABI (`include/pytorch_saver.h`) over all of it.
 
+#[cfg(feature = "torch")]
+pub mod capi;
 #[cfg(feature = "torch")]
 pub mod container;
 pub mod error;
@@ -28,7 +31,7 @@ pub use container::{MetadataValue, Model, ModelContainer, Parts, Spec, UserMetad
 pub use error::{Error, Result};
 pub use kwargs::Kwargs;
 #[cfg(feature = "torch")]
-pub use registry::{BoxedModel, Registry};
+pub use registry::{BoxedModel, Forward, Registry};
 
 /// The libtorch version tch 0.26 binds, recorded in every file we write.
 pub const TORCH_VERSION: &str = "2.13.0";

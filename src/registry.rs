@@ -7,13 +7,33 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use tch::nn;
+use tch::{nn, Tensor};
 
 use crate::error::{panic_message, Error, Result};
 pub use crate::kwargs::Kwargs;
 
-/// A model built by a factory: any tch module, run with a train flag.
-pub type BoxedModel = Box<dyn nn::ModuleT>;
+/// What a model runs: a fallible forward with a train flag. Every tch
+/// module is one (a libtorch panic inside it becomes an error); models
+/// whose forward lives outside Rust (a C or C++ callback) implement it
+/// directly so that their own error reaches the caller.
+pub trait Forward: std::fmt::Debug + Send + 'static {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor>;
+    /// The concrete module, for [`Model::module`](crate::Model::module).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<M: nn::ModuleT + 'static> Forward for M {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        catch_unwind(AssertUnwindSafe(|| nn::ModuleT::forward_t(self, xs, train)))
+            .map_err(|p| Error::Torch(panic_message(&*p)))
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A model built by a factory: any tch module, or any [`Forward`].
+pub type BoxedModel = Box<dyn Forward>;
 
 /// Builds a model under a var-store path from its constructor kwargs.
 pub type ModelFactory = dyn Fn(nn::Path<'_>, &Kwargs<'_>) -> Result<BoxedModel> + Send + Sync;

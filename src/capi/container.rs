@@ -1,0 +1,423 @@
+//! Containers from C: the whole life cycle of a model with its optimizer
+//! and scheduler (initialize, train, save, load, restore, forward).
+
+use std::ffi::{c_char, c_void, CString};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tch::Tensor;
+
+use super::registry::instance_of;
+use super::*;
+use crate::container::{ModelContainer, Spec, UserMetadata};
+use crate::registry::Registry;
+
+/// A container: a model built by name through the registry, with an
+/// optional optimizer over its parameters and scheduler over that
+/// optimizer. Owned by the caller; free it with `pts_container_free`.
+/// Exclusive: one thread at a time (it may move between threads).
+pub struct pts_container_t {
+    inner: ModelContainer,
+    /// The model's parameters in optimizer order, with names ready to lend.
+    params: Vec<(CString, Tensor)>,
+}
+
+impl pts_container_t {
+    fn new(registry: Option<&pts_registry_t>) -> Self {
+        let registry = registry.map_or_else(Registry::new, |r| r.registry.clone());
+        pts_container_t {
+            inner: ModelContainer::with_registry(Arc::new(registry)),
+            params: Vec::new(),
+        }
+    }
+
+    /// Re-reads the parameter list after the model changed.
+    fn refresh(&mut self) {
+        self.params = match self.inner.model() {
+            Ok(model) => model
+                .parameters()
+                .into_iter()
+                .map(|(name, t)| (CString::new(name.replace('\0', "\\0")).expect("NULs replaced"), t))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+    }
+}
+
+unsafe fn kwargs_arg(json: *const c_char, name: &str) -> CResult<Map<String, Value>> {
+    match unsafe { opt_str(json, name) }? {
+        Some(text) => parse_object(text, name),
+        None => Ok(Map::new()),
+    }
+}
+
+fn json_text(map: &Map<String, Value>) -> CResult<*mut c_char> {
+    owned_string(serde_json::to_string(map).expect("a JSON map serializes"))
+}
+
+/// A new, empty container over `registry`'s classes (a snapshot taken
+/// now), or over the built-in classes when `registry` is NULL. The caller
+/// frees `*out`.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_new(
+    registry: *const pts_registry_t,
+    out: *mut *mut pts_container_t,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let out = Out::new(out, "out")?;
+        // SAFETY: NULL or a live registry (header contract).
+        let registry = unsafe { registry.as_ref() };
+        out.write(Box::into_raw(Box::new(pts_container_t::new(registry))));
+        Ok(())
+    })
+}
+
+/// Builds the model `model_class` from `model_kwargs_json` (a JSON object;
+/// NULL means `{}`), and optionally an optimizer (`optim_class` such as
+/// `"torch.optim.Adam"`, NULL for none) and a scheduler (`sched_class`
+/// such as `"torch.optim.lr_scheduler.StepLR"`, NULL for none; it needs an
+/// optimizer). Replaces what the container held only once everything is
+/// built: on error the container is unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_initialize(
+    container: *mut pts_container_t,
+    model_class: *const c_char,
+    model_kwargs_json: *const c_char,
+    optim_class: *const c_char,
+    optim_kwargs_json: *const c_char,
+    sched_class: *const c_char,
+    sched_kwargs_json: *const c_char,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_mut(container, "container") }?;
+        let model_class = unsafe { arg_str(model_class, "model_class") }?;
+        let mut spec = Spec::model(model_class, unsafe {
+            kwargs_arg(model_kwargs_json, "model_kwargs_json")
+        }?);
+        if let Some(class) = unsafe { opt_str(optim_class, "optim_class") }? {
+            spec = spec.optimizer(class, unsafe { kwargs_arg(optim_kwargs_json, "optim_kwargs_json") }?);
+        }
+        if let Some(class) = unsafe { opt_str(sched_class, "sched_class") }? {
+            spec = spec.scheduler(class, unsafe { kwargs_arg(sched_kwargs_json, "sched_kwargs_json") }?);
+        }
+        c.inner.initialize(spec)?;
+        c.refresh();
+        Ok(())
+    })
+}
+
+/// Loads the file at `path` into a new container over `registry` (NULL:
+/// the built-in classes): validates it, rebuilds the model, optimizer and
+/// scheduler it names, and loads their state. On success `*out` is the
+/// new container and `*metadata_json` the flat metadata (`model_kwargs`,
+/// `optim_kwargs`, `scheduler_kwargs`, `timestamp` and the user's keys) as
+/// JSON text; the caller frees both (`pts_container_free`,
+/// `pts_string_free`).
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_load(
+    registry: *const pts_registry_t,
+    path: *const c_char,
+    out: *mut *mut pts_container_t,
+    metadata_json: *mut *mut c_char,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let path = unsafe { arg_str(path, "path") }?;
+        let (out, meta_out) = (Out::new(out, "out")?, Out::new(metadata_json, "metadata_json")?);
+        // SAFETY: NULL or a live registry (header contract).
+        let mut c = pts_container_t::new(unsafe { registry.as_ref() });
+        let meta = c.inner.load(path)?;
+        c.refresh();
+        let meta = json_text(&meta)?;
+        meta_out.write(meta);
+        out.write(Box::into_raw(Box::new(c)));
+        Ok(())
+    })
+}
+
+/// Loads the file's state into the objects the container already holds,
+/// keeping their storage (tensors the caller holds, such as a C++
+/// module's parameters, see the values). The file must name the same
+/// model, optimizer and scheduler classes. All or nothing. The caller
+/// frees `*metadata_json` (flat metadata, as `pts_container_load` gives).
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_restore(
+    container: *mut pts_container_t,
+    path: *const c_char,
+    metadata_json: *mut *mut c_char,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_mut(container, "container") }?;
+        let path = unsafe { arg_str(path, "path") }?;
+        let meta_out = Out::new(metadata_json, "metadata_json")?;
+        let meta = c.inner.restore(path)?;
+        meta_out.write(json_text(&meta)?);
+        Ok(())
+    })
+}
+
+unsafe fn user_metadata(json: *const c_char) -> CResult<UserMetadata> {
+    let map = unsafe { kwargs_arg(json, "metadata_json") }?;
+    Ok(UserMetadata::try_from(map)?)
+}
+
+unsafe fn save_with(
+    container: *const pts_container_t,
+    dir: *const c_char,
+    prefix: *const c_char,
+    metadata_json: *const c_char,
+    path_out: *mut *mut c_char,
+    inference: bool,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_ref(container, "container") }?;
+        let dir = unsafe { arg_str(dir, "dir") }?;
+        let prefix = unsafe { opt_str(prefix, "prefix") }?.unwrap_or("");
+        let meta = unsafe { user_metadata(metadata_json) }?;
+        let path_out = Out::new(path_out, "path")?;
+        let path = if inference {
+            c.inner.save_inference(dir, prefix, &meta)?
+        } else {
+            c.inner.save(dir, prefix, &meta)?
+        };
+        path_out.write(owned_string(path.to_string_lossy())?);
+        Ok(())
+    })
+}
+
+/// Saves a training checkpoint (model, optimizer, scheduler) atomically
+/// into directory `dir` as `{prefix}_checkpoint_{unix seconds}.zip`
+/// (`prefix` NULL or "": `checkpoint_{ts}.zip`; never overwriting a file).
+/// `metadata_json` (NULL: none) is a JSON object of extra keys such as
+/// `{"loss": 0.55, "epoch": 5}`; reserved keys are refused before anything
+/// is written. The caller frees `*path` with `pts_string_free`.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_save(
+    container: *const pts_container_t,
+    dir: *const c_char,
+    prefix: *const c_char,
+    metadata_json: *const c_char,
+    path: *mut *mut c_char,
+) -> *mut pts_error_t {
+    unsafe { save_with(container, dir, prefix, metadata_json, path, false) }
+}
+
+/// Saves the model alone, as `{prefix}_inference_{unix seconds}.zip`;
+/// otherwise as `pts_container_save`.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_save_inference(
+    container: *const pts_container_t,
+    dir: *const c_char,
+    prefix: *const c_char,
+    metadata_json: *const c_char,
+    path: *mut *mut c_char,
+) -> *mut pts_error_t {
+    unsafe { save_with(container, dir, prefix, metadata_json, path, true) }
+}
+
+/// `optimizer.zero_grad()`: every parameter's gradient becomes undefined
+/// (None). `PTS_ERROR_USAGE` without an optimizer.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_zero_grad(container: *mut pts_container_t) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_mut(container, "container") }?;
+        Ok(c.inner.zero_grad()?)
+    })
+}
+
+/// `optimizer.step()`, with torch.optim's math bit for bit.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_step(container: *mut pts_container_t) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_mut(container, "container") }?;
+        Ok(c.inner.step()?)
+    })
+}
+
+/// `scheduler.step()`. ReduceLROnPlateau needs
+/// `pts_container_scheduler_step_metric` instead.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_scheduler_step(container: *mut pts_container_t) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_mut(container, "container") }?;
+        Ok(c.inner.scheduler_step()?)
+    })
+}
+
+/// `scheduler.step(metric)`, for ReduceLROnPlateau.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_scheduler_step_metric(
+    container: *mut pts_container_t,
+    metric: f64,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_mut(container, "container") }?;
+        Ok(c.inner.scheduler_step_with_metric(metric)?)
+    })
+}
+
+/// The optimizer's number of parameter groups.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_param_group_count(
+    container: *const pts_container_t,
+    out: *mut usize,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_ref(container, "container") }?;
+        let out = Out::new(out, "out")?;
+        out.write(c.inner.lrs()?.len());
+        Ok(())
+    })
+}
+
+/// The current learning rate of parameter group `group`.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_lr(
+    container: *const pts_container_t,
+    group: usize,
+    out: *mut f64,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_ref(container, "container") }?;
+        let out = Out::new(out, "out")?;
+        let lrs = c.inner.lrs()?;
+        let lr = lrs.get(group).ok_or_else(|| {
+            pts_error_t::new(
+                PTS_ERROR_INVALID_ARGUMENT,
+                format!("group {group} is past the optimizer's {} groups", lrs.len()),
+            )
+        })?;
+        out.write(*lr);
+        Ok(())
+    })
+}
+
+/// Runs the model on `input`. With `train` false: eval mode and no
+/// gradient tracking (inference); with `train` true: training mode with
+/// autograd, so that a C++ caller can call `backward()` on a loss built
+/// from the output. The caller frees `*output`.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_forward(
+    container: *const pts_container_t,
+    input: *const pts_tensor_t,
+    train: bool,
+    output: *mut *mut pts_tensor_t,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_ref(container, "container") }?;
+        let input = unsafe { arg_ref(input, "input") }?;
+        let output = Out::new(output, "output")?;
+        let model = c.inner.model()?;
+        let y = if train {
+            model.forward_t(&input.tensor, true)?
+        } else {
+            model.forward(&input.tensor)?
+        };
+        output.write(pts_tensor_t::boxed(y));
+        Ok(())
+    })
+}
+
+/// The model's number of trainable parameters.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_parameter_count(
+    container: *const pts_container_t,
+    out: *mut usize,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_ref(container, "container") }?;
+        let out = Out::new(out, "out")?;
+        c.inner.model()?;
+        out.write(c.params.len());
+        Ok(())
+    })
+}
+
+/// Parameter `index` in optimizer order (PyTorch's `model.parameters()`
+/// order): its state-dict name, borrowed until the container is freed or
+/// re-initialized or loaded, and a new handle sharing its storage (an
+/// optimizer step changes what it reads) that the caller frees.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_parameter(
+    container: *const pts_container_t,
+    index: usize,
+    name: *mut *const c_char,
+    tensor: *mut *mut pts_tensor_t,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_ref(container, "container") }?;
+        let (name, tensor) = (Out::new(name, "name")?, Out::new(tensor, "tensor")?);
+        c.inner.model()?;
+        let (n, t) = c.params.get(index).ok_or_else(|| {
+            pts_error_t::new(
+                PTS_ERROR_INVALID_ARGUMENT,
+                format!("index {index} is past the model's {} parameters", c.params.len()),
+            )
+        })?;
+        name.write(n.as_ptr());
+        tensor.write(pts_tensor_t::boxed(t.shallow_clone()));
+        Ok(())
+    })
+}
+
+/// Any tensor of the model's state dict (a parameter or a buffer) by its
+/// name, as a new handle sharing its storage; the caller frees it.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_state_tensor(
+    container: *const pts_container_t,
+    name: *const c_char,
+    out: *mut *mut pts_tensor_t,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_ref(container, "container") }?;
+        let name = unsafe { arg_str(name, "name") }?;
+        let out = Out::new(out, "out")?;
+        let model = c.inner.model()?;
+        let t = model.var_store().variables().remove(name).ok_or_else(|| {
+            pts_error_t::new(
+                PTS_ERROR_NOT_FOUND,
+                format!("model {} has no tensor named {name:?}", model.class()),
+            )
+        })?;
+        out.write(pts_tensor_t::boxed(t));
+        Ok(())
+    })
+}
+
+/// The `instance` pointer that the model's factory passed to
+/// `pts_model_builder_set_forward` (for C++: the module object).
+/// `PTS_ERROR_USAGE` for a model not built by a C factory. Borrowed: valid
+/// until the container is freed or re-initialized or loaded.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_model_instance(
+    container: *const pts_container_t,
+    out: *mut *mut c_void,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_ref(container, "container") }?;
+        let out = Out::new(out, "out")?;
+        let model = c.inner.model()?;
+        let instance = instance_of(model).ok_or_else(|| {
+            pts_error_t::new(
+                PTS_ERROR_USAGE,
+                format!(
+                    "model {} was not built by a factory registered through the C API",
+                    model.class()
+                ),
+            )
+        })?;
+        out.write(instance);
+        Ok(())
+    })
+}
+
+/// Frees a container and the model, optimizer and scheduler it holds
+/// (running the model's finalizer). NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_free(container: *mut pts_container_t) {
+    if !container.is_null() {
+        boundary_or((), || {
+            // SAFETY: a handle this library allocated, freed once.
+            drop(unsafe { Box::from_raw(container) })
+        })
+    }
+}

@@ -1,0 +1,307 @@
+//! Tensor handles: a libtorch tensor, built from and read into plain
+//! buffers (C, Go), or wrapping a C++ `torch::Tensor` without a copy.
+
+use std::ffi::c_void;
+
+use tch::{Device, Kind, Tensor};
+
+use super::*;
+use crate::format::{dtype_size, Dtype};
+use crate::tensors::{dtype_of, kind_of};
+
+/// An element type (one of the `PTS_DTYPE_*` values): format v1's dtypes.
+pub type pts_dtype_t = u32;
+
+/// 64-bit float (`torch.float64`, safetensors `F64`).
+pub const PTS_DTYPE_F64: pts_dtype_t = 1;
+/// 32-bit float (`torch.float32`, `F32`).
+pub const PTS_DTYPE_F32: pts_dtype_t = 2;
+/// 16-bit IEEE float (`torch.float16`, `F16`).
+pub const PTS_DTYPE_F16: pts_dtype_t = 3;
+/// bfloat16 (`torch.bfloat16`, `BF16`).
+pub const PTS_DTYPE_BF16: pts_dtype_t = 4;
+/// 64-bit signed integer (`torch.int64`, `I64`).
+pub const PTS_DTYPE_I64: pts_dtype_t = 5;
+/// 32-bit signed integer (`torch.int32`, `I32`).
+pub const PTS_DTYPE_I32: pts_dtype_t = 6;
+/// 16-bit signed integer (`torch.int16`, `I16`).
+pub const PTS_DTYPE_I16: pts_dtype_t = 7;
+/// 8-bit signed integer (`torch.int8`, `I8`).
+pub const PTS_DTYPE_I8: pts_dtype_t = 8;
+/// 8-bit unsigned integer (`torch.uint8`, `U8`).
+pub const PTS_DTYPE_U8: pts_dtype_t = 9;
+/// Boolean, one byte per element (`torch.bool`, `BOOL`).
+pub const PTS_DTYPE_BOOL: pts_dtype_t = 10;
+
+const DTYPE_TABLE: [(pts_dtype_t, Dtype); 10] = [
+    (PTS_DTYPE_F64, Dtype::F64),
+    (PTS_DTYPE_F32, Dtype::F32),
+    (PTS_DTYPE_F16, Dtype::F16),
+    (PTS_DTYPE_BF16, Dtype::BF16),
+    (PTS_DTYPE_I64, Dtype::I64),
+    (PTS_DTYPE_I32, Dtype::I32),
+    (PTS_DTYPE_I16, Dtype::I16),
+    (PTS_DTYPE_I8, Dtype::I8),
+    (PTS_DTYPE_U8, Dtype::U8),
+    (PTS_DTYPE_BOOL, Dtype::BOOL),
+];
+
+pub(crate) fn dtype_from_c(d: pts_dtype_t) -> CResult<Dtype> {
+    DTYPE_TABLE
+        .iter()
+        .find(|(c, _)| *c == d)
+        .map(|(_, f)| *f)
+        .ok_or_else(|| pts_error_t::new(PTS_ERROR_INVALID_ARGUMENT, format!("unknown dtype code {d}")))
+}
+
+pub(crate) fn dtype_to_c(d: Dtype) -> pts_dtype_t {
+    DTYPE_TABLE
+        .iter()
+        .find(|(_, f)| *f == d)
+        .map(|(c, _)| *c)
+        .expect("every v1 dtype has a code")
+}
+
+/// A tensor: a reference to a libtorch tensor (shallow: two handles may
+/// share storage, as two `torch::Tensor`s do). Owned by whoever received
+/// it; free it with `pts_tensor_free`. `const pts_tensor_t *` may be read
+/// from several threads; writes to shared storage need the caller's
+/// synchronization, as in LibTorch.
+pub struct pts_tensor_t {
+    pub(crate) tensor: Tensor,
+}
+
+impl pts_tensor_t {
+    pub(crate) fn boxed(tensor: Tensor) -> *mut pts_tensor_t {
+        Box::into_raw(Box::new(pts_tensor_t { tensor }))
+    }
+
+    fn kind_and_dtype(&self) -> CResult<(Kind, Dtype)> {
+        let kind = self.tensor.f_kind()?;
+        let dtype = dtype_of(kind).ok_or_else(|| {
+            pts_error_t::new(
+                PTS_ERROR_INVALID_ARGUMENT,
+                format!("tensor dtype {kind:?} has no pts_dtype_t"),
+            )
+        })?;
+        Ok((kind, dtype))
+    }
+
+    fn nbytes(&self) -> CResult<usize> {
+        let (_, dtype) = self.kind_and_dtype()?;
+        Ok(self.tensor.numel() * dtype_size(dtype))
+    }
+}
+
+/// Shape (dims, ndim) as libtorch sizes, checking that the byte length
+/// matches.
+fn checked_shape(dtype: Dtype, shape: &[i64], len: usize) -> CResult<()> {
+    let mut numel: usize = 1;
+    for &d in shape {
+        let d = usize::try_from(d).map_err(|_| {
+            pts_error_t::new(
+                PTS_ERROR_INVALID_ARGUMENT,
+                format!("negative dimension {d} in shape {shape:?}"),
+            )
+        })?;
+        numel = numel
+            .checked_mul(d)
+            .ok_or_else(|| pts_error_t::new(PTS_ERROR_INVALID_ARGUMENT, format!("shape {shape:?} overflows")))?;
+    }
+    let want = numel
+        .checked_mul(dtype_size(dtype))
+        .ok_or_else(|| pts_error_t::new(PTS_ERROR_INVALID_ARGUMENT, format!("shape {shape:?} overflows")))?;
+    if want != len {
+        return Err(pts_error_t::new(
+            PTS_ERROR_INVALID_ARGUMENT,
+            format!("shape {shape:?} of {dtype:?} needs {want} bytes, the buffer has {len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A new CPU tensor with a copy of `len` bytes at `data` (native byte
+/// order, C-contiguous), of dtype `dtype` and shape `shape[0..ndim]`
+/// (`ndim` 0 is a scalar). `len` must be exactly the shape's byte size.
+/// On success `*out` is a new tensor the caller frees; the buffer is not
+/// retained.
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_from_buffer(
+    dtype: pts_dtype_t,
+    shape: *const i64,
+    ndim: usize,
+    data: *const c_void,
+    len: usize,
+    out: *mut *mut pts_tensor_t,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let out = Out::new(out, "out")?;
+        let dtype = dtype_from_c(dtype)?;
+        let shape: &[i64] = if ndim == 0 {
+            &[]
+        } else {
+            if shape.is_null() {
+                return Err(pts_error_t::new(PTS_ERROR_NULL_ARGUMENT, "argument shape is NULL"));
+            }
+            // SAFETY: the caller guarantees ndim readable int64_t at shape.
+            unsafe { std::slice::from_raw_parts(shape, ndim) }
+        };
+        checked_shape(dtype, shape, len)?;
+        let bytes = unsafe { arg_bytes(data.cast(), len, "data") }?;
+        let kind = kind_of(dtype).expect("v1 dtypes map to kinds");
+        let tensor = Tensor::f_empty(shape, (kind, Device::Cpu))?;
+        if len > 0 {
+            // SAFETY: a fresh contiguous CPU tensor of exactly `len` bytes.
+            let dst = unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, len) };
+            dst.copy_from_slice(bytes);
+        }
+        out.write(pts_tensor_t::boxed(tensor));
+        Ok(())
+    })
+}
+
+/// The tensor's dtype.
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_dtype(tensor: *const pts_tensor_t, out: *mut pts_dtype_t) -> *mut pts_error_t {
+    boundary(|| {
+        let t = unsafe { arg_ref(tensor, "tensor") }?;
+        let out = Out::new(out, "out")?;
+        out.write(dtype_to_c(t.kind_and_dtype()?.1));
+        Ok(())
+    })
+}
+
+/// The tensor's number of dimensions (0 for a scalar).
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_ndim(tensor: *const pts_tensor_t, out: *mut usize) -> *mut pts_error_t {
+    boundary(|| {
+        let t = unsafe { arg_ref(tensor, "tensor") }?;
+        let out = Out::new(out, "out")?;
+        out.write(t.tensor.dim());
+        Ok(())
+    })
+}
+
+/// Writes the tensor's `ndim` sizes to `dims[0..ndim]`; `capacity` is the
+/// room at `dims` and must be at least `ndim` (see `pts_tensor_ndim`).
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_shape(
+    tensor: *const pts_tensor_t,
+    dims: *mut i64,
+    capacity: usize,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let t = unsafe { arg_ref(tensor, "tensor") }?;
+        let size = t.tensor.size();
+        if capacity < size.len() {
+            return Err(pts_error_t::new(
+                PTS_ERROR_INVALID_ARGUMENT,
+                format!("the tensor has {} dimensions, dims has room for {capacity}", size.len()),
+            ));
+        }
+        if !size.is_empty() {
+            if dims.is_null() {
+                return Err(pts_error_t::new(PTS_ERROR_NULL_ARGUMENT, "argument dims is NULL"));
+            }
+            // SAFETY: checked non-null; the caller guarantees `capacity` slots.
+            unsafe { std::ptr::copy_nonoverlapping(size.as_ptr(), dims, size.len()) };
+        }
+        Ok(())
+    })
+}
+
+/// The tensor's size in bytes (elements times the dtype's size).
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_nbytes(tensor: *const pts_tensor_t, out: *mut usize) -> *mut pts_error_t {
+    boundary(|| {
+        let t = unsafe { arg_ref(tensor, "tensor") }?;
+        let out = Out::new(out, "out")?;
+        out.write(t.nbytes()?);
+        Ok(())
+    })
+}
+
+/// Copies the tensor's elements into `data` (`len` bytes, which must equal
+/// `pts_tensor_nbytes`), C-contiguous in native byte order, from whatever
+/// device and layout the tensor has.
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_copy_to_buffer(
+    tensor: *const pts_tensor_t,
+    data: *mut c_void,
+    len: usize,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let t = unsafe { arg_ref(tensor, "tensor") }?;
+        let nbytes = t.nbytes()?;
+        if len != nbytes {
+            return Err(pts_error_t::new(
+                PTS_ERROR_INVALID_ARGUMENT,
+                format!("the tensor has {nbytes} bytes, the buffer {len}"),
+            ));
+        }
+        let dst = unsafe { arg_bytes_mut(data.cast(), len, "data") }?;
+        if len == 0 {
+            return Ok(());
+        }
+        let src = t.tensor.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        // SAFETY: a contiguous CPU tensor of exactly `len` bytes, alive
+        // for this scope.
+        let bytes = unsafe { std::slice::from_raw_parts(src.data_ptr() as *const u8, len) };
+        dst.copy_from_slice(bytes);
+        Ok(())
+    })
+}
+
+/// Wraps a C++ `torch::Tensor` with no copy: `torch_tensor` points to a
+/// `torch::Tensor` (an `at::Tensor`) of the same libtorch this library
+/// links; the new handle shares its storage and autograd state, and the
+/// caller's tensor stays the caller's. For C++ (the header-only wrapper
+/// uses it); C and Go use `pts_tensor_from_buffer`.
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_from_torch(
+    torch_tensor: *const c_void,
+    out: *mut *mut pts_tensor_t,
+) -> *mut pts_error_t {
+    boundary(|| {
+        if torch_tensor.is_null() {
+            return Err(pts_error_t::new(
+                PTS_ERROR_NULL_ARGUMENT,
+                "argument torch_tensor is NULL",
+            ));
+        }
+        let out = Out::new(out, "out")?;
+        // SAFETY: the caller passes a live at::Tensor*; clone_from_ptr
+        // takes a new reference to its TensorImpl and leaves it the caller's.
+        let tensor = unsafe { Tensor::clone_from_ptr(torch_tensor as *mut torch_sys::C_tensor) };
+        out.write(pts_tensor_t::boxed(tensor));
+        Ok(())
+    })
+}
+
+/// The `torch::Tensor *` (an `at::Tensor *`) inside the handle, for C++
+/// to copy (a reference-count increment, no data copy). Borrowed: valid
+/// until the handle is freed.
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_torch_ptr(
+    tensor: *const pts_tensor_t,
+    out: *mut *const c_void,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let t = unsafe { arg_ref(tensor, "tensor") }?;
+        let out = Out::new(out, "out")?;
+        out.write(t.tensor.as_ptr().cast());
+        Ok(())
+    })
+}
+
+/// Frees a tensor handle (the storage lives on while anything else
+/// references it). NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_free(tensor: *mut pts_tensor_t) {
+    if !tensor.is_null() {
+        boundary_or((), || {
+            // SAFETY: a handle this library allocated, freed once.
+            drop(unsafe { Box::from_raw(tensor) })
+        })
+    }
+}
