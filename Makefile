@@ -4,6 +4,9 @@
 #   make test   formatting, lints, every test
 #   make bench  save/load against raw I/O and tch (1 GiB); optimizer step against
 #               LibTorch's C++ optimizers and torch.optim
+#   make install     the C/C++ SDK (libraries, headers, pkg-config, CMake
+#                    package) into PREFIX (default target/sdk)
+#   make header      regenerate include/pytorch_saver.h after a C ABI change
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,8 +14,14 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 CARGO := cargo
 DEMO_DIR := out/demo
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+# The torch package of the venv: its libtorch is the one the library links.
+TORCH_DIR = $(CURDIR)/$(VENV)/lib/python3.11/site-packages/torch
+SDK := $(CURDIR)/target/sdk
+PREFIX ?= $(SDK)
+C_SOURCES = $(wildcard tests/c/*.c examples/c/*.c examples/cpp/*.cpp bindings/cpp/*.hpp bindings/cpp/tests/*.cpp)
 
-.PHONY: all demo test lint rust-test bench fuzz venv deps build clean
+.PHONY: all demo test lint rust-test c-test cpp-test bench fuzz venv deps build clean lib install header
 
 all: test
 
@@ -25,10 +34,59 @@ $(VENV)/.installed: requirements-dev.txt
 
 # Tools the tests call that a bare machine may lack.
 deps:
-	@command -v unzip >/dev/null || { apt-get update -qq && apt-get install -y -qq unzip; }
+	@for tool in unzip valgrind clang-format cmake pkg-config; do \
+	  command -v $$tool >/dev/null || { apt-get update -qq && apt-get install -y -qq $$tool; } || exit 1; \
+	done
+	@test -f /usr/include/gtest/gtest.h || { apt-get update -qq && apt-get install -y -qq libgtest-dev; }
 
 build: venv
 	$(CARGO) build --release --all-targets
+
+lib: venv
+	$(CARGO) build --release --lib
+
+# The C/C++ SDK: what a C, C++ or Go program needs to build against the
+# library. Paths in the pkg-config and CMake files point into PREFIX and
+# at the venv's libtorch.
+install: lib
+	install -d $(PREFIX)/include $(PREFIX)/lib/pkgconfig $(PREFIX)/lib/cmake/pytorch_saver
+	install -m 644 include/pytorch_saver.h bindings/cpp/pytorch_saver.hpp $(PREFIX)/include/
+	install -m 755 target/release/libpytorch_saver.so $(PREFIX)/lib/
+	install -m 644 target/release/libpytorch_saver.a $(PREFIX)/lib/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@TORCH_LIB@|$(TORCH_DIR)/lib|' -e 's|@VERSION@|$(VERSION)|' \
+	  bindings/pkgconfig/pytorch_saver.pc.in > $(PREFIX)/lib/pkgconfig/pytorch_saver.pc
+	for f in pytorch_saverConfig pytorch_saverConfigVersion; do \
+	  sed -e 's|@TORCH_DIR@|$(TORCH_DIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    bindings/cpp/cmake/$$f.cmake.in > $(PREFIX)/lib/cmake/pytorch_saver/$$f.cmake || exit 1; \
+	done
+
+# The C ABI from plain C99, under AddressSanitizer (leaks included) and
+# UBSan, built through pkg-config as a user would; the panic test links the
+# fault-injection variant of the library. Then the C example.
+C_TEST_FLAGS := -std=c99 -Wall -Wextra -pedantic -Werror -g -fno-omit-frame-pointer -fsanitize=address,undefined
+PKG_SDK := PKG_CONFIG_PATH=$(SDK)/lib/pkgconfig pkg-config
+c-test: install deps
+	$(CARGO) build --release --lib --features fault-injection
+	install -d target/fault target/c
+	cp target/release/libpytorch_saver.so target/fault/
+	$(CARGO) build --release --lib
+	cc $(C_TEST_FLAGS) tests/c/test_capi.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_capi
+	cc $(C_TEST_FLAGS) -DPTS_FAULT_INJECTION tests/c/test_panic.c -Iinclude \
+	  -Ltarget/fault -Wl,-rpath,$(CURDIR)/target/fault -lpytorch_saver -o target/c/test_panic
+	cc -std=c99 -Wall -Wextra -pedantic -Werror examples/c/main.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/example
+	rm -rf target/c/scratch && mkdir -p target/c/scratch
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
+	  target/c/test_capi tests/golden/v1 target/c/scratch
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 target/c/test_panic
+	@# ASan does not see inside the uninstrumented Rust and libtorch code; valgrind does.
+	cc -std=c99 -g tests/c/test_capi.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_capi_plain
+	rm -rf target/c/scratch && mkdir -p target/c/scratch
+	RUST_BACKTRACE=0 valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
+	  target/c/test_capi_plain tests/golden/v1 target/c/scratch
+	target/c/example tests/golden/v1/rust_mlp_inference.zip
+
+header: venv
+	PTS_BLESS_HEADER=1 $(CARGO) test --release --test header header_is_fresh
 
 demo: build
 	@mkdir -p $(DEMO_DIR)
@@ -37,17 +95,18 @@ demo: build
 	  echo "== pytorch-saver inspect $$latest"; ./target/release/pytorch-saver inspect $$latest && \
 	  echo "== pytorch-saver verify $(DEMO_DIR)/*.zip"; ./target/release/pytorch-saver verify $(DEMO_DIR)/*.zip
 
-lint: venv
+lint: venv deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) clippy --release --no-default-features --all-targets -- -D warnings
 	$(VENV)/bin/ruff check tests benches
 	$(VENV)/bin/ruff format --check tests benches
+	clang-format --dry-run -Werror $(C_SOURCES)
 
 rust-test: venv deps
 	$(CARGO) test --release
 
-test: lint rust-test
+test: lint rust-test c-test
 
 bench: build
 	$(CARGO) bench --bench save_load

@@ -1,0 +1,743 @@
+/*
+ * Tests of the C ABI from plain C99 (no C++ in this program): checkpoints,
+ * containers of the built-in MLP, a model registered from C, and every
+ * error path at the boundary. Built and run under AddressSanitizer (leaks
+ * included) by `make c-test`.
+ *
+ * Usage: test_capi GOLDEN_DIR SCRATCH_DIR
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pytorch_saver.h"
+
+static int failures = 0;
+static int checks = 0;
+
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    checks++;                                                                  \
+    if (!(cond)) {                                                             \
+      failures++;                                                              \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+    }                                                                          \
+  } while (0)
+
+/* A call that must succeed. */
+#define OK(call)                                                                \
+  do {                                                                          \
+    pts_error_t *err_ = (call);                                                 \
+    checks++;                                                                   \
+    if (err_ != NULL) {                                                         \
+      failures++;                                                               \
+      fprintf(stderr, "%s:%d: %s failed: [%u] %s\n", __FILE__, __LINE__, #call, \
+              pts_error_code(err_), pts_error_message(err_));                   \
+      pts_error_free(err_);                                                     \
+    }                                                                           \
+  } while (0)
+
+/* A call that must fail with `code` and a message containing `needle`. */
+#define FAILS(call, code, needle) expect_error((call), (code), (needle), #call, __LINE__)
+
+static void expect_error(pts_error_t *err, pts_error_code_t code, const char *needle,
+                         const char *what, int line) {
+  checks++;
+  if (err == NULL) {
+    failures++;
+    fprintf(stderr, "%s:%d: %s succeeded, expected error %u\n", __FILE__, line, what, code);
+    return;
+  }
+  const char *message = pts_error_message(err);
+  if (pts_error_code(err) != code || strstr(message, needle) == NULL) {
+    failures++;
+    fprintf(stderr, "%s:%d: %s: got [%u] %s; expected [%u] containing \"%s\"\n", __FILE__, line,
+            what, pts_error_code(err), message, code, needle);
+  }
+  pts_error_free(err);
+}
+
+static char golden_dir[1024];
+static char scratch_dir[1024];
+
+static const char *golden(const char *name) {
+  static char path[2048];
+  snprintf(path, sizeof path, "%s/%s", golden_dir, name);
+  return path;
+}
+
+static const char *scratch(const char *name) {
+  static char path[2048];
+  snprintf(path, sizeof path, "%s/%s", scratch_dir, name);
+  return path;
+}
+
+static char *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return NULL;
+  fseek(f, 0, SEEK_END);
+  long size = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *buf = malloc((size_t)size + 1);
+  if (buf != NULL && fread(buf, 1, (size_t)size, f) != (size_t)size) {
+    free(buf);
+    buf = NULL;
+  }
+  fclose(f);
+  if (buf != NULL) {
+    buf[size] = '\0';
+    *len = (size_t)size;
+  }
+  return buf;
+}
+
+static int write_file(const char *path, const char *data, size_t len) {
+  FILE *f = fopen(path, "wb");
+  if (f == NULL) return 0;
+  size_t n = fwrite(data, 1, len, f);
+  return fclose(f) == 0 && n == len;
+}
+
+/* The numbers of the JSON array after `"key": [` inside `text`, as floats
+ * (the sidecar prints f32 values exactly). Returns the count read. */
+static size_t json_floats(const char *text, const char *key, float *out, size_t cap) {
+  char pattern[64];
+  snprintf(pattern, sizeof pattern, "\"%s\": [", key);
+  const char *p = strstr(text, pattern);
+  if (p == NULL) return 0;
+  p += strlen(pattern);
+  size_t n = 0;
+  while (*p != ']' && n < cap) {
+    char *end;
+    out[n++] = (float)strtod(p, &end);
+    p = end;
+    while (*p == ',' || *p == ' ' || *p == '\n') p++;
+  }
+  return n;
+}
+
+/* ---- checkpoints ------------------------------------------------------ */
+
+static void test_version(void) {
+  CHECK(strcmp(pts_version(), PTS_VERSION) == 0);
+  CHECK(PTS_FORMAT_VERSION == 1);
+}
+
+static void test_checkpoint_reading(void) {
+  pts_checkpoint_t *ckpt = NULL;
+  OK(pts_checkpoint_open(golden("rust_all_dtypes_inference.zip"), &ckpt));
+  if (ckpt == NULL) return;
+
+  const char *meta = NULL;
+  OK(pts_checkpoint_metadata(ckpt, &meta));
+  CHECK(meta != NULL && strstr(meta, "\"class\":\"tests.AllDtypes\"") != NULL);
+
+  size_t count = 0, optimizer_count = 99;
+  OK(pts_checkpoint_tensor_count(ckpt, PTS_MEMBER_MODEL, &count));
+  OK(pts_checkpoint_tensor_count(ckpt, PTS_MEMBER_OPTIMIZER, &optimizer_count));
+  CHECK(count == 30); /* ten dtypes: matrix, scalar, empty */
+  CHECK(optimizer_count == 0);
+
+  int seen_scalar = 0, seen_empty = 0;
+  for (size_t i = 0; i < count; i++) {
+    const char *name = NULL;
+    OK(pts_checkpoint_tensor_name(ckpt, PTS_MEMBER_MODEL, i, &name));
+    if (name == NULL) continue;
+    pts_dtype_t dtype = 0;
+    const int64_t *shape = NULL;
+    size_t ndim = 0, nbytes = 0;
+    OK(pts_checkpoint_tensor_info(ckpt, PTS_MEMBER_MODEL, name, &dtype, &shape, &ndim, &nbytes));
+    CHECK(dtype >= PTS_DTYPE_F64 && dtype <= PTS_DTYPE_BOOL);
+    if (strstr(name, ".scalar") != NULL) {
+      seen_scalar++;
+      CHECK(ndim == 0);
+    }
+    if (strstr(name, ".empty") != NULL) {
+      seen_empty++;
+      CHECK(ndim == 2 && shape[0] == 0 && shape[1] == 4 && nbytes == 0);
+    }
+    if (strcmp(name, "f32.matrix") == 0) {
+      CHECK(dtype == PTS_DTYPE_F32 && ndim == 2 && shape[0] == 2 && shape[1] == 3);
+      CHECK(nbytes == 24);
+    }
+
+    /* Copy and borrow agree, and a tensor handle holds the same bytes. */
+    unsigned char *copy = malloc(nbytes + 1);
+    const uint8_t *borrowed = NULL;
+    size_t borrowed_len = 1;
+    OK(pts_checkpoint_tensor_read(ckpt, PTS_MEMBER_MODEL, name, copy, nbytes));
+    OK(pts_checkpoint_tensor_borrow(ckpt, PTS_MEMBER_MODEL, name, &borrowed, &borrowed_len));
+    CHECK(borrowed_len == nbytes && (nbytes == 0 || memcmp(copy, borrowed, nbytes) == 0));
+
+    pts_tensor_t *t = NULL;
+    OK(pts_checkpoint_tensor(ckpt, PTS_MEMBER_MODEL, name, &t));
+    size_t t_bytes = 1, t_ndim = 9;
+    pts_dtype_t t_dtype = 0;
+    OK(pts_tensor_nbytes(t, &t_bytes));
+    OK(pts_tensor_ndim(t, &t_ndim));
+    OK(pts_tensor_dtype(t, &t_dtype));
+    CHECK(t_bytes == nbytes && t_ndim == ndim && t_dtype == dtype);
+    unsigned char *back = malloc(nbytes + 1);
+    OK(pts_tensor_copy_to_buffer(t, back, nbytes));
+    CHECK(nbytes == 0 || memcmp(copy, back, nbytes) == 0);
+    pts_tensor_free(t);
+    free(back);
+    free(copy);
+  }
+  CHECK(seen_scalar == 10 && seen_empty == 10);
+
+  /* Errors on a good handle. */
+  const char *name = NULL;
+  FAILS(pts_checkpoint_tensor_name(ckpt, PTS_MEMBER_MODEL, count, &name),
+        PTS_ERROR_INVALID_ARGUMENT, "past the 30 tensors");
+  FAILS(pts_checkpoint_tensor_count(ckpt, 7, &count), PTS_ERROR_INVALID_ARGUMENT,
+        "unknown member code 7");
+  char buf[8];
+  FAILS(pts_checkpoint_tensor_read(ckpt, PTS_MEMBER_MODEL, "no.such", buf, sizeof buf),
+        PTS_ERROR_NOT_FOUND, "no.such");
+  FAILS(pts_checkpoint_tensor_read(ckpt, PTS_MEMBER_MODEL, "f32.matrix", buf, sizeof buf),
+        PTS_ERROR_INVALID_ARGUMENT, "has 24 bytes, the buffer 8");
+  pts_checkpoint_free(ckpt);
+}
+
+static void test_bad_files(void) {
+  pts_checkpoint_t *ckpt = NULL;
+  pts_container_t *c = NULL;
+  char *meta = NULL;
+  FAILS(pts_checkpoint_open(scratch("does_not_exist.zip"), &ckpt), PTS_ERROR_IO,
+        "does_not_exist.zip");
+  FAILS(pts_container_load(NULL, scratch("does_not_exist.zip"), &c, &meta), PTS_ERROR_IO,
+        "does_not_exist.zip");
+
+  size_t len = 0;
+  char *bytes = read_file(golden("rust_mlp_inference.zip"), &len);
+  CHECK(bytes != NULL);
+  if (bytes == NULL) return;
+  CHECK(write_file(scratch("truncated.zip"), bytes, len / 2));
+  FAILS(pts_checkpoint_open(scratch("truncated.zip"), &ckpt), PTS_ERROR_FORMAT, "end");
+  FAILS(pts_container_load(NULL, scratch("truncated.zip"), &c, &meta), PTS_ERROR_FORMAT, "end");
+
+  /* One flipped byte inside the model member: the CRC names the member. */
+  bytes[len / 2] ^= 0x55;
+  CHECK(write_file(scratch("flipped.zip"), bytes, len));
+  FAILS(pts_checkpoint_open(scratch("flipped.zip"), &ckpt), PTS_ERROR_FORMAT, "CRC-32 mismatch");
+
+  CHECK(write_file(scratch("garbage.zip"), "definitely not a zip archive, just text", 40));
+  FAILS(pts_checkpoint_open(scratch("garbage.zip"), &ckpt), PTS_ERROR_FORMAT, "");
+  free(bytes);
+  CHECK(ckpt == NULL && c == NULL && meta == NULL); /* untouched on error */
+}
+
+/* ---- containers -------------------------------------------------------- */
+
+static void test_mlp_forward_matches_rust(void) {
+  size_t len = 0;
+  char *sidecar = read_file(golden("rust_mlp_inference.zip.json"), &len);
+  CHECK(sidecar != NULL);
+  if (sidecar == NULL) return;
+  float input[8], expected[6];
+  CHECK(json_floats(sidecar, "input", input, 8) == 8);
+  CHECK(json_floats(sidecar, "output", expected, 6) == 6);
+  free(sidecar);
+
+  pts_container_t *c = NULL;
+  char *meta = NULL;
+  OK(pts_container_load(NULL, golden("rust_mlp_inference.zip"), &c, &meta));
+  if (c == NULL) return;
+  CHECK(strstr(meta, "\"hidden_dim\":8") != NULL);
+  pts_string_free(meta);
+
+  int64_t shape[2] = {2, 4};
+  pts_tensor_t *x = NULL, *y = NULL;
+  OK(pts_tensor_from_buffer(PTS_DTYPE_F32, shape, 2, input, sizeof input, &x));
+  OK(pts_container_forward(c, x, false, &y));
+  float out[6] = {0};
+  int64_t out_shape[2] = {0, 0};
+  OK(pts_tensor_shape(y, out_shape, 2));
+  CHECK(out_shape[0] == 2 && out_shape[1] == 3);
+  OK(pts_tensor_copy_to_buffer(y, out, sizeof out));
+  CHECK(memcmp(out, expected, sizeof out) == 0); /* bit for bit what Rust computed */
+
+  /* A wrong input shape is a libtorch error, not a crash. */
+  int64_t bad_shape[2] = {4, 2};
+  pts_tensor_t *bad = NULL, *none = NULL;
+  OK(pts_tensor_from_buffer(PTS_DTYPE_F32, bad_shape, 2, input, sizeof input, &bad));
+  FAILS(pts_container_forward(c, bad, false, &none), PTS_ERROR_TORCH, "");
+  CHECK(none == NULL);
+  pts_tensor_free(bad);
+  pts_tensor_free(x);
+  pts_tensor_free(y);
+  pts_container_free(c);
+}
+
+static void test_container_life_cycle(void) {
+  pts_container_t *c = NULL;
+  OK(pts_container_new(NULL, &c));
+  if (c == NULL) return;
+  FAILS(pts_container_step(c), PTS_ERROR_USAGE, "no optimizer");
+  size_t n = 0;
+  FAILS(pts_container_parameter_count(c, &n), PTS_ERROR_NOT_INITIALIZED, "initialize or load");
+  char *path = NULL;
+  FAILS(pts_container_save(c, scratch_dir, "x", NULL, &path), PTS_ERROR_NOT_INITIALIZED, "");
+
+  OK(pts_container_initialize(
+      c, "pytorch_saver.models.MLP", "{\"in_dim\": 4, \"hidden_dim\": 8, \"n_classes\": 3}",
+      "torch.optim.Adam", "{\"lr\": 0.01}", "torch.optim.lr_scheduler.StepLR",
+      "{\"step_size\": 2, \"gamma\": 0.5}"));
+  OK(pts_container_parameter_count(c, &n));
+  CHECK(n == 8);
+  const char *name = NULL;
+  pts_tensor_t *w = NULL;
+  OK(pts_container_parameter(c, 0, &name, &w));
+  CHECK(name != NULL && strcmp(name, "fc1.weight") == 0);
+  pts_tensor_free(w);
+
+  double lr = 0;
+  size_t groups = 0;
+  OK(pts_container_param_group_count(c, &groups));
+  CHECK(groups == 1);
+  OK(pts_container_zero_grad(c));
+  OK(pts_container_step(c)); /* no gradients yet: a no-op, as in PyTorch */
+  OK(pts_container_scheduler_step(c));
+  OK(pts_container_scheduler_step(c));
+  OK(pts_container_lr(c, 0, &lr));
+  CHECK(lr == 0.005);
+  FAILS(pts_container_lr(c, 1, &lr), PTS_ERROR_INVALID_ARGUMENT, "past the optimizer's 1 groups");
+  FAILS(pts_container_scheduler_step_metric(c, 1.0), PTS_ERROR_USAGE, "");
+
+  FAILS(pts_container_save(c, scratch_dir, "c_test", "{\"timestamp\": 1}", &path),
+        PTS_ERROR_INVALID_METADATA, "reserved");
+  FAILS(pts_container_save(c, scratch_dir, "c_test", "[1, 2]", &path), PTS_ERROR_INVALID_JSON,
+        "JSON object");
+  OK(pts_container_save(c, scratch_dir, "c_test", "{\"epoch\": 2, \"loss\": 0.5}", &path));
+  CHECK(path != NULL && strstr(path, "c_test_checkpoint_") != NULL);
+
+  pts_container_t *loaded = NULL;
+  char *meta = NULL;
+  OK(pts_container_load(NULL, path, &loaded, &meta));
+  if (loaded != NULL) {
+    CHECK(strstr(meta, "\"epoch\":2") != NULL && strstr(meta, "\"step_size\":2") != NULL);
+    OK(pts_container_lr(loaded, 0, &lr));
+    CHECK(lr == 0.005);
+    /* Every parameter came back bit for bit. */
+    size_t count = 0;
+    OK(pts_container_parameter_count(loaded, &count));
+    for (size_t i = 0; i < count; i++) {
+      const char *a_name = NULL, *b_name = NULL;
+      pts_tensor_t *a = NULL, *b = NULL;
+      OK(pts_container_parameter(c, i, &a_name, &a));
+      OK(pts_container_parameter(loaded, i, &b_name, &b));
+      size_t na = 0, nb = 1;
+      OK(pts_tensor_nbytes(a, &na));
+      OK(pts_tensor_nbytes(b, &nb));
+      CHECK(na == nb && strcmp(a_name, b_name) == 0);
+      unsigned char *ba = malloc(na), *bb = malloc(nb);
+      OK(pts_tensor_copy_to_buffer(a, ba, na));
+      OK(pts_tensor_copy_to_buffer(b, bb, nb));
+      CHECK(memcmp(ba, bb, na) == 0);
+      free(ba);
+      free(bb);
+      pts_tensor_free(a);
+      pts_tensor_free(b);
+    }
+    pts_tensor_t *bias = NULL;
+    OK(pts_container_state_tensor(loaded, "hidden_layers.2.bias", &bias));
+    FAILS(pts_container_state_tensor(loaded, "hidden_layers.9.bias", &bias), PTS_ERROR_NOT_FOUND,
+          "hidden_layers.9.bias");
+    pts_tensor_free(bias);
+    void *instance = NULL;
+    FAILS(pts_container_model_instance(loaded, &instance), PTS_ERROR_USAGE, "not built by");
+    char *meta2 = NULL;
+    OK(pts_container_restore(loaded, path, &meta2));
+    pts_string_free(meta2);
+  }
+  pts_string_free(meta);
+  pts_container_free(loaded);
+
+  char *inference = NULL;
+  OK(pts_container_save_inference(c, scratch_dir, NULL, NULL, &inference));
+  CHECK(inference != NULL && strstr(inference, "/inference_") != NULL);
+  pts_string_free(inference);
+  pts_string_free(path);
+  pts_container_free(c);
+}
+
+static void test_initialize_errors(void) {
+  pts_container_t *c = NULL;
+  OK(pts_container_new(NULL, &c));
+  if (c == NULL) return;
+  FAILS(pts_container_initialize(c, "no.such.Model", NULL, NULL, NULL, NULL, NULL),
+        PTS_ERROR_UNKNOWN_NAME, "no.such.Model");
+  FAILS(pts_container_initialize(c, "torch.nn.Linear", "{\"in_features\": 2,", NULL, NULL, NULL,
+                                 NULL),
+        PTS_ERROR_INVALID_JSON, "model_kwargs_json is not valid JSON");
+  FAILS(pts_container_initialize(c, "torch.nn.Linear",
+                                 "{\"in_features\": 2, \"out_features\": 1, \"colour\": 3}", NULL,
+                                 NULL, NULL, NULL),
+        PTS_ERROR_INVALID_KWARGS, "unexpected kwarg \"colour\"");
+  FAILS(pts_container_initialize(c, "torch.nn.Linear", "{\"in_features\": 2, \"out_features\": 1}",
+                                 "torch.optim.Adam", "{\"lr\": -1}", NULL, NULL),
+        PTS_ERROR_INVALID_KWARGS, "lr");
+  FAILS(pts_container_initialize(c, "torch.nn.Linear", "{\"in_features\": 2, \"out_features\": 1}",
+                                 NULL, NULL, "torch.optim.lr_scheduler.StepLR", "{}"),
+        PTS_ERROR_USAGE, "needs an optimizer");
+  const char bad_utf8[] = {'t', (char)0xff, 0};
+  FAILS(pts_container_initialize(c, bad_utf8, NULL, NULL, NULL, NULL, NULL),
+        PTS_ERROR_INVALID_ARGUMENT, "UTF-8");
+  pts_container_free(c);
+}
+
+static void test_tensor_errors(void) {
+  pts_tensor_t *t = NULL;
+  float data[6] = {1, 2, 3, 4, 5, 6};
+  int64_t shape[2] = {2, 3};
+  FAILS(pts_tensor_from_buffer(99, shape, 2, data, sizeof data, &t), PTS_ERROR_INVALID_ARGUMENT,
+        "unknown dtype code 99");
+  FAILS(pts_tensor_from_buffer(PTS_DTYPE_F32, shape, 2, data, 20, &t), PTS_ERROR_INVALID_ARGUMENT,
+        "needs 24 bytes, the buffer has 20");
+  int64_t negative[2] = {-2, 3};
+  FAILS(pts_tensor_from_buffer(PTS_DTYPE_F32, negative, 2, data, sizeof data, &t),
+        PTS_ERROR_INVALID_ARGUMENT, "negative dimension");
+  int64_t huge[2] = {INT64_MAX, INT64_MAX};
+  FAILS(pts_tensor_from_buffer(PTS_DTYPE_F32, huge, 2, data, sizeof data, &t),
+        PTS_ERROR_INVALID_ARGUMENT, "overflows");
+  CHECK(t == NULL);
+
+  /* A scalar and an empty tensor round-trip. */
+  double scalar = 2.5, back = 0;
+  OK(pts_tensor_from_buffer(PTS_DTYPE_F64, NULL, 0, &scalar, sizeof scalar, &t));
+  OK(pts_tensor_copy_to_buffer(t, &back, sizeof back));
+  CHECK(back == 2.5);
+  int64_t dims[1];
+  OK(pts_tensor_shape(t, dims, 0));
+  pts_tensor_free(t);
+  int64_t empty_shape[2] = {0, 4};
+  OK(pts_tensor_from_buffer(PTS_DTYPE_I64, empty_shape, 2, NULL, 0, &t));
+  FAILS(pts_tensor_shape(t, dims, 1), PTS_ERROR_INVALID_ARGUMENT, "has 2 dimensions");
+  FAILS(pts_tensor_copy_to_buffer(t, data, 4), PTS_ERROR_INVALID_ARGUMENT, "has 0 bytes");
+  pts_tensor_free(t);
+}
+
+/* Every pointer argument is checked: NULL is an error naming it. */
+static void test_null_arguments(void) {
+  pts_container_t *c = NULL;
+  pts_checkpoint_t *ckpt = NULL;
+  pts_tensor_t *t = NULL;
+  pts_registry_t *r = NULL;
+  char *s = NULL;
+  const char *cs = NULL;
+  size_t n = 0;
+  double d = 0;
+  pts_dtype_t dt = 0;
+  const int64_t *shape = NULL;
+  const uint8_t *bytes = NULL;
+  void *instance = NULL;
+  bool b = false;
+
+  FAILS(pts_checkpoint_open(NULL, &ckpt), PTS_ERROR_NULL_ARGUMENT, "path");
+  FAILS(pts_checkpoint_open("x.zip", NULL), PTS_ERROR_NULL_ARGUMENT, "out");
+  FAILS(pts_checkpoint_metadata(NULL, &cs), PTS_ERROR_NULL_ARGUMENT, "checkpoint");
+  FAILS(pts_checkpoint_tensor_count(NULL, PTS_MEMBER_MODEL, &n), PTS_ERROR_NULL_ARGUMENT,
+        "checkpoint");
+  FAILS(pts_checkpoint_tensor_name(NULL, PTS_MEMBER_MODEL, 0, &cs), PTS_ERROR_NULL_ARGUMENT,
+        "checkpoint");
+  FAILS(pts_checkpoint_tensor_info(NULL, PTS_MEMBER_MODEL, "a", &dt, &shape, &n, &n),
+        PTS_ERROR_NULL_ARGUMENT, "checkpoint");
+  FAILS(pts_checkpoint_tensor_read(NULL, PTS_MEMBER_MODEL, "a", &d, 8), PTS_ERROR_NULL_ARGUMENT,
+        "checkpoint");
+  FAILS(pts_checkpoint_tensor_borrow(NULL, PTS_MEMBER_MODEL, "a", &bytes, &n),
+        PTS_ERROR_NULL_ARGUMENT, "checkpoint");
+  FAILS(pts_checkpoint_tensor(NULL, PTS_MEMBER_MODEL, "a", &t), PTS_ERROR_NULL_ARGUMENT,
+        "checkpoint");
+
+  OK(pts_checkpoint_open(golden("rust_mlp_inference.zip"), &ckpt));
+  FAILS(pts_checkpoint_metadata(ckpt, NULL), PTS_ERROR_NULL_ARGUMENT, "out");
+  FAILS(pts_checkpoint_tensor_info(ckpt, PTS_MEMBER_MODEL, NULL, &dt, &shape, &n, &n),
+        PTS_ERROR_NULL_ARGUMENT, "name");
+  FAILS(pts_checkpoint_tensor_info(ckpt, PTS_MEMBER_MODEL, "fc1.bias", &dt, NULL, &n, &n),
+        PTS_ERROR_NULL_ARGUMENT, "shape");
+  FAILS(pts_checkpoint_tensor_read(ckpt, PTS_MEMBER_MODEL, "fc1.bias", NULL, 32),
+        PTS_ERROR_NULL_ARGUMENT, "data");
+  pts_checkpoint_free(ckpt);
+
+  FAILS(pts_registry_new(NULL), PTS_ERROR_NULL_ARGUMENT, "out");
+  FAILS(pts_registry_register_model(NULL, "x", NULL, NULL, NULL), PTS_ERROR_NULL_ARGUMENT,
+        "registry");
+  FAILS(pts_registry_contains(NULL, "x", &b), PTS_ERROR_NULL_ARGUMENT, "registry");
+  OK(pts_registry_new(&r));
+  FAILS(pts_registry_register_model(r, NULL, NULL, NULL, NULL), PTS_ERROR_NULL_ARGUMENT, "name");
+  FAILS(pts_registry_register_model(r, "x", NULL, NULL, NULL), PTS_ERROR_NULL_ARGUMENT, "factory");
+  OK(pts_registry_contains(r, "torch.nn.Linear", &b));
+  CHECK(b);
+  pts_registry_free(r);
+
+  FAILS(pts_container_new(NULL, NULL), PTS_ERROR_NULL_ARGUMENT, "out");
+  FAILS(pts_container_initialize(NULL, "torch.nn.Linear", NULL, NULL, NULL, NULL, NULL),
+        PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_load(NULL, NULL, &c, &s), PTS_ERROR_NULL_ARGUMENT, "path");
+  FAILS(pts_container_load(NULL, "x.zip", NULL, &s), PTS_ERROR_NULL_ARGUMENT, "out");
+  FAILS(pts_container_load(NULL, "x.zip", &c, NULL), PTS_ERROR_NULL_ARGUMENT, "metadata_json");
+  FAILS(pts_container_restore(NULL, "x.zip", &s), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_save(NULL, ".", NULL, NULL, &s), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_save_inference(NULL, ".", NULL, NULL, &s), PTS_ERROR_NULL_ARGUMENT,
+        "container");
+  FAILS(pts_container_zero_grad(NULL), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_step(NULL), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_scheduler_step(NULL), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_scheduler_step_metric(NULL, 1.0), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_param_group_count(NULL, &n), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_lr(NULL, 0, &d), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_forward(NULL, NULL, false, &t), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_parameter_count(NULL, &n), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_parameter(NULL, 0, &cs, &t), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_state_tensor(NULL, "a", &t), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_model_instance(NULL, &instance), PTS_ERROR_NULL_ARGUMENT, "container");
+
+  OK(pts_container_new(NULL, &c));
+  FAILS(pts_container_initialize(c, NULL, NULL, NULL, NULL, NULL, NULL), PTS_ERROR_NULL_ARGUMENT,
+        "model_class");
+  FAILS(pts_container_save(c, NULL, NULL, NULL, &s), PTS_ERROR_NULL_ARGUMENT, "dir");
+  FAILS(pts_container_save(c, ".", NULL, NULL, NULL), PTS_ERROR_NULL_ARGUMENT, "path");
+  FAILS(pts_container_forward(c, NULL, false, &t), PTS_ERROR_NULL_ARGUMENT, "input");
+  FAILS(pts_container_lr(c, 0, NULL), PTS_ERROR_NULL_ARGUMENT, "out");
+  pts_container_free(c);
+
+  FAILS(pts_tensor_from_buffer(PTS_DTYPE_F32, NULL, 1, &d, 4, &t), PTS_ERROR_NULL_ARGUMENT,
+        "shape");
+  int64_t one = 1;
+  FAILS(pts_tensor_from_buffer(PTS_DTYPE_F32, &one, 1, NULL, 4, &t), PTS_ERROR_NULL_ARGUMENT,
+        "data");
+  FAILS(pts_tensor_from_buffer(PTS_DTYPE_F32, &one, 1, &d, 4, NULL), PTS_ERROR_NULL_ARGUMENT,
+        "out");
+  FAILS(pts_tensor_dtype(NULL, &dt), PTS_ERROR_NULL_ARGUMENT, "tensor");
+  FAILS(pts_tensor_ndim(NULL, &n), PTS_ERROR_NULL_ARGUMENT, "tensor");
+  FAILS(pts_tensor_shape(NULL, NULL, 0), PTS_ERROR_NULL_ARGUMENT, "tensor");
+  FAILS(pts_tensor_nbytes(NULL, &n), PTS_ERROR_NULL_ARGUMENT, "tensor");
+  FAILS(pts_tensor_copy_to_buffer(NULL, &d, 8), PTS_ERROR_NULL_ARGUMENT, "tensor");
+  FAILS(pts_tensor_from_torch(NULL, &t), PTS_ERROR_NULL_ARGUMENT, "torch_tensor");
+  FAILS(pts_tensor_torch_ptr(NULL, (const void **)&instance), PTS_ERROR_NULL_ARGUMENT, "tensor");
+  FAILS(pts_model_builder_add_parameter(NULL, "w", NULL), PTS_ERROR_NULL_ARGUMENT, "builder");
+  FAILS(pts_model_builder_add_buffer(NULL, "w", NULL), PTS_ERROR_NULL_ARGUMENT, "builder");
+  FAILS(pts_model_builder_set_forward(NULL, NULL, NULL, NULL), PTS_ERROR_NULL_ARGUMENT, "builder");
+  FAILS(pts_kwargs_i64(NULL, "n", (int64_t *)&n), PTS_ERROR_NULL_ARGUMENT, "kwargs");
+  FAILS(pts_kwargs_json(NULL, &s), PTS_ERROR_NULL_ARGUMENT, "kwargs");
+
+  /* The free functions and error accessors accept NULL. */
+  pts_error_free(NULL);
+  pts_checkpoint_free(NULL);
+  pts_container_free(NULL);
+  pts_tensor_free(NULL);
+  pts_registry_free(NULL);
+  pts_string_free(NULL);
+  CHECK(pts_error_code(NULL) == 0 && strcmp(pts_error_message(NULL), "") == 0);
+  CHECK(c != NULL && s == NULL);
+}
+
+/* ---- a model registered from C ------------------------------------------ */
+
+/* tests.c.Scale(n): y = x * weight, elementwise over the last axis of n
+ * floats; weight starts at 1, 2, ..., n. The forward runs in C over
+ * buffers, as a C or Go model would. */
+
+static int factory_finalized = 0;
+static int instances_created = 0;
+static int instances_finalized = 0;
+
+typedef struct {
+  pts_tensor_t *weight; /* shares storage with the container's parameter */
+  int64_t n;
+} scale_model;
+
+static void finalize_factory(void *user_data) {
+  CHECK(user_data == &factory_finalized);
+  factory_finalized++;
+}
+
+static void finalize_instance(void *instance) {
+  scale_model *m = instance;
+  pts_tensor_free(m->weight);
+  free(m);
+  instances_finalized++;
+}
+
+static pts_error_t *scale_forward(void *instance, const pts_tensor_t *input, bool train,
+                                  pts_tensor_t **output) {
+  (void)train;
+  scale_model *m = instance;
+  size_t nbytes = 0, ndim = 0;
+  pts_error_t *err = pts_tensor_nbytes(input, &nbytes);
+  if (err == NULL) err = pts_tensor_ndim(input, &ndim);
+  if (err != NULL) return err;
+  int64_t shape[8];
+  if (ndim == 0 || ndim > 8) return pts_error_new(0, "tests.c.Scale: input must have 1 to 8 dims");
+  if ((err = pts_tensor_shape(input, shape, 8)) != NULL) return err;
+  if (shape[ndim - 1] != m->n) return pts_error_new(0, "tests.c.Scale: last dimension is not n");
+  float *x = malloc(nbytes + 1);
+  float *w = malloc((size_t)m->n * sizeof(float));
+  err = pts_tensor_copy_to_buffer(input, x, nbytes);
+  if (err == NULL) err = pts_tensor_copy_to_buffer(m->weight, w, (size_t)m->n * sizeof(float));
+  if (err == NULL) {
+    for (size_t i = 0; i < nbytes / sizeof(float); i++) x[i] *= w[i % (size_t)m->n];
+    err = pts_tensor_from_buffer(PTS_DTYPE_F32, shape, ndim, x, nbytes, output);
+  }
+  free(x);
+  free(w);
+  return err;
+}
+
+static pts_error_t *scale_factory(void *user_data, const pts_kwargs_t *kwargs, bool loading,
+                                  pts_model_builder_t *builder) {
+  (void)user_data;
+  int64_t n = 0;
+  bool fail = false;
+  pts_error_t *err = pts_kwargs_i64(kwargs, "n", &n);
+  if (err == NULL) err = pts_kwargs_bool_or(kwargs, "fail", false, &fail);
+  if (err != NULL) return err;
+  if (fail) return pts_error_new(PTS_ERROR_CALLBACK, "the factory was asked to fail");
+  if (n < 1 || n > 64) return pts_error_new(PTS_ERROR_INVALID_KWARGS, "kwarg \"n\" must be 1..64");
+
+  float init[64];
+  for (int64_t i = 0; i < n; i++) init[i] = loading ? 0.0f : (float)(i + 1);
+  scale_model *m = calloc(1, sizeof *m);
+  m->n = n;
+  err = pts_tensor_from_buffer(PTS_DTYPE_F32, &n, 1, init, (size_t)n * sizeof(float), &m->weight);
+  if (err == NULL) err = pts_model_builder_add_parameter(builder, "scale.weight", m->weight);
+  if (err == NULL) {
+    pts_tensor_t *count = NULL;
+    int64_t zero = 0;
+    err = pts_tensor_from_buffer(PTS_DTYPE_I64, NULL, 0, &zero, sizeof zero, &count);
+    if (err == NULL) err = pts_model_builder_add_buffer(builder, "scale.calls", count);
+    pts_tensor_free(count);
+  }
+  instances_created++;
+  /* Ownership of m passes to the library here, even on error. */
+  pts_error_t *set = pts_model_builder_set_forward(builder, scale_forward, m, finalize_instance);
+  return err != NULL ? (pts_error_free(set), err) : set;
+}
+
+static void test_c_registered_model(void) {
+  pts_registry_t *r = NULL;
+  OK(pts_registry_new(&r));
+  if (r == NULL) return;
+  OK(pts_registry_register_model(r, "tests.c.Scale", scale_factory, &factory_finalized,
+                                 finalize_factory));
+  FAILS(pts_registry_register_model(r, "tests.c.Scale", scale_factory, NULL, NULL),
+        PTS_ERROR_DUPLICATE_NAME, "tests.c.Scale");
+
+  pts_container_t *c = NULL;
+  OK(pts_container_new(r, &c));
+  pts_registry_free(r); /* the container keeps its snapshot */
+  CHECK(factory_finalized == 0);
+
+  FAILS(pts_container_initialize(c, "tests.c.Scale", "{}", NULL, NULL, NULL, NULL),
+        PTS_ERROR_INVALID_KWARGS, "missing required kwarg \"n\"");
+  FAILS(
+      pts_container_initialize(c, "tests.c.Scale", "{\"n\": 3, \"m\": 1}", NULL, NULL, NULL, NULL),
+      PTS_ERROR_INVALID_KWARGS, "unexpected kwarg \"m\"");
+  FAILS(pts_container_initialize(c, "tests.c.Scale", "{\"n\": 3, \"fail\": true}", NULL, NULL, NULL,
+                                 NULL),
+        PTS_ERROR_FACTORY, "the factory was asked to fail");
+  CHECK(instances_created == instances_finalized); /* failed builds leak nothing */
+
+  OK(pts_container_initialize(c, "tests.c.Scale", "{\"n\": 3}", "torch.optim.SGD", "{\"lr\": 0.1}",
+                              NULL, NULL));
+  void *instance = NULL;
+  OK(pts_container_model_instance(c, &instance));
+  scale_model *m = instance;
+  CHECK(m != NULL && m->n == 3);
+
+  float x[6] = {1, 1, 1, 2, 2, 2}, y[6];
+  int64_t shape[2] = {2, 3};
+  pts_tensor_t *xt = NULL, *yt = NULL;
+  OK(pts_tensor_from_buffer(PTS_DTYPE_F32, shape, 2, x, sizeof x, &xt));
+  OK(pts_container_forward(c, xt, false, &yt));
+  OK(pts_tensor_copy_to_buffer(yt, y, sizeof y));
+  CHECK(y[0] == 1 && y[1] == 2 && y[2] == 3 && y[5] == 6);
+  pts_tensor_free(yt);
+
+  int64_t bad_shape[2] = {3, 2};
+  pts_tensor_t *bad = NULL;
+  OK(pts_tensor_from_buffer(PTS_DTYPE_F32, bad_shape, 2, x, sizeof x, &bad));
+  yt = NULL;
+  FAILS(pts_container_forward(c, bad, false, &yt), PTS_ERROR_CALLBACK, "last dimension is not n");
+  CHECK(yt == NULL);
+  pts_tensor_free(bad);
+
+  /* The container's parameter is the factory's tensor: writes through
+   * one are seen through the other. */
+  const char *name = NULL;
+  pts_tensor_t *p = NULL;
+  OK(pts_container_parameter(c, 0, &name, &p));
+  CHECK(name != NULL && strcmp(name, "scale.weight") == 0);
+  float w[3];
+  OK(pts_tensor_copy_to_buffer(p, w, sizeof w));
+  CHECK(w[0] == 1 && w[2] == 3);
+  pts_tensor_free(p);
+
+  char *path = NULL;
+  OK(pts_container_save(c, scratch_dir, "c_scale", NULL, &path));
+  pts_container_free(c); /* the model instance is finalized */
+  CHECK(instances_created == instances_finalized);
+  CHECK(factory_finalized == 1); /* last user of the factory gone */
+
+  /* Loading resolves the class through a registry again. */
+  pts_container_t *loaded = NULL;
+  char *meta = NULL;
+  FAILS(pts_container_load(NULL, path, &loaded, &meta), PTS_ERROR_UNKNOWN_NAME, "tests.c.Scale");
+  OK(pts_registry_new(&r));
+  OK(pts_registry_register_model(r, "tests.c.Scale", scale_factory, &factory_finalized,
+                                 finalize_factory));
+  OK(pts_container_load(r, path, &loaded, &meta));
+  if (loaded != NULL) {
+    OK(pts_container_forward(loaded, xt, false, &yt));
+    OK(pts_tensor_copy_to_buffer(yt, y, sizeof y));
+    CHECK(y[0] == 1 && y[1] == 2 && y[2] == 3 && y[5] == 6); /* the loaded weights, not zeros */
+    pts_tensor_free(yt);
+  }
+  pts_string_free(meta);
+  pts_string_free(path);
+  pts_container_free(loaded);
+  pts_registry_free(r);
+  pts_tensor_free(xt);
+  CHECK(factory_finalized == 2);
+  CHECK(instances_created == instances_finalized);
+}
+
+static void test_callback_errors_keep_ownership_rules(void) {
+  /* Registering with a NULL name still finalizes the user data. */
+  pts_registry_t *r = NULL;
+  OK(pts_registry_new(&r));
+  int before = factory_finalized;
+  FAILS(pts_registry_register_model(r, NULL, scale_factory, &factory_finalized, finalize_factory),
+        PTS_ERROR_NULL_ARGUMENT, "name");
+  CHECK(factory_finalized == before + 1);
+  pts_registry_free(r);
+
+  pts_error_t *e = pts_error_new(0, NULL);
+  CHECK(pts_error_code(e) == PTS_ERROR_CALLBACK && strcmp(pts_error_message(e), "") == 0);
+  pts_error_free(e);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 3) {
+    fprintf(stderr, "usage: %s GOLDEN_DIR SCRATCH_DIR\n", argv[0]);
+    return 2;
+  }
+  snprintf(golden_dir, sizeof golden_dir, "%s", argv[1]);
+  snprintf(scratch_dir, sizeof scratch_dir, "%s", argv[2]);
+
+  test_version();
+  test_checkpoint_reading();
+  test_bad_files();
+  test_mlp_forward_matches_rust();
+  test_container_life_cycle();
+  test_initialize_errors();
+  test_tensor_errors();
+  test_null_arguments();
+  test_c_registered_model();
+  test_callback_errors_keep_ownership_rules();
+
+  printf("%d checks, %d failed\n", checks, failures);
+  return failures == 0 ? 0 : 1;
+}
