@@ -83,7 +83,12 @@ c-test: install deps
 	rm -rf target/c/scratch && mkdir -p target/c/scratch
 	RUST_BACKTRACE=0 valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
 	  target/c/test_capi_plain tests/golden/v1 target/c/scratch
-	target/c/example tests/golden/v1/rust_mlp_inference.zip
+	@# The same example against the static library: same output.
+	cc -std=c99 examples/c/main.c $$($(PKG_SDK) --cflags pytorch_saver) \
+	  $$($(PKG_SDK) --static --libs pytorch_saver | sed 's/-lpytorch_saver/-l:libpytorch_saver.a/') -o target/c/example_static
+	target/c/example tests/golden/v1/rust_mlp_inference.zip > target/c/example.out
+	target/c/example_static tests/golden/v1/rust_mlp_inference.zip > target/c/example_static.out
+	cmp target/c/example.out target/c/example_static.out && cat target/c/example.out
 
 header: venv
 	PTS_BLESS_HEADER=1 $(CARGO) test --release --test header header_is_fresh

@@ -23,6 +23,7 @@
  *   user_data from the call on and runs the finalizer exactly once.
  * - Threads: a const T * may be shared between threads; a T * must be used
  *   by one thread at a time (it may move between threads, as Go's do).
+ *   pts_container_t is one thread at a time even through const pointers.
  *   No function keeps thread-local state; there is no "last error".
  * - C++ users: bindings/cpp/pytorch_saver.hpp wraps this in RAII classes
  *   with exceptions and torch::Tensor in and out. The library links the
@@ -74,7 +75,9 @@ typedef struct pts_checkpoint_t pts_checkpoint_t;
  * A container: a model built by name through the registry, with an
  * optional optimizer over its parameters and scheduler over that
  * optimizer. Owned by the caller; free it with `pts_container_free`.
- * Exclusive: one thread at a time (it may move between threads).
+ * One thread at a time, const calls (forward, save) included: a model's
+ * forward may change the model (a C++ module's train flag); it may move
+ * between threads.
  */
 typedef struct pts_container_t pts_container_t;
 

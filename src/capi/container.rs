@@ -15,7 +15,9 @@ use crate::registry::Registry;
 /// A container: a model built by name through the registry, with an
 /// optional optimizer over its parameters and scheduler over that
 /// optimizer. Owned by the caller; free it with `pts_container_free`.
-/// Exclusive: one thread at a time (it may move between threads).
+/// One thread at a time, const calls (forward, save) included: a model's
+/// forward may change the model (a C++ module's train flag); it may move
+/// between threads.
 pub struct pts_container_t {
     inner: ModelContainer,
     /// The model's parameters in optimizer order, with names ready to lend.
