@@ -133,6 +133,17 @@ typedef uint32_t pts_member_t;
 typedef uint32_t pts_dtype_t;
 
 /**
+ * A model's forward function: reads `input` (borrowed for the call) and
+ * writes a new tensor handle to `*output` (the library takes ownership of
+ * it), with gradient tracking when `train` is true. Returns NULL, or an
+ * error that the library takes ownership of.
+ */
+typedef pts_error_t *(*pts_forward_t)(void *instance,
+                                      const pts_tensor_t *input,
+                                      bool train,
+                                      pts_tensor_t **output);
+
+/**
  * A stable error code (one of the `PTS_ERROR_*` values).
  */
 typedef uint32_t pts_error_code_t;
@@ -158,17 +169,6 @@ typedef pts_error_t *(*pts_model_factory_t)(void *user_data,
  * whichever thread drops the last reference.
  */
 typedef void (*pts_finalizer_t)(void *data);
-
-/**
- * A model's forward function: reads `input` (borrowed for the call) and
- * writes a new tensor handle to `*output` (the library takes ownership of
- * it), with gradient tracking when `train` is true. Returns NULL, or an
- * error that the library takes ownership of.
- */
-typedef pts_error_t *(*pts_forward_t)(void *instance,
-                                      const pts_tensor_t *input,
-                                      bool train,
-                                      pts_tensor_t **output);
 
 /**
  * `model.safetensors`: the model's state dict, under PyTorch's names.
@@ -577,11 +577,16 @@ pts_error_t *pts_container_state_tensor(const pts_container_t *container,
 
 /**
  * The `instance` pointer that the model's factory passed to
- * `pts_model_builder_set_forward` (for C++: the module object).
- * `PTS_ERROR_USAGE` for a model not built by a C factory. Borrowed: valid
- * until the container is freed or re-initialized or loaded.
+ * `pts_model_builder_set_forward`, for a caller that knows its type: the
+ * call succeeds only when the model's forward function is `forward`, so
+ * an instance is never taken for another binding's (the C++ wrapper gets
+ * its module back this way). `PTS_ERROR_USAGE` for a model built another
+ * way or with another forward. Borrowed: valid until the container is
+ * freed, re-initialized or loaded.
  */
-pts_error_t *pts_container_model_instance(const pts_container_t *container, void **out);
+pts_error_t *pts_container_model_instance(const pts_container_t *container,
+                                          pts_forward_t forward,
+                                          void **out);
 
 /**
  * Frees a container and the model, optimizer and scheduler it holds

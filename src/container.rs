@@ -453,6 +453,7 @@ impl ModelContainer {
     }
 
     fn require_optimizer(&mut self) -> Result<&mut Optimizer> {
+        self.model()?;
         self.optimizer
             .as_mut()
             .ok_or_else(|| Error::Usage("the container has no optimizer: initialize it with one".into()))
@@ -481,6 +482,7 @@ impl ModelContainer {
     }
 
     fn scheduler_parts(&mut self) -> Result<(&mut Optimizer, &mut Scheduler)> {
+        self.model()?;
         match (self.optimizer.as_mut(), self.scheduler.as_mut()) {
             (Some(o), Some(s)) => Ok((o, s)),
             _ => Err(Error::Usage(
@@ -491,6 +493,7 @@ impl ModelContainer {
 
     /// Each parameter group's current learning rate.
     pub fn lrs(&self) -> Result<Vec<f64>> {
+        self.model()?;
         match &self.optimizer {
             Some(o) => o.lrs(),
             None => Err(Error::Usage("the container has no optimizer".into())),

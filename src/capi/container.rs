@@ -386,23 +386,30 @@ pub unsafe extern "C" fn pts_container_state_tensor(
 }
 
 /// The `instance` pointer that the model's factory passed to
-/// `pts_model_builder_set_forward` (for C++: the module object).
-/// `PTS_ERROR_USAGE` for a model not built by a C factory. Borrowed: valid
-/// until the container is freed or re-initialized or loaded.
+/// `pts_model_builder_set_forward`, for a caller that knows its type: the
+/// call succeeds only when the model's forward function is `forward`, so
+/// an instance is never taken for another binding's (the C++ wrapper gets
+/// its module back this way). `PTS_ERROR_USAGE` for a model built another
+/// way or with another forward. Borrowed: valid until the container is
+/// freed, re-initialized or loaded.
 #[no_mangle]
 pub unsafe extern "C" fn pts_container_model_instance(
     container: *const pts_container_t,
+    forward: pts_forward_t,
     out: *mut *mut c_void,
 ) -> *mut pts_error_t {
     boundary(|| {
         let c = unsafe { arg_ref(container, "container") }?;
+        if forward.is_none() {
+            return Err(pts_error_t::new(PTS_ERROR_NULL_ARGUMENT, "argument forward is NULL"));
+        }
         let out = Out::new(out, "out")?;
         let model = c.inner.model()?;
-        let instance = instance_of(model).ok_or_else(|| {
+        let instance = instance_of(model, forward).ok_or_else(|| {
             pts_error_t::new(
                 PTS_ERROR_USAGE,
                 format!(
-                    "model {} was not built by a factory registered through the C API",
+                    "model {} was not built by a C factory with the given forward function",
                     model.class()
                 ),
             )

@@ -117,16 +117,14 @@ impl std::fmt::Debug for CModel {
     }
 }
 
-impl CModel {
-    /// The forward instance pointer the factory set (NULL if none).
-    pub(crate) fn instance(&self) -> *mut c_void {
-        self.forward.as_ref().map_or(std::ptr::null_mut(), |f| f.instance.data)
-    }
-}
-
-/// The forward instance of a model built by a C factory.
-pub(crate) fn instance_of(model: &crate::Model) -> Option<*mut c_void> {
-    model.module::<CModel>().map(CModel::instance)
+/// The forward instance of a model built by a C factory whose forward
+/// function is `forward`.
+pub(crate) fn instance_of(model: &crate::Model, forward: pts_forward_t) -> Option<*mut c_void> {
+    let f = model.module::<CModel>()?.forward.as_ref()?;
+    // Function pointers are compared as addresses: the caller asks for
+    // the instance its own forward was registered with.
+    let address = |g: pts_forward_t| g.map(|g| g as usize);
+    (address(forward).is_some() && address(f.func) == address(forward)).then_some(f.instance.data)
 }
 
 impl Forward for CModel {

@@ -231,6 +231,13 @@ static void test_bad_files(void) {
 
 /* ---- containers -------------------------------------------------------- */
 
+/* A forward function that no model uses, to ask for an instance by. */
+static pts_error_t *dummy_forward(void *instance, const pts_tensor_t *input, bool train,
+                                  pts_tensor_t **output) {
+  (void)instance, (void)input, (void)train, (void)output;
+  return pts_error_new(0, "never called");
+}
+
 static void test_mlp_forward_matches_rust(void) {
   size_t len = 0;
   char *sidecar = read_file(golden("rust_mlp_inference.zip.json"), &len);
@@ -275,7 +282,7 @@ static void test_container_life_cycle(void) {
   pts_container_t *c = NULL;
   OK(pts_container_new(NULL, &c));
   if (c == NULL) return;
-  FAILS(pts_container_step(c), PTS_ERROR_USAGE, "no optimizer");
+  FAILS(pts_container_step(c), PTS_ERROR_NOT_INITIALIZED, "initialize or load");
   size_t n = 0;
   FAILS(pts_container_parameter_count(c, &n), PTS_ERROR_NOT_INITIALIZED, "initialize or load");
   char *path = NULL;
@@ -347,7 +354,8 @@ static void test_container_life_cycle(void) {
           "hidden_layers.9.bias");
     pts_tensor_free(bias);
     void *instance = NULL;
-    FAILS(pts_container_model_instance(loaded, &instance), PTS_ERROR_USAGE, "not built by");
+    FAILS(pts_container_model_instance(loaded, dummy_forward, &instance), PTS_ERROR_USAGE,
+          "not built by a C factory");
     char *meta2 = NULL;
     OK(pts_container_restore(loaded, path, &meta2));
     pts_string_free(meta2);
@@ -492,7 +500,8 @@ static void test_null_arguments(void) {
   FAILS(pts_container_parameter_count(NULL, &n), PTS_ERROR_NULL_ARGUMENT, "container");
   FAILS(pts_container_parameter(NULL, 0, &cs, &t), PTS_ERROR_NULL_ARGUMENT, "container");
   FAILS(pts_container_state_tensor(NULL, "a", &t), PTS_ERROR_NULL_ARGUMENT, "container");
-  FAILS(pts_container_model_instance(NULL, &instance), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_model_instance(NULL, dummy_forward, &instance), PTS_ERROR_NULL_ARGUMENT,
+        "container");
 
   OK(pts_container_new(NULL, &c));
   FAILS(pts_container_initialize(c, NULL, NULL, NULL, NULL, NULL, NULL), PTS_ERROR_NULL_ARGUMENT,
@@ -586,6 +595,11 @@ static pts_error_t *scale_forward(void *instance, const pts_tensor_t *input, boo
   return err;
 }
 
+static pts_error_t *not_scale_forward(void *instance, const pts_tensor_t *input, bool train,
+                                      pts_tensor_t **output) {
+  return dummy_forward(instance, input, train, output);
+}
+
 static pts_error_t *scale_factory(void *user_data, const pts_kwargs_t *kwargs, bool loading,
                                   pts_model_builder_t *builder) {
   (void)user_data;
@@ -643,9 +657,12 @@ static void test_c_registered_model(void) {
   OK(pts_container_initialize(c, "tests.c.Scale", "{\"n\": 3}", "torch.optim.SGD", "{\"lr\": 0.1}",
                               NULL, NULL));
   void *instance = NULL;
-  OK(pts_container_model_instance(c, &instance));
+  OK(pts_container_model_instance(c, scale_forward, &instance));
   scale_model *m = instance;
   CHECK(m != NULL && m->n == 3);
+  /* The instance is only handed to whoever names its forward function. */
+  FAILS(pts_container_model_instance(c, not_scale_forward, &instance), PTS_ERROR_USAGE,
+        "with the given forward function");
 
   float x[6] = {1, 1, 1, 2, 2, 2}, y[6];
   int64_t shape[2] = {2, 3};
