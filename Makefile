@@ -90,6 +90,15 @@ c-test: install deps
 	target/c/example_static tests/golden/v1/rust_mlp_inference.zip > target/c/example_static.out
 	cmp target/c/example.out target/c/example_static.out && cat target/c/example.out
 
+# The C++ wrapper's GoogleTest suite, the two-translation-unit include test
+# and the C++ example, built with CMake through the installed package
+# (find_package(pytorch_saver)) as a user would.
+CPP_BUILD := target/cpp-build
+cpp-test: install deps
+	cmake -S bindings/cpp -B $(CPP_BUILD) -DCMAKE_PREFIX_PATH=$(SDK) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(CPP_BUILD) -j2
+	ctest --test-dir $(CPP_BUILD) --output-on-failure
+
 header: venv
 	PTS_BLESS_HEADER=1 $(CARGO) test --release --test header header_is_fresh
 
@@ -111,7 +120,7 @@ lint: venv deps
 rust-test: venv deps
 	$(CARGO) test --release
 
-test: lint rust-test c-test
+test: lint rust-test c-test cpp-test
 
 bench: build
 	$(CARGO) bench --bench save_load

@@ -1,0 +1,672 @@
+// pytorch_saver.hpp: the C++17 binding of pytorch-saver, header-only.
+//
+// It wraps the C ABI of include/pytorch_saver.h (the reference for every
+// call's semantics) in move-only RAII classes that throw
+// pytorch_saver::Error, take and return torch::Tensor without copying, and
+// register any torch::nn::Module subclass as a model factory:
+//
+//   pytorch_saver::Registry registry;  // the built-in classes
+//   registry.register_module<Net>("my_project.Net", [](const pytorch_saver::Kwargs& kw, bool) {
+//     return std::make_shared<Net>(kw.get<int64_t>("in"), kw.get_or<int64_t>("hidden", 16));
+//   });
+//   pytorch_saver::Container container(registry);
+//   container.initialize("my_project.Net", R"({"in": 4})", "torch.optim.Adam", R"({"lr": 0.01})");
+//   std::shared_ptr<Net> net = container.module<Net>();  // the module the container trains
+//
+// Ownership: each class owns its C handle and frees it in its destructor;
+// a moved-from object holds none (capi() is nullptr) and every call on it
+// throws Error with PTS_ERROR_NULL_ARGUMENT. Thread safety is the C
+// header's: a Checkpoint may be read from several threads at once; a
+// Registry may be shared for reading, but register_module needs exclusive
+// use; a Container is used by one thread at a time (it may move between
+// threads), const methods included.
+//
+// Requirements: the libtorch this program links must be the one the
+// library links (the PyTorch 2.13.0 wheel's): torch::Tensor objects cross
+// the boundary as pointers.
+
+#ifndef PYTORCH_SAVER_HPP
+#define PYTORCH_SAVER_HPP
+
+#include <ATen/core/grad_mode.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Type.h>
+#include <pytorch_saver.h>
+#include <torch/nn/module.h>
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+#include <vector>
+
+namespace pytorch_saver {
+
+/// An error from the library or from this binding: what() is the message,
+/// code() the stable PTS_ERROR_* code. Every fallible call throws it.
+class Error : public std::runtime_error {
+ public:
+  Error(uint32_t code, const std::string& message) : std::runtime_error(message), code_(code) {}
+
+  /// The PTS_ERROR_* code.
+  uint32_t code() const noexcept { return code_; }
+
+ private:
+  uint32_t code_;
+};
+
+/// Which tensor member of a checkpoint.
+enum class Member : pts_member_t {
+  /// model.safetensors: the model's state dict.
+  Model = PTS_MEMBER_MODEL,
+  /// optimizer.safetensors: the optimizer's per-parameter state
+  /// (`state.<index>.<key>`); absent from inference files.
+  Optimizer = PTS_MEMBER_OPTIMIZER,
+};
+
+/// The library's version, "MAJOR.MINOR.PATCH" (compare with PTS_VERSION
+/// to detect a header/library mismatch).
+inline std::string version() { return pts_version(); }
+
+namespace detail {
+
+struct ErrorDeleter {
+  void operator()(pts_error_t* p) const noexcept { pts_error_free(p); }
+};
+struct StringDeleter {
+  void operator()(char* p) const noexcept { pts_string_free(p); }
+};
+struct TensorDeleter {
+  void operator()(pts_tensor_t* p) const noexcept { pts_tensor_free(p); }
+};
+struct CheckpointDeleter {
+  void operator()(pts_checkpoint_t* p) const noexcept { pts_checkpoint_free(p); }
+};
+struct RegistryDeleter {
+  void operator()(pts_registry_t* p) const noexcept { pts_registry_free(p); }
+};
+struct ContainerDeleter {
+  void operator()(pts_container_t* p) const noexcept { pts_container_free(p); }
+};
+
+/// Throws a non-NULL error as Error, freeing it.
+inline void check(pts_error_t* raw) {
+  if (raw == nullptr) return;
+  std::unique_ptr<pts_error_t, ErrorDeleter> error(raw);
+  throw Error(pts_error_code(error.get()), pts_error_message(error.get()));
+}
+
+/// Takes a string the library returned: copies it and frees it.
+inline std::string take_string(char* raw) {
+  std::unique_ptr<char, StringDeleter> owned(raw);
+  return owned ? std::string(owned.get()) : std::string();
+}
+
+/// NULL for "", the string otherwise (the C API's "none").
+inline const char* or_null(const std::string& s) noexcept {
+  return s.empty() ? nullptr : s.c_str();
+}
+
+/// The exception being handled as an error object for the library (a
+/// callback returns it): Error keeps its code, anything else gets
+/// `fallback`. Call only inside a catch block.
+inline pts_error_t* current_exception_to_error(pts_error_code_t fallback) noexcept {
+  try {
+    throw;
+  } catch (const Error& e) {
+    return pts_error_new(e.code(), e.what());
+  } catch (const c10::Error& e) {
+    return pts_error_new(fallback, e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return pts_error_new(fallback, e.what());
+  } catch (...) {
+    return pts_error_new(fallback, "unknown C++ exception");
+  }
+}
+
+}  // namespace detail
+
+/// An owned pts_tensor_t handle.
+using TensorHandle = std::unique_ptr<pts_tensor_t, detail::TensorDeleter>;
+
+/// A new handle sharing `tensor` (storage and autograd state, no copy);
+/// `tensor` stays the caller's.
+inline TensorHandle tensor_to_capi(const torch::Tensor& tensor) {
+  if (!tensor.defined()) throw Error(PTS_ERROR_INVALID_ARGUMENT, "the tensor is undefined");
+  pts_tensor_t* out = nullptr;
+  detail::check(pts_tensor_from_torch(&tensor, &out));
+  return TensorHandle(out);
+}
+
+/// The torch::Tensor inside a handle (a reference-count increment, no
+/// copy): it outlives the handle.
+inline torch::Tensor tensor_from_capi(const pts_tensor_t* handle) {
+  const void* ptr = nullptr;
+  detail::check(pts_tensor_torch_ptr(handle, &ptr));
+  return *static_cast<const at::Tensor*>(ptr);
+}
+
+/// The constructor kwargs a model factory receives. Borrowed: valid only
+/// during the factory call. A kwarg that no getter reads is refused as
+/// unexpected once the factory returns (PTS_ERROR_INVALID_KWARGS), unless
+/// the factory took the whole object with json(). Getter errors are
+/// thrown as Error with PTS_ERROR_INVALID_KWARGS and name the kwarg; let
+/// them propagate out of the factory.
+class Kwargs {
+ public:
+  explicit Kwargs(const pts_kwargs_t* raw) noexcept : raw_(raw) {}
+
+  /// An integer kwarg that must be present (T: any integer type; a value
+  /// that does not fit T is refused).
+  template <class T>
+  T get(const std::string& key) const {
+    static_assert(std::is_integral_v<T> && !std::is_same_v<T, bool>,
+                  "Kwargs::get<T> reads integers; use get_or for numbers and booleans");
+    int64_t value = 0;
+    detail::check(pts_kwargs_i64(raw_, key.c_str(), &value));
+    return narrow<T>(key, value);
+  }
+
+  /// A kwarg, `default_value` when absent or null. T: an integer type,
+  /// a floating-point type (integers in the JSON accepted, as in Python)
+  /// or bool.
+  template <class T>
+  T get_or(const std::string& key, T default_value) const {
+    if constexpr (std::is_same_v<T, bool>) {
+      bool value = false;
+      detail::check(pts_kwargs_bool_or(raw_, key.c_str(), default_value, &value));
+      return value;
+    } else if constexpr (std::is_integral_v<T>) {
+      static_assert(
+          sizeof(T) <= sizeof(int64_t) && (std::is_signed_v<T> || sizeof(T) < sizeof(int64_t)),
+          "Kwargs::get_or<T>: T must fit in int64_t");
+      int64_t value = 0;
+      detail::check(
+          pts_kwargs_i64_or(raw_, key.c_str(), static_cast<int64_t>(default_value), &value));
+      return narrow<T>(key, value);
+    } else {
+      static_assert(std::is_floating_point_v<T>,
+                    "Kwargs::get_or<T>: T must be an integer, floating-point or bool type");
+      double value = 0;
+      detail::check(
+          pts_kwargs_f64_or(raw_, key.c_str(), static_cast<double>(default_value), &value));
+      return static_cast<T>(value);
+    }
+  }
+
+  /// The whole kwargs object as JSON text, for a factory that parses it
+  /// itself (and so answers for refusing what it does not accept).
+  std::string json() const {
+    char* out = nullptr;
+    detail::check(pts_kwargs_json(raw_, &out));
+    return detail::take_string(out);
+  }
+
+  const pts_kwargs_t* capi() const noexcept { return raw_; }
+
+ private:
+  template <class T>
+  static T narrow(const std::string& key, int64_t value) {
+    if constexpr (std::is_same_v<T, int64_t>) {
+      return value;
+    } else {
+      if (value < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+          (value > 0 &&
+           static_cast<uint64_t>(value) > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
+        throw Error(PTS_ERROR_INVALID_KWARGS, "kwarg " + key + " = " + std::to_string(value) +
+                                                  " is out of range for " +
+                                                  c10::demangle(typeid(T).name()));
+      }
+      return static_cast<T>(value);
+    }
+  }
+
+  const pts_kwargs_t* raw_;
+};
+
+namespace detail {
+
+/// The forward instance of a model built by Registry::register_module:
+/// the module (the container shares its tensors) and its forward.
+struct ModuleInstance {
+  std::shared_ptr<torch::nn::Module> module;
+  std::function<torch::Tensor(const torch::Tensor&)> forward;
+};
+
+inline void delete_module_instance(void* instance) noexcept {
+  delete static_cast<ModuleInstance*>(instance);
+}
+
+template <class F>
+void delete_factory(void* factory) noexcept {
+  delete static_cast<F*>(factory);
+}
+
+inline pts_error_t* module_forward(void* instance, const pts_tensor_t* input, bool train,
+                                   pts_tensor_t** output) noexcept {
+  try {
+    auto& self = *static_cast<ModuleInstance*>(instance);
+    torch::Tensor x = tensor_from_capi(input);
+    self.module->train(train);
+    torch::Tensor y;
+    if (train) {
+      y = self.forward(x);
+    } else {
+      at::NoGradGuard no_grad;
+      y = self.forward(x);
+    }
+    if (!y.defined()) {
+      return pts_error_new(PTS_ERROR_CALLBACK, "the module's forward returned an undefined tensor");
+    }
+    *output = tensor_to_capi(y).release();
+    return nullptr;
+  } catch (...) {
+    return current_exception_to_error(PTS_ERROR_CALLBACK);
+  }
+}
+
+/// Hands the module's tensors to the builder: parameters in
+/// named_parameters() order (the optimizer's), then buffers.
+inline void add_module_tensors(const torch::nn::Module& module, pts_model_builder_t* builder) {
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    if (!item.value().defined()) continue;
+    TensorHandle handle = tensor_to_capi(item.value());
+    check(pts_model_builder_add_parameter(builder, item.key().c_str(), handle.get()));
+  }
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) {
+    if (!item.value().defined()) continue;
+    TensorHandle handle = tensor_to_capi(item.value());
+    check(pts_model_builder_add_buffer(builder, item.key().c_str(), handle.get()));
+  }
+}
+
+template <class M, class F>
+pts_error_t* module_factory(void* user_data, const pts_kwargs_t* kwargs, bool loading,
+                            pts_model_builder_t* builder) noexcept {
+  try {
+    F& factory = *static_cast<F*>(user_data);
+    const Kwargs kw(kwargs);
+    std::shared_ptr<M> module = factory(kw, loading);
+    if (!module) return pts_error_new(PTS_ERROR_FACTORY, "the factory returned a null module");
+    auto instance = std::make_unique<ModuleInstance>();
+    M* raw = module.get();
+    instance->forward = [raw](const torch::Tensor& x) -> torch::Tensor { return raw->forward(x); };
+    instance->module = std::move(module);
+    add_module_tensors(*instance->module, builder);
+    // The library owns the instance from here on, whatever the outcome.
+    check(pts_model_builder_set_forward(builder, &module_forward, instance.release(),
+                                        &delete_module_instance));
+    return nullptr;
+  } catch (...) {
+    return current_exception_to_error(PTS_ERROR_FACTORY);
+  }
+}
+
+template <class M, class R>
+struct FactoryModule {
+  using type = M;
+};
+template <class R>
+struct FactoryModule<void, R> {
+  using type = typename R::element_type;
+};
+
+}  // namespace detail
+
+/// A registry: class name -> model factory, holding the built-in classes
+/// (`torch.nn.Linear`, `pytorch_saver.models.MLP`) from construction.
+/// Containers take a snapshot when they are created, so registering later
+/// does not change them; factories live on while a container built from
+/// the registry does. Move-only. A const Registry may be shared between
+/// threads; register_module needs exclusive use.
+class Registry {
+ public:
+  /// A new registry holding the built-in classes.
+  Registry() {
+    pts_registry_t* out = nullptr;
+    detail::check(pts_registry_new(&out));
+    ptr_.reset(out);
+  }
+
+  /// Whether `name` is registered.
+  bool contains(const std::string& name) const {
+    bool out = false;
+    detail::check(pts_registry_contains(ptr_.get(), name.c_str(), &out));
+    return out;
+  }
+
+  /// Registers a factory for a torch::nn::Module subclass M under `name`
+  /// (use the Python class's `module.QualName` so that files written by
+  /// Python resolve to it). `factory` is any callable
+  /// `(const Kwargs&, bool loading) -> std::shared_ptr<M>` (M may be left
+  /// to deduction from its result); M needs `forward(torch::Tensor)`.
+  /// `loading` is true when the values are about to be overwritten from a
+  /// file. The container shares the module's named_parameters() (in that
+  /// order, the optimizer's) and named_buffers(): optimizer steps and
+  /// loads change them in place. Forward runs `module->train(train)` then
+  /// `module->forward(x)` (under no_grad when not training).
+  ///
+  /// The library owns a copy of `factory` and destroys it once, when the
+  /// last registry or container using it is freed (or at once if this
+  /// throws). It may be called from any thread that uses a container
+  /// built on this registry, concurrently if several do. An exception it
+  /// throws becomes the error of the call that ran it: Error keeps its
+  /// code, anything else is PTS_ERROR_FACTORY with its message.
+  template <class M = void, class F>
+  void register_module(const std::string& name, F&& factory) {
+    using Fn = std::decay_t<F>;
+    using Result = std::invoke_result_t<Fn&, const Kwargs&, bool>;
+    using Module = typename detail::FactoryModule<M, Result>::type;
+    static_assert(std::is_base_of_v<torch::nn::Module, Module>,
+                  "register_module: M must be a torch::nn::Module subclass");
+    static_assert(std::is_convertible_v<Result, std::shared_ptr<Module>>,
+                  "register_module: the factory must return std::shared_ptr<M>");
+    auto data = std::make_unique<Fn>(std::forward<F>(factory));
+    // The library owns `data` from the call on, whatever the outcome.
+    detail::check(pts_registry_register_model(ptr_.get(), name.c_str(),
+                                              &detail::module_factory<Module, Fn>, data.release(),
+                                              &detail::delete_factory<Fn>));
+  }
+
+  pts_registry_t* capi() noexcept { return ptr_.get(); }
+  const pts_registry_t* capi() const noexcept { return ptr_.get(); }
+
+ private:
+  std::unique_ptr<pts_registry_t, detail::RegistryDeleter> ptr_;
+};
+
+/// A tensor's dtype (a PTS_DTYPE_* value), shape and byte size.
+struct TensorInfo {
+  pts_dtype_t dtype;
+  std::vector<int64_t> shape;
+  size_t nbytes;
+};
+
+/// An open, fully validated checkpoint file (every CRC and header checked
+/// at open), read-only. Move-only; const methods may be called from
+/// several threads at once.
+class Checkpoint {
+ public:
+  /// Opens and validates the file at `path`. A malformed file is
+  /// PTS_ERROR_FORMAT (or _IO, _UNSUPPORTED_VERSION).
+  static Checkpoint open(const std::string& path) {
+    pts_checkpoint_t* out = nullptr;
+    detail::check(pts_checkpoint_open(path.c_str(), &out));
+    return Checkpoint(out);
+  }
+
+  /// The whole metadata.json object (the flat user keys and the reserved
+  /// `__pytorch_saver__` internals) as JSON text.
+  std::string metadata_json() const {
+    const char* out = nullptr;
+    detail::check(pts_checkpoint_metadata(ptr_.get(), &out));
+    return out;
+  }
+
+  /// The member's tensor names in file order (empty for an absent
+  /// optimizer member).
+  std::vector<std::string> tensor_names(Member member) const {
+    size_t count = 0;
+    detail::check(pts_checkpoint_tensor_count(ptr_.get(), to_c(member), &count));
+    std::vector<std::string> names;
+    names.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      const char* name = nullptr;
+      detail::check(pts_checkpoint_tensor_name(ptr_.get(), to_c(member), i, &name));
+      names.emplace_back(name);
+    }
+    return names;
+  }
+
+  /// A tensor's dtype, shape and byte size, without reading it.
+  TensorInfo info(Member member, const std::string& name) const {
+    pts_dtype_t dtype = 0;
+    const int64_t* shape = nullptr;
+    size_t ndim = 0;
+    size_t nbytes = 0;
+    detail::check(pts_checkpoint_tensor_info(ptr_.get(), to_c(member), name.c_str(), &dtype, &shape,
+                                             &ndim, &nbytes));
+    TensorInfo info{dtype, {}, nbytes};
+    if (ndim > 0) info.shape.assign(shape, shape + ndim);
+    return info;
+  }
+
+  /// A tensor as a new CPU torch::Tensor (a copy of the file's bytes, so
+  /// it outlives the checkpoint). PTS_ERROR_NOT_FOUND for an unknown name.
+  torch::Tensor tensor(Member member, const std::string& name) const {
+    pts_tensor_t* out = nullptr;
+    detail::check(pts_checkpoint_tensor(ptr_.get(), to_c(member), name.c_str(), &out));
+    TensorHandle handle(out);
+    return tensor_from_capi(handle.get());
+  }
+
+  pts_checkpoint_t* capi() noexcept { return ptr_.get(); }
+  const pts_checkpoint_t* capi() const noexcept { return ptr_.get(); }
+
+ private:
+  explicit Checkpoint(pts_checkpoint_t* raw) noexcept : ptr_(raw) {}
+  static pts_member_t to_c(Member member) noexcept { return static_cast<pts_member_t>(member); }
+
+  std::unique_ptr<pts_checkpoint_t, detail::CheckpointDeleter> ptr_;
+};
+
+/// A container: a model built by class name through a registry, with an
+/// optional optimizer over its parameters and scheduler over that
+/// optimizer; it saves and loads them together. Move-only. Exclusive: one
+/// thread at a time, const methods included (forward switches the
+/// module's training mode); it may move between threads.
+class Container {
+ public:
+  struct Loaded;
+
+  /// An empty container over the built-in classes.
+  Container() : ptr_(create(nullptr)) {}
+
+  /// An empty container over `registry`'s classes (a snapshot taken now).
+  explicit Container(const Registry& registry) : ptr_(create(checked(registry))) {}
+
+  /// Builds the model `model_class` from `model_kwargs_json` (a JSON
+  /// object), an optimizer (`optim_class` such as "torch.optim.Adam"; ""
+  /// for none) and a scheduler (`sched_class` such as
+  /// "torch.optim.lr_scheduler.StepLR"; "" for none; it needs an
+  /// optimizer). On error the container is unchanged.
+  void initialize(const std::string& model_class, const std::string& model_kwargs_json = "{}",
+                  const std::string& optim_class = "", const std::string& optim_kwargs_json = "{}",
+                  const std::string& sched_class = "",
+                  const std::string& sched_kwargs_json = "{}") {
+    const bool optim = !optim_class.empty();
+    const bool sched = !sched_class.empty();
+    detail::check(pts_container_initialize(
+        ptr_.get(), model_class.c_str(), model_kwargs_json.c_str(), detail::or_null(optim_class),
+        optim ? optim_kwargs_json.c_str() : nullptr, detail::or_null(sched_class),
+        sched ? sched_kwargs_json.c_str() : nullptr));
+  }
+
+  /// Loads the file at `path` into a new container over `registry`:
+  /// rebuilds the model, optimizer and scheduler it names and loads their
+  /// state. Returns the container and the flat metadata (`model_kwargs`,
+  /// `optim_kwargs`, `scheduler_kwargs`, `timestamp`, the user's keys) as
+  /// JSON text.
+  static Loaded load(const std::string& path, const Registry& registry);
+
+  /// As load(path, registry), over the built-in classes.
+  static Loaded load(const std::string& path);
+
+  /// Loads the file's state into the objects the container holds, in
+  /// place (a module from module() sees the values). The file must name
+  /// the same classes. All or nothing. Returns the flat metadata JSON.
+  std::string restore(const std::string& path) {
+    char* meta = nullptr;
+    detail::check(pts_container_restore(ptr_.get(), path.c_str(), &meta));
+    return detail::take_string(meta);
+  }
+
+  /// Saves a training checkpoint (model, optimizer, scheduler) atomically
+  /// into directory `dir` as `{prefix}_checkpoint_{unix seconds}.zip`
+  /// (never overwriting a file) and returns its path. `metadata_json`
+  /// ("" for none) is a JSON object of extra keys such as
+  /// `{"loss": 0.55, "epoch": 5}`.
+  std::string save(const std::string& dir, const std::string& prefix = "",
+                   const std::string& metadata_json = "") const {
+    char* path = nullptr;
+    detail::check(pts_container_save(ptr_.get(), dir.c_str(), detail::or_null(prefix),
+                                     detail::or_null(metadata_json), &path));
+    return detail::take_string(path);
+  }
+
+  /// Saves the model alone, as `{prefix}_inference_{unix seconds}.zip`;
+  /// otherwise as save().
+  std::string save_inference(const std::string& dir, const std::string& prefix = "",
+                             const std::string& metadata_json = "") const {
+    char* path = nullptr;
+    detail::check(pts_container_save_inference(ptr_.get(), dir.c_str(), detail::or_null(prefix),
+                                               detail::or_null(metadata_json), &path));
+    return detail::take_string(path);
+  }
+
+  /// optimizer.zero_grad(): every parameter's gradient becomes undefined.
+  void zero_grad() { detail::check(pts_container_zero_grad(ptr_.get())); }
+
+  /// optimizer.step(), with torch.optim's math bit for bit.
+  void step() { detail::check(pts_container_step(ptr_.get())); }
+
+  /// scheduler.step() (PTS_ERROR_USAGE without a scheduler).
+  void scheduler_step() { detail::check(pts_container_scheduler_step(ptr_.get())); }
+
+  /// scheduler.step(metric), for ReduceLROnPlateau.
+  void scheduler_step(double metric) {
+    detail::check(pts_container_scheduler_step_metric(ptr_.get(), metric));
+  }
+
+  /// The current learning rate of parameter group `group`.
+  double lr(size_t group = 0) const {
+    double out = 0;
+    detail::check(pts_container_lr(ptr_.get(), group, &out));
+    return out;
+  }
+
+  /// The current learning rate of every parameter group.
+  std::vector<double> lrs() const {
+    size_t count = 0;
+    detail::check(pts_container_param_group_count(ptr_.get(), &count));
+    std::vector<double> out;
+    out.reserve(count);
+    for (size_t i = 0; i < count; ++i) out.push_back(lr(i));
+    return out;
+  }
+
+  /// Runs the model on `input`. `train` false: eval mode, no gradient
+  /// tracking; true: training mode with autograd (call backward() on a
+  /// loss built from the result).
+  torch::Tensor forward(const torch::Tensor& input, bool train = false) const {
+    TensorHandle in = tensor_to_capi(input);
+    pts_tensor_t* out = nullptr;
+    detail::check(pts_container_forward(ptr_.get(), in.get(), train, &out));
+    TensorHandle result(out);
+    return tensor_from_capi(result.get());
+  }
+
+  /// The trainable parameters in optimizer order with their state-dict
+  /// names; the tensors share the container's storage.
+  std::vector<std::pair<std::string, torch::Tensor>> named_parameters() const {
+    size_t count = 0;
+    detail::check(pts_container_parameter_count(ptr_.get(), &count));
+    std::vector<std::pair<std::string, torch::Tensor>> out;
+    out.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      const char* name = nullptr;
+      pts_tensor_t* tensor = nullptr;
+      detail::check(pts_container_parameter(ptr_.get(), i, &name, &tensor));
+      TensorHandle handle(tensor);
+      out.emplace_back(name, tensor_from_capi(handle.get()));
+    }
+    return out;
+  }
+
+  /// A tensor of the model's state dict (parameter or buffer) by name,
+  /// sharing its storage. PTS_ERROR_NOT_FOUND for an unknown name.
+  torch::Tensor state_tensor(const std::string& name) const {
+    pts_tensor_t* out = nullptr;
+    detail::check(pts_container_state_tensor(ptr_.get(), name.c_str(), &out));
+    TensorHandle handle(out);
+    return tensor_from_capi(handle.get());
+  }
+
+  /// The module that Registry::register_module's factory built for this
+  /// container (shared: the container trains it in place). Throws Error
+  /// with PTS_ERROR_USAGE when the model was not built by a factory
+  /// registered through this header, or is not an M.
+  template <class M>
+  std::shared_ptr<M> module() const {
+    // The library hands out the instance only if the model's forward is
+    // this header's module_forward, so the cast below is to our own type.
+    void* raw = nullptr;
+    detail::check(pts_container_model_instance(ptr_.get(), &detail::module_forward, &raw));
+    auto* instance = static_cast<detail::ModuleInstance*>(raw);
+    std::shared_ptr<M> module = std::dynamic_pointer_cast<M>(instance->module);
+    if (!module) {
+      const torch::nn::Module& actual = *instance->module;
+      throw Error(PTS_ERROR_USAGE, "the model's module is a " +
+                                       c10::demangle(typeid(actual).name()) + ", not a " +
+                                       c10::demangle(typeid(M).name()));
+    }
+    return module;
+  }
+
+  pts_container_t* capi() noexcept { return ptr_.get(); }
+  const pts_container_t* capi() const noexcept { return ptr_.get(); }
+
+ private:
+  explicit Container(pts_container_t* raw) noexcept : ptr_(raw) {}
+
+  static pts_container_t* create(const pts_registry_t* registry) {
+    pts_container_t* out = nullptr;
+    detail::check(pts_container_new(registry, &out));
+    return out;
+  }
+
+  // A moved-from Registry must not silently mean "the built-in classes".
+  static const pts_registry_t* checked(const Registry& registry) {
+    if (registry.capi() == nullptr) {
+      throw Error(PTS_ERROR_NULL_ARGUMENT, "the registry is empty (moved from)");
+    }
+    return registry.capi();
+  }
+
+  static Loaded load_from(const pts_registry_t* registry, const std::string& path);
+
+  std::unique_ptr<pts_container_t, detail::ContainerDeleter> ptr_;
+};
+
+/// What Container::load returns.
+struct Container::Loaded {
+  Container container;
+  /// The flat metadata as JSON text.
+  std::string metadata_json;
+};
+
+inline Container::Loaded Container::load_from(const pts_registry_t* registry,
+                                              const std::string& path) {
+  pts_container_t* out = nullptr;
+  char* meta = nullptr;
+  detail::check(pts_container_load(registry, path.c_str(), &out, &meta));
+  Container container(out);
+  return Loaded{std::move(container), detail::take_string(meta)};
+}
+
+inline Container::Loaded Container::load(const std::string& path, const Registry& registry) {
+  return load_from(checked(registry), path);
+}
+
+inline Container::Loaded Container::load(const std::string& path) {
+  return load_from(nullptr, path);
+}
+
+}  // namespace pytorch_saver
+
+#endif  // PYTORCH_SAVER_HPP

@@ -1,0 +1,580 @@
+// Tests of pytorch_saver.hpp: a torch::nn::Module registered from C++,
+// trained by the container, saved, resumed in a fresh process and compared
+// bit for bit with an uninterrupted run; the module the C++ code holds is
+// the one the container trains; Rust's golden file gives Rust's output;
+// errors become exceptions with codes; moves and finalizers.
+//
+// The binary has its own main: `test_container --resume-child IN OUT_DIR`
+// is the fresh process of ResumeInFreshProcess (it loads IN, trains on and
+// saves into OUT_DIR).
+#include <gtest/gtest.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <pytorch_saver.hpp>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+using pytorch_saver::Checkpoint;
+using pytorch_saver::Container;
+using pytorch_saver::Error;
+using pytorch_saver::Kwargs;
+using pytorch_saver::Member;
+using pytorch_saver::Registry;
+
+constexpr const char* kNetClass = "tests.cpp.Net";
+constexpr const char* kNetKwargs = R"({"in": 4, "hidden": 8, "out": 2})";
+constexpr const char* kAdam = "torch.optim.Adam";
+constexpr const char* kAdamKwargs = R"({"lr": 0.01})";
+constexpr const char* kWarmRestarts = "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts";
+constexpr const char* kWarmRestartsKwargs = R"({"T_0": 7, "T_mult": 2})";
+constexpr int kHalfSteps = 30;
+
+// Two linear layers with a ReLU, and a buffer scaling the output.
+struct Net : torch::nn::Module {
+  Net(int64_t in, int64_t hidden, int64_t out)
+      : fc1(register_module("fc1", torch::nn::Linear(in, hidden))),
+        fc2(register_module("fc2", torch::nn::Linear(hidden, out))) {
+    scale = register_buffer("scale", torch::full({out}, 0.5));
+  }
+  torch::Tensor forward(torch::Tensor x) { return fc2(torch::relu(fc1(x))) * scale; }
+
+  torch::nn::Linear fc1;
+  torch::nn::Linear fc2;
+  torch::Tensor scale;
+};
+
+void register_net(Registry& registry) {
+  registry.register_module<Net>(kNetClass, [](const Kwargs& kw, bool /*loading*/) {
+    return std::make_shared<Net>(kw.get<int64_t>("in"), kw.get_or<int64_t>("hidden", 16),
+                                 kw.get<int64_t>("out"));
+  });
+}
+
+// The batch of training step `step`: the same in every process.
+std::pair<torch::Tensor, torch::Tensor> batch(int step) {
+  torch::manual_seed(1000 + step);
+  torch::Tensor x = torch::randn({16, 4});
+  torch::Tensor y = torch::randn({16, 2});
+  return {x, y};
+}
+
+// Training steps [from, to): forward, MSE, backward, optimizer and
+// scheduler steps, zero_grad.
+void train(Container& container, int from, int to) {
+  for (int step = from; step < to; ++step) {
+    auto [x, y] = batch(step);
+    torch::Tensor loss = torch::mse_loss(container.forward(x, /*train=*/true), y);
+    loss.backward();
+    container.step();
+    container.scheduler_step();
+    container.zero_grad();
+  }
+}
+
+// A fresh Net container with Adam and warm restarts; the same initial
+// values on every call.
+Container new_net_container(const Registry& registry) {
+  Container container(registry);
+  torch::manual_seed(7);
+  container.initialize(kNetClass, kNetKwargs, kAdam, kAdamKwargs, kWarmRestarts,
+                       kWarmRestartsKwargs);
+  return container;
+}
+
+// A directory removed with everything in it at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "pts_cpp_XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    fs::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  // A new subdirectory.
+  std::string sub(const std::string& name) const {
+    fs::create_directories(path_ / name);
+    return (path_ / name).string();
+  }
+  std::string str() const { return path_.string(); }
+
+ private:
+  fs::path path_;
+};
+
+// The Error `f` throws, or nullopt.
+template <class F>
+std::optional<Error> error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e;
+  }
+  return std::nullopt;
+}
+
+#define EXPECT_PTS_ERROR(statement, expected_code)                                               \
+  do {                                                                                           \
+    std::optional<Error> pts_error_ = error_of([&] { statement; });                              \
+    if (!pts_error_) {                                                                           \
+      ADD_FAILURE() << #statement " did not throw pytorch_saver::Error";                         \
+    } else {                                                                                     \
+      EXPECT_EQ(pts_error_->code(), static_cast<uint32_t>(expected_code)) << pts_error_->what(); \
+    }                                                                                            \
+  } while (0)
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// The one .zip file in `dir`.
+std::string only_zip_in(const std::string& dir) {
+  std::vector<std::string> zips;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() == ".zip") zips.push_back(entry.path().string());
+  }
+  if (zips.size() != 1) {
+    throw std::runtime_error(dir + " holds " + std::to_string(zips.size()) + " .zip files");
+  }
+  return zips[0];
+}
+
+// Runs this binary with `args`; its exit status (-1 if it did not exit).
+int run_self(const std::vector<std::string>& args) {
+  std::string exe = fs::read_symlink("/proc/self/exe").string();
+  std::vector<std::string> all = {exe};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  int rc = posix_spawn(&pid, exe.c_str(), nullptr, nullptr, argv.data(), environ);
+  if (rc != 0) throw std::runtime_error(std::string("posix_spawn: ") + std::strerror(rc));
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) throw std::runtime_error("waitpid failed");
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// The fresh process: loads `in_path` (the registry rebuilds Net by
+// name), trains steps 30..59, saves into `out_dir`.
+int resume_child(const std::string& in_path, const std::string& out_dir) {
+  try {
+    torch::set_num_threads(1);
+    Registry registry;
+    register_net(registry);
+    auto [container, metadata] = Container::load(in_path, registry);
+    if (!contains(metadata, "\"step\":30")) {
+      std::cerr << "child: unexpected metadata " << metadata << "\n";
+      return 2;
+    }
+    train(container, kHalfSteps, 2 * kHalfSteps);
+    container.save(out_dir, "resumed", R"({"step": 60})");
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "child: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+// Every tensor of both members, by name, dtype, shape and bits.
+void expect_same_tensors(const std::string& path_a, const std::string& path_b) {
+  Checkpoint a = Checkpoint::open(path_a);
+  Checkpoint b = Checkpoint::open(path_b);
+  for (Member member : {Member::Model, Member::Optimizer}) {
+    std::vector<std::string> names = a.tensor_names(member);
+    ASSERT_EQ(names, b.tensor_names(member));
+    ASSERT_FALSE(names.empty());
+    for (const std::string& name : names) {
+      torch::Tensor ta = a.tensor(member, name);
+      torch::Tensor tb = b.tensor(member, name);
+      EXPECT_EQ(ta.scalar_type(), tb.scalar_type()) << name;
+      EXPECT_EQ(ta.sizes(), tb.sizes()) << name;
+      EXPECT_TRUE(torch::equal(ta, tb)) << name << " differs";
+    }
+  }
+}
+
+// The `__pytorch_saver__` object of a checkpoint's metadata (optimizer
+// param groups with their lr, scheduler state) as text.
+std::string internals_of(const std::string& path) {
+  std::string meta = Checkpoint::open(path).metadata_json();
+  size_t at = meta.find("\"__pytorch_saver__\"");
+  if (at == std::string::npos) throw std::runtime_error("no __pytorch_saver__ in " + meta);
+  // The internals carry no timestamp (a flat user-level key); cut one off
+  // anyway should it follow them.
+  size_t ts = meta.find("\"timestamp\"", at);
+  return meta.substr(at, ts == std::string::npos ? std::string::npos : ts - at);
+}
+
+TEST(ContainerTraining, ResumeInFreshProcessIsBitIdentical) {
+  TempDir tmp;
+  Registry registry;
+  register_net(registry);
+
+  // 30 steps, saved.
+  Container first = new_net_container(registry);
+  train(first, 0, kHalfSteps);
+  std::string half = first.save(tmp.sub("half"), "half", R"({"step": 30})");
+
+  // 30 more in a fresh process, from the file.
+  std::string resumed_dir = tmp.sub("resumed");
+  ASSERT_EQ(run_self({"--resume-child", half, resumed_dir}), 0);
+  std::string resumed = only_zip_in(resumed_dir);
+
+  // 60 uninterrupted.
+  Container whole = new_net_container(registry);
+  train(whole, 0, 2 * kHalfSteps);
+  std::string uninterrupted = whole.save(tmp.sub("whole"), "whole", R"({"step": 60})");
+
+  expect_same_tensors(resumed, uninterrupted);
+  EXPECT_EQ(internals_of(resumed), internals_of(uninterrupted));
+  auto loaded = Container::load(resumed, registry);
+  EXPECT_EQ(loaded.container.lrs(), whole.lrs());
+  EXPECT_NE(whole.lr(), 0.01);  // the scheduler moved it
+
+  // Not vacuous: the second half changed the model.
+  EXPECT_FALSE(torch::equal(Checkpoint::open(half).tensor(Member::Model, "fc1.weight"),
+                            Checkpoint::open(uninterrupted).tensor(Member::Model, "fc1.weight")));
+}
+
+TEST(ContainerModule, IsTheContainersModuleInPlace) {
+  TempDir tmp;
+  Registry registry;
+  register_net(registry);
+  Container container(registry);
+  container.initialize(kNetClass, kNetKwargs, "torch.optim.SGD", R"({"lr": 0.1})");
+  std::shared_ptr<Net> net = container.module<Net>();
+  torch::Tensor weight = net->fc1->weight;
+  void* storage = weight.data_ptr();
+
+  auto params = container.named_parameters();
+  ASSERT_EQ(params.size(), 4u);
+  EXPECT_EQ(params[0].first, "fc1.weight");
+  EXPECT_EQ(params[3].first, "fc2.bias");
+  EXPECT_EQ(params[0].second.data_ptr(), storage);
+  EXPECT_EQ(container.state_tensor("fc1.weight").data_ptr(), storage);
+  EXPECT_EQ(container.state_tensor("scale").data_ptr(), net->scale.data_ptr());
+
+  std::string saved = container.save(tmp.str(), "in_place");
+  torch::Tensor before = weight.detach().clone();
+
+  // Forward through the module the C++ code holds; the container steps it.
+  auto [x, y] = batch(0);
+  torch::mse_loss(net->forward(x), y).backward();
+  container.step();
+  EXPECT_EQ(net->fc1->weight.data_ptr(), storage);
+  EXPECT_FALSE(torch::equal(net->fc1->weight, before));
+
+  // restore() writes the file's values into the same storage.
+  container.restore(saved);
+  EXPECT_EQ(net->fc1->weight.data_ptr(), storage);
+  EXPECT_TRUE(torch::equal(net->fc1->weight, before));
+  EXPECT_TRUE(
+      torch::equal(net->fc1->weight, Checkpoint::open(saved).tensor(Member::Model, "fc1.weight")));
+}
+
+// The numbers of the array under "key" after position `from` in JSON text.
+std::vector<double> json_numbers(const std::string& text, size_t from, const std::string& key) {
+  size_t at = text.find("\"" + key + "\"", from);
+  size_t open = text.find('[', at);
+  size_t close = text.find(']', open);
+  if (at == std::string::npos || open == std::string::npos || close == std::string::npos) {
+    throw std::runtime_error("no array " + key);
+  }
+  std::vector<double> out;
+  const char* p = text.c_str() + open + 1;
+  const char* end = text.c_str() + close;
+  while (p < end) {
+    char* next = nullptr;
+    double value = std::strtod(p, &next);
+    if (next == p) {  // a comma or whitespace
+      ++p;
+      continue;
+    }
+    out.push_back(value);
+    p = next;
+  }
+  return out;
+}
+
+TEST(ContainerGolden, RustMlpInferenceGivesRustsOutput) {
+  std::string golden = std::string(PTS_REPO_ROOT) + "/tests/golden/v1/rust_mlp_inference.zip";
+  std::string sidecar = read_file(golden + ".json");
+  size_t forward_at = sidecar.find("\"forward\"");
+  ASSERT_NE(forward_at, std::string::npos);
+  std::vector<double> input = json_numbers(sidecar, forward_at, "input");
+  std::vector<double> shape = json_numbers(sidecar, forward_at, "input_shape");
+  std::vector<double> output = json_numbers(sidecar, forward_at, "output");
+  ASSERT_EQ(shape.size(), 2u);
+
+  auto to_f32 = [](const std::vector<double>& values, std::vector<int64_t> sizes) {
+    std::vector<float> floats(values.begin(), values.end());  // the f32 values, exactly
+    return torch::tensor(floats, torch::kFloat32).reshape(sizes);
+  };
+  const int64_t rows = static_cast<int64_t>(shape[0]);
+  torch::Tensor x = to_f32(input, {rows, static_cast<int64_t>(shape[1])});
+  torch::Tensor expected = to_f32(output, {rows, -1});
+
+  auto loaded = Container::load(golden, Registry());
+  EXPECT_TRUE(contains(loaded.metadata_json, "\"in_dim\":4")) << loaded.metadata_json;
+  torch::Tensor y = loaded.container.forward(x);
+  EXPECT_EQ(y.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(y, expected)) << y << "\nexpected\n" << expected;
+  EXPECT_FALSE(y.requires_grad());
+
+  // The same file through Checkpoint.
+  Checkpoint checkpoint = Checkpoint::open(golden);
+  EXPECT_TRUE(checkpoint.tensor_names(Member::Optimizer).empty());
+  pytorch_saver::TensorInfo info = checkpoint.info(Member::Model, "fc1.weight");
+  EXPECT_EQ(info.dtype, static_cast<pts_dtype_t>(PTS_DTYPE_F32));
+  EXPECT_EQ(info.shape, (std::vector<int64_t>{8, 4}));
+  EXPECT_EQ(info.nbytes, 8u * 4u * 4u);
+  EXPECT_TRUE(contains(checkpoint.metadata_json(), "pytorch_saver.models.MLP"));
+}
+
+TEST(ContainerErrors, BecomeExceptionsWithCodes) {
+  TempDir tmp;
+  Registry registry;
+  register_net(registry);
+  registry.register_module<Net>("tests.cpp.Throws",
+                                [](const Kwargs&, bool) -> std::shared_ptr<Net> {
+                                  throw std::runtime_error("boom from the factory");
+                                });
+  Container container(registry);
+
+  EXPECT_PTS_ERROR(container.initialize("no.such.Model"), PTS_ERROR_UNKNOWN_NAME);
+  EXPECT_PTS_ERROR(container.initialize(kNetClass, "{not json"), PTS_ERROR_INVALID_JSON);
+  EXPECT_PTS_ERROR(container.initialize(kNetClass, R"({"in": 4, "out": 2, "bogus": 1})"),
+                   PTS_ERROR_INVALID_KWARGS);
+  EXPECT_PTS_ERROR(container.initialize(kNetClass, R"({"out": 2})"), PTS_ERROR_INVALID_KWARGS);
+  std::optional<Error> factory = error_of([&] { container.initialize("tests.cpp.Throws"); });
+  ASSERT_TRUE(factory);
+  EXPECT_EQ(factory->code(), static_cast<uint32_t>(PTS_ERROR_FACTORY));
+  EXPECT_TRUE(contains(factory->what(), "boom from the factory")) << factory->what();
+  EXPECT_PTS_ERROR(container.forward(torch::ones({2, 4})), PTS_ERROR_NOT_INITIALIZED);
+  EXPECT_PTS_ERROR(container.step(), PTS_ERROR_NOT_INITIALIZED);
+
+  container.initialize(kNetClass, kNetKwargs, kAdam, kAdamKwargs);
+  std::optional<Error> shape = error_of([&] { container.forward(torch::ones({2, 5})); });
+  ASSERT_TRUE(shape);
+  EXPECT_TRUE(shape->code() == PTS_ERROR_TORCH || shape->code() == PTS_ERROR_CALLBACK)
+      << shape->code() << " " << shape->what();
+  EXPECT_TRUE(contains(shape->what(), "2x5")) << shape->what();
+  EXPECT_PTS_ERROR(container.scheduler_step(), PTS_ERROR_USAGE);
+  EXPECT_PTS_ERROR(container.module<torch::nn::LinearImpl>(), PTS_ERROR_USAGE);
+  EXPECT_PTS_ERROR(container.state_tensor("fc9.weight"), PTS_ERROR_NOT_FOUND);
+  EXPECT_PTS_ERROR(container.save(tmp.str(), "", "[1, 2]"), PTS_ERROR_INVALID_JSON);
+  EXPECT_PTS_ERROR(register_net(registry), PTS_ERROR_DUPLICATE_NAME);
+
+  // Files: truncated, missing.
+  std::string saved = container.save(tmp.str(), "whole");
+  std::string bytes = read_file(saved);
+  std::string truncated = tmp.str() + "/truncated.zip";
+  std::ofstream(truncated, std::ios::binary).write(bytes.data(), bytes.size() / 2);
+  EXPECT_PTS_ERROR(Container::load(truncated, registry), PTS_ERROR_FORMAT);
+  EXPECT_PTS_ERROR(Checkpoint::open(truncated), PTS_ERROR_FORMAT);
+  EXPECT_PTS_ERROR(Container::load(tmp.str() + "/missing.zip", registry), PTS_ERROR_IO);
+  EXPECT_PTS_ERROR(Checkpoint::open(saved).tensor(Member::Model, "nope"), PTS_ERROR_NOT_FOUND);
+
+  // A built-in model was built by no C++ factory.
+  Container builtin;
+  builtin.initialize("torch.nn.Linear", R"({"in_features": 2, "out_features": 1})");
+  EXPECT_PTS_ERROR(builtin.module<Net>(), PTS_ERROR_USAGE);
+  EXPECT_PTS_ERROR(Container(registry).initialize("torch.optim.Adam"), PTS_ERROR_UNKNOWN_NAME);
+}
+
+TEST(ContainerKwargs, GettersDefaultsAndJson) {
+  struct Seen {
+    int64_t in = 0, hidden = 0;
+    int out = 0;
+    double gain = 0;
+    bool flag = false;
+    bool loading = true;
+    std::string json;
+  };
+  auto seen = std::make_shared<Seen>();
+  Registry registry;
+  registry.register_module<Net>("tests.cpp.Probe", [seen](const Kwargs& kw, bool loading) {
+    seen->in = kw.get<int64_t>("in");
+    seen->hidden = kw.get_or<int64_t>("hidden", 16);
+    seen->out = kw.get_or<int>("out", 2);
+    seen->gain = kw.get_or<double>("gain", 1.0);
+    seen->flag = kw.get_or<bool>("flag", false);
+    seen->loading = loading;
+    return std::make_shared<Net>(seen->in, seen->hidden, seen->out);
+  });
+  registry.register_module<Net>("tests.cpp.JsonProbe", [seen](const Kwargs& kw, bool) {
+    seen->json = kw.json();
+    return std::make_shared<Net>(1, 1, 1);
+  });
+  registry.register_module<Net>("tests.cpp.Narrow", [](const Kwargs& kw, bool) {
+    int8_t small = kw.get_or<int8_t>("small", 1);
+    return std::make_shared<Net>(small, 1, 1);
+  });
+
+  Container container(registry);
+  container.initialize("tests.cpp.Probe", R"({"in": 3, "gain": 2, "flag": true})");
+  EXPECT_EQ(seen->in, 3);
+  EXPECT_EQ(seen->hidden, 16);
+  EXPECT_EQ(seen->out, 2);
+  EXPECT_EQ(seen->gain, 2.0);
+  EXPECT_TRUE(seen->flag);
+  EXPECT_FALSE(seen->loading);
+
+  TempDir tmp;
+  auto loaded = Container::load(container.save_inference(tmp.str()), registry);
+  EXPECT_TRUE(seen->loading);
+  EXPECT_TRUE(contains(loaded.metadata_json, "\"gain\":2")) << loaded.metadata_json;
+
+  // json() takes every kwarg: none is unexpected.
+  container.initialize("tests.cpp.JsonProbe", R"({"anything": [1, 2]})");
+  EXPECT_TRUE(contains(seen->json, "anything")) << seen->json;
+
+  EXPECT_PTS_ERROR(container.initialize("tests.cpp.Narrow", R"({"small": 300})"),
+                   PTS_ERROR_INVALID_KWARGS);
+  EXPECT_PTS_ERROR(container.initialize("tests.cpp.Probe", R"({"in": "three"})"),
+                   PTS_ERROR_INVALID_KWARGS);
+}
+
+// Counts for Finalizers: modules built and destroyed, factories destroyed.
+std::atomic<int> g_modules_built{0};
+std::atomic<int> g_modules_destroyed{0};
+std::atomic<int> g_factories_destroyed{0};
+
+struct Counted : torch::nn::Module {
+  Counted() {
+    weight = register_parameter("weight", torch::ones({2}));
+    ++g_modules_built;
+  }
+  ~Counted() override { ++g_modules_destroyed; }
+  torch::Tensor forward(const torch::Tensor& x) { return x * weight; }
+  torch::Tensor weight;
+};
+
+// Move-only; only the object that was moved from last counts its end.
+struct CountingFactory {
+  CountingFactory() = default;
+  CountingFactory(CountingFactory&& other) noexcept : owner(std::exchange(other.owner, false)) {}
+  CountingFactory(const CountingFactory&) = delete;
+  CountingFactory& operator=(const CountingFactory&) = delete;
+  CountingFactory& operator=(CountingFactory&&) = delete;
+  ~CountingFactory() {
+    if (owner) ++g_factories_destroyed;
+  }
+  std::shared_ptr<Counted> operator()(const Kwargs&, bool) const {
+    return std::make_shared<Counted>();
+  }
+  bool owner = true;
+};
+
+TEST(ContainerLifetime, MovesAndFinalizersRunOnce) {
+  g_modules_built = 0;
+  g_modules_destroyed = 0;
+  g_factories_destroyed = 0;
+  TempDir tmp;
+  constexpr const char* kCounted = "tests.cpp.Counted";
+  constexpr const char* kSgd = "torch.optim.SGD";
+  constexpr const char* kSgdKwargs = R"({"lr": 0.1})";
+  std::shared_ptr<Counted> held;
+  {
+    std::optional<Registry> registry;
+    {
+      Registry original;
+      original.register_module<Counted>(kCounted, CountingFactory());
+      registry.emplace(std::move(original));
+      EXPECT_EQ(original.capi(), nullptr);
+      EXPECT_PTS_ERROR(original.contains(kCounted), PTS_ERROR_NULL_ARGUMENT);
+      EXPECT_PTS_ERROR(Container{original}, PTS_ERROR_NULL_ARGUMENT);
+      // Ownership passes even when registering fails: finalized at once.
+      EXPECT_PTS_ERROR(original.register_module<Counted>(kCounted, CountingFactory()),
+                       PTS_ERROR_NULL_ARGUMENT);
+      EXPECT_EQ(g_factories_destroyed, 1);
+      EXPECT_PTS_ERROR(registry->register_module<Counted>(kCounted, CountingFactory()),
+                       PTS_ERROR_DUPLICATE_NAME);
+      EXPECT_EQ(g_factories_destroyed, 2);
+    }  // the moved-from registry destructs safely
+    EXPECT_TRUE(registry->contains(kCounted));
+
+    Container a(*registry);
+    a.initialize(kCounted, "{}", kSgd, kSgdKwargs);
+    Container b(*registry);
+    b.initialize(kCounted, "{}", kSgd, kSgdKwargs);
+    b.initialize(kCounted, "{}", kSgd, kSgdKwargs);  // drops b's first module
+    EXPECT_EQ(g_modules_built, 3);
+    EXPECT_EQ(g_modules_destroyed, 1);
+    auto loaded = Container::load(a.save(tmp.str(), "a"), *registry);
+    EXPECT_EQ(g_modules_built, 4);
+
+    Container c(std::move(a));
+    EXPECT_EQ(a.capi(), nullptr);
+    EXPECT_PTS_ERROR(a.step(), PTS_ERROR_NULL_ARGUMENT);
+    EXPECT_PTS_ERROR(a.module<Counted>(), PTS_ERROR_NULL_ARGUMENT);
+    EXPECT_PTS_ERROR(a.forward(torch::ones({2})), PTS_ERROR_NULL_ARGUMENT);
+    b = std::move(c);  // drops b's second module
+    EXPECT_EQ(c.capi(), nullptr);
+    EXPECT_EQ(g_modules_destroyed, 2);
+    EXPECT_TRUE(torch::equal(b.forward(torch::ones({2})), torch::ones({2})));
+    held = loaded.container.module<Counted>();
+
+    Checkpoint opened = Checkpoint::open(only_zip_in(tmp.str()));
+    Checkpoint moved = std::move(opened);
+    EXPECT_EQ(opened.capi(), nullptr);
+    EXPECT_PTS_ERROR(opened.tensor_names(Member::Model), PTS_ERROR_NULL_ARGUMENT);
+    EXPECT_EQ(moved.tensor_names(Member::Model), std::vector<std::string>{"weight"});
+
+    // The factory outlives its registry while containers use it.
+    registry.reset();
+    EXPECT_EQ(g_factories_destroyed, 2);
+  }
+  EXPECT_EQ(g_factories_destroyed, 3);
+  EXPECT_EQ(g_modules_built, 4);
+  EXPECT_EQ(g_modules_destroyed, 3);  // `held` keeps the loaded one alive
+  held.reset();
+  EXPECT_EQ(g_modules_destroyed, 4);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 4 && std::string(argv[1]) == "--resume-child") {
+    return resume_child(argv[2], argv[3]);
+  }
+  // One thread: reductions in the same order in every process.
+  torch::set_num_threads(1);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
