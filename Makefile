@@ -113,6 +113,7 @@ lint: venv deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) clippy --release --no-default-features --all-targets -- -D warnings
+	$(CARGO) clippy --release --features fault-injection --lib -- -D warnings
 	$(VENV)/bin/ruff check tests benches
 	$(VENV)/bin/ruff format --check tests benches
 	clang-format --dry-run -Werror $(C_SOURCES)
