@@ -96,29 +96,60 @@ fn training_checkpoint(
     scheduler: (&str, Value),
     step_scheduler: bool,
 ) -> (PathBuf, Map<String, Value>) {
+    let model = (
+        models::MLP,
+        json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2}),
+    );
+    matrix_checkpoint(out, seed, model, Some(optimizer), Some(scheduler), step_scheduler)
+}
+
+/// A checkpoint of `model` (4 inputs, 3 outputs), with an optimizer and
+/// scheduler when given, trained 10 steps, and its sidecar extras: the
+/// `forward` of a fixed input, and with an optimizer the `resume` of
+/// [`training_checkpoint`].
+fn matrix_checkpoint(
+    out: &Path,
+    seed: i64,
+    model: (&str, Value),
+    optimizer: Option<(&str, Value)>,
+    scheduler: Option<(&str, Value)>,
+    step_scheduler: bool,
+) -> (PathBuf, Map<String, Value>) {
     let (before, after) = (10, 5);
     tch::manual_seed(seed);
+    let mut spec = Spec::model(model.0, kwargs(model.1));
+    if let Some((class, kw)) = optimizer {
+        spec = spec.optimizer(class, kwargs(kw));
+    }
+    if let Some((class, kw)) = scheduler {
+        spec = spec.scheduler(class, kwargs(kw));
+    }
     let mut c = ModelContainer::new();
-    c.initialize(
-        Spec::model(
-            models::MLP,
-            kwargs(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2})),
-        )
-        .optimizer(optimizer.0, kwargs(optimizer.1))
-        .scheduler(scheduler.0, kwargs(scheduler.1)),
-    )
-    .expect("initialize");
+    c.initialize(spec).expect("initialize");
     let x = Tensor::randn([6, 4], (Kind::Float, Device::Cpu));
     let y = Tensor::randn([6, 3], (Kind::Float, Device::Cpu));
-    train(&mut c, &x, &y, before, step_scheduler);
+    let trains = c.optimizer().is_some();
+    if trains {
+        train(&mut c, &x, &y, before, step_scheduler);
+    }
     let path = c
         .save(
             out,
             "golden",
-            &UserMetadata::new().with("step", before).expect("metadata"),
+            &UserMetadata::new()
+                .with("step", if trains { before } else { 0 })
+                .expect("metadata"),
         )
         .expect("save");
 
+    let probe = Tensor::linspace(-1.0, 1.0, 8, (Kind::Float, Device::Cpu)).reshape([2, 4]);
+    let output = c.model().and_then(|m| m.forward(&probe)).expect("forward");
+    let mut extra = kwargs(json!({
+        "forward": {"input": f32s(&probe), "input_shape": [2, 4], "output": f32s(&output)}
+    }));
+    if !trains {
+        return (path, extra);
+    }
     let mut resumed = ModelContainer::new();
     resumed.load(&path).expect("load what was just written");
     train(&mut resumed, &x, &y, after, true);
@@ -136,7 +167,8 @@ fn training_checkpoint(
         "params_after": params,
         "lrs_after": resumed.lrs().expect("lrs"),
     });
-    (path, kwargs(json!({ "resume": resume })))
+    extra.insert("resume".into(), resume);
+    (path, extra)
 }
 
 fn main() {
@@ -254,4 +286,49 @@ fn main() {
             false,
         )
     });
+
+    // The cross-language matrix (tests/golden/README.md): each model with
+    // no optimizer, SGD + StepLR, Adam + CosineAnnealingWarmRestarts and
+    // AdamW + OneCycleLR; tests/golden/generate_python.py writes the same
+    // matrix from Python.
+    for (model_name, model) in [
+        (
+            "mlp",
+            (
+                models::MLP,
+                json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2}),
+            ),
+        ),
+        ("linear", (models::LINEAR, json!({"in_features": 4, "out_features": 3}))),
+    ] {
+        for (i, (combo, optimizer, scheduler)) in matrix_combos().into_iter().enumerate() {
+            keep_or_write(&dir, &format!("rust_matrix_{model_name}_{combo}.zip"), |out| {
+                matrix_checkpoint(out, 10 + i as i64, model.clone(), optimizer, scheduler, true)
+            });
+        }
+    }
+}
+
+type Part = Option<(&'static str, Value)>;
+
+/// The optimizer + scheduler pairs of the golden matrix.
+fn matrix_combos() -> Vec<(&'static str, Part, Part)> {
+    vec![
+        ("none", None, None),
+        (
+            "sgd_steplr",
+            Some((optim::SGD, json!({"lr": 0.05, "momentum": 0.9}))),
+            Some((sched::STEP_LR, json!({"step_size": 3, "gamma": 0.5}))),
+        ),
+        (
+            "adam_warm_restarts",
+            Some((optim::ADAM, json!({"lr": 0.01}))),
+            Some((sched::COSINE_ANNEALING_WARM_RESTARTS, json!({"T_0": 4, "T_mult": 2}))),
+        ),
+        (
+            "adamw_onecycle",
+            Some((optim::ADAMW, json!({"lr": 0.01, "weight_decay": 0.01}))),
+            Some((sched::ONE_CYCLE_LR, json!({"max_lr": 0.02, "total_steps": 40}))),
+        ),
+    ]
 }
