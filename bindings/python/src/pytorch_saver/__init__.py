@@ -1,0 +1,57 @@
+"""pytorch_saver: checkpoints of PyTorch training state (model, optimizer, LR
+scheduler, with their class names and constructor kwargs) in one format that
+Python, Rust, C, C++ and Go read and write (format v1, docs/FORMAT.md).
+
+Example (``Model`` is your ``nn.Module`` subclass)::
+
+    from pytorch_saver import ModelContainer
+    container = ModelContainer()
+    # scheduler class and kwargs optional
+    objs = container.initialize(Model, model_kwargs, torch.optim.Adam, optim_kwargs)
+    path = container.save("./", "tutorial", loss=0.55, epoch=5)   # ./tutorial_checkpoint_<ts>.zip
+    path = container.save_inference("./", "tutorial")
+    metadata, objs = ModelContainer().load(path)  # README form: no classes
+    # classes given
+    metadata, objs = ModelContainer().load(path, Model, torch.optim.Adam, Scheduler)
+
+Loading never executes code from a file: class names resolve only to
+registered classes (:func:`register`), torch's own classes, the built-in
+:class:`pytorch_saver.models.MLP`, classes of modules already imported, and
+modules the caller allows (``load(path, allow=["mypkg.models"])``).
+:func:`upgrade` converts files of the original package (0.1.x).
+"""
+
+from ._container import VERSION as __version__
+from ._container import ModelContainer, ModelObjects, upgrade
+from ._errors import (
+    ClassResolutionError,
+    FormatError,
+    InitializationError,
+    MetadataError,
+    PytorchSaverError,
+    StateMismatchError,
+    UnsafePickleError,
+    UnsupportedVersionError,
+)
+from ._format import FORMAT_VERSION, Checkpoint, read_checkpoint
+from ._resolve import class_name, register
+
+__all__ = [
+    "Checkpoint",
+    "ClassResolutionError",
+    "FORMAT_VERSION",
+    "FormatError",
+    "InitializationError",
+    "MetadataError",
+    "ModelContainer",
+    "ModelObjects",
+    "PytorchSaverError",
+    "StateMismatchError",
+    "UnsafePickleError",
+    "UnsupportedVersionError",
+    "__version__",
+    "class_name",
+    "read_checkpoint",
+    "register",
+    "upgrade",
+]

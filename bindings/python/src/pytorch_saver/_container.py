@@ -1,0 +1,510 @@
+"""``ModelContainer``: build a model, optimizer and LR scheduler from classes
+and kwargs, save them to a format-v1 checkpoint, and rebuild them from one
+(DESIGN.md section 1; docs/FORMAT.md).
+
+Loading is all-or-nothing: every class is resolved and checked, every object
+built and every piece of saved state checked against it before any state is
+loaded, and the container adopts the new objects only when all of that
+succeeded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple, TypeVar, cast
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from ._errors import (
+    ClassResolutionError,
+    FormatError,
+    InitializationError,
+    MetadataError,
+    StateMismatchError,
+)
+from ._format import FORMAT_VERSION, INTERNALS_KEY, RESERVED_KEYS, read_checkpoint, write_checkpoint
+from ._legacy import is_legacy, read_legacy
+from ._resolve import Kind, check_kind, class_name, resolve
+from ._state import (
+    build_params,
+    check_positional_state,
+    kwargs_from_json,
+    kwargs_to_json,
+    optimizer_layout,
+    optimizer_state_dict,
+    scheduler_state_from_json,
+    scheduler_state_to_json,
+)
+
+__all__ = ["VERSION", "ModelContainer", "ModelObjects", "Scheduler", "upgrade"]
+
+VERSION: Final = "0.1.0"
+"""The package version, recorded as the producer's version in every file."""
+
+Scheduler = LRScheduler | ReduceLROnPlateau
+"""What the container accepts as an LR scheduler."""
+
+StrPath = str | os.PathLike[str]
+
+_T = TypeVar("_T")
+
+_SCHEDULER_WITHOUT_OPTIMIZER: Final = (
+    "a scheduler needs an optimizer: scheduler_class given without optim_class"
+)
+
+_PRODUCER: Final = {
+    "library": "pytorch-saver",
+    "version": VERSION,
+    "language": "python",
+    "torch_version": torch.__version__,
+}
+
+
+class ModelObjects(NamedTuple):
+    """The objects a container built: the model and, if any, the optimizer and
+    the LR scheduler."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Scheduler | None = None
+
+
+@dataclass
+class _Built:
+    """Objects built but not yet adopted by a container, with their kwargs."""
+
+    model: nn.Module
+    model_kwargs: dict[str, Any]
+    optimizer: torch.optim.Optimizer | None = None
+    optim_kwargs: dict[str, Any] | None = None
+    scheduler: Scheduler | None = None
+    scheduler_kwargs: dict[str, Any] | None = None
+
+
+def _kwargs(kwargs: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise TypeError(f"{what} must be a mapping with str keys, not {kwargs!r}")
+    return dict(kwargs)
+
+
+def _construct(
+    factory: Callable[..., _T], label: str, what: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> _T:
+    try:
+        return factory(*args, **kwargs)
+    except Exception as exc:
+        raise InitializationError(
+            f"building the {what} {label}(...) with {what}_kwargs {kwargs!r} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _label(cls: object) -> str:
+    return class_name(cls) if isinstance(cls, type) else repr(cls)
+
+
+def _build(
+    model_class: object,
+    model_kwargs: Mapping[str, Any] | None,
+    optim_class: Callable[..., torch.optim.Optimizer] | None,
+    optim_kwargs: Mapping[str, Any] | None,
+    scheduler_class: Callable[..., Scheduler] | None,
+    scheduler_kwargs: Mapping[str, Any] | None,
+    device: torch.device | str | None = None,
+) -> _Built:
+    """Build the objects; the model class is checked before it is called.
+
+    Optimizer and scheduler classes given by the caller are called as given
+    (the caller chose them) and what they return is checked; the container's
+    load checks classes resolved from a file's names before this is called.
+    """
+    if model_class is None:
+        raise TypeError("model_class is required: the nn.Module subclass to build")
+    if not isinstance(model_class, type):
+        raise TypeError(f"model_class must be a class, not {model_class!r}")
+    model_type = cast("type[nn.Module]", check_kind(model_class, "model", _label(model_class)))
+    if scheduler_class is not None and optim_class is None:
+        raise ValueError(_SCHEDULER_WITHOUT_OPTIMIZER)
+    m_kwargs = _kwargs(model_kwargs, "model_kwargs")
+    model = _construct(model_type, _label(model_type), "model", (), m_kwargs)
+    if device is not None:
+        # Before the optimizer exists, so that its state lands on the
+        # parameters' device when it is loaded.
+        model = model.to(device)
+    built = _Built(model=model, model_kwargs=m_kwargs)
+    if optim_class is None:
+        return built
+    o_kwargs = _kwargs(optim_kwargs, "optim_kwargs")
+    params, rest = build_params(model, o_kwargs)
+    optimizer = _construct(optim_class, _label(optim_class), "optim", (params,), rest)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ClassResolutionError(
+            f"{_label(optim_class)} built a {type(optimizer).__name__}, not a torch.optim.Optimizer"
+        )
+    built.optimizer, built.optim_kwargs = optimizer, o_kwargs
+    if scheduler_class is None:
+        return built
+    s_kwargs = _kwargs(scheduler_kwargs, "scheduler_kwargs")
+    scheduler = _construct(
+        scheduler_class, _label(scheduler_class), "scheduler", (optimizer,), s_kwargs
+    )
+    if not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
+        raise ClassResolutionError(
+            f"{_label(scheduler_class)} built a {type(scheduler).__name__}, not an LR scheduler"
+        )
+    built.scheduler, built.scheduler_kwargs = scheduler, s_kwargs
+    return built
+
+
+def _model_state_checked(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
+    """:class:`StateMismatchError` unless ``saved`` has exactly the keys and
+    shapes of ``model.state_dict()``."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    if missing or unexpected:
+        raise StateMismatchError(
+            f"the saved model state does not fit {type(model).__name__}: "
+            f"missing {missing}, unexpected {unexpected}"
+        )
+    for key, tensor in expected.items():
+        if saved[key].shape != tensor.shape:
+            raise StateMismatchError(
+                f"model tensor {key!r} is saved with shape {list(saved[key].shape)}, "
+                f"the model has {list(tensor.shape)}"
+            )
+
+
+def _load_into(obj: Any, state: Any, what: str) -> None:
+    """``obj.load_state_dict(state)``, whose failures are state mismatches."""
+    try:
+        obj.load_state_dict(state)
+    except Exception as exc:
+        raise StateMismatchError(
+            f"loading the saved {what} state failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _pick_class(
+    given: object,
+    section: Mapping[str, Any] | None,
+    kind: Kind,
+    by_name: bool,
+    path: str,
+    allow: Iterable[str],
+) -> Any:
+    """The class to build for ``kind``: by name from the file when no class
+    was given at all, else exactly the given one (or none)."""
+    if by_name:
+        return None if section is None else resolve(section["class"], kind, allow=allow)
+    if given is not None and section is None:
+        raise StateMismatchError(
+            f"{path} holds no {kind} state to load into the given {_label(given)}; "
+            f"load it without a {kind} class"
+        )
+    return given
+
+
+class ModelContainer:
+    """Builds, saves and loads a model with its optimizer and LR scheduler.
+
+    The objects it holds are ``model``, ``optim`` and ``scheduler`` (``None``
+    until built). Example::
+
+        container = ModelContainer()
+        objs = container.initialize(Model, {"in_dim": 4}, torch.optim.Adam, {"lr": 1e-3})
+        path = container.save("./", "tutorial", loss=0.55, epoch=5)
+        metadata, objs = ModelContainer().load(path)
+    """
+
+    def __init__(self) -> None:
+        self.model: nn.Module | None = None
+        self.optim: torch.optim.Optimizer | None = None
+        self.scheduler: Scheduler | None = None
+        self._model_kwargs: dict[str, Any] = {}
+        self._optim_kwargs: dict[str, Any] | None = None
+        self._scheduler_kwargs: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        parts = [
+            "None" if obj is None else class_name(type(obj))
+            for obj in (self.model, self.optim, self.scheduler)
+        ]
+        return f"ModelContainer(model={parts[0]}, optim={parts[1]}, scheduler={parts[2]})"
+
+    def _adopt(self, built: _Built) -> ModelObjects:
+        self.model, self._model_kwargs = built.model, built.model_kwargs
+        self.optim, self._optim_kwargs = built.optimizer, built.optim_kwargs
+        self.scheduler, self._scheduler_kwargs = built.scheduler, built.scheduler_kwargs
+        return ModelObjects(self.model, self.optim, self.scheduler)
+
+    def initialize(
+        self,
+        model_class: type[nn.Module],
+        model_kwargs: Mapping[str, Any] | None,
+        optim_class: Callable[..., torch.optim.Optimizer] | None = None,
+        optim_kwargs: Mapping[str, Any] | None = None,
+        scheduler_class: Callable[..., Scheduler] | None = None,
+        scheduler_kwargs: Mapping[str, Any] | None = None,
+    ) -> ModelObjects:
+        """Build ``model_class(**model_kwargs)``, then, if given,
+        ``optim_class(model.parameters(), **optim_kwargs)`` and
+        ``scheduler_class(optimizer, **scheduler_kwargs)``, and hold them.
+
+        ``optim_kwargs`` may describe several parameter groups with
+        ``param_groups=[{"params": ["fc1.weight", ...], "lr": ...}, ...]``,
+        naming every parameter of the model exactly once.
+
+        Raises ``TypeError`` without a model class, ``ValueError`` for a
+        scheduler without an optimizer, :class:`ClassResolutionError` for a
+        model class that is not an ``nn.Module``, and
+        :class:`InitializationError` (the constructor's exception as
+        ``__cause__``) when a constructor fails. On error the container keeps
+        what it held.
+        """
+        built = _build(
+            model_class, model_kwargs, optim_class, optim_kwargs, scheduler_class, scheduler_kwargs
+        )
+        return self._adopt(built)
+
+    def save(self, folder_path: StrPath, prefix: str | None = None, **kwargs: Any) -> str:
+        """Save the model, optimizer and scheduler to
+        ``{folder_path}/{prefix}_checkpoint_{unix seconds}.zip`` and return the
+        path. Extra keyword arguments are stored as metadata; they must be JSON
+        (no NaN or infinity) and not use a reserved key (``model_kwargs``,
+        ``optim_kwargs``, ``scheduler_kwargs``, ``timestamp``,
+        ``__pytorch_saver__``), else :class:`MetadataError` and nothing is
+        written. An existing file is never replaced. ``RuntimeError`` if
+        nothing was initialized or loaded."""
+        return self._save("checkpoint", folder_path, prefix, kwargs)
+
+    def save_inference(self, folder_path: StrPath, prefix: str | None = None, **kwargs: Any) -> str:
+        """Save the model alone to ``{folder_path}/{prefix}_inference_{ts}.zip``
+        and return the path; metadata as for :meth:`save`."""
+        return self._save("inference", folder_path, prefix, kwargs)
+
+    def _save(
+        self,
+        kind: str,
+        folder_path: StrPath,
+        prefix: str | None,
+        user_metadata: Mapping[str, Any],
+        timestamp: int | None = None,
+    ) -> str:
+        if self.model is None:
+            raise RuntimeError(
+                "Model must be initialized or loaded before saving: call initialize() or load()"
+            )
+        reserved = sorted(set(user_metadata) & RESERVED_KEYS)
+        if reserved:
+            raise MetadataError(
+                f"metadata keys {reserved} are reserved by the format; use other names"
+            )
+        user = kwargs_to_json(user_metadata, "metadata")
+        metadata: dict[str, Any] = {
+            "model_kwargs": kwargs_to_json(self._model_kwargs, "model_kwargs")
+        }
+        internals: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "model": {"class": class_name(type(self.model))},
+        }
+        optimizer_tensors: dict[str, torch.Tensor] | None = None
+        if kind == "checkpoint" and self.optim is not None:
+            metadata["optim_kwargs"] = kwargs_to_json(self._optim_kwargs or {}, "optim_kwargs")
+            internals["optimizer"], optimizer_tensors = optimizer_layout(
+                self.optim, self.model, class_name(type(self.optim))
+            )
+            if self.scheduler is not None:
+                metadata["scheduler_kwargs"] = kwargs_to_json(
+                    self._scheduler_kwargs or {}, "scheduler_kwargs"
+                )
+                internals["scheduler"] = {
+                    "class": class_name(type(self.scheduler)),
+                    "state": scheduler_state_to_json(self.scheduler.state_dict()),
+                }
+        metadata["timestamp"] = int(time.time()) if timestamp is None else timestamp
+        metadata.update(user)
+        internals["producer"] = dict(_PRODUCER)
+        metadata[INTERNALS_KEY] = internals
+        return write_checkpoint(
+            os.fspath(folder_path), prefix, metadata, self.model.state_dict(), optimizer_tensors
+        )
+
+    def load(
+        self,
+        file_path: StrPath,
+        model_class: type[nn.Module] | None = None,
+        optim_class: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler_class: Callable[..., Scheduler] | None = None,
+        *,
+        allow: Iterable[str] = (),
+        device: torch.device | str | None = None,
+    ) -> tuple[dict[str, Any], ModelObjects]:
+        """Rebuild the objects saved in ``file_path`` and load their state.
+
+        With no class given, the model, optimizer and scheduler the file holds
+        are all rebuilt, their classes resolved by the names the file records
+        (see the README: registered classes, torch built-ins, the built-in MLP,
+        classes of modules already imported, and the modules in ``allow``,
+        which may be imported). With classes given, exactly those are built:
+        the model (resolved by name if ``model_class`` is None), and the
+        optimizer and scheduler only if their classes are given.
+
+        ``device`` moves the model there before the optimizer is built, so
+        that the model and the optimizer state live on it (files always hold
+        CPU tensors). The optimizer state is matched to parameters by name.
+        Returns the
+        flat metadata (``model_kwargs``, ``optim_kwargs``,
+        ``scheduler_kwargs``, ``timestamp`` and the user's keys) and the
+        objects. Raises :class:`FormatError`, :class:`ClassResolutionError`,
+        :class:`InitializationError` or :class:`StateMismatchError`; on any
+        error the container keeps what it held.
+
+        A file of the original package (0.1.x) loads too when the classes are
+        given; its state is matched by position.
+        """
+        if scheduler_class is not None and optim_class is None:
+            raise ValueError(_SCHEDULER_WITHOUT_OPTIMIZER)
+        path = os.fspath(file_path)
+        try:
+            checkpoint = read_checkpoint(path)
+        except FormatError:
+            if not is_legacy(path):
+                raise
+            return self._load_legacy(
+                path, model_class, optim_class, scheduler_class, complete=False, device=device
+            )
+        internals: dict[str, Any] = checkpoint.metadata[INTERNALS_KEY]
+        metadata = {k: v for k, v in checkpoint.metadata.items() if k != INTERNALS_KEY}
+        by_name = model_class is None and optim_class is None and scheduler_class is None
+        model_cls = model_class
+        if model_cls is None:
+            model_cls = resolve(internals["model"]["class"], "model", allow=allow)
+        optim_cls = _pick_class(
+            optim_class, internals.get("optimizer"), "optimizer", by_name, path, allow
+        )
+        scheduler_cls = _pick_class(
+            scheduler_class, internals.get("scheduler"), "scheduler", by_name, path, allow
+        )
+        built = _build(
+            model_cls,
+            metadata.get("model_kwargs"),
+            optim_cls,
+            kwargs_from_json(metadata.get("optim_kwargs") or {}),
+            scheduler_cls,
+            kwargs_from_json(metadata.get("scheduler_kwargs") or {}),
+            device,
+        )
+        # Check every part before loading any: the scheduler was built first
+        # (its constructor sets the optimizer's lr, which the loaded
+        # param_groups then overwrite), then the optimizer and the scheduler
+        # state are loaded, as PyTorch's documentation prescribes.
+        _model_state_checked(built.model, checkpoint.model)
+        optimizer_state = None
+        if built.optimizer is not None:
+            optimizer_state = optimizer_state_dict(
+                built.optimizer, built.model, internals["optimizer"], checkpoint.optimizer
+            )
+        scheduler_state = None
+        if built.scheduler is not None:
+            scheduler_state = scheduler_state_from_json(internals["scheduler"]["state"])
+        _load_into(built.model, checkpoint.model, "model")
+        if optimizer_state is not None:
+            _load_into(built.optimizer, optimizer_state, "optimizer")
+        if scheduler_state is not None:
+            _load_into(built.scheduler, scheduler_state, "scheduler")
+        return metadata, self._adopt(built)
+
+    def _load_legacy(
+        self,
+        path: str,
+        model_class: type[nn.Module] | None,
+        optim_class: Callable[..., torch.optim.Optimizer] | None,
+        scheduler_class: Callable[..., Scheduler] | None,
+        *,
+        complete: bool,
+        device: torch.device | str | None = None,
+    ) -> tuple[dict[str, Any], ModelObjects]:
+        """Load a file of the original package, whose state PyTorch matched by
+        position. ``complete``: refuse to leave any of its state behind."""
+        if model_class is None:
+            raise ClassResolutionError(
+                f"{path} is a file of the original pytorch-saver (0.1), which records no class "
+                "names: pass the classes to load(), or convert it with "
+                "`python -m pytorch_saver upgrade`"
+            )
+        legacy = read_legacy(path)
+        metadata = dict(legacy.metadata)
+        for what, given, saved in (
+            ("optimizer", optim_class, legacy.optim_state_dict),
+            ("scheduler", scheduler_class, legacy.scheduler_state_dict),
+        ):
+            if given is not None and saved is None:
+                raise StateMismatchError(
+                    f"{path} holds no {what} state to load into the given {_label(given)}"
+                )
+            if complete and given is None and saved is not None:
+                raise StateMismatchError(
+                    f"{path} holds {what} state: give the {what} class to convert it too"
+                )
+        built = _build(
+            model_class,
+            metadata.get("model_kwargs"),
+            optim_class,
+            kwargs_from_json(metadata.get("optim_kwargs") or {}),
+            scheduler_class,
+            kwargs_from_json(metadata.get("scheduler_kwargs") or {}),
+            device,
+        )
+        _model_state_checked(built.model, legacy.model_state_dict)
+        optimizer_state = None
+        if built.optimizer is not None:
+            optimizer_state = check_positional_state(
+                built.optimizer, built.model, legacy.optim_state_dict or {}
+            )
+        _load_into(built.model, legacy.model_state_dict, "model")
+        if optimizer_state is not None:
+            _load_into(built.optimizer, optimizer_state, "optimizer")
+        if built.scheduler is not None:
+            _load_into(built.scheduler, legacy.scheduler_state_dict, "scheduler")
+        return metadata, self._adopt(built)
+
+
+def upgrade(
+    old_path: StrPath,
+    directory: StrPath,
+    model_class: type[nn.Module],
+    optim_class: Callable[..., torch.optim.Optimizer] | None = None,
+    scheduler_class: Callable[..., Scheduler] | None = None,
+    *,
+    prefix: str | None = None,
+) -> str:
+    """Convert a file of the original package (0.1.x: a pickle inside a zip)
+    into a format-v1 file in ``directory``, and return its path.
+
+    The objects are built from the given classes and the file's kwargs, and
+    the old state dicts are loaded into them by position, as the original
+    package did. The old file's pickle is read with an unpickler that allows
+    only tensors and plain containers. The file must be loaded completely:
+    if it holds optimizer or scheduler state, their classes are required.
+    The new file keeps the old timestamp and user metadata; it is a
+    checkpoint if it holds an optimizer, an inference file otherwise.
+    """
+    container = ModelContainer()
+    metadata, _ = container._load_legacy(
+        os.fspath(old_path), model_class, optim_class, scheduler_class, complete=True
+    )
+    user = {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
+    timestamp = metadata.get("timestamp")
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool) or timestamp < 0:
+        timestamp = None
+    kind = "checkpoint" if container.optim is not None else "inference"
+    return container._save(kind, directory, prefix, user, timestamp)
