@@ -15,7 +15,12 @@ fn golden_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let mut files = Vec::new();
     for version in std::fs::read_dir(&root).unwrap() {
-        for f in std::fs::read_dir(version.unwrap().path()).unwrap() {
+        let version = version.unwrap().path();
+        // tests/golden/v1, v2, ...; the generator script and README sit beside them.
+        if !version.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(version).unwrap() {
             let p = f.unwrap().path();
             if p.extension().is_some_and(|e| e == "zip") {
                 files.push(p);
@@ -154,4 +159,69 @@ fn golden_training_checkpoints_resume_to_the_recorded_state() {
         checked += 1;
     }
     assert!(checked >= 2, "training golden files present");
+}
+
+/// Every golden file of a built-in model, whichever language wrote it,
+/// loads into a container (model, optimizer and scheduler rebuilt by name)
+/// whose model and optimizer state are the file's bytes exactly.
+#[test]
+fn every_builtin_golden_file_loads_into_a_container_with_its_bytes() {
+    let mut by_language = std::collections::BTreeMap::<String, usize>::new();
+    for path in golden_files() {
+        let want = expected(&path);
+        let internals = &want["metadata"]["__pytorch_saver__"];
+        let class = internals["model"]["class"].as_str().unwrap();
+        if !ModelContainer::new().registry().has_model(class) {
+            continue;
+        }
+        let label = path.display().to_string();
+        let mut c = ModelContainer::new();
+        c.load(&path).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let hex_of = |member: &str, name: &str| {
+            want["tensors"][member][name]["hex"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{label}: no {member} tensor {name}"))
+                .to_owned()
+        };
+        let model = c.model().unwrap().state_dict();
+        assert_eq!(
+            model.len(),
+            want["tensors"]["model.safetensors"].as_object().unwrap().len()
+        );
+        for (name, t) in &model {
+            assert_eq!(
+                hex(&common::bytes_of(t)),
+                hex_of("model.safetensors", name),
+                "{label}: {name}"
+            );
+        }
+        if let Some(opt) = c.optimizer() {
+            let state = opt.state_dict().unwrap();
+            let mut n = 0;
+            for (index, tensors) in &state.state {
+                for (key, t) in tensors {
+                    let name = format!("state.{index}.{key}");
+                    assert_eq!(
+                        hex(&common::bytes_of(t)),
+                        hex_of("optimizer.safetensors", &name),
+                        "{label}: {name}"
+                    );
+                    n += 1;
+                }
+            }
+            assert_eq!(
+                n,
+                want["tensors"]["optimizer.safetensors"].as_object().unwrap().len(),
+                "{label}"
+            );
+            assert_eq!(internals.get("scheduler").is_some(), c.scheduler().is_some(), "{label}");
+        }
+        let language = internals["producer"]["language"].as_str().unwrap().to_owned();
+        *by_language.entry(language).or_default() += 1;
+    }
+    assert!(by_language.get("rust").copied().unwrap_or(0) >= 8, "{by_language:?}");
+    assert!(
+        by_language.get("python").copied().unwrap_or(0) >= 8,
+        "Python-written files: {by_language:?}"
+    );
 }

@@ -1,0 +1,214 @@
+"""Writes the Python-side golden files of the current format version into
+tests/golden/v<N>/, each with a sidecar `<file>.json` holding what a reader
+must find in it (the same schema as examples/golden.rs writes for Rust).
+It only ever adds: a file that exists is kept as it is.
+
+    .venv/bin/python tests/golden/generate_python.py
+
+The matrix (tests/golden/README.md): the built-in MLP and torch.nn.Linear,
+each with no optimizer, SGD + StepLR, Adam + CosineAnnealingWarmRestarts
+and AdamW + OneCycleLR, trained 10 steps; plus every dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_saver import ModelContainer, read_checkpoint
+from pytorch_saver._format import FORMAT_VERSION, write_checkpoint
+from pytorch_saver.models import MLP
+
+GOLDEN = Path(__file__).resolve().parent / f"v{FORMAT_VERSION}"
+BEFORE, AFTER = 10, 5
+
+MODELS: dict[str, tuple[type[torch.nn.Module], dict[str, Any]]] = {
+    "mlp": (MLP, {"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2}),
+    "linear": (torch.nn.Linear, {"in_features": 4, "out_features": 3}),
+}
+
+COMBOS: dict[str, tuple[Any, dict[str, Any], Any, dict[str, Any]]] = {
+    "none": (None, {}, None, {}),
+    "sgd_steplr": (
+        torch.optim.SGD,
+        {"lr": 0.05, "momentum": 0.9},
+        torch.optim.lr_scheduler.StepLR,
+        {"step_size": 3, "gamma": 0.5},
+    ),
+    "adam_warm_restarts": (
+        torch.optim.Adam,
+        {"lr": 0.01},
+        torch.optim.lr_scheduler.CosineAnnealingWarmRestarts,
+        {"T_0": 4, "T_mult": 2},
+    ),
+    "adamw_onecycle": (
+        torch.optim.AdamW,
+        {"lr": 0.01, "weight_decay": 0.01},
+        torch.optim.lr_scheduler.OneCycleLR,
+        {"max_lr": 0.02, "total_steps": 40},
+    ),
+}
+
+
+def f32s(t: torch.Tensor) -> list[float]:
+    return [float(v) for v in t.detach().to(torch.float32).reshape(-1).tolist()]
+
+
+def sidecar(path: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The file's whole metadata and every tensor's dtype, shape and bytes."""
+    ckpt = read_checkpoint(path)
+    members: dict[str, Any] = {}
+    has_optimizer = "optimizer" in ckpt.metadata["__pytorch_saver__"]
+    for member, tensors in (
+        ("model.safetensors", ckpt.model),
+        ("optimizer.safetensors", ckpt.optimizer),
+    ):
+        if member == "optimizer.safetensors" and not has_optimizer:
+            continue
+        members[member] = {
+            name: {
+                "dtype": DTYPE_NAMES[t.dtype],
+                "shape": list(t.shape),
+                "hex": t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes().hex(),
+            }
+            for name, t in tensors.items()
+        }
+    return {"metadata": ckpt.metadata, "tensors": members, **extra}
+
+
+DTYPE_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def keep_or_write(name: str, write: Any) -> None:
+    target = GOLDEN / name
+    if target.exists():
+        print(f"kept    {target}")
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        written, extra = write(scratch)
+        expected = sidecar(written, extra)
+        shutil.copyfile(written, target)
+    (GOLDEN / f"{name}.json").write_text(json.dumps(expected, indent=2, ensure_ascii=False) + "\n")
+    print(f"added   {target}")
+
+
+def train(objs: Any, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
+    """The loop of tests/golden.rs: MSE on one batch, optimizer step,
+    scheduler step."""
+    for _ in range(steps):
+        objs.optimizer.zero_grad()
+        loss = (objs.model(x) - y).square().mean()
+        loss.backward()
+        objs.optimizer.step()
+        if objs.scheduler is not None:
+            objs.scheduler.step()
+
+
+def matrix_checkpoint(
+    scratch: str, seed: int, model: str, combo: str
+) -> tuple[str, dict[str, Any]]:
+    model_class, model_kwargs = MODELS[model]
+    optim_class, optim_kwargs, sched_class, sched_kwargs = COMBOS[combo]
+    torch.manual_seed(seed)
+    container = ModelContainer()
+    objs = container.initialize(
+        model_class,
+        model_kwargs,
+        optim_class,
+        optim_kwargs or None,
+        sched_class,
+        sched_kwargs or None,
+    )
+    x, y = torch.randn(6, 4), torch.randn(6, 3)
+    trains = objs.optimizer is not None
+    if trains:
+        train(objs, x, y, BEFORE)
+    path = container.save(scratch, "golden", step=BEFORE if trains else 0)
+
+    probe = torch.linspace(-1.0, 1.0, 8).reshape(2, 4)
+    with torch.no_grad():
+        output = objs.model.eval()(probe)
+    extra: dict[str, Any] = {
+        "forward": {"input": f32s(probe), "input_shape": [2, 4], "output": f32s(output)}
+    }
+    if not trains:
+        return path, extra
+    _, resumed = ModelContainer().load(path)
+    train(resumed, x, y, AFTER)
+    extra["resume"] = {
+        "input": f32s(x),
+        "input_shape": [6, 4],
+        "target": f32s(y),
+        "target_shape": [6, 3],
+        "steps": AFTER,
+        "params_after": {n: f32s(t) for n, t in resumed.model.state_dict().items()},
+        "lrs_after": [g["lr"] for g in resumed.optimizer.param_groups],
+    }
+    return path, extra
+
+
+def all_dtypes(scratch: str) -> tuple[str, dict[str, Any]]:
+    """Every v1 dtype as matrix, rank-0 and empty tensors, written through
+    the format layer directly (class tests.AllDtypes, as Rust's file)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for i, dtype in enumerate(DTYPE_NAMES):
+        size = torch.empty((), dtype=dtype).element_size()
+        for kind, shape, n in (("matrix", [2, 3], 6), ("scalar", [], 1), ("empty", [0, 4], 0)):
+            if dtype == torch.bool:
+                raw = bytes(j % 2 for j in range(n))
+            else:
+                raw = bytes((j * 41 + i * 13) % 256 for j in range(n * size))
+            flat = torch.tensor(list(raw), dtype=torch.uint8)
+            name = f"{DTYPE_NAMES[dtype].lower()}.{kind}"
+            tensors[name] = flat.view(dtype).reshape(shape).clone()
+    metadata = {
+        "model_kwargs": {},
+        "timestamp": 1_796_000_000,
+        "description": "every v1 dtype as matrix, rank-0 and empty tensors, written by Python",
+        "__pytorch_saver__": {
+            "format_version": FORMAT_VERSION,
+            "kind": "inference",
+            "model": {"class": "tests.AllDtypes"},
+            "producer": {
+                "library": "pytorch-saver",
+                "version": "0.1.0",
+                "language": "python",
+                "torch_version": torch.__version__,
+            },
+        },
+    }
+    return write_checkpoint(scratch, "golden", metadata, tensors, None), {}
+
+
+def main() -> None:
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    keep_or_write("python_all_dtypes_inference.zip", all_dtypes)
+    for m, model in enumerate(MODELS):
+        for c, combo in enumerate(COMBOS):
+            keep_or_write(
+                f"python_matrix_{model}_{combo}.zip",
+                lambda scratch, m=m, c=c, model=model, combo=combo: matrix_checkpoint(
+                    scratch, 100 + 10 * m + c, model, combo
+                ),
+            )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
