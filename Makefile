@@ -21,7 +21,7 @@ SDK := $(CURDIR)/target/sdk
 PREFIX ?= $(SDK)
 C_SOURCES = $(wildcard tests/c/*.c examples/c/*.c examples/cpp/*.cpp bindings/cpp/*.hpp bindings/cpp/tests/*.cpp)
 
-.PHONY: all demo test lint rust-test c-test cpp-test bench fuzz venv deps build clean lib install header
+.PHONY: all demo test lint rust-test python-package python-test c-test cpp-test bench fuzz venv deps build clean lib install header
 
 all: test
 
@@ -114,14 +114,23 @@ lint: venv deps
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) clippy --release --no-default-features --all-targets -- -D warnings
 	$(CARGO) clippy --release --features fault-injection --lib -- -D warnings
-	$(VENV)/bin/ruff check tests benches
-	$(VENV)/bin/ruff format --check tests benches
+	$(VENV)/bin/ruff check tests benches bindings/python
+	$(VENV)/bin/ruff format --check tests benches bindings/python
+	cd bindings/python && ../../$(VENV)/bin/mypy
 	clang-format --dry-run -Werror $(C_SOURCES)
 
-rust-test: venv deps
+rust-test: venv deps python-package
 	$(CARGO) test --release
 
-test: lint rust-test c-test cpp-test
+# The pure-Python package, installed into the venv as a user would
+# (`pip install ./bindings/python`; torch and safetensors are already there).
+python-package: venv
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation ./bindings/python
+
+python-test: python-package
+	cd bindings/python && ../../$(PY) -m pytest -q tests
+
+test: lint rust-test python-test c-test cpp-test
 
 bench: build
 	$(CARGO) bench --bench save_load
