@@ -9,30 +9,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use common::{batch_data as data, train_batches as train};
 use pytorch_saver::{models, optim::ADAM, sched, ModelContainer, Spec, UserMetadata};
 use serde_json::{json, Map, Value};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 const HALF: usize = 20;
 
 fn kw(v: Value) -> Map<String, Value> {
     v.as_object().expect("an object").clone()
-}
-
-/// The training data: 8 batches of 8 rows, as tests/training.rs.
-fn data() -> (Tensor, Tensor) {
-    tch::manual_seed(7);
-    let x = Tensor::randn([64, 4], (Kind::Float, tch::Device::Cpu));
-    let y = Tensor::randn([64, 3], (Kind::Float, tch::Device::Cpu));
-    (x, y)
-}
-
-/// Steps `start..start + steps` of tests/python/package_resume.py's loop.
-fn train(c: &mut ModelContainer, (x, y): &(Tensor, Tensor), start: usize, steps: usize) {
-    for step in start..start + steps {
-        let b = (step % 8) as i64;
-        common::mse_step(c, &x.narrow(0, b * 8, 8), &y.narrow(0, b * 8, 8));
-    }
 }
 
 /// Parameters and optimizer state tensors by name, the learning rates and

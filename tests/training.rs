@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{batch_data as data, train_batches as train};
 use pytorch_saver::format::{self, BytesTensor, Checkpoint, MemberName, TensorMember, TensorSource, WriteOptions};
 use pytorch_saver::optim::{ADAGRAD, ADAM, ADAMW, RMSPROP, SGD};
 use pytorch_saver::sched;
 use pytorch_saver::{models, Error, ModelContainer, Spec, UserMetadata};
 use serde_json::{json, Map, Value};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 const ROLE: &str = "PTS_TRAINING_ROLE";
 const CKPT: &str = "PTS_TRAINING_CKPT";
@@ -76,22 +77,6 @@ fn fresh(opt: &str, opt_kw: &Value, sched: &str, sched_kw: &Value) -> ModelConta
     )
     .unwrap_or_else(|e| panic!("{opt} + {sched}: {e}"));
     c
-}
-
-/// The training data: 8 batches of 8, the same in every process.
-fn data() -> (Tensor, Tensor) {
-    tch::manual_seed(7);
-    let x = Tensor::randn([64, 4], (Kind::Float, tch::Device::Cpu));
-    let y = Tensor::randn([64, 3], (Kind::Float, tch::Device::Cpu));
-    (x, y)
-}
-
-/// Steps `start..start + steps` of the loop tests/python/resume_torch.py runs.
-fn train(c: &mut ModelContainer, (x, y): &(Tensor, Tensor), start: usize, steps: usize) {
-    for step in start..start + steps {
-        let b = (step % 8) as i64;
-        common::mse_step(c, &x.narrow(0, b * 8, 8), &y.narrow(0, b * 8, 8));
-    }
 }
 
 /// Everything that must survive a resume.

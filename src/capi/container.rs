@@ -216,33 +216,35 @@ pub unsafe extern "C" fn pts_container_save_inference(
     unsafe { save_with(container, dir, prefix, metadata_json, path, true) }
 }
 
+/// Runs one training call on the container's objects.
+unsafe fn with_container(
+    container: *mut pts_container_t,
+    call: impl FnOnce(&mut ModelContainer) -> crate::Result<()>,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_mut(container, "container") }?;
+        Ok(call(&mut c.inner)?)
+    })
+}
+
 /// `optimizer.zero_grad()`: every parameter's gradient becomes undefined
 /// (None). `PTS_ERROR_USAGE` without an optimizer.
 #[no_mangle]
 pub unsafe extern "C" fn pts_container_zero_grad(container: *mut pts_container_t) -> *mut pts_error_t {
-    boundary(|| {
-        let c = unsafe { arg_mut(container, "container") }?;
-        Ok(c.inner.zero_grad()?)
-    })
+    unsafe { with_container(container, |c| c.zero_grad()) }
 }
 
 /// `optimizer.step()`, with torch.optim's math bit for bit.
 #[no_mangle]
 pub unsafe extern "C" fn pts_container_step(container: *mut pts_container_t) -> *mut pts_error_t {
-    boundary(|| {
-        let c = unsafe { arg_mut(container, "container") }?;
-        Ok(c.inner.step()?)
-    })
+    unsafe { with_container(container, |c| c.step()) }
 }
 
 /// `scheduler.step()`. ReduceLROnPlateau needs
 /// `pts_container_scheduler_step_metric` instead.
 #[no_mangle]
 pub unsafe extern "C" fn pts_container_scheduler_step(container: *mut pts_container_t) -> *mut pts_error_t {
-    boundary(|| {
-        let c = unsafe { arg_mut(container, "container") }?;
-        Ok(c.inner.scheduler_step()?)
-    })
+    unsafe { with_container(container, |c| c.scheduler_step()) }
 }
 
 /// `scheduler.step(metric)`, for ReduceLROnPlateau.
@@ -251,10 +253,7 @@ pub unsafe extern "C" fn pts_container_scheduler_step_metric(
     container: *mut pts_container_t,
     metric: f64,
 ) -> *mut pts_error_t {
-    boundary(|| {
-        let c = unsafe { arg_mut(container, "container") }?;
-        Ok(c.inner.scheduler_step_with_metric(metric)?)
-    })
+    unsafe { with_container(container, |c| c.scheduler_step_with_metric(metric)) }
 }
 
 /// The optimizer's number of parameter groups.

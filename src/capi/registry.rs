@@ -383,6 +383,22 @@ unsafe fn kwargs<'a>(kwargs: *const pts_kwargs_t) -> CResult<&'a Kwargs<'a>> {
     unsafe { arg_ref(kwargs.cast::<Kwargs<'a>>(), "kwargs") }
 }
 
+/// One kwarg through a `Kwargs` getter, written to `out`.
+unsafe fn read_kwarg<T>(
+    kwargs: *const pts_kwargs_t,
+    key: *const c_char,
+    out: *mut T,
+    get: impl FnOnce(&Kwargs<'_>, &str) -> Result<T>,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let kw = unsafe { self::kwargs(kwargs) }?;
+        let key = unsafe { arg_str(key, "key") }?;
+        let out = Out::new(out, "out")?;
+        out.write(get(kw, key)?);
+        Ok(())
+    })
+}
+
 /// An integer kwarg that must be present.
 #[no_mangle]
 pub unsafe extern "C" fn pts_kwargs_i64(
@@ -390,13 +406,7 @@ pub unsafe extern "C" fn pts_kwargs_i64(
     key: *const c_char,
     out: *mut i64,
 ) -> *mut pts_error_t {
-    boundary(|| {
-        let kw = unsafe { self::kwargs(kwargs) }?;
-        let key = unsafe { arg_str(key, "key") }?;
-        let out = Out::new(out, "out")?;
-        out.write(kw.required_i64(key)?);
-        Ok(())
-    })
+    unsafe { read_kwarg(kwargs, key, out, |kw, key| kw.required_i64(key)) }
 }
 
 /// An integer kwarg, `default_value` when absent or null.
@@ -407,13 +417,7 @@ pub unsafe extern "C" fn pts_kwargs_i64_or(
     default_value: i64,
     out: *mut i64,
 ) -> *mut pts_error_t {
-    boundary(|| {
-        let kw = unsafe { self::kwargs(kwargs) }?;
-        let key = unsafe { arg_str(key, "key") }?;
-        let out = Out::new(out, "out")?;
-        out.write(kw.i64_or(key, default_value)?);
-        Ok(())
-    })
+    unsafe { read_kwarg(kwargs, key, out, |kw, key| kw.i64_or(key, default_value)) }
 }
 
 /// A number kwarg (integers accepted, as in Python), `default_value` when
@@ -425,13 +429,7 @@ pub unsafe extern "C" fn pts_kwargs_f64_or(
     default_value: f64,
     out: *mut f64,
 ) -> *mut pts_error_t {
-    boundary(|| {
-        let kw = unsafe { self::kwargs(kwargs) }?;
-        let key = unsafe { arg_str(key, "key") }?;
-        let out = Out::new(out, "out")?;
-        out.write(kw.f64_or(key, default_value)?);
-        Ok(())
-    })
+    unsafe { read_kwarg(kwargs, key, out, |kw, key| kw.f64_or(key, default_value)) }
 }
 
 /// A boolean kwarg, `default_value` when absent or null.
@@ -442,13 +440,7 @@ pub unsafe extern "C" fn pts_kwargs_bool_or(
     default_value: bool,
     out: *mut bool,
 ) -> *mut pts_error_t {
-    boundary(|| {
-        let kw = unsafe { self::kwargs(kwargs) }?;
-        let key = unsafe { arg_str(key, "key") }?;
-        let out = Out::new(out, "out")?;
-        out.write(kw.bool_or(key, default_value)?);
-        Ok(())
-    })
+    unsafe { read_kwarg(kwargs, key, out, |kw, key| kw.bool_or(key, default_value)) }
 }
 
 /// The whole kwargs object as JSON text, for a factory that parses it

@@ -111,3 +111,22 @@ pub fn mse_step(c: &mut ModelContainer, x: &Tensor, y: &Tensor) {
         None => {}
     }
 }
+
+/// Training data: 8 batches of 8 rows, the same in every process (and in
+/// the Python scripts that read it from a safetensors file).
+pub fn batch_data() -> (Tensor, Tensor) {
+    tch::manual_seed(7);
+    let x = Tensor::randn([64, 4], (Kind::Float, tch::Device::Cpu));
+    let y = Tensor::randn([64, 3], (Kind::Float, tch::Device::Cpu));
+    (x, y)
+}
+
+/// Steps `start..start + steps` of the loop the cross-language tests and
+/// tests/python/{resume_torch,package_resume}.py run: batch `step % 8`,
+/// then [`mse_step`].
+pub fn train_batches(c: &mut ModelContainer, (x, y): &(Tensor, Tensor), start: usize, steps: usize) {
+    for step in start..start + steps {
+        let b = (step % 8) as i64;
+        mse_step(c, &x.narrow(0, b * 8, 8), &y.narrow(0, b * 8, 8));
+    }
+}

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import support
 import torch
 from pytorch_saver import _legacy
 from pytorch_saver._errors import FormatError, UnsafePickleError
@@ -31,14 +32,8 @@ from pytorch_saver._legacy import LegacyCheckpoint, is_legacy, read_legacy
 PACKAGE = Path(_legacy.__file__).resolve().parent
 
 
-def save_original(path: Path, metadata: dict[str, Any], state_dicts: dict[str, Any]) -> Path:
-    """What pytorch-saver 0.1's ModelContainer._save_zip wrote."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "a", zipfile.ZIP_DEFLATED, False) as zf:
-        zf.writestr("metadata.json", json.dumps(metadata, indent=2))
-        zf.writestr("state_dicts.pkl", pickle.dumps(state_dicts))
-    path.write_bytes(buffer.getvalue())
-    return path
+# What pytorch-saver 0.1's ModelContainer._save_zip wrote.
+save_original = support.write_legacy
 
 
 def save_payload(path: Path, payload: bytes) -> Path:
