@@ -59,10 +59,27 @@ pub enum Error {
 #[cfg(feature = "torch")]
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
-        Error::Torch(e.to_string())
+        Error::Torch(torch_message(&e.to_string()))
     }
 }
 
+/// A libtorch error message without the C++ backtrace libtorch appends
+/// ("Exception raised from ... frame #0 ..."): the first part says what
+/// went wrong; the frames are addresses a user cannot act on. Also takes
+/// the message out of a tch panic (`called Result::unwrap() on an Err
+/// value: Torch("...")`, where the newline is escaped).
+#[cfg(feature = "torch")]
+pub(crate) fn torch_message(message: &str) -> String {
+    let inner = message
+        .strip_prefix("called `Result::unwrap()` on an `Err` value: Torch(\"")
+        .unwrap_or(message);
+    let end = ["\nException raised from", "\\nException raised from"]
+        .iter()
+        .filter_map(|marker| inner.find(marker))
+        .min()
+        .unwrap_or(inner.len());
+    inner[..end].trim_end_matches("\")").to_owned()
+}
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -75,5 +92,25 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(all(test, feature = "torch"))]
+mod tests {
+    use super::torch_message;
+
+    #[test]
+    fn torch_messages_lose_the_cpp_backtrace() {
+        let raw = "mat1 and mat2 shapes cannot be multiplied (4x2 and 4x8)\nException raised from meta at LinearAlgebra.cpp:194 (most recent call first):\nframe #0: ...";
+        assert_eq!(
+            torch_message(raw),
+            "mat1 and mat2 shapes cannot be multiplied (4x2 and 4x8)"
+        );
+        let panicked = "called `Result::unwrap()` on an `Err` value: Torch(\"mat1 and mat2 shapes cannot be multiplied (4x2 and 4x8)\\nException raised from meta\\nframe #0\")";
+        assert_eq!(
+            torch_message(panicked),
+            "mat1 and mat2 shapes cannot be multiplied (4x2 and 4x8)"
+        );
+        assert_eq!(torch_message("plain"), "plain");
     }
 }

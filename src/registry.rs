@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tch::{nn, Tensor};
 
-use crate::error::{panic_message, Error, Result};
+use crate::error::{panic_message, torch_message, Error, Result};
 pub use crate::kwargs::Kwargs;
 
 /// What a model runs: a fallible forward with a train flag. Every tch
@@ -25,7 +25,7 @@ pub trait Forward: std::fmt::Debug + Send + 'static {
 impl<M: nn::ModuleT + 'static> Forward for M {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         catch_unwind(AssertUnwindSafe(|| nn::ModuleT::forward_t(self, xs, train)))
-            .map_err(|p| Error::Torch(panic_message(&*p)))
+            .map_err(|p| Error::Torch(torch_message(&panic_message(&*p))))
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self

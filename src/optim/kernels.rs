@@ -35,7 +35,7 @@ fn check(error: *mut c_char) -> Result<()> {
     // the shim, owned by us from here and freed once.
     let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
     unsafe { pts_kernel_free_error(error) };
-    Err(Error::Torch(message))
+    Err(Error::Torch(crate::error::torch_message(&message)))
 }
 
 /// Takes ownership of a tensor the shim allocated.
