@@ -240,6 +240,21 @@ fn unclaimed_tensor_bytes_are_refused() {
 }
 
 #[test]
+fn bool_bytes_other_than_0_or_1_are_refused() {
+    let st = safetensors_bytes(
+        &json!({"flags": {"dtype": "BOOL", "shape": [4], "data_offsets": [0, 4]}}),
+        &[1, 0, 2, 1],
+    );
+    let e = with_model_member(st);
+    let msg = e.to_string();
+    assert!(matches!(e, FormatError::TensorData { .. }), "{msg}");
+    assert!(
+        msg.contains("tensor \"flags\"") && msg.contains("BOOL element 2 is byte 2"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn unsupported_dtype_is_refused() {
     let st = safetensors_bytes(
         &json!({"a": {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [0, 1]}}),

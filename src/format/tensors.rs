@@ -118,7 +118,8 @@ pub(crate) fn build_header(
 }
 
 /// Validates a whole safetensors member (`bytes`, which may be an mmap:
-/// only the header is read) whose first byte is at absolute offset `base`.
+/// only the header and BOOL tensors are read) whose first byte is at
+/// absolute offset `base`.
 /// Returns the tensors ordered by data offset.
 pub(crate) fn validate_member(member: &str, base: u64, bytes: &[u8]) -> Result<Vec<TensorEntry>, FormatError> {
     let header_err = |reason: String| FormatError::TensorHeader {
@@ -189,6 +190,20 @@ pub(crate) fn validate_member(member: &str, base: u64, bytes: &[u8]) -> Result<V
             "{} bytes of tensor data are claimed by no tensor",
             data_base + data_len - cursor
         )));
+    }
+    // A BOOL byte other than 0 or 1 is no bool: libtorch would hand the
+    // value on as is, and the Python reader refuses it.
+    for e in entries.iter().filter(|e| e.dtype == Dtype::BOOL) {
+        let data = &bytes[(e.start - base) as usize..(e.end - base) as usize];
+        if let Some(i) = data.iter().position(|&b| b > 1) {
+            return Err(FormatError::TensorData {
+                member: member.into(),
+                tensor: e.name.clone(),
+                start: e.start - data_base,
+                end: e.end - data_base,
+                reason: format!("BOOL element {i} is byte {}, not 0 or 1", data[i]),
+            });
+        }
     }
     // Second opinion from the reference implementation; it agrees whenever
     // the checks above pass, so a disagreement is reported, not ignored.
