@@ -70,16 +70,22 @@ impl From<tch::TchError> for Error {
 /// value: Torch("...")`, where the newline is escaped).
 #[cfg(feature = "torch")]
 pub(crate) fn torch_message(message: &str) -> String {
-    let inner = message
-        .strip_prefix("called `Result::unwrap()` on an `Err` value: Torch(\"")
-        .unwrap_or(message);
+    let (inner, panicked) = match message.strip_prefix("called `Result::unwrap()` on an `Err` value: Torch(\"") {
+        Some(inner) => (inner, true),
+        None => (message, false),
+    };
     let end = ["\nException raised from", "\\nException raised from"]
         .iter()
         .filter_map(|marker| inner.find(marker))
         .min()
         .unwrap_or(inner.len());
-    inner[..end].trim_end_matches("\")").to_owned()
+    let text = &inner[..end];
+    match panicked {
+        true => text.strip_suffix("\")").unwrap_or(text).to_owned(),
+        false => text.to_owned(),
+    }
 }
+
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -112,5 +118,10 @@ mod tests {
             "mat1 and mat2 shapes cannot be multiplied (4x2 and 4x8)"
         );
         assert_eq!(torch_message("plain"), "plain");
+        assert_eq!(torch_message("ends in \")"), "ends in \")");
+        assert_eq!(
+            torch_message("called `Result::unwrap()` on an `Err` value: Torch(\"short\")"),
+            "short"
+        );
     }
 }
