@@ -48,14 +48,8 @@ impl pts_checkpoint_t {
     fn entry(&self, member: pts_member_t, name: *const c_char) -> CResult<(usize, &TensorEntry, &MemberIndex)> {
         let (m, index) = self.member(member)?;
         let name = unsafe { arg_str(name, "name") }?;
-        let entries = self.ckpt.tensors(m);
-        let pos = entries.iter().position(|e| e.name == name).ok_or_else(|| {
-            pts_error_t::new(
-                PTS_ERROR_NOT_FOUND,
-                format!("{} has no tensor named {name:?}", m.as_str()),
-            )
-        })?;
-        Ok((pos, &entries[pos], index))
+        let pos = self.ckpt.tensor_position(m, name)?;
+        Ok((pos, &self.ckpt.tensors(m)[pos], index))
     }
 }
 

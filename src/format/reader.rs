@@ -241,8 +241,14 @@ impl Checkpoint {
 
     /// Looks up one tensor.
     pub fn tensor(&self, member: MemberName, name: &str) -> Result<&TensorEntry, FormatError> {
+        let i = self.tensor_position(member, name)?;
+        Ok(&self.tensors(member)[i])
+    }
+
+    /// The position of a tensor in [`tensors`](Self::tensors)`(member)`.
+    pub fn tensor_position(&self, member: MemberName, name: &str) -> Result<usize, FormatError> {
         self.member(member)
-            .and_then(|m| m.index.get(name).map(|&i| &m.tensors[i]))
+            .and_then(|m| m.index.get(name).copied())
             .ok_or_else(|| FormatError::TensorNotFound {
                 member: member.as_str().into(),
                 tensor: name.into(),
