@@ -17,6 +17,20 @@ from pytorch_saver._format import write_checkpoint
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+# Format v1's dtypes (FORMAT.md section 4).
+DTYPES = [
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+]
+
 MODEL_KWARGS: dict[str, Any] = {"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2}
 
 

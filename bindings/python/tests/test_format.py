@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import safetensors.torch
+import support
 import torch
 from pytorch_saver import _format
 from pytorch_saver._errors import FormatError, MetadataError, UnsupportedVersionError
@@ -33,19 +34,6 @@ REPO = Path(__file__).resolve().parents[3]
 GOLDEN = REPO / "tests" / "golden" / "v1"
 RUST_CLI = REPO / "target" / "release" / "pytorch-saver"
 TIMESTAMP = 1_795_000_000
-
-DTYPES = [
-    torch.float64,
-    torch.float32,
-    torch.float16,
-    torch.bfloat16,
-    torch.int64,
-    torch.int32,
-    torch.int16,
-    torch.int8,
-    torch.uint8,
-    torch.bool,
-]
 
 
 # ---------------------------------------------------------------------------
@@ -87,7 +75,7 @@ def every_dtype() -> dict[str, torch.Tensor]:
     empty tensor, plus a non-contiguous tensor."""
     gen = torch.Generator().manual_seed(7)
     out: dict[str, torch.Tensor] = {}
-    for dtype in DTYPES:
+    for dtype in support.DTYPES:
         name = str(dtype).removeprefix("torch.")
         if dtype == torch.bool:
             matrix = torch.randint(0, 2, (2, 3), generator=gen).bool()

@@ -149,18 +149,7 @@ def test_reads_an_inference_file(tmp_path: Path) -> None:
 def test_every_dtype_and_layout(tmp_path: Path) -> None:
     base = torch.arange(12, dtype=torch.float64).reshape(3, 4) - 5
     state: dict[str, torch.Tensor] = collections.OrderedDict()
-    for dtype in (
-        torch.float64,
-        torch.float32,
-        torch.float16,
-        torch.bfloat16,
-        torch.int64,
-        torch.int32,
-        torch.int16,
-        torch.int8,
-        torch.uint8,
-        torch.bool,
-    ):
+    for dtype in support.DTYPES:
         t = base.to(dtype)
         state[f"{dtype}.matrix"] = t
         state[f"{dtype}.scalar"] = t[1, 2].clone()
