@@ -1,11 +1,15 @@
 //! Built-in models, with state-dict names identical to PyTorch's for the
-//! same Python class, so that a file moves between languages unchanged.
+//! same Python class, so that a file moves between languages unchanged
+//! (docs/MODELS.md).
 
 use tch::nn::{self, Module};
 use tch::Tensor;
 
 use crate::error::Result;
 use crate::registry::{BoxedModel, Kwargs, Registry};
+
+mod sequential;
+pub use sequential::{Sequential, LAYER_TYPES, SEQUENTIAL};
 
 /// Registry name of `torch.nn.Linear(in_features, out_features, bias=True)`.
 pub const LINEAR: &str = "torch.nn.Linear";
@@ -126,4 +130,5 @@ fn build_mlp(p: nn::Path<'_>, kw: &Kwargs<'_>) -> Result<BoxedModel> {
 pub(crate) fn register_builtins(r: &mut Registry) {
     r.register_model(LINEAR, build_linear).expect("fresh registry");
     r.register_model(MLP, build_mlp).expect("fresh registry");
+    r.register_model(SEQUENTIAL, sequential::build).expect("fresh registry");
 }

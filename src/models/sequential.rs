@@ -1,0 +1,831 @@
+//! The portable `Sequential` (docs/MODELS.md): a list of layers described
+//! in JSON by their PyTorch class names and constructor arguments, with
+//! `torch.nn.Sequential`'s state-dict names. Python trains it as an
+//! ordinary `nn.Sequential`; Rust, C, C++ and Go run it with no model code.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use serde_json::{Map, Value};
+use tch::nn;
+use tch::{Kind, Tensor};
+
+use crate::error::{panic_message, torch_message, Error, Result};
+use crate::registry::{BoxedModel, Forward, Kwargs};
+
+/// Registry name of the portable Sequential.
+pub const SEQUENTIAL: &str = "pytorch_saver.models.Sequential";
+
+/// The layer types a Sequential may hold, in the order docs/MODELS.md lists them.
+pub const LAYER_TYPES: &[&str] = &[
+    "Linear",
+    "Conv1d",
+    "Conv2d",
+    "Embedding",
+    "LayerNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Dropout",
+    "Flatten",
+    "ReLU",
+    "LeakyReLU",
+    "GELU",
+    "SiLU",
+    "Tanh",
+    "Sigmoid",
+    "Identity",
+    "Softmax",
+    "MaxPool2d",
+    "AvgPool2d",
+];
+
+/// A Conv layer's padding: explicit amounts, or PyTorch's `"same"`
+/// (`"valid"` is explicit zeros).
+#[derive(Debug, Clone, PartialEq)]
+enum Padding {
+    Explicit(Vec<i64>),
+    Same,
+}
+
+/// One layer's configuration, validated; no tensors yet.
+#[derive(Debug, Clone, PartialEq)]
+enum Spec {
+    Linear {
+        in_features: i64,
+        out_features: i64,
+        bias: bool,
+    },
+    Conv {
+        in_channels: i64,
+        out_channels: i64,
+        kernel_size: Vec<i64>,
+        stride: Vec<i64>,
+        padding: Padding,
+        dilation: Vec<i64>,
+        groups: i64,
+        bias: bool,
+    },
+    Embedding {
+        num_embeddings: i64,
+        embedding_dim: i64,
+        padding_idx: Option<i64>,
+    },
+    LayerNorm {
+        normalized_shape: Vec<i64>,
+        eps: f64,
+        weight: bool,
+        bias: bool,
+    },
+    BatchNorm {
+        /// 1 or 2 (BatchNorm1d, BatchNorm2d).
+        spatial: usize,
+        num_features: i64,
+        eps: f64,
+        momentum: Option<f64>,
+        affine: bool,
+        track_running_stats: bool,
+    },
+    Dropout(f64),
+    Flatten(i64, i64),
+    Relu,
+    LeakyRelu(f64),
+    Gelu(&'static str),
+    Silu,
+    Tanh,
+    Sigmoid,
+    Identity,
+    Softmax(i64),
+    MaxPool2d {
+        kernel_size: Vec<i64>,
+        stride: Vec<i64>,
+        padding: Vec<i64>,
+        dilation: Vec<i64>,
+        ceil_mode: bool,
+    },
+    AvgPool2d {
+        kernel_size: Vec<i64>,
+        stride: Vec<i64>,
+        padding: Vec<i64>,
+        ceil_mode: bool,
+        count_include_pad: bool,
+        divisor_override: Option<i64>,
+    },
+}
+
+/// One layer object of the kwargs, read with errors that name the layer.
+struct LayerArgs<'a> {
+    index: usize,
+    ty: &'a str,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> LayerArgs<'a> {
+    fn error(&self, reason: impl std::fmt::Display) -> Error {
+        Error::InvalidKwargs {
+            class: SEQUENTIAL.into(),
+            reason: format!("layer {} ({}): {reason}", self.index, self.ty),
+        }
+    }
+
+    /// Refuses any argument not in `allowed` (PyTorch's TypeError on an
+    /// unexpected keyword argument).
+    fn allow(&self, allowed: &[&str]) -> Result<()> {
+        match self.map.keys().find(|k| *k != "type" && !allowed.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(k) if allowed.is_empty() => {
+                Err(self.error(format!("unexpected argument {k:?} ({} takes none)", self.ty)))
+            }
+            Some(k) => Err(self.error(format!(
+                "unexpected argument {k:?} ({} takes: {})",
+                self.ty,
+                allowed.join(", ")
+            ))),
+        }
+    }
+
+    /// The argument as given; `null` is a value here, refused by every
+    /// getter except those of arguments whose PyTorch default is `None`.
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.map.get(name)
+    }
+
+    /// An argument whose PyTorch default is `None`: `null` means absent.
+    fn get_nullable(&self, name: &str) -> Option<&'a Value> {
+        self.map.get(name).filter(|v| !v.is_null())
+    }
+
+    fn int_value(&self, name: &str, v: &Value) -> Result<i64> {
+        v.as_i64()
+            .ok_or_else(|| self.error(format!("argument {name:?} must be an int, got {v}")))
+    }
+
+    fn int(&self, name: &str) -> Result<i64> {
+        let v = self
+            .get(name)
+            .ok_or_else(|| self.error(format!("missing required argument {name:?}")))?;
+        self.int_value(name, v)
+    }
+
+    fn int_at_least(&self, name: &str, min: i64) -> Result<i64> {
+        let v = self.int(name)?;
+        self.check_at_least(name, v, min)
+    }
+
+    /// An int whose PyTorch default is `None`.
+    fn nullable_int(&self, name: &str) -> Result<Option<i64>> {
+        self.get_nullable(name).map(|v| self.int_value(name, v)).transpose()
+    }
+
+    fn int_or(&self, name: &str, default: i64) -> Result<i64> {
+        self.get(name).map_or(Ok(default), |v| self.int_value(name, v))
+    }
+
+    fn check_at_least(&self, name: &str, v: i64, min: i64) -> Result<i64> {
+        if v < min {
+            return Err(self.error(format!("argument {name:?} must be at least {min}, got {v}")));
+        }
+        Ok(v)
+    }
+
+    /// An int or an array of exactly `n` ints (PyTorch's `_single` /
+    /// `_pair`), each at least `min`; `None` when absent (or null, when
+    /// `nullable`).
+    fn optional_ints(&self, name: &str, n: usize, min: i64, nullable: bool) -> Result<Option<Vec<i64>>> {
+        let given = if nullable {
+            self.get_nullable(name)
+        } else {
+            self.get(name)
+        };
+        let Some(v) = given else {
+            return Ok(None);
+        };
+        let kind = if n == 1 {
+            "an int or 1 int".to_owned()
+        } else {
+            format!("an int or {n} ints")
+        };
+        let bad = || self.error(format!("argument {name:?} must be {kind}, got {v}"));
+        let values = match v {
+            Value::Number(_) => vec![v.as_i64().ok_or_else(bad)?; n],
+            Value::Array(items) if items.len() == n => items
+                .iter()
+                .map(|x| x.as_i64().ok_or_else(bad))
+                .collect::<Result<_>>()?,
+            _ => return Err(bad()),
+        };
+        for &x in &values {
+            self.check_at_least(name, x, min)?;
+        }
+        Ok(Some(values))
+    }
+
+    fn ints(&self, name: &str, n: usize, min: i64) -> Result<Vec<i64>> {
+        self.optional_ints(name, n, min, false)?
+            .ok_or_else(|| self.error(format!("missing required argument {name:?}")))
+    }
+
+    fn ints_or(&self, name: &str, n: usize, min: i64, default: i64) -> Result<Vec<i64>> {
+        Ok(self
+            .optional_ints(name, n, min, false)?
+            .unwrap_or_else(|| vec![default; n]))
+    }
+
+    fn number_or(&self, name: &str, default: f64) -> Result<f64> {
+        self.get(name).map_or(Ok(default), |v| {
+            v.as_f64()
+                .ok_or_else(|| self.error(format!("argument {name:?} must be a number, got {v}")))
+        })
+    }
+
+    fn number_in(&self, name: &str, value: f64, lo: f64, hi: f64) -> Result<f64> {
+        if !(lo..=hi).contains(&value) {
+            return Err(self.error(format!("argument {name:?} must be in [{lo}, {hi}], got {value}")));
+        }
+        Ok(value)
+    }
+
+    fn positive(&self, name: &str, value: f64) -> Result<f64> {
+        if !(value > 0.0 && value.is_finite()) {
+            return Err(self.error(format!("argument {name:?} must be a positive number, got {value}")));
+        }
+        Ok(value)
+    }
+
+    fn bool_or(&self, name: &str, default: bool) -> Result<bool> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.error(format!("argument {name:?} must be a boolean, got {v}"))),
+        }
+    }
+
+    /// A string argument that must be one of `choices` (the first is the default).
+    fn choice(&self, name: &str, choices: &[&'static str]) -> Result<&'static str> {
+        // (`null` is not one of them: it reaches the error below.)
+        match self.get(name) {
+            None => Ok(choices[0]),
+            Some(v) => v
+                .as_str()
+                .and_then(|s| choices.iter().find(|c| **c == s).copied())
+                .ok_or_else(|| {
+                    let quoted: Vec<String> = choices.iter().map(|c| format!("{c:?}")).collect();
+                    self.error(format!("argument {name:?} must be {}, got {v}", quoted.join(" or ")))
+                }),
+        }
+    }
+
+    fn conv(&self, n: usize) -> Result<Spec> {
+        self.allow(&[
+            "in_channels",
+            "out_channels",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "groups",
+            "bias",
+            "padding_mode",
+        ])?;
+        let in_channels = self.int_at_least("in_channels", 1)?;
+        let out_channels = self.int_at_least("out_channels", 1)?;
+        let kernel_size = self.ints("kernel_size", n, 1)?;
+        let stride = self.ints_or("stride", n, 1, 1)?;
+        let padding = match self.get("padding") {
+            Some(Value::String(s)) if s == "valid" => Padding::Explicit(vec![0; n]),
+            Some(Value::String(s)) if s == "same" => Padding::Same,
+            Some(Value::String(s)) => {
+                return Err(self.error(format!(
+                    "argument \"padding\" must be an int, {n} ints, \"valid\" or \"same\", got {s:?}"
+                )))
+            }
+            _ => Padding::Explicit(self.ints_or("padding", n, 0, 0)?),
+        };
+        let dilation = self.ints_or("dilation", n, 1, 1)?;
+        let groups = self.int_or("groups", 1)?;
+        self.check_at_least("groups", groups, 1)?;
+        let bias = self.bool_or("bias", true)?;
+        self.choice("padding_mode", &["zeros"])?;
+        if in_channels % groups != 0 || out_channels % groups != 0 {
+            return Err(self.error(format!(
+                "in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
+            )));
+        }
+        if padding == Padding::Same && stride.iter().any(|&s| s != 1) {
+            return Err(self.error("padding \"same\" needs stride 1"));
+        }
+        Ok(Spec::Conv {
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+        })
+    }
+
+    fn batch_norm(&self, spatial: usize) -> Result<Spec> {
+        self.allow(&["num_features", "eps", "momentum", "affine", "track_running_stats"])?;
+        let num_features = self.int_at_least("num_features", 1)?;
+        let eps = self.positive("eps", self.number_or("eps", 1e-5)?)?;
+        // null is PyTorch's None: a cumulative average instead of 0.1.
+        let momentum = match self.get("momentum") {
+            Some(Value::Null) => None,
+            _ => Some(self.number_in("momentum", self.number_or("momentum", 0.1)?, 0.0, 1.0)?),
+        };
+        Ok(Spec::BatchNorm {
+            spatial,
+            num_features,
+            eps,
+            momentum,
+            affine: self.bool_or("affine", true)?,
+            track_running_stats: self.bool_or("track_running_stats", true)?,
+        })
+    }
+
+    fn pool(&self, avg: bool) -> Result<Spec> {
+        if avg {
+            self.allow(&[
+                "kernel_size",
+                "stride",
+                "padding",
+                "ceil_mode",
+                "count_include_pad",
+                "divisor_override",
+            ])?;
+        } else {
+            self.allow(&[
+                "kernel_size",
+                "stride",
+                "padding",
+                "dilation",
+                "ceil_mode",
+                "return_indices",
+            ])?;
+        }
+        let kernel_size = self.ints("kernel_size", 2, 1)?;
+        let stride = self
+            .optional_ints("stride", 2, 1, true)?
+            .unwrap_or_else(|| kernel_size.clone());
+        let padding = self.ints_or("padding", 2, 0, 0)?;
+        let ceil_mode = self.bool_or("ceil_mode", false)?;
+        if avg {
+            let divisor_override = self.nullable_int("divisor_override")?;
+            if let Some(d) = divisor_override {
+                self.check_at_least("divisor_override", d, 1)?;
+            }
+            return Ok(Spec::AvgPool2d {
+                kernel_size,
+                stride,
+                padding,
+                ceil_mode,
+                count_include_pad: self.bool_or("count_include_pad", true)?,
+                divisor_override,
+            });
+        }
+        let dilation = self.ints_or("dilation", 2, 1, 1)?;
+        if self.bool_or("return_indices", false)? {
+            return Err(self.error("argument \"return_indices\" must be false: a Sequential passes one tensor on"));
+        }
+        Ok(Spec::MaxPool2d {
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            ceil_mode,
+        })
+    }
+
+    fn spec(&self) -> Result<Spec> {
+        Ok(match self.ty {
+            "Linear" => {
+                self.allow(&["in_features", "out_features", "bias"])?;
+                Spec::Linear {
+                    in_features: self.int_at_least("in_features", 1)?,
+                    out_features: self.int_at_least("out_features", 1)?,
+                    bias: self.bool_or("bias", true)?,
+                }
+            }
+            "Conv1d" => self.conv(1)?,
+            "Conv2d" => self.conv(2)?,
+            "Embedding" => {
+                self.allow(&["num_embeddings", "embedding_dim", "padding_idx"])?;
+                let num_embeddings = self.int_at_least("num_embeddings", 1)?;
+                let embedding_dim = self.int_at_least("embedding_dim", 1)?;
+                let padding_idx = match self.nullable_int("padding_idx")? {
+                    None => None,
+                    Some(i) if (-num_embeddings..num_embeddings).contains(&i) => {
+                        Some(if i < 0 { i + num_embeddings } else { i })
+                    }
+                    Some(i) => {
+                        return Err(self.error(format!(
+                            "argument \"padding_idx\" must be in [-{num_embeddings}, {num_embeddings}), got {i}"
+                        )))
+                    }
+                };
+                Spec::Embedding {
+                    num_embeddings,
+                    embedding_dim,
+                    padding_idx,
+                }
+            }
+            "LayerNorm" => {
+                self.allow(&["normalized_shape", "eps", "elementwise_affine", "bias"])?;
+                let normalized_shape = match self.get("normalized_shape") {
+                    Some(Value::Array(items)) if !items.is_empty() => {
+                        let dims = items
+                            .iter()
+                            .map(|x| self.int_value("normalized_shape", x))
+                            .collect::<Result<Vec<_>>>()?;
+                        for &d in &dims {
+                            self.check_at_least("normalized_shape", d, 1)?;
+                        }
+                        dims
+                    }
+                    Some(Value::Array(_)) => return Err(self.error("argument \"normalized_shape\" must not be empty")),
+                    _ => vec![self.int_at_least("normalized_shape", 1)?],
+                };
+                let eps = self.positive("eps", self.number_or("eps", 1e-5)?)?;
+                let weight = self.bool_or("elementwise_affine", true)?;
+                let bias = self.bool_or("bias", true)?;
+                Spec::LayerNorm {
+                    normalized_shape,
+                    eps,
+                    weight,
+                    bias: weight && bias,
+                }
+            }
+            "BatchNorm1d" => self.batch_norm(1)?,
+            "BatchNorm2d" => self.batch_norm(2)?,
+            "Dropout" => {
+                self.allow(&["p", "inplace"])?;
+                let p = self.number_in("p", self.number_or("p", 0.5)?, 0.0, 1.0)?;
+                self.bool_or("inplace", false)?;
+                Spec::Dropout(p)
+            }
+            "Flatten" => {
+                self.allow(&["start_dim", "end_dim"])?;
+                Spec::Flatten(self.int_or("start_dim", 1)?, self.int_or("end_dim", -1)?)
+            }
+            "ReLU" | "SiLU" => {
+                self.allow(&["inplace"])?;
+                self.bool_or("inplace", false)?;
+                if self.ty == "ReLU" {
+                    Spec::Relu
+                } else {
+                    Spec::Silu
+                }
+            }
+            "LeakyReLU" => {
+                self.allow(&["negative_slope", "inplace"])?;
+                self.bool_or("inplace", false)?;
+                Spec::LeakyRelu(self.number_or("negative_slope", 0.01)?)
+            }
+            "GELU" => {
+                self.allow(&["approximate"])?;
+                Spec::Gelu(self.choice("approximate", &["none", "tanh"])?)
+            }
+            "Tanh" | "Sigmoid" | "Identity" => {
+                self.allow(&[])?;
+                match self.ty {
+                    "Tanh" => Spec::Tanh,
+                    "Sigmoid" => Spec::Sigmoid,
+                    _ => Spec::Identity,
+                }
+            }
+            "Softmax" => {
+                self.allow(&["dim"])?;
+                Spec::Softmax(self.int("dim")?)
+            }
+            "MaxPool2d" => self.pool(false)?,
+            "AvgPool2d" => self.pool(true)?,
+            other => {
+                return Err(self.error(format!(
+                    "unknown layer type {other:?} (known: {})",
+                    LAYER_TYPES.join(", ")
+                )))
+            }
+        })
+    }
+}
+
+/// Reads and validates the whole layer list before any tensor exists.
+fn parse_layers(kw: &Kwargs<'_>) -> Result<Vec<(String, Spec)>> {
+    let layers = match kw.take("layers") {
+        None => return Err(kw.error("missing required kwarg \"layers\" (a list of layer objects)")),
+        Some(Value::Array(layers)) if layers.is_empty() => return Err(kw.error("kwarg \"layers\" must not be empty")),
+        Some(Value::Array(layers)) => layers,
+        Some(v) => return Err(kw.error(format!("kwarg \"layers\" must be a list of layer objects, got {v}"))),
+    };
+    layers
+        .iter()
+        .enumerate()
+        .map(|(index, layer)| {
+            let map = layer
+                .as_object()
+                .ok_or_else(|| kw.error(format!("layer {index}: must be an object with a \"type\", got {layer}")))?;
+            let ty = map
+                .get("type")
+                .and_then(Value::as_str)
+                .ok_or_else(|| kw.error(format!("layer {index}: needs a string \"type\"")))?;
+            let spec = LayerArgs { index, ty, map }.spec()?;
+            Ok((ty.to_owned(), spec))
+        })
+        .collect()
+}
+
+/// A BatchNorm's running statistics (buffers, not parameters).
+#[derive(Debug)]
+struct RunningStats {
+    mean: Tensor,
+    var: Tensor,
+    num_batches_tracked: Tensor,
+}
+
+/// One built layer: its configuration and its tensors (shallow clones of
+/// the var store's, so updates reach the state dict).
+#[derive(Debug)]
+struct Layer {
+    ty: String,
+    spec: Spec,
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    stats: Option<RunningStats>,
+}
+
+/// PyTorch's default init of Linear and Conv: uniform in +-1/sqrt(fan_in).
+fn fan_in_uniform(p: &nn::Path<'_>, name: &str, dims: &[i64], fan_in: i64, random_init: bool) -> Tensor {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    p.var(
+        name,
+        dims,
+        if random_init {
+            nn::Init::Uniform { lo: -bound, up: bound }
+        } else {
+            nn::Init::Const(0.0)
+        },
+    )
+}
+
+impl Layer {
+    /// Creates the layer's tensors under `p`, in the state order of
+    /// docs/MODELS.md (parameters first: that is the optimizer's order).
+    fn build(p: nn::Path<'_>, ty: String, spec: Spec, random_init: bool) -> Layer {
+        let mut layer = Layer {
+            ty,
+            spec,
+            weight: None,
+            bias: None,
+            stats: None,
+        };
+        let const_or = |v: f64| nn::Init::Const(if random_init { v } else { 0.0 });
+        match &layer.spec {
+            Spec::Linear {
+                in_features,
+                out_features,
+                bias,
+            } => {
+                let dims = [*out_features, *in_features];
+                layer.weight = Some(fan_in_uniform(&p, "weight", &dims, *in_features, random_init));
+                layer.bias = bias.then(|| fan_in_uniform(&p, "bias", &[*out_features], *in_features, random_init));
+            }
+            Spec::Conv {
+                in_channels,
+                out_channels,
+                kernel_size,
+                groups,
+                bias,
+                ..
+            } => {
+                let mut dims = vec![*out_channels, in_channels / groups];
+                dims.extend(kernel_size);
+                let fan_in = in_channels / groups * kernel_size.iter().product::<i64>();
+                layer.weight = Some(fan_in_uniform(&p, "weight", &dims, fan_in, random_init));
+                layer.bias = bias.then(|| fan_in_uniform(&p, "bias", &[*out_channels], fan_in, random_init));
+            }
+            Spec::Embedding {
+                num_embeddings,
+                embedding_dim,
+                padding_idx,
+            } => {
+                let init = if random_init {
+                    nn::Init::Randn { mean: 0.0, stdev: 1.0 }
+                } else {
+                    nn::Init::Const(0.0)
+                };
+                let w = p.var("weight", &[*num_embeddings, *embedding_dim], init);
+                if let Some(i) = padding_idx {
+                    tch::no_grad(|| drop(w.get(*i).zero_()));
+                }
+                layer.weight = Some(w);
+            }
+            Spec::LayerNorm {
+                normalized_shape,
+                weight,
+                bias,
+                ..
+            } => {
+                layer.weight = weight.then(|| p.var("weight", normalized_shape, const_or(1.0)));
+                layer.bias = bias.then(|| p.var("bias", normalized_shape, nn::Init::Const(0.0)));
+            }
+            Spec::BatchNorm {
+                num_features,
+                affine,
+                track_running_stats,
+                ..
+            } => {
+                let c = [*num_features];
+                if *affine {
+                    layer.weight = Some(p.var("weight", &c, const_or(1.0)));
+                    layer.bias = Some(p.var("bias", &c, nn::Init::Const(0.0)));
+                }
+                if *track_running_stats {
+                    let mean = p.zeros_no_train("running_mean", &c);
+                    let var = if random_init {
+                        p.ones_no_train("running_var", &c)
+                    } else {
+                        p.zeros_no_train("running_var", &c)
+                    };
+                    let count = Tensor::zeros([], (Kind::Int64, p.device()));
+                    let num_batches_tracked = p.add("num_batches_tracked", count, false);
+                    layer.stats = Some(RunningStats {
+                        mean,
+                        var,
+                        num_batches_tracked,
+                    });
+                }
+            }
+            _ => {}
+        }
+        layer
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let w = self.weight.as_ref();
+        let b = self.bias.as_ref();
+        Ok(match &self.spec {
+            Spec::Linear { .. } => x.f_linear(w.expect("built"), b)?,
+            Spec::Conv {
+                kernel_size,
+                stride,
+                padding,
+                dilation,
+                groups,
+                ..
+            } => {
+                let w = w.expect("built");
+                match (kernel_size.len(), padding) {
+                    (1, Padding::Explicit(pad)) => x.f_conv1d(w, b, stride, pad, dilation, *groups)?,
+                    (1, Padding::Same) => x.f_conv1d_padding(w, b, stride, "same", dilation, *groups)?,
+                    (_, Padding::Explicit(pad)) => x.f_conv2d(w, b, stride, pad, dilation, *groups)?,
+                    (_, Padding::Same) => x.f_conv2d_padding(w, b, stride, "same", dilation, *groups)?,
+                }
+            }
+            Spec::Embedding { padding_idx, .. } => {
+                Tensor::f_embedding(w.expect("built"), x, padding_idx.unwrap_or(-1), false, false)?
+            }
+            Spec::LayerNorm {
+                normalized_shape, eps, ..
+            } => x.f_layer_norm(normalized_shape, w, b, *eps, true)?,
+            Spec::BatchNorm {
+                spatial, eps, momentum, ..
+            } => self.batch_norm(x, train, *spatial, *eps, *momentum)?,
+            Spec::Dropout(p) => x.f_dropout(*p, train)?,
+            Spec::Flatten(start, end) => x.f_flatten(*start, *end)?,
+            Spec::Relu => x.f_relu()?,
+            Spec::LeakyRelu(slope) => {
+                // PyTorch's kernel: x > 0 ? x : x * negative_slope.
+                x.f_where_self(&x.f_gt(0.0)?, &x.f_mul_scalar(*slope)?)?
+            }
+            Spec::Gelu(approximate) => x.f_gelu(approximate)?,
+            Spec::Silu => x.f_silu()?,
+            Spec::Tanh => x.f_tanh()?,
+            Spec::Sigmoid => x.f_sigmoid()?,
+            Spec::Identity => x.shallow_clone(),
+            Spec::Softmax(dim) => x.f_softmax(*dim, None::<Kind>)?,
+            Spec::MaxPool2d {
+                kernel_size,
+                stride,
+                padding,
+                dilation,
+                ceil_mode,
+            } => x.f_max_pool2d(kernel_size, stride, padding, dilation, *ceil_mode)?,
+            Spec::AvgPool2d {
+                kernel_size,
+                stride,
+                padding,
+                ceil_mode,
+                count_include_pad,
+                divisor_override,
+            } => x.f_avg_pool2d(
+                kernel_size,
+                stride,
+                padding,
+                *ceil_mode,
+                *count_include_pad,
+                *divisor_override,
+            )?,
+        })
+    }
+
+    /// `torch.nn.modules.batchnorm._BatchNorm.forward`.
+    fn batch_norm(&self, x: &Tensor, train: bool, spatial: usize, eps: f64, momentum: Option<f64>) -> Result<Tensor> {
+        let rank = x.dim();
+        let ranks: &[usize] = if spatial == 1 { &[2, 3] } else { &[4] };
+        if !ranks.contains(&rank) {
+            let want = if spatial == 1 { "2D or 3D" } else { "4D" };
+            return Err(Error::Torch(format!("expected {want} input (got {rank}D input)")));
+        }
+        let size = x.size();
+        if train && size[0] * size[2..].iter().product::<i64>() == 1 {
+            return Err(Error::Torch(format!(
+                "expected more than 1 value per channel when training, got input size {size:?}"
+            )));
+        }
+        let mut factor = momentum.unwrap_or(0.0);
+        if let (true, Some(stats)) = (train, &self.stats) {
+            let count = tch::no_grad(|| stats.num_batches_tracked.shallow_clone().f_add_scalar_(1))?;
+            if momentum.is_none() {
+                factor = 1.0 / count.int64_value(&[]) as f64;
+            }
+        }
+        let (mean, var) = match &self.stats {
+            Some(s) => (Some(&s.mean), Some(&s.var)),
+            None => (None, None),
+        };
+        let use_batch_stats = train || self.stats.is_none();
+        Ok(x.f_batch_norm(
+            self.weight.as_ref(),
+            self.bias.as_ref(),
+            mean,
+            var,
+            use_batch_stats,
+            factor,
+            eps,
+            true,
+        )?)
+    }
+}
+
+/// The portable Sequential: layers run in order, each as the PyTorch
+/// module of the same name. See docs/MODELS.md for the JSON kwargs.
+#[derive(Debug)]
+pub struct Sequential {
+    layers: Vec<Layer>,
+}
+
+impl Sequential {
+    /// Builds the model `kwargs` (`{"layers": [...]}`) describe under `p`.
+    /// The whole list is validated before any tensor is created.
+    pub fn new(p: nn::Path<'_>, kw: &Kwargs<'_>) -> Result<Self> {
+        let specs = parse_layers(kw)?;
+        let random_init = !kw.loading();
+        let layers = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ty, spec))| Layer::build(&p / i, ty, spec, random_init))
+            .collect();
+        Ok(Sequential { layers })
+    }
+
+    /// The number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Always false: a Sequential has at least one layer.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// The layers' type names (`"Conv2d"`, `"ReLU"`, ...), in order.
+    pub fn layer_types(&self) -> impl Iterator<Item = &str> {
+        self.layers.iter().map(|l| l.ty.as_str())
+    }
+}
+
+impl Forward for Sequential {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let run = || {
+            let mut x = xs.shallow_clone();
+            for (i, layer) in self.layers.iter().enumerate() {
+                x = layer.forward(&x, train).map_err(|e| match e {
+                    Error::Torch(m) => Error::Torch(format!("layer {i} ({}): {m}", layer.ty)),
+                    other => other,
+                })?;
+            }
+            Ok(x)
+        };
+        // The f_ calls return libtorch's errors; this catches anything else.
+        catch_unwind(AssertUnwindSafe(run)).map_err(|p| Error::Torch(torch_message(&panic_message(&*p))))?
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+pub(crate) fn build(p: nn::Path<'_>, kw: &Kwargs<'_>) -> Result<BoxedModel> {
+    Ok(Box::new(Sequential::new(p, kw)?))
+}
