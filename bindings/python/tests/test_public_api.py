@@ -11,6 +11,7 @@ from pytorch_saver import (
     ClassResolutionError,
     FormatError,
     InitializationError,
+    LayerSpecError,
     MetadataError,
     PytorchSaverError,
     StateMismatchError,
@@ -24,6 +25,7 @@ PUBLIC = {
     "FORMAT_VERSION",
     "FormatError",
     "InitializationError",
+    "LayerSpecError",
     "MetadataError",
     "ModelContainer",
     "ModelObjects",
@@ -70,6 +72,7 @@ def test_version_and_format_version() -> None:
         (StateMismatchError, ValueError),
         (MetadataError, ValueError),
         (UnsafePickleError, ValueError),
+        (LayerSpecError, ValueError),
     ],
 )
 def test_every_error_is_a_pytorch_saver_error_and_its_builtin(

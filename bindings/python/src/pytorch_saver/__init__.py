@@ -16,8 +16,10 @@ Example (``Model`` is your ``nn.Module`` subclass)::
 
 Loading never executes code from a file: class names resolve only to
 registered classes (:func:`register`), torch's own classes, the built-in
-:class:`pytorch_saver.models.MLP`, classes of modules already imported, and
-modules the caller allows (``load(path, allow=["mypkg.models"])``).
+models :class:`pytorch_saver.models.MLP` and
+:class:`pytorch_saver.models.Sequential` (a model described by a JSON layer
+list, docs/MODELS.md), classes of modules already imported, and modules the
+caller allows (``load(path, allow=["mypkg.models"])``).
 :func:`upgrade` converts files of the original package (0.1.x).
 """
 
@@ -27,6 +29,7 @@ from ._errors import (
     ClassResolutionError,
     FormatError,
     InitializationError,
+    LayerSpecError,
     MetadataError,
     PytorchSaverError,
     StateMismatchError,
@@ -42,6 +45,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FormatError",
     "InitializationError",
+    "LayerSpecError",
     "MetadataError",
     "ModelContainer",
     "ModelObjects",

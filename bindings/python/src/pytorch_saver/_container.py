@@ -352,11 +352,12 @@ class ModelContainer:
 
         With no class given, the model, optimizer and scheduler the file holds
         are all rebuilt, their classes resolved by the names the file records
-        (see the README: registered classes, torch built-ins, the built-in MLP,
-        classes of modules already imported, and the modules in ``allow``,
-        which may be imported). With classes given, exactly those are built:
-        the model (resolved by name if ``model_class`` is None), and the
-        optimizer and scheduler only if their classes are given.
+        (see the README: registered classes, torch built-ins, the built-in
+        models MLP and Sequential, classes of modules already imported, and
+        the modules in ``allow``, which may be imported). With classes given,
+        exactly those are built: the model (resolved by name if
+        ``model_class`` is None), and the optimizer and scheduler only if
+        their classes are given.
 
         ``device`` moves the model there before the optimizer is built, so
         that the model and the optimizer state live on it (files always hold

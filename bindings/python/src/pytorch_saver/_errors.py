@@ -11,6 +11,7 @@ ValueError, RuntimeError) keeps working::
     +-- StateMismatchError(ValueError)     saved state does not fit the object it is loaded into
     +-- MetadataError(ValueError)          metadata or kwargs that cannot be saved
     +-- UnsafePickleError(ValueError)      an old-format pickle asks for something not allowed
+    +-- LayerSpecError(ValueError)         a Sequential layer list that breaks docs/MODELS.md
 """
 
 from __future__ import annotations
@@ -52,3 +53,12 @@ class MetadataError(PytorchSaverError, ValueError):
 class UnsafePickleError(PytorchSaverError, ValueError):
     """A checkpoint of the original package whose pickle asks for anything
     beyond plain tensors and containers. Nothing from it was executed."""
+
+
+class LayerSpecError(PytorchSaverError, ValueError):
+    """A layer list that :class:`pytorch_saver.models.Sequential` refuses
+    (docs/MODELS.md): ``layers`` missing or empty, another kwarg, a layer that
+    is not an object or has an unknown ``type``, an argument the type does not
+    take, a required argument missing, or a value of the wrong kind or out of
+    range. The message names the layer's index and type and the rule. Raised
+    before any module or tensor exists."""

@@ -7,7 +7,8 @@ resolves, in this order, from:
 1. classes registered with :func:`register` (under their registered name);
 2. PyTorch's own classes under their public names: ``torch.nn.X``,
    ``torch.optim.X`` and ``torch.optim.lr_scheduler.X``;
-3. the built-in :class:`pytorch_saver.models.MLP`;
+3. the built-in models :class:`pytorch_saver.models.MLP` and
+   :class:`pytorch_saver.models.Sequential` (docs/MODELS.md);
 4. classes of modules already in ``sys.modules``, found by walking the
    qualified name through module and class namespaces without running any
    attribute hook (``__getattr__``, properties) and without importing;
@@ -66,7 +67,10 @@ _TORCH_NAMESPACES: Final[tuple[tuple[str, ModuleType], ...]] = (
     ("torch.optim", torch.optim),
     ("torch.optim.lr_scheduler", lr_scheduler),
 )
-_BUILTINS: Final[dict[str, type]] = {"pytorch_saver.models.MLP": models.MLP}
+_BUILTINS: Final[dict[str, type]] = {
+    "pytorch_saver.models.MLP": models.MLP,
+    "pytorch_saver.models.Sequential": models.Sequential,
+}
 
 _MISSING: Final = object()
 
