@@ -59,8 +59,9 @@ fn kwargs(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap_or_default()
 }
 
+/// A tensor's values as f32 (exact for f32; int64 counters are small).
 fn f32s(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32 tensor")
+    Vec::<f32>::try_from(t.flatten(0, -1).to_kind(Kind::Float)).expect("f32 tensor")
 }
 
 /// The loop tests/golden.rs repeats on a training checkpoint: MSE on one
@@ -100,17 +101,18 @@ fn training_checkpoint(
         models::MLP,
         json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2}),
     );
-    matrix_checkpoint(out, seed, model, Some(optimizer), Some(scheduler), step_scheduler)
+    matrix_checkpoint(out, seed, model, &[4], Some(optimizer), Some(scheduler), step_scheduler)
 }
 
-/// A checkpoint of `model` (4 inputs, 3 outputs), with an optimizer and
-/// scheduler when given, trained 10 steps, and its sidecar extras: the
-/// `forward` of a fixed input, and with an optimizer the `resume` of
-/// [`training_checkpoint`].
+/// A checkpoint of `model` (inputs of shape `[batch, in_shape..]`, 3
+/// outputs), with an optimizer and scheduler when given, trained 10 steps,
+/// and its sidecar extras: the `forward` of a fixed input, and with an
+/// optimizer the `resume` of [`training_checkpoint`].
 fn matrix_checkpoint(
     out: &Path,
     seed: i64,
     model: (&str, Value),
+    in_shape: &[i64],
     optimizer: Option<(&str, Value)>,
     scheduler: Option<(&str, Value)>,
     step_scheduler: bool,
@@ -126,7 +128,8 @@ fn matrix_checkpoint(
     }
     let mut c = ModelContainer::new();
     c.initialize(spec).expect("initialize");
-    let x = Tensor::randn([6, 4], (Kind::Float, Device::Cpu));
+    let batch = |n: i64| [&[n], in_shape].concat();
+    let x = Tensor::randn(batch(6), (Kind::Float, Device::Cpu));
     let y = Tensor::randn([6, 3], (Kind::Float, Device::Cpu));
     let trains = c.optimizer().is_some();
     if trains {
@@ -142,10 +145,11 @@ fn matrix_checkpoint(
         )
         .expect("save");
 
-    let probe = Tensor::linspace(-1.0, 1.0, 8, (Kind::Float, Device::Cpu)).reshape([2, 4]);
+    let numel = 2 * in_shape.iter().product::<i64>();
+    let probe = Tensor::linspace(-1.0, 1.0, numel, (Kind::Float, Device::Cpu)).reshape(batch(2));
     let output = c.model().and_then(|m| m.forward(&probe)).expect("forward");
     let mut extra = kwargs(json!({
-        "forward": {"input": f32s(&probe), "input_shape": [2, 4], "output": f32s(&output)}
+        "forward": {"input": f32s(&probe), "input_shape": batch(2), "output": f32s(&output)}
     }));
     if !trains {
         return (path, extra);
@@ -161,7 +165,7 @@ fn matrix_checkpoint(
         .map(|(n, t)| (n.clone(), json!(f32s(t))))
         .collect();
     let resume = json!({
-        "input": f32s(&x), "input_shape": [6, 4],
+        "input": f32s(&x), "input_shape": batch(6),
         "target": f32s(&y), "target_shape": [6, 3],
         "steps": after,
         "params_after": params,
@@ -303,10 +307,59 @@ fn main() {
     ] {
         for (i, (combo, optimizer, scheduler)) in matrix_combos().into_iter().enumerate() {
             keep_or_write(&dir, &format!("rust_matrix_{model_name}_{combo}.zip"), |out| {
-                matrix_checkpoint(out, 10 + i as i64, model.clone(), optimizer, scheduler, true)
+                matrix_checkpoint(out, 10 + i as i64, model.clone(), &[4], optimizer, scheduler, true)
             });
         }
     }
+
+    // Portable Sequentials (docs/MODELS.md), also written by
+    // tests/golden/generate_python.py: a small conv net, and a 1-d net
+    // with most other layer types.
+    let combos = matrix_combos();
+    for (name, layers, in_shape, combo) in sequential_nets() {
+        let (combo_name, optimizer, scheduler) = combos.iter().find(|c| c.0 == combo).expect("a combo").clone();
+        keep_or_write(&dir, &format!("rust_sequential_{name}_{combo_name}.zip"), |out| {
+            let model = (models::SEQUENTIAL, json!({ "layers": layers }));
+            matrix_checkpoint(out, 30, model, &in_shape, optimizer, scheduler, true)
+        });
+    }
+}
+
+/// The golden Sequentials: name, layers, per-example input shape, combo.
+fn sequential_nets() -> Vec<(&'static str, Value, Vec<i64>, &'static str)> {
+    vec![
+        (
+            "convnet",
+            json!([
+                {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": 1, "bias": false},
+                {"type": "BatchNorm2d", "num_features": 4},
+                {"type": "ReLU"},
+                {"type": "MaxPool2d", "kernel_size": 2},
+                {"type": "Flatten"},
+                {"type": "Linear", "in_features": 36, "out_features": 3}
+            ]),
+            vec![1, 6, 6],
+            "adam_warm_restarts",
+        ),
+        (
+            "layers",
+            json!([
+                {"type": "Conv1d", "in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": "same"},
+                {"type": "BatchNorm1d", "num_features": 4, "momentum": null},
+                {"type": "LeakyReLU", "negative_slope": 0.1},
+                {"type": "Flatten"},
+                {"type": "LayerNorm", "normalized_shape": 32},
+                {"type": "Linear", "in_features": 32, "out_features": 8},
+                {"type": "GELU", "approximate": "tanh"},
+                {"type": "Linear", "in_features": 8, "out_features": 8},
+                {"type": "SiLU"},
+                {"type": "Linear", "in_features": 8, "out_features": 3},
+                {"type": "Tanh"}
+            ]),
+            vec![3, 8],
+            "sgd_steplr",
+        ),
+    ]
 }
 
 type Part = Option<(&'static str, Value)>;

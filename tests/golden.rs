@@ -137,7 +137,8 @@ fn golden_training_checkpoints_resume_to_the_recorded_state() {
             common::mse_step(&mut c, &x, &y);
         }
         for (name, t) in c.model().unwrap().state_dict() {
-            let got = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+            // (as f32, as the sidecar records them: num_batches_tracked is int64)
+            let got = Vec::<f32>::try_from(t.flatten(0, -1).to_kind(tch::Kind::Float)).unwrap();
             let recorded = f32s(&resume["params_after"][&name]);
             assert_eq!(got.len(), recorded.len(), "{label}: {name}");
             for (a, b) in got.iter().zip(&recorded) {

@@ -72,6 +72,7 @@ pub fn read_safetensors(path: &std::path::Path) -> BTreeMap<String, Tensor> {
             let kind = match view.dtype() {
                 safetensors::Dtype::F32 => Kind::Float,
                 safetensors::Dtype::F64 => Kind::Double,
+                safetensors::Dtype::I64 => Kind::Int64,
                 d => panic!("unexpected dtype {d:?}"),
             };
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();

@@ -7,7 +7,8 @@ It only ever adds: a file that exists is kept as it is.
 
 The matrix (tests/golden/README.md): the built-in MLP and torch.nn.Linear,
 each with no optimizer, SGD + StepLR, Adam + CosineAnnealingWarmRestarts
-and AdamW + OneCycleLR, trained 10 steps; plus every dtype.
+and AdamW + OneCycleLR, trained 10 steps; plus every dtype; plus two
+portable Sequentials (docs/MODELS.md) trained the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from pytorch_saver import ModelContainer, read_checkpoint
 from pytorch_saver._format import FORMAT_VERSION, write_checkpoint
-from pytorch_saver.models import MLP
+from pytorch_saver.models import MLP, Sequential
 
 GOLDEN = Path(__file__).resolve().parent / f"v{FORMAT_VERSION}"
 BEFORE, AFTER = 10, 5
@@ -30,6 +31,53 @@ BEFORE, AFTER = 10, 5
 MODELS: dict[str, tuple[type[torch.nn.Module], dict[str, Any]]] = {
     "mlp": (MLP, {"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2}),
     "linear": (torch.nn.Linear, {"in_features": 4, "out_features": 3}),
+}
+
+# The portable Sequentials of examples/golden.rs: name -> (layers, per-example
+# input shape, combo).
+SEQUENTIAL_NETS: dict[str, tuple[list[dict[str, Any]], list[int], str]] = {
+    "convnet": (
+        [
+            {
+                "type": "Conv2d",
+                "in_channels": 1,
+                "out_channels": 4,
+                "kernel_size": 3,
+                "padding": 1,
+                "bias": False,
+            },
+            {"type": "BatchNorm2d", "num_features": 4},
+            {"type": "ReLU"},
+            {"type": "MaxPool2d", "kernel_size": 2},
+            {"type": "Flatten"},
+            {"type": "Linear", "in_features": 36, "out_features": 3},
+        ],
+        [1, 6, 6],
+        "adam_warm_restarts",
+    ),
+    "layers": (
+        [
+            {
+                "type": "Conv1d",
+                "in_channels": 3,
+                "out_channels": 4,
+                "kernel_size": 3,
+                "padding": "same",
+            },
+            {"type": "BatchNorm1d", "num_features": 4, "momentum": None},
+            {"type": "LeakyReLU", "negative_slope": 0.1},
+            {"type": "Flatten"},
+            {"type": "LayerNorm", "normalized_shape": 32},
+            {"type": "Linear", "in_features": 32, "out_features": 8},
+            {"type": "GELU", "approximate": "tanh"},
+            {"type": "Linear", "in_features": 8, "out_features": 8},
+            {"type": "SiLU"},
+            {"type": "Linear", "in_features": 8, "out_features": 3},
+            {"type": "Tanh"},
+        ],
+        [3, 8],
+        "sgd_steplr",
+    ),
 }
 
 COMBOS: dict[str, tuple[Any, dict[str, Any], Any, dict[str, Any]]] = {
@@ -121,9 +169,20 @@ def train(objs: Any, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
 
 
 def matrix_checkpoint(
-    scratch: str, seed: int, model: str, combo: str
+    scratch: str,
+    seed: int,
+    model: str,
+    combo: str,
+    in_shape: list[int] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    model_class, model_kwargs = MODELS[model]
+    """A checkpoint of MODELS[model] (or the Sequential of that name, with
+    inputs of shape [batch, *in_shape]), trained 10 steps with the combo,
+    with the sidecar's forward and resume."""
+    if in_shape is None:
+        model_class, model_kwargs = MODELS[model]
+        in_shape = [4]
+    else:
+        model_class, model_kwargs = Sequential, {"layers": SEQUENTIAL_NETS[model][0]}
     optim_class, optim_kwargs, sched_class, sched_kwargs = COMBOS[combo]
     torch.manual_seed(seed)
     container = ModelContainer()
@@ -135,17 +194,18 @@ def matrix_checkpoint(
         sched_class,
         sched_kwargs or None,
     )
-    x, y = torch.randn(6, 4), torch.randn(6, 3)
+    x, y = torch.randn(6, *in_shape), torch.randn(6, 3)
     trains = objs.optimizer is not None
     if trains:
         train(objs, x, y, BEFORE)
     path = container.save(scratch, "golden", step=BEFORE if trains else 0)
 
-    probe = torch.linspace(-1.0, 1.0, 8).reshape(2, 4)
+    numel = 2 * int(torch.Size(in_shape).numel())
+    probe = torch.linspace(-1.0, 1.0, numel).reshape(2, *in_shape)
     with torch.no_grad():
         output = objs.model.eval()(probe)
     extra: dict[str, Any] = {
-        "forward": {"input": f32s(probe), "input_shape": [2, 4], "output": f32s(output)}
+        "forward": {"input": f32s(probe), "input_shape": [2, *in_shape], "output": f32s(output)}
     }
     if not trains:
         return path, extra
@@ -153,7 +213,7 @@ def matrix_checkpoint(
     train(resumed, x, y, AFTER)
     extra["resume"] = {
         "input": f32s(x),
-        "input_shape": [6, 4],
+        "input_shape": [6, *in_shape],
         "target": f32s(y),
         "target_shape": [6, 3],
         "steps": AFTER,
@@ -208,6 +268,13 @@ def main() -> None:
                     scratch, 100 + 10 * m + c, model, combo
                 ),
             )
+    for name, (_, in_shape, combo) in SEQUENTIAL_NETS.items():
+        keep_or_write(
+            f"python_sequential_{name}_{combo}.zip",
+            lambda scratch, name=name, combo=combo, in_shape=in_shape: matrix_checkpoint(
+                scratch, 130, name, combo, in_shape
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -366,6 +366,48 @@ TEST(ContainerGolden, RustMlpInferenceGivesRustsOutput) {
   EXPECT_TRUE(contains(checkpoint.metadata_json(), "pytorch_saver.models.MLP"));
 }
 
+// The bar for C++: a portable Sequential (Conv2d, BatchNorm2d, ReLU,
+// MaxPool2d, Flatten, Linear) trained in Python loads with no model code and
+// gives PyTorch's eval-mode output within 1e-6; then a train-mode step moves
+// BatchNorm's statistics as PyTorch's does.
+TEST(ContainerGolden, PythonTrainedSequentialGivesPyTorchsOutput) {
+  std::string golden = std::string(PTS_REPO_ROOT) +
+                       "/tests/golden/v1/python_sequential_convnet_adam_warm_restarts.zip";
+  std::string sidecar = read_file(golden + ".json");
+  size_t forward_at = sidecar.find("\"forward\"");
+  ASSERT_NE(forward_at, std::string::npos);
+  std::vector<double> input = json_numbers(sidecar, forward_at, "input");
+  std::vector<double> shape = json_numbers(sidecar, forward_at, "input_shape");
+  std::vector<double> output = json_numbers(sidecar, forward_at, "output");
+  ASSERT_EQ(shape.size(), 4u);
+
+  std::vector<float> floats(input.begin(), input.end());
+  std::vector<int64_t> sizes(shape.begin(), shape.end());
+  torch::Tensor x = torch::tensor(floats, torch::kFloat32).reshape(sizes);
+  std::vector<float> out_floats(output.begin(), output.end());
+  torch::Tensor expected = torch::tensor(out_floats, torch::kFloat32).reshape({sizes[0], -1});
+
+  std::string internals = Checkpoint::open(golden).metadata_json();
+  EXPECT_TRUE(contains(internals, "\"class\":\"pytorch_saver.models.Sequential\""));
+  EXPECT_TRUE(contains(internals, "\"language\":\"python\""));
+  auto loaded = Container::load(golden, Registry());
+  EXPECT_TRUE(contains(loaded.metadata_json, "\"type\":\"BatchNorm2d\""));
+  torch::Tensor y = loaded.container.forward(x);
+  ASSERT_EQ(y.sizes(), expected.sizes());
+  double worst = ((y - expected).abs() / expected.abs().clamp_min(1.0)).max().item<double>();
+  EXPECT_LE(worst, 1e-6) << y << "\nexpected\n" << expected;
+
+  // Training continues in C++: one Adam step through the container.
+  torch::Tensor tracked = loaded.container.state_tensor("1.num_batches_tracked");
+  const int64_t before = tracked.item<int64_t>();
+  loaded.container.zero_grad();
+  torch::Tensor loss = loaded.container.forward(x, /*train=*/true).square().mean();
+  loss.backward();
+  loaded.container.step();
+  EXPECT_EQ(loaded.container.state_tensor("1.num_batches_tracked").item<int64_t>(), before + 1);
+  EXPECT_FALSE(torch::equal(loaded.container.forward(x), y));
+}
+
 TEST(ContainerErrors, BecomeExceptionsWithCodes) {
   TempDir tmp;
   Registry registry;
