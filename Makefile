@@ -1,6 +1,7 @@
 # Every target does its own setup from a clean clone: the venv with the
 # torch wheel (libtorch for tch), then the cargo build.
-#   make demo   build, train, save, load in a fresh process, inspect, verify
+#   make demo   build, then train in Python, inspect with the CLI, resume in
+#               Rust and serve from Go, checking the outputs at every step
 #   make test   formatting, lints, every test
 #   make bench  save/load against raw I/O and tch (1 GiB); optimizer step against
 #               LibTorch's C++ optimizers and torch.optim
@@ -19,9 +20,9 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 TORCH_DIR = $(CURDIR)/$(VENV)/lib/python3.11/site-packages/torch
 SDK := $(CURDIR)/target/sdk
 PREFIX ?= $(SDK)
-C_SOURCES = $(wildcard tests/c/*.c examples/c/*.c examples/cpp/*.cpp bindings/cpp/*.hpp bindings/cpp/tests/*.cpp)
+C_SOURCES = $(wildcard tests/c/*.c examples/c/*.c examples/cpp/*.cpp bindings/cpp/*.hpp bindings/cpp/tests/*.cpp bindings/go/*.c bindings/go/*.h)
 
-.PHONY: all demo test lint rust-test python-package python-test c-test cpp-test bench fuzz venv deps build clean lib install header
+.PHONY: all demo test lint rust-test python-package python-test c-test cpp-test go-test go-serve bench fuzz venv deps build clean lib install header
 
 all: test
 
@@ -102,20 +103,39 @@ cpp-test: install deps
 header: venv
 	PTS_BLESS_HEADER=1 $(CARGO) test --release --test header header_is_fresh
 
-demo: build
-	@mkdir -p $(DEMO_DIR)
-	./target/release/examples/quickstart $(DEMO_DIR)
-	@latest=$$(ls -t $(DEMO_DIR)/quickstart_checkpoint_*.zip | head -n 1); \
-	  echo "== pytorch-saver inspect $$latest"; ./target/release/pytorch-saver inspect $$latest && \
-	  echo "== pytorch-saver verify $(DEMO_DIR)/*.zip"; ./target/release/pytorch-saver verify $(DEMO_DIR)/*.zip
+# Train in Python, inspect with the CLI, resume in Rust, serve from Go.
+demo: build python-package go-serve
+	examples/demo.sh $(DEMO_DIR)
+
+# The Go binding (cgo, through the SDK's pkg-config file) and the serve
+# example: vet, gofmt, the race detector, and the race detector again under
+# GC stress (GOGC=1, and a build tag that collects before every C call) to
+# expose a missing runtime.KeepAlive. Nothing is downloaded.
+# Go's build cache does not see PKG_CONFIG_PATH: the SDK's paths also go
+# into CGO_CFLAGS and CGO_LDFLAGS, which it does see, so that a package
+# built against another SDK is never reused.
+GO_ENV := PKG_CONFIG_PATH=$(SDK)/lib/pkgconfig GOTOOLCHAIN=local \
+  CGO_CFLAGS="-g -O2 -I$(SDK)/include" CGO_LDFLAGS="-L$(SDK)/lib -Wl,-rpath,$(SDK)/lib"
+go-test: install
+	@test -z "$$(gofmt -l bindings/go examples/go)" || { gofmt -l bindings/go examples/go; exit 1; }
+	cd bindings/go && $(GO_ENV) go vet ./...
+	cd bindings/go && $(GO_ENV) go test -race -count=1 ./...
+	cd bindings/go && $(GO_ENV) GOGC=1 go test -race -count=1 ./...
+	cd bindings/go && $(GO_ENV) go test -race -count=1 -tags pytorchsaver_gcstress ./...
+	cd examples/go/serve && $(GO_ENV) go vet ./...
+	cd examples/go/serve && $(GO_ENV) go test -race -count=1 ./...
+	cd examples/go/serve && $(GO_ENV) GOGC=1 go test -race -count=1 ./...
+
+go-serve: install
+	cd examples/go/serve && $(GO_ENV) go build -o $(CURDIR)/target/go/serve .
 
 lint: venv deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) clippy --release --no-default-features --all-targets -- -D warnings
 	$(CARGO) clippy --release --features fault-injection --lib -- -D warnings
-	$(VENV)/bin/ruff check tests benches bindings/python
-	$(VENV)/bin/ruff format --check tests benches bindings/python
+	$(VENV)/bin/ruff check tests benches bindings/python examples/python
+	$(VENV)/bin/ruff format --check tests benches bindings/python examples/python
 	cd bindings/python && ../../$(VENV)/bin/mypy
 	clang-format --dry-run -Werror $(C_SOURCES)
 
@@ -130,7 +150,7 @@ python-package: venv
 python-test: python-package
 	cd bindings/python && ../../$(PY) -m pytest -q tests
 
-test: lint rust-test python-test c-test cpp-test
+test: lint rust-test python-test c-test cpp-test go-test
 
 bench: build
 	$(CARGO) bench --bench save_load

@@ -1,0 +1,29 @@
+// Trampolines between the library's callback signatures (void *user data)
+// and the Go functions exported in callbacks.go (an integer cgo.Handle).
+
+#include "callbacks.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "_cgo_export.h"
+
+static pts_error_t *ptsgo_factory(void *user_data, const pts_kwargs_t *kwargs, bool loading,
+                                  pts_model_builder_t *builder) {
+  return ptsgoFactory((uintptr_t)user_data, (pts_kwargs_t *)kwargs, loading, builder);
+}
+
+static pts_error_t *ptsgo_forward(void *instance, const pts_tensor_t *input, bool train,
+                                  pts_tensor_t **output) {
+  return ptsgoForward((uintptr_t)instance, (pts_tensor_t *)input, train, output);
+}
+
+static void ptsgo_release(void *handle) { ptsgoRelease((uintptr_t)handle); }
+
+pts_error_t *ptsgo_register_model(pts_registry_t *registry, const char *name, uintptr_t factory) {
+  return pts_registry_register_model(registry, name, ptsgo_factory, (void *)factory, ptsgo_release);
+}
+
+pts_error_t *ptsgo_set_forward(pts_model_builder_t *builder, uintptr_t instance) {
+  return pts_model_builder_set_forward(builder, ptsgo_forward, (void *)instance, ptsgo_release);
+}

@@ -1,0 +1,21 @@
+/*
+ * The C side of Go model factories (callbacks.c): registration helpers
+ * that hand the library a cgo.Handle as user data. The handle travels as
+ * an integer turned into void * here in C, so that Go never holds a
+ * pointer made from an integer.
+ */
+#ifndef PYTORCH_SAVER_GO_CALLBACKS_H
+#define PYTORCH_SAVER_GO_CALLBACKS_H
+
+#include <pytorch_saver.h>
+#include <stdint.h>
+
+/* pts_registry_register_model with the Go factory trampoline; `factory`
+ * is a cgo.Handle, released (deleted) by the library's finalizer call. */
+pts_error_t *ptsgo_register_model(pts_registry_t *registry, const char *name, uintptr_t factory);
+
+/* pts_model_builder_set_forward with the Go forward trampoline;
+ * `instance` is a cgo.Handle, released as above. */
+pts_error_t *ptsgo_set_forward(pts_model_builder_t *builder, uintptr_t instance);
+
+#endif

@@ -1,0 +1,418 @@
+package pytorchsaver
+
+/*
+#include <pytorch_saver.h>
+*/
+import "C"
+
+import (
+	"encoding/json"
+	"runtime"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// Kind is what a checkpoint file holds.
+type Kind string
+
+// The kinds of checkpoint file.
+const (
+	// KindCheckpoint is a training checkpoint: model, and the optimizer
+	// and scheduler if the container had them.
+	KindCheckpoint Kind = "checkpoint"
+	// KindInference is a model alone (Container.SaveInference).
+	KindInference Kind = "inference"
+)
+
+// Producer says which implementation wrote a file.
+type Producer struct {
+	// Library is "pytorch-saver".
+	Library string `json:"library"`
+	// Version is the writing library's version.
+	Version string `json:"version"`
+	// Language is the implementation's language: "rust", "python", ...
+	Language string `json:"language"`
+	// TorchVersion is the torch version of the writer, if it recorded one.
+	TorchVersion string `json:"torch_version,omitempty"`
+}
+
+// The metadata keys that belong to the format, not to the user.
+const (
+	keyModelKwargs     = "model_kwargs"
+	keyOptimKwargs     = "optim_kwargs"
+	keySchedulerKwargs = "scheduler_kwargs"
+	keyTimestamp       = "timestamp"
+	keyInternals       = "__pytorch_saver__"
+)
+
+// internals is the part of __pytorch_saver__ that the accessors expose.
+type internals struct {
+	FormatVersion int       `json:"format_version"`
+	Kind          Kind      `json:"kind"`
+	Model         classRef  `json:"model"`
+	Optimizer     *classRef `json:"optimizer"`
+	Scheduler     *classRef `json:"scheduler"`
+	Producer      Producer  `json:"producer"`
+}
+
+type classRef struct {
+	Class string `json:"class"`
+}
+
+// Checkpoint is an open checkpoint file, fully validated when opened
+// (every CRC-32 and header), read without building a model: its metadata
+// and its tensors' names, dtypes, shapes and bytes.
+//
+// A Checkpoint is read-only: any number of goroutines may use it at once.
+// Close frees it (a finalizer does if Close is never called); after Close
+// the tensor methods return an error matching ErrUsage, while the metadata
+// accessors, which read a copy made at open, keep working.
+type Checkpoint struct {
+	mu       sync.RWMutex
+	ptr      *C.pts_checkpoint_t
+	cleanup  runtime.Cleanup
+	metaJSON string
+	top      map[string]json.RawMessage
+	internal internals
+	ts       int64
+}
+
+// OpenCheckpoint opens and validates the checkpoint file at path. A
+// missing file is an error matching ErrIO, a malformed one ErrFormat (the
+// message names the member, tensor and byte range), a newer format
+// ErrUnsupportedVersion.
+func OpenCheckpoint(path string) (*Checkpoint, error) {
+	cpath, err := cString("path", path)
+	if err != nil {
+		return nil, err
+	}
+	defer freeString(cpath)
+	var ptr *C.pts_checkpoint_t
+	if err := takeError(C.pts_checkpoint_open(cpath, &ptr)); err != nil {
+		return nil, err
+	}
+	var meta *C.char
+	if err := takeError(C.pts_checkpoint_metadata(ptr, &meta)); err != nil {
+		C.pts_checkpoint_free(ptr)
+		return nil, err
+	}
+	c := &Checkpoint{metaJSON: C.GoString(meta)}
+	if err := c.parseMetadata(); err != nil {
+		C.pts_checkpoint_free(ptr)
+		return nil, errorf(CodeFormat, "%s: metadata.json: %v", path, err)
+	}
+	c.ptr = ptr
+	c.cleanup = runtime.AddCleanup(c, freeCheckpoint, ptr)
+	return c, nil
+}
+
+func freeCheckpoint(ptr *C.pts_checkpoint_t) { C.pts_checkpoint_free(ptr) }
+
+func (c *Checkpoint) parseMetadata() error {
+	if err := json.Unmarshal([]byte(c.metaJSON), &c.top); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(c.top[keyInternals], &c.internal); err != nil {
+		return err
+	}
+	if raw, ok := c.top[keyTimestamp]; ok {
+		if err := json.Unmarshal(raw, &c.ts); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close frees the checkpoint. Calling it again does nothing; it may run
+// while other goroutines use the checkpoint (their calls then fail with
+// ErrUsage). It always returns nil.
+func (c *Checkpoint) Close() error {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ptr != nil {
+		c.cleanup.Stop()
+		C.pts_checkpoint_free(c.ptr)
+		c.ptr = nil
+	}
+	return nil
+}
+
+// MetadataJSON returns the whole metadata.json object as JSON text: the
+// flat keys (model_kwargs, optim_kwargs, scheduler_kwargs, timestamp, the
+// user's keys) and the format internals under "__pytorch_saver__".
+func (c *Checkpoint) MetadataJSON() string { return c.metaJSON }
+
+// Metadata returns the whole metadata.json object, as MetadataJSON, parsed
+// by encoding/json (numbers are float64). Each call returns a new map.
+func (c *Checkpoint) Metadata() map[string]any {
+	var m map[string]any
+	_ = json.Unmarshal([]byte(c.metaJSON), &m) // validated at open
+	return m
+}
+
+// UserMetadata returns the keys the user saved with the checkpoint (such
+// as "loss" and "epoch"): the metadata without model_kwargs, optim_kwargs,
+// scheduler_kwargs, timestamp and __pytorch_saver__.
+func (c *Checkpoint) UserMetadata() map[string]any {
+	m := c.Metadata()
+	for _, k := range []string{keyModelKwargs, keyOptimKwargs, keySchedulerKwargs, keyTimestamp, keyInternals} {
+		delete(m, k)
+	}
+	return m
+}
+
+// FormatVersion returns the file's format version (1).
+func (c *Checkpoint) FormatVersion() int { return c.internal.FormatVersion }
+
+// Kind tells a training checkpoint from an inference file.
+func (c *Checkpoint) Kind() Kind { return c.internal.Kind }
+
+// ModelClass returns the model's class name, such as
+// "pytorch_saver.models.MLP" or "torch.nn.Linear".
+func (c *Checkpoint) ModelClass() string { return c.internal.Model.Class }
+
+// ModelKwargs returns the model's constructor kwargs.
+func (c *Checkpoint) ModelKwargs() map[string]any { return c.object(keyModelKwargs) }
+
+// OptimizerClass returns the optimizer's class name, such as
+// "torch.optim.Adam", or "" when the file has no optimizer.
+func (c *Checkpoint) OptimizerClass() string {
+	if c.internal.Optimizer == nil {
+		return ""
+	}
+	return c.internal.Optimizer.Class
+}
+
+// OptimizerKwargs returns the optimizer's constructor kwargs, or nil when
+// the file has no optimizer.
+func (c *Checkpoint) OptimizerKwargs() map[string]any { return c.object(keyOptimKwargs) }
+
+// SchedulerClass returns the LR scheduler's class name, such as
+// "torch.optim.lr_scheduler.StepLR", or "" when the file has none.
+func (c *Checkpoint) SchedulerClass() string {
+	if c.internal.Scheduler == nil {
+		return ""
+	}
+	return c.internal.Scheduler.Class
+}
+
+// SchedulerKwargs returns the scheduler's constructor kwargs, or nil when
+// the file has no scheduler.
+func (c *Checkpoint) SchedulerKwargs() map[string]any { return c.object(keySchedulerKwargs) }
+
+// Timestamp returns the time the file was saved (whole seconds, UTC).
+func (c *Checkpoint) Timestamp() time.Time { return time.Unix(c.ts, 0).UTC() }
+
+// Producer returns which implementation wrote the file.
+func (c *Checkpoint) Producer() Producer { return c.internal.Producer }
+
+// object decodes a top-level JSON object; nil when absent.
+func (c *Checkpoint) object(key string) map[string]any {
+	raw, ok := c.top[key]
+	if !ok {
+		return nil
+	}
+	var m map[string]any
+	if json.Unmarshal(raw, &m) != nil {
+		return nil
+	}
+	return m
+}
+
+// with runs f on the live handle under the read lock.
+func (c *Checkpoint) with(f func(ptr *C.pts_checkpoint_t) error) error {
+	if c == nil {
+		return errorf(CodeNullArgument, "the checkpoint is nil")
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.ptr == nil {
+		return errClosed("checkpoint")
+	}
+	maybeGC()
+	err := f(c.ptr)
+	runtime.KeepAlive(c)
+	return err
+}
+
+// withName is with, with name as a C string.
+func (c *Checkpoint) withName(name string, f func(ptr *C.pts_checkpoint_t, cname *C.char) error) error {
+	cname, err := cString("tensor name", name)
+	if err != nil {
+		return err
+	}
+	defer freeString(cname)
+	return c.with(func(ptr *C.pts_checkpoint_t) error { return f(ptr, cname) })
+}
+
+// TensorNames returns the names of a member's tensors in file order (none
+// for the optimizer member of an inference file).
+func (c *Checkpoint) TensorNames(member Member) ([]string, error) {
+	var names []string
+	err := c.with(func(ptr *C.pts_checkpoint_t) error {
+		var n C.size_t
+		if err := takeError(C.pts_checkpoint_tensor_count(ptr, C.pts_member_t(member), &n)); err != nil {
+			return err
+		}
+		names = make([]string, 0, int(n))
+		for i := C.size_t(0); i < n; i++ {
+			var name *C.char
+			if err := takeError(C.pts_checkpoint_tensor_name(ptr, C.pts_member_t(member), i, &name)); err != nil {
+				return err
+			}
+			names = append(names, C.GoString(name))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return names, nil
+}
+
+// TensorInfo returns a tensor's dtype, shape and byte size without reading
+// it. An unknown name is an error matching ErrNotFound.
+func (c *Checkpoint) TensorInfo(member Member, name string) (TensorInfo, error) {
+	var info TensorInfo
+	err := c.withName(name, func(ptr *C.pts_checkpoint_t, cname *C.char) (err error) {
+		info, err = cCheckpointInfo(ptr, member, cname)
+		return err
+	})
+	return info, err
+}
+
+func cCheckpointInfo(ptr *C.pts_checkpoint_t, member Member, cname *C.char) (TensorInfo, error) {
+	var dtype C.pts_dtype_t
+	var shape *C.int64_t
+	var ndim, nbytes C.size_t
+	err := takeError(C.pts_checkpoint_tensor_info(ptr, C.pts_member_t(member), cname, &dtype, &shape, &ndim, &nbytes))
+	if err != nil {
+		return TensorInfo{}, err
+	}
+	dims := make([]int64, int(ndim))
+	if ndim > 0 {
+		copy(dims, unsafe.Slice((*int64)(unsafe.Pointer(shape)), int(ndim)))
+	}
+	return TensorInfo{DType: DType(dtype), Shape: dims, NumBytes: int(nbytes)}, nil
+}
+
+// ReadBytes returns a copy of a tensor's bytes as stored (C order,
+// little-endian), whatever its dtype, and its shape. This is how Float16
+// and BFloat16 tensors are read.
+func (c *Checkpoint) ReadBytes(member Member, name string) ([]byte, []int64, error) {
+	return checkpointRead[byte](c, member, name, 0)
+}
+
+// ReadFloat32 returns a copy of a Float32 tensor's elements (C order) and
+// its shape. Another dtype is an error matching ErrInvalidArgument.
+func (c *Checkpoint) ReadFloat32(member Member, name string) ([]float32, []int64, error) {
+	return checkpointRead[float32](c, member, name, Float32)
+}
+
+// ReadFloat64 returns a copy of a Float64 tensor's elements and its shape.
+func (c *Checkpoint) ReadFloat64(member Member, name string) ([]float64, []int64, error) {
+	return checkpointRead[float64](c, member, name, Float64)
+}
+
+// ReadInt64 returns a copy of an Int64 tensor's elements and its shape.
+func (c *Checkpoint) ReadInt64(member Member, name string) ([]int64, []int64, error) {
+	return checkpointRead[int64](c, member, name, Int64)
+}
+
+// ReadInt32 returns a copy of an Int32 tensor's elements and its shape.
+func (c *Checkpoint) ReadInt32(member Member, name string) ([]int32, []int64, error) {
+	return checkpointRead[int32](c, member, name, Int32)
+}
+
+// ReadInt16 returns a copy of an Int16 tensor's elements and its shape.
+func (c *Checkpoint) ReadInt16(member Member, name string) ([]int16, []int64, error) {
+	return checkpointRead[int16](c, member, name, Int16)
+}
+
+// ReadInt8 returns a copy of an Int8 tensor's elements and its shape.
+func (c *Checkpoint) ReadInt8(member Member, name string) ([]int8, []int64, error) {
+	return checkpointRead[int8](c, member, name, Int8)
+}
+
+// ReadUint8 returns a copy of a Uint8 tensor's elements and its shape.
+func (c *Checkpoint) ReadUint8(member Member, name string) ([]uint8, []int64, error) {
+	return checkpointRead[uint8](c, member, name, Uint8)
+}
+
+// ReadBool returns a copy of a Bool tensor's elements and its shape.
+func (c *Checkpoint) ReadBool(member Member, name string) ([]bool, []int64, error) {
+	raw, shape, err := checkpointRead[byte](c, member, name, Bool)
+	if err != nil {
+		return nil, nil, err
+	}
+	return bytesToBools(raw), shape, nil
+}
+
+// checkpointRead copies a tensor into a new []T, refusing a dtype other
+// than want (0: any; T is then byte).
+func checkpointRead[T Element](c *Checkpoint, member Member, name string, want DType) ([]T, []int64, error) {
+	var out []T
+	var shape []int64
+	err := c.withName(name, func(ptr *C.pts_checkpoint_t, cname *C.char) error {
+		info, err := cCheckpointInfo(ptr, member, cname)
+		if err != nil {
+			return err
+		}
+		if want != 0 && info.DType != want {
+			return errorf(CodeInvalidArgument, "tensor %q of %v is %v, not %v", name, member, info.DType, want)
+		}
+		var zero T
+		out = make([]T, info.NumBytes/int(unsafe.Sizeof(zero)))
+		err = takeError(C.pts_checkpoint_tensor_read(ptr, C.pts_member_t(member), cname,
+			sliceData(out), C.size_t(info.NumBytes)))
+		if err != nil {
+			return err
+		}
+		if want != 0 {
+			fromLittleEndian(out)
+		}
+		shape = info.Shape
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return out, shape, nil
+}
+
+// View lends fn a tensor's bytes in place, from the file's read-only
+// memory map, with no copy (C order, little-endian, not necessarily
+// aligned for the dtype). The slice is valid only while fn runs: fn must
+// not keep it, write to it (the memory is read-only: a write crashes the
+// program), or call c.Close. View returns fn's error.
+func (c *Checkpoint) View(member Member, name string, fn func(data []byte) error) error {
+	return c.withName(name, func(ptr *C.pts_checkpoint_t, cname *C.char) error {
+		var data *C.uint8_t
+		var n C.size_t
+		if err := takeError(C.pts_checkpoint_tensor_borrow(ptr, C.pts_member_t(member), cname, &data, &n)); err != nil {
+			return err
+		}
+		view := []byte{}
+		if n > 0 {
+			view = unsafe.Slice((*byte)(unsafe.Pointer(data)), int(n))
+		}
+		return fn(view)
+	})
+}
+
+// Tensor returns a tensor of the file as a new Tensor (a copy: it
+// outlives the checkpoint).
+func (c *Checkpoint) Tensor(member Member, name string) (*Tensor, error) {
+	var out *C.pts_tensor_t
+	err := c.withName(name, func(ptr *C.pts_checkpoint_t, cname *C.char) error {
+		return takeError(C.pts_checkpoint_tensor(ptr, C.pts_member_t(member), cname, &out))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return wrapTensor(out), nil
+}

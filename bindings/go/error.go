@@ -1,0 +1,175 @@
+package pytorchsaver
+
+import "fmt"
+
+// Code is a stable error code: one of the PTS_ERROR_* values of the C
+// API. Codes are never renumbered or reused.
+type Code uint32
+
+// The error codes, as docs/C_API.md lists them.
+const (
+	// CodeNullArgument: a required argument was missing (NULL in C).
+	CodeNullArgument Code = 1
+	// CodeInvalidArgument: an argument out of range or malformed: a
+	// string with a NUL byte, a wrong dtype, a buffer of the wrong
+	// length, an index past the end.
+	CodeInvalidArgument Code = 2
+	// CodeInvalidJSON: kwargs or metadata that are not a JSON object.
+	CodeInvalidJSON Code = 3
+	// CodeIO: the operating system refused a file operation (a missing
+	// file, an unwritable directory).
+	CodeIO Code = 4
+	// CodeFormat: the file is not a valid checkpoint (truncated, corrupt,
+	// not a ZIP, breaking format v1).
+	CodeFormat Code = 5
+	// CodeUnsupportedVersion: the file declares a format version this
+	// library does not read.
+	CodeUnsupportedVersion Code = 6
+	// CodeUnknownName: a class name the registry does not hold.
+	CodeUnknownName Code = 7
+	// CodeDuplicateName: a second registration under a name already
+	// taken, or a tensor added twice.
+	CodeDuplicateName Code = 8
+	// CodeInvalidKwargs: constructor kwargs the class does not accept.
+	CodeInvalidKwargs Code = 9
+	// CodeFactory: a model factory failed.
+	CodeFactory Code = 10
+	// CodeInvalidMetadata: user metadata that uses a reserved key or that
+	// JSON cannot hold.
+	CodeInvalidMetadata Code = 11
+	// CodeNotInitialized: the container holds no model yet.
+	CodeNotInitialized Code = 12
+	// CodeStateMismatch: saved state that does not fit the object it is
+	// loaded into.
+	CodeStateMismatch Code = 13
+	// CodeInvalidState: malformed optimizer or scheduler state.
+	CodeInvalidState Code = 14
+	// CodeUsage: a call the configuration does not allow (no optimizer,
+	// no scheduler, a metric missing), or a handle used after Close.
+	CodeUsage Code = 15
+	// CodeTorch: libtorch reported an error (a wrong input shape in
+	// forward, ...).
+	CodeTorch Code = 16
+	// CodeCallback: a forward function (a Go ForwardFunc) failed.
+	CodeCallback Code = 17
+	// CodeNotFound: a tensor name the checkpoint or container does not
+	// hold.
+	CodeNotFound Code = 18
+	// CodePanic: an internal error (a panic inside the library), caught
+	// at the boundary.
+	CodePanic Code = 19
+)
+
+var codeNames = [...]string{
+	CodeNullArgument:       "null argument",
+	CodeInvalidArgument:    "invalid argument",
+	CodeInvalidJSON:        "invalid JSON",
+	CodeIO:                 "I/O error",
+	CodeFormat:             "invalid checkpoint",
+	CodeUnsupportedVersion: "unsupported format version",
+	CodeUnknownName:        "unknown class",
+	CodeDuplicateName:      "duplicate name",
+	CodeInvalidKwargs:      "invalid kwargs",
+	CodeFactory:            "model factory failed",
+	CodeInvalidMetadata:    "invalid metadata",
+	CodeNotInitialized:     "container not initialized",
+	CodeStateMismatch:      "state mismatch",
+	CodeInvalidState:       "invalid state",
+	CodeUsage:              "usage error",
+	CodeTorch:              "libtorch error",
+	CodeCallback:           "callback failed",
+	CodeNotFound:           "not found",
+	CodePanic:              "internal error",
+}
+
+// String returns a short description of the code, such as "not found".
+func (c Code) String() string {
+	if int(c) < len(codeNames) && codeNames[c] != "" {
+		return codeNames[c]
+	}
+	return fmt.Sprintf("error code %d", uint32(c))
+}
+
+// Error is every error this package returns: a stable code and a message
+// naming the problem (the file member, tensor, byte range or kwarg).
+// Compare with the Err* sentinels through errors.Is, which matches on the
+// code alone:
+//
+//	if errors.Is(err, pytorchsaver.ErrNotFound) { ... }
+//
+// or take it apart with errors.As.
+type Error struct {
+	// Code is the stable error code.
+	Code Code
+	// Message says what failed; it may be empty only in a sentinel.
+	Message string
+}
+
+// Error formats the error as "pytorchsaver: <code>: <message>".
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return "pytorchsaver: " + e.Code.String()
+	}
+	return "pytorchsaver: " + e.Code.String() + ": " + e.Message
+}
+
+// Is reports whether target is an *Error with the same code, so that
+// errors.Is(err, ErrStateMismatch) holds for every state-mismatch error
+// whatever its message.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t != nil && t.Code == e.Code
+}
+
+// errorf makes an *Error for a failure detected on the Go side.
+func errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// errClosed is the error of any call on a closed handle.
+func errClosed(what string) *Error {
+	return errorf(CodeUsage, "the %s is closed", what)
+}
+
+// Sentinel errors, one per code, for errors.Is. Their messages are empty;
+// the errors the package returns carry the message.
+var (
+	// ErrNullArgument matches every error with CodeNullArgument.
+	ErrNullArgument = &Error{Code: CodeNullArgument}
+	// ErrInvalidArgument matches every error with CodeInvalidArgument.
+	ErrInvalidArgument = &Error{Code: CodeInvalidArgument}
+	// ErrInvalidJSON matches every error with CodeInvalidJSON.
+	ErrInvalidJSON = &Error{Code: CodeInvalidJSON}
+	// ErrIO matches every error with CodeIO.
+	ErrIO = &Error{Code: CodeIO}
+	// ErrFormat matches every error with CodeFormat.
+	ErrFormat = &Error{Code: CodeFormat}
+	// ErrUnsupportedVersion matches every error with CodeUnsupportedVersion.
+	ErrUnsupportedVersion = &Error{Code: CodeUnsupportedVersion}
+	// ErrUnknownName matches every error with CodeUnknownName.
+	ErrUnknownName = &Error{Code: CodeUnknownName}
+	// ErrDuplicateName matches every error with CodeDuplicateName.
+	ErrDuplicateName = &Error{Code: CodeDuplicateName}
+	// ErrInvalidKwargs matches every error with CodeInvalidKwargs.
+	ErrInvalidKwargs = &Error{Code: CodeInvalidKwargs}
+	// ErrFactory matches every error with CodeFactory.
+	ErrFactory = &Error{Code: CodeFactory}
+	// ErrInvalidMetadata matches every error with CodeInvalidMetadata.
+	ErrInvalidMetadata = &Error{Code: CodeInvalidMetadata}
+	// ErrNotInitialized matches every error with CodeNotInitialized.
+	ErrNotInitialized = &Error{Code: CodeNotInitialized}
+	// ErrStateMismatch matches every error with CodeStateMismatch.
+	ErrStateMismatch = &Error{Code: CodeStateMismatch}
+	// ErrInvalidState matches every error with CodeInvalidState.
+	ErrInvalidState = &Error{Code: CodeInvalidState}
+	// ErrUsage matches every error with CodeUsage.
+	ErrUsage = &Error{Code: CodeUsage}
+	// ErrTorch matches every error with CodeTorch.
+	ErrTorch = &Error{Code: CodeTorch}
+	// ErrCallback matches every error with CodeCallback.
+	ErrCallback = &Error{Code: CodeCallback}
+	// ErrNotFound matches every error with CodeNotFound.
+	ErrNotFound = &Error{Code: CodeNotFound}
+	// ErrPanic matches every error with CodePanic.
+	ErrPanic = &Error{Code: CodePanic}
+)
