@@ -444,6 +444,14 @@ void pts_checkpoint_free(pts_checkpoint_t *checkpoint);
 pts_error_t *pts_container_new(const pts_registry_t *registry, pts_container_t **out);
 
 /**
+ * Sets the language the files this container writes record as their
+ * producer's (`__pytorch_saver__.producer.language`, docs/FORMAT.md):
+ * `"c"` by default; a binding sets its own (`"c++"`, `"go"`, ...). 1 to 32
+ * printable ASCII characters, else `PTS_ERROR_USAGE`.
+ */
+pts_error_t *pts_container_set_producer_language(pts_container_t *container, const char *language);
+
+/**
  * Builds the model `model_class` from `model_kwargs_json` (a JSON object;
  * NULL means `{}`), and optionally an optimizer (`optim_class` such as
  * `"torch.optim.Adam"`, NULL for none) and a scheduler (`sched_class`
@@ -621,7 +629,8 @@ void pts_error_free(pts_error_t *error);
 
 /**
  * A new registry holding the built-in classes (`torch.nn.Linear`,
- * `pytorch_saver.models.MLP`). The caller frees `*out`.
+ * `pytorch_saver.models.MLP`, `pytorch_saver.models.Sequential`; see
+ * docs/MODELS.md). The caller frees `*out`.
  */
 pts_error_t *pts_registry_new(pts_registry_t **out);
 

@@ -363,6 +363,9 @@ pub struct ModelContainer {
     optimizer: Option<Optimizer>,
     scheduler: Option<Scheduler>,
     write_options: WriteOptions,
+    /// The language recorded as the files' producer (`"rust"`; a binding
+    /// records its own).
+    language: String,
 }
 
 impl Default for ModelContainer {
@@ -386,7 +389,23 @@ impl ModelContainer {
             optimizer: None,
             scheduler: None,
             write_options: WriteOptions::default(),
+            language: "rust".into(),
         }
+    }
+
+    /// The language recorded in the files it writes as their producer's
+    /// (`__pytorch_saver__.producer.language`): `"rust"` unless a binding
+    /// says otherwise (`"c"`, `"c++"`, `"go"`). A non-empty string of at
+    /// most 32 printable ASCII characters.
+    pub fn set_producer_language(&mut self, language: &str) -> Result<()> {
+        let printable = language.bytes().all(|b| b.is_ascii_graphic());
+        if language.is_empty() || language.len() > 32 || !printable {
+            return Err(Error::Usage(format!(
+                "a producer language is 1 to 32 printable ASCII characters, got {language:?}"
+            )));
+        }
+        self.language = language.to_owned();
+        Ok(())
     }
 
     /// Where new models are built and loaded.
@@ -546,7 +565,11 @@ impl ModelContainer {
                 serde_json::json!({ "class": sched.class(), "state": Value::Object(sched.state_dict()) }),
             );
         }
-        internals.insert("producer".into(), Producer::this_library().to_json());
+        let producer = Producer {
+            language: self.language.clone(),
+            ..Producer::this_library()
+        };
+        internals.insert("producer".into(), producer.to_json());
         metadata.insert("timestamp".into(), timestamp.into());
         for (k, v) in &user.map {
             metadata.insert(k.clone(), v.clone());

@@ -429,3 +429,25 @@ fn saves_within_one_second_get_distinct_names() {
         "{paths:?}"
     );
 }
+
+#[test]
+fn the_producer_language_is_rust_unless_a_binding_names_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let language_of = |path: &std::path::Path| {
+        let ckpt = Checkpoint::open(path).unwrap();
+        ckpt.metadata()["__pytorch_saver__"]["producer"]["language"].clone()
+    };
+    let mut c = linear(true);
+    let rust = c.save_inference(dir.path(), "rust", &UserMetadata::new()).unwrap();
+    assert_eq!(language_of(&rust), "rust");
+    c.set_producer_language("go").unwrap();
+    let go = c.save_inference(dir.path(), "go", &UserMetadata::new()).unwrap();
+    assert_eq!(language_of(&go), "go");
+    for bad in ["", "objective c", "ü", &"x".repeat(33)] {
+        let err = c.set_producer_language(bad).unwrap_err();
+        assert!(matches!(err, Error::Usage(_)), "{bad:?}: {err}");
+    }
+    // A refused language leaves the last one in place.
+    let still_go = c.save(dir.path(), "go", &UserMetadata::new()).unwrap();
+    assert_eq!(language_of(&still_go), "go");
+}

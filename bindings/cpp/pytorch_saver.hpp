@@ -627,8 +627,13 @@ class Container {
   static pts_container_t* create(const pts_registry_t* registry) {
     pts_container_t* out = nullptr;
     detail::check(pts_container_new(registry, &out));
-    return out;
+    std::unique_ptr<pts_container_t, detail::ContainerDeleter> owned(out);
+    detail::check(pts_container_set_producer_language(out, kProducerLanguage));
+    return owned.release();
   }
+
+  // What the files a C++ program saves record as their producer's language.
+  static constexpr const char* kProducerLanguage = "c++";
 
   // A moved-from Registry must not silently mean "the built-in classes".
   static const pts_registry_t* checked(const Registry& registry) {
@@ -656,7 +661,9 @@ inline Container::Loaded Container::load_from(const pts_registry_t* registry,
   char* meta = nullptr;
   detail::check(pts_container_load(registry, path.c_str(), &out, &meta));
   Container container(out);
-  return Loaded{std::move(container), detail::take_string(meta)};
+  std::string metadata = detail::take_string(meta);
+  detail::check(pts_container_set_producer_language(out, kProducerLanguage));
+  return Loaded{std::move(container), std::move(metadata)};
 }
 
 inline Container::Loaded Container::load(const std::string& path, const Registry& registry) {

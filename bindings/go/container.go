@@ -87,7 +87,22 @@ func newContainer(registry *C.pts_registry_t) (*Container, error) {
 	if err := takeError(C.pts_container_new(registry, &out)); err != nil {
 		return nil, err
 	}
-	return wrapContainer(out), nil
+	c := wrapContainer(out)
+	if err := c.recordGoAsProducer(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// producerLanguage is what files saved from Go record as their producer's
+// language (docs/FORMAT.md); allocated once for the process.
+var producerLanguage = C.CString("go")
+
+func (c *Container) recordGoAsProducer() error {
+	err := takeError(C.pts_container_set_producer_language(c.ptr, producerLanguage))
+	runtime.KeepAlive(c)
+	return err
 }
 
 // LoadContainer loads the checkpoint at path into a new container over
@@ -113,6 +128,9 @@ func loadContainer(registry *C.pts_registry_t, path string) (*Container, map[str
 	}
 	c := wrapContainer(out)
 	m, err := parseFlatMetadata(takeString(meta))
+	if err == nil {
+		err = c.recordGoAsProducer()
+	}
 	if err != nil {
 		c.Close()
 		return nil, nil, err

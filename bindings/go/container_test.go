@@ -80,6 +80,21 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer loaded.Close()
+	// What Go saves names Go as its producer's language, also after a load.
+	resaved, err := loaded.SaveInference(dir, "go_resaved", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, file := range []string{path, resaved} {
+		ckpt, err := OpenCheckpoint(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lang := ckpt.Producer().Language; lang != "go" {
+			t.Errorf("%s: producer language %q, want \"go\"", file, lang)
+		}
+		ckpt.Close()
+	}
 	if meta["epoch"] != 2.0 || meta["loss"] != 0.5 || meta["note"] != "from Go" {
 		t.Fatalf("metadata %v", meta)
 	}

@@ -27,8 +27,10 @@ pub struct pts_container_t {
 impl pts_container_t {
     fn new(registry: Option<&pts_registry_t>) -> Self {
         let registry = registry.map_or_else(Registry::new, |r| r.registry.clone());
+        let mut inner = ModelContainer::with_registry(Arc::new(registry));
+        inner.set_producer_language("c").expect("a valid language");
         pts_container_t {
-            inner: ModelContainer::with_registry(Arc::new(registry)),
+            inner,
             params: Vec::new(),
         }
     }
@@ -70,6 +72,23 @@ pub unsafe extern "C" fn pts_container_new(
         // SAFETY: NULL or a live registry (header contract).
         let registry = unsafe { registry.as_ref() };
         out.write(Box::into_raw(Box::new(pts_container_t::new(registry))));
+        Ok(())
+    })
+}
+
+/// Sets the language the files this container writes record as their
+/// producer's (`__pytorch_saver__.producer.language`, docs/FORMAT.md):
+/// `"c"` by default; a binding sets its own (`"c++"`, `"go"`, ...). 1 to 32
+/// printable ASCII characters, else `PTS_ERROR_USAGE`.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_set_producer_language(
+    container: *mut pts_container_t,
+    language: *const c_char,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let c = unsafe { arg_mut(container, "container") }?;
+        let language = unsafe { arg_str(language, "language") }?;
+        c.inner.set_producer_language(language)?;
         Ok(())
     })
 }

@@ -217,7 +217,8 @@ fn build_c_model(
 }
 
 /// A new registry holding the built-in classes (`torch.nn.Linear`,
-/// `pytorch_saver.models.MLP`). The caller frees `*out`.
+/// `pytorch_saver.models.MLP`, `pytorch_saver.models.Sequential`; see
+/// docs/MODELS.md). The caller frees `*out`.
 #[no_mangle]
 pub unsafe extern "C" fn pts_registry_new(out: *mut *mut pts_registry_t) -> *mut pts_error_t {
     boundary(|| {

@@ -284,6 +284,20 @@ static void test_mlp_forward_matches_rust(void) {
   pts_container_free(c);
 }
 
+/* Whether the file at `path` records `language` as its producer's. */
+static bool producer_language_is(const char *path, const char *language) {
+  pts_checkpoint_t *ckpt = NULL;
+  const char *meta = NULL;
+  char needle[64];
+  snprintf(needle, sizeof needle, "\"language\":\"%s\"", language);
+  pts_error_t *err = pts_checkpoint_open(path, &ckpt);
+  if (err == NULL) err = pts_checkpoint_metadata(ckpt, &meta);
+  bool found = err == NULL && strstr(meta, needle) != NULL;
+  pts_error_free(err);
+  pts_checkpoint_free(ckpt);
+  return found;
+}
+
 static void test_container_life_cycle(void) {
   pts_container_t *c = NULL;
   OK(pts_container_new(NULL, &c));
@@ -325,6 +339,15 @@ static void test_container_life_cycle(void) {
         "JSON object");
   OK(pts_container_save(c, scratch_dir, "c_test", "{\"epoch\": 2, \"loss\": 0.5}", &path));
   CHECK(path != NULL && strstr(path, "c_test_checkpoint_") != NULL);
+  /* C is the producer's language of what C saves; a binding names its own. */
+  CHECK(producer_language_is(path, "c"));
+  FAILS(pts_container_set_producer_language(c, ""), PTS_ERROR_USAGE, "1 to 32 printable ASCII");
+  FAILS(pts_container_set_producer_language(c, "objective c"), PTS_ERROR_USAGE, "printable");
+  OK(pts_container_set_producer_language(c, "julia"));
+  char *julia = NULL;
+  OK(pts_container_save_inference(c, scratch_dir, "julia", NULL, &julia));
+  CHECK(julia != NULL && producer_language_is(julia, "julia"));
+  pts_string_free(julia);
 
   pts_container_t *loaded = NULL;
   char *meta = NULL;
@@ -508,8 +531,10 @@ static void test_null_arguments(void) {
   FAILS(pts_container_state_tensor(NULL, "a", &t), PTS_ERROR_NULL_ARGUMENT, "container");
   FAILS(pts_container_model_instance(NULL, dummy_forward, &instance), PTS_ERROR_NULL_ARGUMENT,
         "container");
+  FAILS(pts_container_set_producer_language(NULL, "c"), PTS_ERROR_NULL_ARGUMENT, "container");
 
   OK(pts_container_new(NULL, &c));
+  FAILS(pts_container_set_producer_language(c, NULL), PTS_ERROR_NULL_ARGUMENT, "language");
   FAILS(pts_container_initialize(c, NULL, NULL, NULL, NULL, NULL, NULL), PTS_ERROR_NULL_ARGUMENT,
         "model_class");
   FAILS(pts_container_save(c, NULL, NULL, NULL, &s), PTS_ERROR_NULL_ARGUMENT, "dir");

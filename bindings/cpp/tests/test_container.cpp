@@ -290,6 +290,7 @@ TEST(ContainerModule, IsTheContainersModuleInPlace) {
   EXPECT_EQ(container.state_tensor("scale").data_ptr(), net->scale.data_ptr());
 
   std::string saved = container.save(tmp.str(), "in_place");
+  EXPECT_TRUE(contains(Checkpoint::open(saved).metadata_json(), "\"language\":\"c++\""));
   torch::Tensor before = weight.detach().clone();
 
   // Forward through the module the C++ code holds; the container steps it.
