@@ -2,11 +2,11 @@
 //! same Python class, so that a file moves between languages unchanged
 //! (docs/MODELS.md).
 
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::Tensor;
 
 use crate::error::Result;
-use crate::registry::{BoxedModel, Kwargs, Registry};
+use crate::registry::{BoxedModel, Forward, Kwargs, Registry};
 
 mod sequential;
 pub use sequential::{Sequential, LAYER_TYPES, SEQUENTIAL};
@@ -88,17 +88,43 @@ impl Mlp {
     }
 }
 
-impl Module for Mlp {
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let mut x = self.fc1.forward(xs).relu();
+/// `xs @ weight^T + bias` through libtorch's fallible call: a wrong input
+/// shape is an error, not a panic (a server should not print a panic and
+/// a C++ backtrace for each bad request).
+fn linear_forward(layer: &nn::Linear, xs: &Tensor) -> Result<Tensor> {
+    Ok(xs.f_linear(&layer.ws, layer.bs.as_ref())?)
+}
+
+impl Forward for Mlp {
+    fn forward_t(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
+        let mut x = linear_forward(&self.fc1, xs)?.f_relu()?;
         let last = self.hidden.len() - 1;
         for (i, layer) in self.hidden.iter().enumerate() {
-            x = layer.forward(&x);
+            x = linear_forward(layer, &x)?;
             if i < last {
-                x = x.relu();
+                x = x.f_relu()?;
             }
         }
-        x
+        Ok(x)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The built-in `torch.nn.Linear`: tch's [`nn::Linear`] with a fallible
+/// forward (`model.module::<nn::Linear>()` still finds the tch module).
+#[derive(Debug)]
+struct BuiltinLinear(nn::Linear);
+
+impl Forward for BuiltinLinear {
+    fn forward_t(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
+        linear_forward(&self.0, xs)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        &self.0
     }
 }
 
@@ -106,7 +132,13 @@ fn build_linear(p: nn::Path<'_>, kw: &Kwargs<'_>) -> Result<BoxedModel> {
     let in_features = kw.required_i64_at_least("in_features", 1)?;
     let out_features = kw.required_i64_at_least("out_features", 1)?;
     let bias = kw.bool_or("bias", true)?;
-    Ok(Box::new(linear(p, in_features, out_features, bias, !kw.loading())))
+    Ok(Box::new(BuiltinLinear(linear(
+        p,
+        in_features,
+        out_features,
+        bias,
+        !kw.loading(),
+    ))))
 }
 
 fn build_mlp(p: nn::Path<'_>, kw: &Kwargs<'_>) -> Result<BoxedModel> {

@@ -325,18 +325,6 @@ fn missing_and_unexpected_tensors_are_named() {
 }
 
 #[test]
-fn forward_with_a_wrong_shape_is_an_error_not_a_panic() {
-    let mut c = ModelContainer::new();
-    c.initialize(Spec::model(
-        models::MLP,
-        obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})),
-    ))
-    .unwrap();
-    let x = Tensor::zeros([2, 5], (Kind::Float, tch::Device::Cpu));
-    assert!(matches!(c.model().unwrap().forward(&x), Err(Error::Torch(_))));
-}
-
-#[test]
 fn model_tensors_are_in_model_safetensors_with_their_names() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::new();
@@ -450,4 +438,38 @@ fn the_producer_language_is_rust_unless_a_binding_names_its_own() {
     // A refused language leaves the last one in place.
     let still_go = c.save(dir.path(), "go", &UserMetadata::new()).unwrap();
     assert_eq!(language_of(&still_go), "go");
+}
+
+/// A wrong input shape on a built-in model is an error from libtorch's
+/// fallible call, never a caught panic: a server would print a panic
+/// message and a C++ backtrace for every bad request.
+#[test]
+fn a_wrong_input_shape_on_a_builtin_model_is_an_error_not_a_panic() {
+    use std::sync::{Arc, Mutex};
+    let panicked = Arc::new(Mutex::new(Vec::new()));
+    let seen = panicked.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        seen.lock().unwrap().push(std::thread::current().id());
+        previous(info);
+    }));
+    let models = [
+        (models::LINEAR, json!({"in_features": 4, "out_features": 2})),
+        (models::MLP, json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})),
+        (
+            models::SEQUENTIAL,
+            json!({"layers": [{"type": "Linear", "in_features": 4, "out_features": 2}]}),
+        ),
+    ];
+    let wrong = Tensor::zeros([2, 5], (Kind::Float, tch::Device::Cpu));
+    for (class, kwargs) in models {
+        let mut c = ModelContainer::new();
+        c.initialize(Spec::model(class, obj(kwargs))).unwrap();
+        let err = c.model().unwrap().forward(&wrong).unwrap_err();
+        assert!(matches!(err, Error::Torch(_)), "{class}: {err:?}");
+        assert!(err.to_string().contains("cannot be multiplied"), "{class}: {err}");
+        assert!(!err.to_string().contains("Exception raised from"), "{class}: {err}");
+    }
+    let me = std::thread::current().id();
+    assert!(!panicked.lock().unwrap().contains(&me), "a forward panicked");
 }
