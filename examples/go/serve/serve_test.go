@@ -41,7 +41,13 @@ func TestMain(m *testing.M) {
 // goldenForward is the recorded forward of goldenPath.
 func goldenForward(t *testing.T) (input []float32, shape []int64, output []float32) {
 	t.Helper()
-	data, err := os.ReadFile(goldenPath + ".json")
+	return recordedForward(t, goldenPath)
+}
+
+// recordedForward is the forward a golden file's sidecar records.
+func recordedForward(t *testing.T, path string) (input []float32, shape []int64, output []float32) {
+	t.Helper()
+	data, err := os.ReadFile(path + ".json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +74,13 @@ func goldenForward(t *testing.T) (input []float32, shape []int64, output []float
 // startServer serves goldenPath on a real loopback socket.
 func startServer(t *testing.T) string {
 	t.Helper()
-	s, err := newServer(goldenPath, options{maxBody: 64 << 10})
+	return startServing(t, goldenPath, options{maxBody: 64 << 10})
+}
+
+// startServing serves path with opts on a real loopback socket.
+func startServing(t *testing.T, path string, opts options) string {
+	t.Helper()
+	s, err := newServer(path, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,4 +407,57 @@ func TestNestedInputs(t *testing.T) {
 			t.Errorf("%s: empty error", body)
 		}
 	}
+}
+
+// The issue's story: a conv net (Conv2d, BatchNorm2d, ReLU, MaxPool2d,
+// Flatten, Linear) trained in Python is served from Go, with no model code
+// in Go, and answers PyTorch's outputs within 1e-6.
+func TestServesAPythonTrainedSequential(t *testing.T) {
+	const path = "../../../tests/golden/v1/python_sequential_convnet_adam_warm_restarts.zip"
+	base := startServing(t, path, options{inputShape: []int64{1, 6, 6}, maxBody: 64 << 10})
+	input, shape, recorded := recordedForward(t, path)
+	if !slices.Equal(shape, []int64{2, 1, 6, 6}) {
+		t.Fatalf("recorded input shape %v", shape)
+	}
+	var info modelInfo
+	if status, _ := call(t, "GET", base+"/info", "", &info); status != 200 ||
+		info.ModelClass != "pytorch_saver.models.Sequential" || info.Producer.Language != "python" {
+		t.Fatalf("info: %d %+v", status, info)
+	}
+	body, _ := json.Marshal(map[string]any{"inputs": [][]float32{input[:36], input[36:]}})
+	predict := func() {
+		t.Helper()
+		var answer predictResponse
+		if status, _ := call(t, "POST", base+"/predict", string(body), &answer); status != 200 {
+			t.Fatalf("predict: %d %+v", status, answer)
+		}
+		if len(answer.Outputs) != 2 || len(answer.Outputs[0]) != 3 {
+			t.Fatalf("outputs %v", answer.Outputs)
+		}
+		for i, row := range answer.Outputs {
+			for j, v := range row {
+				want := recorded[3*i+j]
+				if math.Abs(float64(v-want)) > 1e-6*math.Max(math.Abs(float64(want)), 1) {
+					t.Errorf("row %d: %v, PyTorch %v", i, row, recorded[3*i:3*i+3])
+				}
+			}
+			if answer.Predictions[i] != argmax(recorded[3*i:3*i+3]) {
+				t.Errorf("prediction %d: %d", i, answer.Predictions[i])
+			}
+		}
+	}
+	predict()
+	// An image of the wrong size is refused before the model sees it.
+	msg := wantError(t, "POST", base+"/predict", `{"inputs": [[1, 2, 3, 4]]}`, 400)
+	if !strings.Contains(msg, "36") {
+		t.Errorf("wrong-shape message %q does not say what fits", msg)
+	}
+	// A shape the model cannot take (the flag's promise broken by the
+	// model) is a 400 naming the layer, and the server goes on.
+	bad := startServing(t, path, options{inputShape: []int64{1, 4, 4}, maxBody: 64 << 10})
+	msg = wantError(t, "POST", bad+"/predict", `{"inputs": [[`+strings.TrimSuffix(strings.Repeat("0.5, ", 16), ", ")+`]]}`, 400)
+	if !strings.Contains(msg, "layer 5 (Linear)") {
+		t.Errorf("model error %q does not name the layer", msg)
+	}
+	predict()
 }

@@ -266,7 +266,12 @@ func (s *server) flatten(example any, flat []float32) ([]float32, error) {
 			return out, nil
 		}
 	}
-	return appendNested(flat, example, s.inputShape)
+	out, err := appendNested(flat, example, s.inputShape)
+	if err != nil && len(s.inputShape) > 1 {
+		// Say what fits, not only where the nesting went wrong.
+		return nil, fmt.Errorf("want %d numbers, flat or nested as %v: %v", s.exampleLen, s.inputShape, err)
+	}
+	return out, err
 }
 
 func appendNested(flat []float32, v any, shape []int64) ([]float32, error) {
