@@ -332,23 +332,31 @@ std::vector<double> json_numbers(const std::string& text, size_t from, const std
   return out;
 }
 
-TEST(ContainerGolden, RustMlpInferenceGivesRustsOutput) {
-  std::string golden = std::string(PTS_REPO_ROOT) + "/tests/golden/v1/rust_mlp_inference.zip";
+// A golden file's recorded forward (its sidecar's "forward"): the input,
+// and the writer's output with one row per example.
+struct RecordedForward {
+  torch::Tensor input;
+  torch::Tensor output;
+};
+
+RecordedForward recorded_forward(const std::string& golden) {
   std::string sidecar = read_file(golden + ".json");
   size_t forward_at = sidecar.find("\"forward\"");
-  ASSERT_NE(forward_at, std::string::npos);
-  std::vector<double> input = json_numbers(sidecar, forward_at, "input");
-  std::vector<double> shape = json_numbers(sidecar, forward_at, "input_shape");
-  std::vector<double> output = json_numbers(sidecar, forward_at, "output");
-  ASSERT_EQ(shape.size(), 2u);
-
+  if (forward_at == std::string::npos) throw std::runtime_error(golden + ": no forward");
   auto to_f32 = [](const std::vector<double>& values, std::vector<int64_t> sizes) {
     std::vector<float> floats(values.begin(), values.end());  // the f32 values, exactly
     return torch::tensor(floats, torch::kFloat32).reshape(sizes);
   };
-  const int64_t rows = static_cast<int64_t>(shape[0]);
-  torch::Tensor x = to_f32(input, {rows, static_cast<int64_t>(shape[1])});
-  torch::Tensor expected = to_f32(output, {rows, -1});
+  std::vector<double> shape = json_numbers(sidecar, forward_at, "input_shape");
+  std::vector<int64_t> sizes(shape.begin(), shape.end());
+  return {to_f32(json_numbers(sidecar, forward_at, "input"), sizes),
+          to_f32(json_numbers(sidecar, forward_at, "output"), {sizes.at(0), -1})};
+}
+
+TEST(ContainerGolden, RustMlpInferenceGivesRustsOutput) {
+  std::string golden = std::string(PTS_REPO_ROOT) + "/tests/golden/v1/rust_mlp_inference.zip";
+  auto [x, expected] = recorded_forward(golden);
+  ASSERT_EQ(x.dim(), 2);
 
   auto loaded = Container::load(golden, Registry());
   EXPECT_TRUE(contains(loaded.metadata_json, "\"in_dim\":4")) << loaded.metadata_json;
@@ -374,19 +382,8 @@ TEST(ContainerGolden, RustMlpInferenceGivesRustsOutput) {
 TEST(ContainerGolden, PythonTrainedSequentialGivesPyTorchsOutput) {
   std::string golden = std::string(PTS_REPO_ROOT) +
                        "/tests/golden/v1/python_sequential_convnet_adam_warm_restarts.zip";
-  std::string sidecar = read_file(golden + ".json");
-  size_t forward_at = sidecar.find("\"forward\"");
-  ASSERT_NE(forward_at, std::string::npos);
-  std::vector<double> input = json_numbers(sidecar, forward_at, "input");
-  std::vector<double> shape = json_numbers(sidecar, forward_at, "input_shape");
-  std::vector<double> output = json_numbers(sidecar, forward_at, "output");
-  ASSERT_EQ(shape.size(), 4u);
-
-  std::vector<float> floats(input.begin(), input.end());
-  std::vector<int64_t> sizes(shape.begin(), shape.end());
-  torch::Tensor x = torch::tensor(floats, torch::kFloat32).reshape(sizes);
-  std::vector<float> out_floats(output.begin(), output.end());
-  torch::Tensor expected = torch::tensor(out_floats, torch::kFloat32).reshape({sizes[0], -1});
+  auto [x, expected] = recorded_forward(golden);
+  ASSERT_EQ(x.dim(), 4);
 
   std::string internals = Checkpoint::open(golden).metadata_json();
   EXPECT_TRUE(contains(internals, "\"class\":\"pytorch_saver.models.Sequential\""));
