@@ -881,3 +881,20 @@ def test_loading_a_file_with_a_bad_layer_list_raises_initialization_error(tmp_pa
     assert 'layer 0 (Conv2d): argument "kernel_size" must be an int or 2 ints, got "3"' in str(
         info.value
     )
+
+
+def test_the_recorded_kwargs_are_those_the_model_was_built_from(tmp_path: Path) -> None:
+    # The caller's list changes after initialize: the file still describes
+    # the model that exists, so that it rebuilds in any language.
+    layers = copy.deepcopy(CONV_NET)
+    optim_kwargs: dict[str, Any] = {"lr": 0.01, "betas": [0.9, 0.99]}
+    container = ModelContainer()
+    container.initialize(Sequential, {"layers": layers}, torch.optim.Adam, optim_kwargs)
+    layers[0]["out_channels"] = 16
+    layers.append({"type": "ReLU"})
+    optim_kwargs["betas"][1] = 0.5
+    raw = raw_metadata(container.save(tmp_path, "snapshot"))
+    assert raw["model_kwargs"] == {"layers": CONV_NET}
+    assert raw["optim_kwargs"] == {"lr": 0.01, "betas": [0.9, 0.99]}
+    _, loaded = ModelContainer().load(container.save_inference(tmp_path, "snapshot"))
+    assert loaded.model.layer_specs == CONV_NET

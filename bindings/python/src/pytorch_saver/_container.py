@@ -10,6 +10,7 @@ succeeded.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -86,6 +87,17 @@ class _Built:
     scheduler_kwargs: dict[str, Any] | None = None
 
 
+def _snapshot(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The kwargs as the constructor received them, to record: a deep copy,
+    so that a list the caller changes after ``initialize`` (a Sequential's
+    layers) does not change what ``save`` writes. A value that cannot be
+    copied is kept as is (it is not JSON either: saving will name it)."""
+    try:
+        return copy.deepcopy(kwargs)
+    except Exception:
+        return dict(kwargs)
+
+
 def _kwargs(kwargs: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     if kwargs is None:
         return {}
@@ -138,7 +150,7 @@ def _build(
         # Before the optimizer exists, so that its state lands on the
         # parameters' device when it is loaded.
         model = model.to(device)
-    built = _Built(model=model, model_kwargs=m_kwargs)
+    built = _Built(model=model, model_kwargs=_snapshot(m_kwargs))
     if optim_class is None:
         return built
     o_kwargs = _kwargs(optim_kwargs, "optim_kwargs")
@@ -148,7 +160,7 @@ def _build(
         raise ClassResolutionError(
             f"{_label(optim_class)} built a {type(optimizer).__name__}, not a torch.optim.Optimizer"
         )
-    built.optimizer, built.optim_kwargs = optimizer, o_kwargs
+    built.optimizer, built.optim_kwargs = optimizer, _snapshot(o_kwargs)
     if scheduler_class is None:
         return built
     s_kwargs = _kwargs(scheduler_kwargs, "scheduler_kwargs")
@@ -159,7 +171,7 @@ def _build(
         raise ClassResolutionError(
             f"{_label(scheduler_class)} built a {type(scheduler).__name__}, not an LR scheduler"
         )
-    built.scheduler, built.scheduler_kwargs = scheduler, s_kwargs
+    built.scheduler, built.scheduler_kwargs = scheduler, _snapshot(s_kwargs)
     return built
 
 
