@@ -149,21 +149,21 @@ fn a_new_sequential_starts_from_pytorchs_default_init() {
 fn bad_layer_lists() -> Vec<(Value, &'static str)> {
     let linear = json!({"type": "Linear", "in_features": 2, "out_features": 2});
     vec![
-        (json!([]), "kwarg \"layers\" must not be empty"),
-        (json!({"type": "ReLU"}), "kwarg \"layers\" must be a list"),
-        (json!([linear, 3]), "layer 1: must be an object"),
-        (json!([{"in_features": 2}]), "layer 0: needs a string \"type\""),
+        (json!([]), "kwarg \"layers\" must be a non-empty array of layer objects, got []"),
+        (json!({"type": "ReLU"}), "kwarg \"layers\" must be a non-empty array"),
+        (json!([linear, 3]), "layer 1: must be an object with a string \"type\", got 3"),
+        (json!([{"in_features": 2}]), "layer 0: has no \"type\""),
         (
             json!([linear, {"type": "Conv3d"}]),
-            "layer 1 (Conv3d): unknown layer type \"Conv3d\" (known: Linear, Conv1d",
+            "layer 1 (Conv3d): unknown type \"Conv3d\"; the known types are Linear, Conv1d",
         ),
         (
             json!([{"type": "Linear", "in_features": 2}]),
-            "layer 0 (Linear): missing required argument \"out_features\"",
+            "layer 0 (Linear): argument \"out_features\" is required",
         ),
         (
             json!([{"type": "Linear", "in_features": 2, "out_features": 2, "bais": true}]),
-            "layer 0 (Linear): unexpected argument \"bais\" (Linear takes: in_features, out_features, bias)",
+            "layer 0 (Linear): unexpected argument \"bais\" (Linear takes in_features, out_features, bias)",
         ),
         (
             json!([{"type": "Linear", "in_features": 2.0, "out_features": 2}]),
@@ -175,11 +175,11 @@ fn bad_layer_lists() -> Vec<(Value, &'static str)> {
         ),
         (
             json!([{"type": "Linear", "in_features": 0, "out_features": 2}]),
-            "argument \"in_features\" must be at least 1, got 0",
+            "argument \"in_features\" must be >= 1, got 0",
         ),
         (
             json!([{"type": "Linear", "in_features": 2, "out_features": 2, "bias": null}]),
-            "argument \"bias\" must be a boolean, got null",
+            "argument \"bias\" must be a bool (true or false), got null",
         ),
         (
             json!([linear, linear, {"type": "Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": "3"}]),
@@ -187,23 +187,23 @@ fn bad_layer_lists() -> Vec<(Value, &'static str)> {
         ),
         (
             json!([{"type": "Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": [3, 3, 3]}]),
-            "must be an int or 2 ints, got [3,3,3]",
+            "must be an int or 2 ints, got [3, 3, 3]",
         ),
         (
             json!([{"type": "Conv1d", "in_channels": 3, "out_channels": 2, "kernel_size": 3, "groups": 2}]),
-            "layer 0 (Conv1d): in_channels (3) and out_channels (2) must be divisible by groups (2)",
+            "layer 0 (Conv1d): argument \"in_channels\" must be divisible by groups (2), got 3",
         ),
         (
             json!([{"type": "Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": "full"}]),
-            "argument \"padding\" must be an int, 2 ints, \"valid\" or \"same\", got \"full\"",
+            "argument \"padding\" must be an int or 2 ints or \"valid\" or \"same\", got \"full\"",
         ),
         (
             json!([{"type": "Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": "same", "stride": 2}]),
-            "padding \"same\" needs stride 1",
+            "argument \"padding\" \"same\" needs stride 1 (PyTorch does not support it for strided convolutions), got stride 2",
         ),
         (
             json!([{"type": "Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": -1}]),
-            "argument \"padding\" must be at least 0, got -1",
+            "argument \"padding\" must be >= 0, got -1",
         ),
         (
             json!([{"type": "Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding_mode": "reflect"}]),
@@ -219,11 +219,11 @@ fn bad_layer_lists() -> Vec<(Value, &'static str)> {
         ),
         (
             json!([{"type": "LayerNorm", "normalized_shape": []}]),
-            "layer 0 (LayerNorm): argument \"normalized_shape\" must not be empty",
+            "layer 0 (LayerNorm): argument \"normalized_shape\" must be an int or a non-empty array of ints, got []",
         ),
         (
             json!([{"type": "LayerNorm", "normalized_shape": 4, "eps": 0}]),
-            "argument \"eps\" must be a positive number, got 0",
+            "argument \"eps\" must be > 0, got 0",
         ),
         (
             json!([{"type": "BatchNorm2d", "num_features": 4, "momentum": 1.5}]),
@@ -235,7 +235,7 @@ fn bad_layer_lists() -> Vec<(Value, &'static str)> {
         ),
         (
             json!([{"type": "Tanh", "inplace": false}]),
-            "unexpected argument \"inplace\" (Tanh takes none)",
+            "unexpected argument \"inplace\" (Tanh takes no arguments)",
         ),
         (
             json!([{"type": "GELU", "approximate": "erf"}]),
@@ -243,20 +243,28 @@ fn bad_layer_lists() -> Vec<(Value, &'static str)> {
         ),
         (
             json!([{"type": "Softmax"}]),
-            "layer 0 (Softmax): missing required argument \"dim\"",
+            "layer 0 (Softmax): argument \"dim\" is required (PyTorch's implicit dim is deprecated and not portable)",
         ),
         (
             json!([{"type": "MaxPool2d", "kernel_size": 2, "return_indices": true}]),
-            "argument \"return_indices\" must be false",
+            "argument \"return_indices\" must be false, got true",
         ),
         (
             json!([{"type": "AvgPool2d", "kernel_size": 2, "divisor_override": 0}]),
-            "argument \"divisor_override\" must be at least 1, got 0",
+            "argument \"divisor_override\" must be >= 1, got 0",
         ),
         (
             json!([{"type": "AvgPool2d"}]),
-            "layer 0 (AvgPool2d): missing required argument \"kernel_size\"",
+            "layer 0 (AvgPool2d): argument \"kernel_size\" is required",
         ),
+        (json!([{"type": 3}]), "layer 0: \"type\" must be a string, got 3"),
+        (json!([{"type": "Linear", "in_features": 9_223_372_036_854_775_808u64, "out_features": 2}]), "argument \"in_features\" must be an int, got 9223372036854775808"),
+        (json!([{"type": "Conv2d", "in_channels": 2, "out_channels": 3, "kernel_size": 1, "groups": 2}]), "argument \"out_channels\" must be divisible by groups (2), got 3"),
+        (json!([{"type": "MaxPool2d", "kernel_size": 2, "return_indices": null}]), "argument \"return_indices\" must be false, got null"),
+        (json!([{"type": "Dropout", "p": "0.5"}]), "argument \"p\" must be a number, got \"0.5\""),
+        (json!([{"type": "GELU", "approximate": null}]), "argument \"approximate\" must be \"none\" or \"tanh\", got null"),
+        (json!([{"type": "Conv1d", "in_channels": 1, "out_channels": 1, "kernel_size": [2, 2]}]), "layer 0 (Conv1d): argument \"kernel_size\" must be an int or 1 int, got [2, 2]"),
+        (json!([{"type": "Linear", "in_features": 2, "out_features": 2}, {"type": "Embedding", "num_embeddings": 3, "embedding_dim": 2, "padding_idx": -4}]), "layer 1 (Embedding): argument \"padding_idx\" must be in [-3, 3), got -4"),
     ]
 }
 
@@ -280,9 +288,27 @@ fn bad_layer_lists_are_refused_naming_the_layer() {
     assert!(err.to_string().contains("unexpected kwarg \"depth\""), "{err}");
     let missing = c.initialize(Spec::model(SEQUENTIAL, Map::new())).unwrap_err();
     assert!(
-        missing.to_string().contains("missing required kwarg \"layers\""),
+        missing.to_string().contains("kwarg \"layers\" is required"),
         "{missing}"
     );
+}
+
+/// The two implementations refuse the same layer lists with the same
+/// message.
+#[test]
+fn python_refuses_the_same_layer_lists_with_the_same_messages() {
+    let cases = bad_layer_lists();
+    let lists: Vec<Value> = cases.iter().map(|(layers, _)| layers.clone()).collect();
+    let python = common::run_python("sequential_reference.py", &json!({ "refusals": lists }));
+    for ((layers, _), python) in cases.iter().zip(python.as_array().unwrap()) {
+        let python = python.as_str().unwrap_or_else(|| panic!("Python accepts {layers}"));
+        let rust = match build(layers.clone()) {
+            Err(Error::InvalidKwargs { reason, .. }) => reason,
+            other => panic!("{layers}: {:?}", other.err()),
+        };
+        let python = python.strip_prefix("Sequential: ").unwrap_or(python);
+        assert_eq!(rust, python, "{layers}");
+    }
 }
 
 #[test]

@@ -111,6 +111,36 @@ enum Spec {
     },
 }
 
+/// A JSON value as error messages quote it: with a space after `,` and
+/// `:`, as Python's `json.dumps` writes it, so that both implementations
+/// word an error the same way.
+fn json(v: &Value) -> String {
+    struct Spaced;
+    impl serde_json::ser::Formatter for Spaced {
+        fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+            w.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Spaced);
+    serde::Serialize::serialize(v, &mut ser).expect("a JSON value serializes");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
 /// One layer object of the kwargs, read with errors that name the layer.
 struct LayerArgs<'a> {
     index: usize,
@@ -132,10 +162,10 @@ impl<'a> LayerArgs<'a> {
         match self.map.keys().find(|k| *k != "type" && !allowed.contains(&k.as_str())) {
             None => Ok(()),
             Some(k) if allowed.is_empty() => {
-                Err(self.error(format!("unexpected argument {k:?} ({} takes none)", self.ty)))
+                Err(self.error(format!("unexpected argument {k:?} ({} takes no arguments)", self.ty)))
             }
             Some(k) => Err(self.error(format!(
-                "unexpected argument {k:?} ({} takes: {})",
+                "unexpected argument {k:?} ({} takes {})",
                 self.ty,
                 allowed.join(", ")
             ))),
@@ -153,15 +183,22 @@ impl<'a> LayerArgs<'a> {
         self.map.get(name).filter(|v| !v.is_null())
     }
 
+    fn required(&self, name: &str) -> Error {
+        let why = if self.ty == "Softmax" {
+            " (PyTorch's implicit dim is deprecated and not portable)"
+        } else {
+            ""
+        };
+        self.error(format!("argument {name:?} is required{why}"))
+    }
+
     fn int_value(&self, name: &str, v: &Value) -> Result<i64> {
         v.as_i64()
-            .ok_or_else(|| self.error(format!("argument {name:?} must be an int, got {v}")))
+            .ok_or_else(|| self.error(format!("argument {name:?} must be an int, got {}", json(v))))
     }
 
     fn int(&self, name: &str) -> Result<i64> {
-        let v = self
-            .get(name)
-            .ok_or_else(|| self.error(format!("missing required argument {name:?}")))?;
+        let v = self.get(name).ok_or_else(|| self.required(name))?;
         self.int_value(name, v)
     }
 
@@ -181,7 +218,7 @@ impl<'a> LayerArgs<'a> {
 
     fn check_at_least(&self, name: &str, v: i64, min: i64) -> Result<i64> {
         if v < min {
-            return Err(self.error(format!("argument {name:?} must be at least {min}, got {v}")));
+            return Err(self.error(format!("argument {name:?} must be >= {min}, got {v}")));
         }
         Ok(v)
     }
@@ -203,7 +240,7 @@ impl<'a> LayerArgs<'a> {
         } else {
             format!("an int or {n} ints")
         };
-        let bad = || self.error(format!("argument {name:?} must be {kind}, got {v}"));
+        let bad = || self.error(format!("argument {name:?} must be {kind}, got {}", json(v)));
         let values = match v {
             Value::Number(_) => vec![v.as_i64().ok_or_else(bad)?; n],
             Value::Array(items) if items.len() == n => items
@@ -220,7 +257,7 @@ impl<'a> LayerArgs<'a> {
 
     fn ints(&self, name: &str, n: usize, min: i64) -> Result<Vec<i64>> {
         self.optional_ints(name, n, min, false)?
-            .ok_or_else(|| self.error(format!("missing required argument {name:?}")))
+            .ok_or_else(|| self.required(name))
     }
 
     fn ints_or(&self, name: &str, n: usize, min: i64, default: i64) -> Result<Vec<i64>> {
@@ -232,7 +269,7 @@ impl<'a> LayerArgs<'a> {
     fn number_or(&self, name: &str, default: f64) -> Result<f64> {
         self.get(name).map_or(Ok(default), |v| {
             v.as_f64()
-                .ok_or_else(|| self.error(format!("argument {name:?} must be a number, got {v}")))
+                .ok_or_else(|| self.error(format!("argument {name:?} must be a number, got {}", json(v))))
         })
     }
 
@@ -245,7 +282,7 @@ impl<'a> LayerArgs<'a> {
 
     fn positive(&self, name: &str, value: f64) -> Result<f64> {
         if !(value > 0.0 && value.is_finite()) {
-            return Err(self.error(format!("argument {name:?} must be a positive number, got {value}")));
+            return Err(self.error(format!("argument {name:?} must be > 0, got {value}")));
         }
         Ok(value)
     }
@@ -253,9 +290,12 @@ impl<'a> LayerArgs<'a> {
     fn bool_or(&self, name: &str, default: bool) -> Result<bool> {
         match self.get(name) {
             None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| self.error(format!("argument {name:?} must be a boolean, got {v}"))),
+            Some(v) => v.as_bool().ok_or_else(|| {
+                self.error(format!(
+                    "argument {name:?} must be a bool (true or false), got {}",
+                    json(v)
+                ))
+            }),
         }
     }
 
@@ -269,7 +309,11 @@ impl<'a> LayerArgs<'a> {
                 .and_then(|s| choices.iter().find(|c| **c == s).copied())
                 .ok_or_else(|| {
                     let quoted: Vec<String> = choices.iter().map(|c| format!("{c:?}")).collect();
-                    self.error(format!("argument {name:?} must be {}, got {v}", quoted.join(" or ")))
+                    self.error(format!(
+                        "argument {name:?} must be {}, got {}",
+                        quoted.join(" or "),
+                        json(v)
+                    ))
                 }),
         }
     }
@@ -294,9 +338,15 @@ impl<'a> LayerArgs<'a> {
             Some(Value::String(s)) if s == "valid" => Padding::Explicit(vec![0; n]),
             Some(Value::String(s)) if s == "same" => Padding::Same,
             Some(Value::String(s)) => {
+                let ints = if n == 1 {
+                    "an int or 1 int".to_owned()
+                } else {
+                    format!("an int or {n} ints")
+                };
                 return Err(self.error(format!(
-                    "argument \"padding\" must be an int, {n} ints, \"valid\" or \"same\", got {s:?}"
-                )))
+                    "argument \"padding\" must be {ints} or \"valid\" or \"same\", got {}",
+                    json(&Value::String(s.clone()))
+                )));
             }
             _ => Padding::Explicit(self.ints_or("padding", n, 0, 0)?),
         };
@@ -305,13 +355,18 @@ impl<'a> LayerArgs<'a> {
         self.check_at_least("groups", groups, 1)?;
         let bias = self.bool_or("bias", true)?;
         self.choice("padding_mode", &["zeros"])?;
-        if in_channels % groups != 0 || out_channels % groups != 0 {
-            return Err(self.error(format!(
-                "in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
-            )));
+        for (name, channels) in [("in_channels", in_channels), ("out_channels", out_channels)] {
+            if channels % groups != 0 {
+                return Err(self.error(format!(
+                    "argument {name:?} must be divisible by groups ({groups}), got {channels}"
+                )));
+            }
         }
         if padding == Padding::Same && stride.iter().any(|&s| s != 1) {
-            return Err(self.error("padding \"same\" needs stride 1"));
+            let given = self.get("stride").map(json).unwrap_or_default();
+            return Err(self.error(format!(
+                "argument \"padding\" \"same\" needs stride 1 (PyTorch does not support it for strided convolutions), got stride {given}"
+            )));
         }
         Ok(Spec::Conv {
             in_channels,
@@ -385,8 +440,10 @@ impl<'a> LayerArgs<'a> {
             });
         }
         let dilation = self.ints_or("dilation", 2, 1, 1)?;
-        if self.bool_or("return_indices", false)? {
-            return Err(self.error("argument \"return_indices\" must be false: a Sequential passes one tensor on"));
+        // A Sequential passes one tensor on: no (values, indices) pairs.
+        match self.get("return_indices") {
+            None | Some(Value::Bool(false)) => {}
+            Some(v) => return Err(self.error(format!("argument \"return_indices\" must be false, got {}", json(v)))),
         }
         Ok(Spec::MaxPool2d {
             kernel_size,
@@ -443,7 +500,11 @@ impl<'a> LayerArgs<'a> {
                         }
                         dims
                     }
-                    Some(Value::Array(_)) => return Err(self.error("argument \"normalized_shape\" must not be empty")),
+                    Some(Value::Array(_)) => {
+                        return Err(self.error(
+                            "argument \"normalized_shape\" must be an int or a non-empty array of ints, got []",
+                        ))
+                    }
                     _ => vec![self.int_at_least("normalized_shape", 1)?],
                 };
                 let eps = self.positive("eps", self.number_or("eps", 1e-5)?)?;
@@ -502,7 +563,7 @@ impl<'a> LayerArgs<'a> {
             "AvgPool2d" => self.pool(true)?,
             other => {
                 return Err(self.error(format!(
-                    "unknown layer type {other:?} (known: {})",
+                    "unknown type {other:?}; the known types are {}",
                     LAYER_TYPES.join(", ")
                 )))
             }
@@ -513,22 +574,36 @@ impl<'a> LayerArgs<'a> {
 /// Reads and validates the whole layer list before any tensor exists.
 fn parse_layers(kw: &Kwargs<'_>) -> Result<Vec<(String, Spec)>> {
     let layers = match kw.take("layers") {
-        None => return Err(kw.error("missing required kwarg \"layers\" (a list of layer objects)")),
-        Some(Value::Array(layers)) if layers.is_empty() => return Err(kw.error("kwarg \"layers\" must not be empty")),
-        Some(Value::Array(layers)) => layers,
-        Some(v) => return Err(kw.error(format!("kwarg \"layers\" must be a list of layer objects, got {v}"))),
+        None => return Err(kw.error("kwarg \"layers\" is required")),
+        Some(Value::Array(layers)) if !layers.is_empty() => layers,
+        Some(v) => {
+            return Err(kw.error(format!(
+                "kwarg \"layers\" must be a non-empty array of layer objects, got {}",
+                json(v)
+            )))
+        }
     };
     layers
         .iter()
         .enumerate()
         .map(|(index, layer)| {
-            let map = layer
-                .as_object()
-                .ok_or_else(|| kw.error(format!("layer {index}: must be an object with a \"type\", got {layer}")))?;
-            let ty = map
-                .get("type")
-                .and_then(Value::as_str)
-                .ok_or_else(|| kw.error(format!("layer {index}: needs a string \"type\"")))?;
+            let map = layer.as_object().ok_or_else(|| {
+                kw.error(format!(
+                    "layer {index}: must be an object with a string \"type\", got {}",
+                    json(layer)
+                ))
+            })?;
+            let ty = match map.get("type") {
+                Some(Value::String(ty)) => ty.as_str(),
+                None | Some(Value::Null) => {
+                    return Err(kw.error(format!(
+                        "layer {index}: has no \"type\" (a string naming the layer type)"
+                    )))
+                }
+                Some(other) => {
+                    return Err(kw.error(format!("layer {index}: \"type\" must be a string, got {}", json(other))))
+                }
+            };
             let spec = LayerArgs { index, ty, map }.spec()?;
             Ok((ty.to_owned(), spec))
         })

@@ -1,6 +1,8 @@
 """The Python package's side of tests/sequential.rs: PyTorch is the reference
 for the portable Sequential.
 
+stdin JSON: {"refusals": [layer list, ...]} -> stdout: each list's
+LayerSpecError message (null if it builds); or
 stdin JSON: {"nets": {name: {"layers": [...], "train_forward": bool}},
              "data": safetensors path with "<name>.x" and "<name>.y",
              "out": dir}
@@ -16,13 +18,28 @@ import json
 import sys
 
 import torch
-from pytorch_saver import ModelContainer
+from pytorch_saver import LayerSpecError, ModelContainer
 from pytorch_saver.models import Sequential
 from safetensors.torch import load_file, save_file
 
 
+def refusals(lists: list[object]) -> list[str | None]:
+    """Each layer list's LayerSpecError message, or None if it builds."""
+    messages: list[str | None] = []
+    for layers in lists:
+        try:
+            Sequential(layers)  # type: ignore[arg-type]
+            messages.append(None)
+        except LayerSpecError as exc:
+            messages.append(str(exc))
+    return messages
+
+
 def main() -> None:
     args = json.load(sys.stdin)
+    if "refusals" in args:
+        json.dump(refusals(args["refusals"]), sys.stdout)
+        return
     data = load_file(args["data"])
     torch.set_num_threads(1)
     written = {}
