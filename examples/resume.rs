@@ -92,8 +92,8 @@ fn run(checkpoint: &Path, probe_json: &Path, out: &Path) -> Result<bool> {
         container.scheduler().map(|s| s.class()).unwrap_or("no scheduler"),
         metadata["step"],
     );
-    let x = probe(probe_json)?;
-    let outputs = container.model()?.forward(&x)?;
+    let probe = probe(probe_json)?;
+    let outputs = container.model()?.forward(&probe)?;
     show("Rust: outputs on the probe", &outputs);
     let got = Vec::<f32>::try_from(outputs.flatten(0, -1)).expect("f32");
     let want = floats(&metadata["probe_outputs"]);
@@ -128,7 +128,7 @@ fn run(checkpoint: &Path, probe_json: &Path, out: &Path) -> Result<bool> {
         "Rust: resumed 40 steps, loss {loss:.4}, accuracy {accuracy:.3}, lr now {:.6}",
         container.lrs()?[0]
     );
-    let outputs = model.forward(&probe(probe_json)?)?;
+    let outputs = model.forward(&probe)?;
     show("Rust: outputs on the probe after resuming", &outputs);
 
     let meta = UserMetadata::new()
