@@ -12,7 +12,9 @@ mod zip;
 
 pub use error::FormatError;
 pub use metadata::{FileKind, Manifest, OptimizerLayout, Producer, FORMAT_VERSION, INTERNALS_KEY, RESERVED_KEYS};
-pub use reader::{Checkpoint, Member};
+#[cfg(feature = "torch")]
+pub(crate) use reader::threads_for;
+pub use reader::{Checkpoint, Member, PrivateMapping, ReadOptions};
 pub use tensors::{dtype_name, dtype_size, Dtype, TensorEntry, DTYPES};
 pub use writer::{write_checkpoint, BytesTensor, TensorMember, TensorSource, WriteOptions};
 pub use zip::ALIGNMENT;

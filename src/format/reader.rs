@@ -1,14 +1,16 @@
 //! The validating reader. `Checkpoint::open` checks everything FORMAT.md
 //! requires (layout, CRCs, schema, tensor headers) before it hands out a
-//! single view; afterwards tensor bytes are available zero-copy from an
-//! mmap, or copied straight into a caller's buffer with `pread`.
+//! single view; afterwards tensor bytes are available zero-copy from a
+//! private (copy-on-write) mapping of the file, or copied straight into a
+//! caller's buffer.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use memmap2::Mmap;
+use memmap2::{MmapMut, MmapOptions};
 use serde_json::{Map, Value};
 
 use super::metadata::{self, Manifest, MAX_METADATA_BYTES};
@@ -22,8 +24,61 @@ const MAX_ENTRIES: u64 = 16;
 /// How far back from the end to look for a misplaced end record, to tell
 /// trailing bytes from a truncated file.
 const TAIL_SEARCH: u64 = (1 << 20) + 65_557;
-/// Chunk size for CRC checks and copies.
+/// Chunk size for positioned reads.
 const CHUNK: usize = 1 << 20;
+/// Below this many bytes per thread, a CRC or a copy runs on one thread:
+/// starting another costs more than it saves.
+pub(crate) const MIN_BYTES_PER_THREAD: usize = 16 << 20;
+/// At most this many threads check CRCs or copy tensor bytes.
+const MAX_THREADS: usize = 8;
+
+/// How [`Checkpoint::open_with`] reads a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Check the CRC-32 of every member (the default). Without it the
+    /// CRC-32 of the safetensors members' bytes is not computed: for files
+    /// that were verified when they were deployed (`pytorch-saver verify`).
+    /// `metadata.json`'s CRC and the whole structure are always checked
+    /// (FORMAT.md section 9).
+    pub verify: bool,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions { verify: true }
+    }
+}
+
+/// The file's private, copy-on-write mapping, shared by every tensor that
+/// points into it (the last one to go unmaps it). Writing through it
+/// changes this process's pages only, never the file. Like any mapping,
+/// it faults (SIGBUS) if another process truncates the file while it is
+/// in use.
+#[derive(Clone)]
+pub struct PrivateMapping(Arc<MmapMut>);
+
+impl std::fmt::Debug for PrivateMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateMapping").field("len", &self.0.len()).finish()
+    }
+}
+
+impl PrivateMapping {
+    /// The first byte of the mapping. Writes through it (and through
+    /// pointers derived from it) stay private to this process; the caller
+    /// must not write while a `&[u8]` view of the same bytes is in use.
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.0.as_ptr().cast_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// One member as the central directory and local header describe it.
 #[derive(Debug, Clone)]
@@ -40,13 +95,14 @@ pub struct Member {
 
 /// A validated, open checkpoint file.
 ///
-/// Tensor views borrow from a read-only memory map of the file. As with any
-/// mmap, another process truncating the file while it is open makes later
-/// accesses fault; checkpoints are written once and never modified in place.
+/// Tensor views borrow from a private, copy-on-write memory map of the
+/// file. As with any mmap, another process truncating the file while it is
+/// open makes later accesses fault; checkpoints are written once and never
+/// modified in place.
 pub struct Checkpoint {
     path: PathBuf,
     file: File,
-    map: Mmap,
+    map: PrivateMapping,
     metadata: Map<String, Value>,
     manifest: Manifest,
     members: Vec<Member>,
@@ -133,6 +189,13 @@ impl Checkpoint {
     /// Opens and fully validates a checkpoint: ZIP layout, every CRC-32,
     /// `metadata.json` against the v1 schema, and every tensor header.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, FormatError> {
+        Self::open_with(path, ReadOptions::default())
+    }
+
+    /// [`open`](Self::open), with the CRC-32 of the tensor members checked
+    /// or not as `options` say. CRCs are computed over the mapping, on
+    /// several threads for large members.
+    pub fn open_with(path: impl AsRef<Path>, options: ReadOptions) -> Result<Self, FormatError> {
         let path = path.as_ref().to_path_buf();
         // Opening a FIFO for reading would block: look before opening.
         let kind = std::fs::metadata(&path).map_err(|e| FormatError::io("cannot open", &path, e))?;
@@ -148,14 +211,20 @@ impl Checkpoint {
         if len < EOCD_LEN {
             return Err(FormatError::NoEndRecord { len });
         }
-        // SAFETY: the map is read-only and private to this value; see the
-        // type's documentation on concurrent truncation.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io("cannot mmap", &path, e))?;
-        let buf: &[u8] = &map;
+        // SAFETY: a private mapping: writes through it never reach the
+        // file, and this value hands out only shared views of it (see the
+        // type's documentation on concurrent truncation).
+        let map =
+            unsafe { MmapOptions::new().map_copy(&file) }.map_err(|e| FormatError::io("cannot mmap", &path, e))?;
+        let map = PrivateMapping(Arc::new(map));
+        let buf: &[u8] = &map.0;
 
         let layout = parse_layout(buf)?;
-        for (entry, data_start) in &layout {
-            verify_crc(&file, &path, entry, *data_start)?;
+        for (i, (entry, data_start)) in layout.iter().enumerate() {
+            // metadata.json is always checked: it is parsed right below.
+            if i == 0 || options.verify {
+                verify_crc(buf, entry, *data_start)?;
+            }
         }
         let (meta_entry, meta_start) = &layout[0];
         let metadata = json::parse_object(&buf[*meta_start as usize..(*meta_start + meta_entry.size) as usize])
@@ -257,14 +326,21 @@ impl Checkpoint {
 
     /// The tensor's bytes, zero-copy from the file's memory map.
     pub fn tensor_bytes(&self, entry: &TensorEntry) -> &[u8] {
-        &self.map[entry.start as usize..entry.end as usize]
+        &self.map.0[entry.start as usize..entry.end as usize]
+    }
+
+    /// The file's private mapping, for tensors that point into it and
+    /// outlive this value (a zero-copy load). Tensor `entry`'s bytes start
+    /// at `as_mut_ptr() + entry.start`.
+    pub fn private_mapping(&self) -> PrivateMapping {
+        self.map.clone()
     }
 
     /// A whole safetensors member, parsed by the safetensors crate over the
     /// memory map (zero-copy).
     pub fn safetensors(&self, member: MemberName) -> Option<safetensors::SafeTensors<'_>> {
         let m = self.member(member)?;
-        let bytes = &self.map[m.data_start as usize..(m.data_start + m.size) as usize];
+        let bytes = &self.map.0[m.data_start as usize..(m.data_start + m.size) as usize];
         safetensors::SafeTensors::deserialize(bytes).ok()
     }
 
@@ -292,18 +368,9 @@ impl Checkpoint {
     }
 }
 
-fn verify_crc(file: &File, path: &Path, entry: &CentralEntry, data_start: u64) -> Result<(), FormatError> {
-    let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; CHUNK.min(entry.size as usize)];
-    let mut done = 0u64;
-    while done < entry.size {
-        let n = (entry.size - done).min(CHUNK as u64) as usize;
-        file.read_exact_at(&mut buf[..n], data_start + done)
-            .map_err(|e| FormatError::io("cannot read", path, e))?;
-        hasher.update(&buf[..n]);
-        done += n as u64;
-    }
-    let computed = hasher.finalize();
+fn verify_crc(buf: &[u8], entry: &CentralEntry, data_start: u64) -> Result<(), FormatError> {
+    let data = &buf[data_start as usize..(data_start + entry.size) as usize];
+    let computed = crc32(data);
     if computed != entry.crc {
         return Err(FormatError::CrcMismatch {
             member: entry.name.clone(),
@@ -314,6 +381,44 @@ fn verify_crc(file: &File, path: &Path, entry: &CentralEntry, data_start: u64) -
         });
     }
     Ok(())
+}
+
+/// How many threads to give `len` bytes of work.
+pub(crate) fn threads_for(len: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (len / MIN_BYTES_PER_THREAD).clamp(1, cores.min(MAX_THREADS))
+}
+
+/// The CRC-32 of `data`, on several threads when it is large: each thread
+/// hashes one contiguous part (SIMD, by crc32fast) and the parts' CRCs
+/// are combined.
+pub(crate) fn crc32(data: &[u8]) -> u32 {
+    let threads = threads_for(data.len());
+    if threads == 1 {
+        return crc32fast::hash(data);
+    }
+    let part = data.len().div_ceil(threads);
+    let hashers: Vec<crc32fast::Hasher> = std::thread::scope(|s| {
+        let handles: Vec<_> = data
+            .chunks(part)
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut h = crc32fast::Hasher::new();
+                    h.update(chunk);
+                    h
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a CRC thread does not panic"))
+            .collect()
+    });
+    let mut total = crc32fast::Hasher::new();
+    for h in &hashers {
+        total.combine(h);
+    }
+    total.finalize()
 }
 
 /// Parses and checks the ZIP structure: end records, central directory,
@@ -587,4 +692,20 @@ fn explain_missing_end(buf: &[u8]) -> FormatError {
         }
     }
     FormatError::NoEndRecord { len }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_crc_equals_one_pass() {
+        // Large enough to be split whenever there are two cores.
+        let data: Vec<u8> = (0..(3 * MIN_BYTES_PER_THREAD + 12_345))
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1])
+            .collect();
+        assert_eq!(crc32(&data), crc32fast::hash(&data));
+        assert_eq!(crc32(&data[..7]), crc32fast::hash(&data[..7]));
+        assert_eq!(crc32(&[]), 0);
+    }
 }
