@@ -1,8 +1,9 @@
 //! With the `torch` feature: bakes the libtorch directory into every
 //! artifact's rpath, so that tests, examples and binaries run without
 //! LD_LIBRARY_PATH (torch-sys exports the directory only to crates that
-//! depend on it directly: links = "tch"), and compiles the optimizers'
-//! ATen kernels (src/optim/kernels.cpp) against the same libtorch.
+//! depend on it directly: links = "tch"), and compiles the C++ shims (the
+//! optimizers' ATen kernels, src/optim/kernels.cpp, and tensors over
+//! borrowed memory, src/borrowed_memory.cpp) against the same libtorch.
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if std::env::var_os("CARGO_FEATURE_TORCH").is_none() {
@@ -17,6 +18,7 @@ fn main() {
 fn torch_kernels(lib: &std::path::Path) {
     let include = lib.parent().expect("libtorch lib dir has a parent").join("include");
     println!("cargo:rerun-if-changed=src/optim/kernels.cpp");
+    println!("cargo:rerun-if-changed=src/borrowed_memory.cpp");
     cc::Build::new()
         .cpp(true)
         .pic(true)
@@ -27,6 +29,7 @@ fn torch_kernels(lib: &std::path::Path) {
         .define("GLOG_USE_GLOG_EXPORT", None)
         .flag_if_supported("-Wno-unused-parameter")
         .file("src/optim/kernels.cpp")
+        .file("src/borrowed_memory.cpp")
         .compile("pytorch_saver_kernels");
 }
 

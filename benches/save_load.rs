@@ -215,7 +215,12 @@ fn main() {
 
     let raw_load = time(runs, || raw_read(&raw, &mut tensors));
     let mut vs_mut = nn::VarStore::new(tch::Device::Cpu);
-    let _shadow = models::Mlp::new(vs_mut.root(), 8192, 8192, 8192, 3, true);
+    let shadow_kwargs = kwargs();
+    let _shadow = models::Mlp::new(
+        vs_mut.root(),
+        &pytorch_saver::Kwargs::new(models::MLP, &shadow_kwargs, false),
+    )
+    .unwrap();
     let ot_load = time(runs, || vs_mut.load(&ot).unwrap());
     let st_load = time(runs, || vs_mut.load(&st).unwrap());
     let ours_restore = time(runs, || {

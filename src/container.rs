@@ -11,13 +11,70 @@ use tch::{nn, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, Checkpoint, FileKind, MemberName, Producer, TensorMember, TensorSource, WriteOptions, FORMAT_VERSION,
-    INTERNALS_KEY, RESERVED_KEYS,
+    self, Checkpoint, FileKind, MemberName, Producer, ReadOptions, TensorMember, TensorSource, WriteOptions,
+    FORMAT_VERSION, INTERNALS_KEY, RESERVED_KEYS,
 };
 use crate::optim::{Optimizer, OptimizerState, ParamGroup, ParamState};
-use crate::registry::{BoxedModel, Forward, Registry};
+use crate::registry::{BoxedModel, Forward, Registry, TensorSpec};
 use crate::sched::Scheduler;
-use crate::tensors::{check_fits, read_into, read_new, TchSource};
+use crate::tensors::{check_fits, copy_into, kind_of, mapped, read_new, TchSource};
+
+/// How a load reads a file and where the loaded tensors live.
+///
+/// The default is the fast path: every CRC-32 is checked (over the file's
+/// mapping, on several threads), then the model's and the optimizer's
+/// tensors point into a private, copy-on-write mapping of the file. No
+/// random init, no copy: the load costs what reading the pages costs, and
+/// processes that load the same file share its page cache. Training
+/// afterwards writes private pages and never changes the file.
+///
+/// `copy` gives tensors in memory of their own instead, independent of
+/// the file: pick it when another process may truncate or rewrite the
+/// file while it is loaded (a truncated mapping faults, SIGBUS, on
+/// access; a copy does not), or when the file lives on a network file
+/// system that may go away. `verify: false` skips the CRC-32 of the tensor
+/// data (the structure is still validated) for files that were verified
+/// when they were deployed (`pytorch-saver verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    /// Check the CRC-32 of every member before any tensor is handed out.
+    pub verify: bool,
+    /// Copy tensors into memory of their own instead of mapping the file.
+    pub copy: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            verify: true,
+            copy: false,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// The defaults: verified, zero-copy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether to check the CRC-32 of the tensor data.
+    pub fn with_verify(mut self, verify: bool) -> Self {
+        self.verify = verify;
+        self
+    }
+
+    /// Whether to copy tensors out of the file instead of mapping it.
+    pub fn with_copy(mut self, copy: bool) -> Self {
+        self.copy = copy;
+        self
+    }
+
+    pub(crate) fn read_options(&self) -> ReadOptions {
+        ReadOptions { verify: self.verify }
+    }
+}
 
 /// Free user metadata saved beside the state (`loss`, `epoch`, ...).
 ///
@@ -237,16 +294,135 @@ impl Model {
         Ok(())
     }
 
-    /// Copies the file's model tensors into this model's storage; call
-    /// [`check_state`](Self::check_state) first.
+    /// Copies the file's model tensors into this model's storage (on
+    /// several threads); call [`check_state`](Self::check_state) first.
     fn copy_state(&mut self, ckpt: &Checkpoint) -> Result<()> {
         let mut vars = self.vs.variables();
-        for e in ckpt.tensors(MemberName::Model) {
-            let dst = vars.get_mut(&e.name).expect("checked above");
-            read_into(ckpt, e, dst)?;
+        let entries = ckpt.tensors(MemberName::Model);
+        let mut pairs: Vec<(&format::TensorEntry, &mut Tensor)> = Vec::with_capacity(entries.len());
+        let mut by_name: HashMap<&str, &format::TensorEntry> = entries.iter().map(|e| (e.name.as_str(), e)).collect();
+        for (name, dst) in vars.iter_mut() {
+            if let Some(e) = by_name.remove(name.as_str()) {
+                pairs.push((e, dst));
+            }
         }
-        Ok(())
+        copy_into(ckpt, &mut pairs)
     }
+
+    /// Points this model's CPU tensors at the file's bytes in its private
+    /// mapping (no copy; the tensors keep their identity, so modules and
+    /// optimizers holding them see the file's values); tensors on another
+    /// device are copied. Call [`check_state`](Self::check_state) first.
+    fn map_state(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        let vars = self.vs.variables();
+        let mut swaps = Vec::new();
+        let mut copies = Vec::new();
+        for e in ckpt.tensors(MemberName::Model) {
+            let dst = vars.get(&e.name).expect("checked by check_state");
+            if dst.device() == Device::Cpu {
+                swaps.push((dst.shallow_clone(), mapped(ckpt, e)?));
+            } else {
+                copies.push((e, dst.shallow_clone()));
+            }
+        }
+        for (mut dst, src) in swaps {
+            dst.f_set_data(&src)?;
+        }
+        let mut pairs: Vec<_> = copies.iter_mut().map(|(e, t)| (*e, t)).collect();
+        copy_into(ckpt, &mut pairs)
+    }
+
+    /// Rebuilds the model a file names and loads its state, without ever
+    /// building or allocating what the file does not pay for: a model
+    /// registered with a layout is compared with the file's tensors
+    /// before it is built; any model is built into uninitialized memory
+    /// and compared again before a byte of it is written.
+    pub(crate) fn from_file(
+        registry: &Registry,
+        ckpt: &Checkpoint,
+        device: Device,
+        options: &LoadOptions,
+    ) -> Result<Model> {
+        let class = &ckpt.manifest().model_class;
+        let kwargs = file_kwargs(ckpt, "model_kwargs");
+        let file_tensors = ckpt.tensors(MemberName::Model);
+        if let Some(specs) = registry.describe_model(class, &kwargs, file_tensors.len())? {
+            check_layout(class, &specs, ckpt)?;
+        }
+        let mut model = Model::build(registry, class, kwargs, device, true)?;
+        model.check_state(ckpt)?;
+        if options.copy {
+            model.copy_state(ckpt)?;
+        } else {
+            model.map_state(ckpt)?;
+        }
+        Ok(model)
+    }
+
+    /// The module, for running it.
+    pub(crate) fn forward_module(&self) -> &BoxedModel {
+        &self.module
+    }
+}
+
+/// Compares the state dict a model's kwargs describe with the file's
+/// model tensors: names, dtypes and shapes, naming the first difference.
+fn check_layout(class: &str, specs: &[TensorSpec], ckpt: &Checkpoint) -> Result<()> {
+    let mismatch = |tensor: &str, reason: String| Error::StateMismatch {
+        tensor: tensor.to_owned(),
+        reason,
+    };
+    for spec in specs {
+        let entry = ckpt.tensor(MemberName::Model, &spec.name).map_err(|_| {
+            mismatch(
+                &spec.name,
+                format!("the model_kwargs of {class} describe it, the file does not hold it"),
+            )
+        })?;
+        if kind_of(entry.dtype) != Some(spec.kind) {
+            return Err(mismatch(
+                &spec.name,
+                format!(
+                    "the model_kwargs of {class} describe dtype {:?}, the file has {:?}",
+                    spec.kind, entry.dtype
+                ),
+            ));
+        }
+        let file_shape: Vec<i64> = entry.shape.iter().map(|&d| d as i64).collect();
+        if file_shape != spec.shape {
+            return Err(mismatch(
+                &spec.name,
+                format!(
+                    "the model_kwargs of {class} describe shape {:?}, the file has {:?}",
+                    spec.shape, entry.shape
+                ),
+            ));
+        }
+    }
+    if specs.len() != ckpt.tensors(MemberName::Model).len() {
+        let described: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        if let Some(extra) = ckpt
+            .tensors(MemberName::Model)
+            .iter()
+            .find(|e| !described.contains(e.name.as_str()))
+        {
+            return Err(mismatch(
+                &extra.name,
+                format!("in the file, but not in the model the model_kwargs of {class} describe"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A kwargs object of the file (`model_kwargs`, ...); the format layer has
+/// checked that it is an object.
+fn file_kwargs(ckpt: &Checkpoint, key: &str) -> Map<String, Value> {
+    ckpt.metadata()
+        .get(key)
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// What [`ModelContainer::initialize`] builds: a model, and optionally an
@@ -325,6 +501,49 @@ impl Built {
             (Some((class, kwargs)), Some(opt)) => Some(Scheduler::new(&class, &kwargs, opt.param_groups_mut())?),
             _ => None,
         };
+        Ok(Built {
+            model,
+            optimizer,
+            scheduler,
+        })
+    }
+}
+
+impl Built {
+    /// The model, optimizer and scheduler a file holds, rebuilt and loaded;
+    /// every check runs before the objects are handed out (all or nothing).
+    fn from_file(registry: &Registry, ckpt: &Checkpoint, device: Device, options: &LoadOptions) -> Result<Self> {
+        let manifest = ckpt.manifest();
+        if manifest.scheduler_class.is_some() && manifest.optimizer_class.is_none() {
+            return Err(Error::Usage(
+                "a scheduler needs an optimizer: give an optimizer too, or no scheduler".into(),
+            ));
+        }
+        let model = Model::from_file(registry, ckpt, device, options)?;
+        let mut optimizer = match &manifest.optimizer_class {
+            Some(class) => Some(Optimizer::new(
+                class,
+                &file_kwargs(ckpt, "optim_kwargs"),
+                model.parameters(),
+            )?),
+            None => None,
+        };
+        let mut scheduler = None;
+        if let Some(opt) = optimizer.as_mut() {
+            let prepared = opt.prepare_load(optimizer_state(ckpt, options)?)?;
+            if let Some(class) = &manifest.scheduler_class {
+                // Constructed over a copy of the loaded groups: the
+                // constructor's side effects (initial_lr, the initial step)
+                // are then replaced by the saved state, and kwargs such as
+                // last_epoch, which need the groups' initial_lr, work as
+                // they did when it was saved.
+                let mut scratch = prepared.groups.clone();
+                let mut sched = Scheduler::new(class, &file_kwargs(ckpt, "scheduler_kwargs"), &mut scratch)?;
+                sched.load_state_dict(scheduler_state(ckpt)?, &prepared.groups)?;
+                scheduler = Some(sched);
+            }
+            opt.commit_load(prepared);
+        }
         Ok(Built {
             model,
             optimizer,
@@ -614,45 +833,21 @@ impl ModelContainer {
     }
 
     /// Loads a file: validates it completely, rebuilds the model, optimizer
-    /// and scheduler it names through the registry, and loads their state.
-    /// Returns the flat metadata (`model_kwargs`, `optim_kwargs`,
-    /// `scheduler_kwargs`, `timestamp`, the user's keys...). All or
-    /// nothing: on any error the container keeps what it held before.
+    /// and scheduler it names through the registry, and loads their state,
+    /// with the default [`LoadOptions`] (verified, zero-copy from a private
+    /// mapping of the file). Returns the flat metadata (`model_kwargs`,
+    /// `optim_kwargs`, `scheduler_kwargs`, `timestamp`, the user's
+    /// keys...). All or nothing: on any error the container keeps what it
+    /// held before.
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<Map<String, Value>> {
-        let ckpt = Checkpoint::open(path)?;
-        let manifest = ckpt.manifest();
-        // The format layer has checked that the kwargs are objects.
-        let kwargs = |key: &str| {
-            ckpt.metadata()
-                .get(key)
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default()
-        };
-        let mut spec = Spec::model(&manifest.model_class, kwargs("model_kwargs"));
-        if let Some(class) = &manifest.optimizer_class {
-            spec = spec.optimizer(class, kwargs("optim_kwargs"));
-        }
-        let mut built = Built::new(&self.registry, spec, self.device, true)?;
-        built.model.check_state(&ckpt)?;
-        let prepared = match &built.optimizer {
-            Some(opt) => Some(opt.prepare_load(optimizer_state(&ckpt)?)?),
-            None => None,
-        };
-        if let (Some(class), Some(p)) = (&manifest.scheduler_class, &prepared) {
-            // Constructed over a copy of the loaded groups: the constructor's
-            // side effects (initial_lr, the initial step) are then replaced
-            // by the saved state, and kwargs such as last_epoch, which need
-            // the groups' initial_lr, work as they did when it was saved.
-            let mut scratch = p.groups.clone();
-            let mut sched = Scheduler::new(class, &kwargs("scheduler_kwargs"), &mut scratch)?;
-            sched.load_state_dict(scheduler_state(&ckpt)?, &p.groups)?;
-            built.scheduler = Some(sched);
-        }
-        built.model.copy_state(&ckpt)?;
-        if let (Some(opt), Some(p)) = (built.optimizer.as_mut(), prepared) {
-            opt.commit_load(p);
-        }
+        self.load_with(path, &LoadOptions::default())
+    }
+
+    /// [`load`](Self::load) with options: copy instead of mapping, or skip
+    /// the CRC-32 of the tensor data.
+    pub fn load_with(&mut self, path: impl AsRef<Path>, options: &LoadOptions) -> Result<Map<String, Value>> {
+        let ckpt = Checkpoint::open_with(path, options.read_options())?;
+        let built = Built::from_file(&self.registry, &ckpt, self.device, options)?;
         self.install(built);
         Ok(flat_metadata(&ckpt))
     }
@@ -666,7 +861,14 @@ impl ModelContainer {
     /// the model is copied; constructor kwargs are not compared: state
     /// that fits is loaded.
     pub fn restore(&mut self, path: impl AsRef<Path>) -> Result<Map<String, Value>> {
-        let ckpt = Checkpoint::open(path)?;
+        self.restore_with(path, &LoadOptions::default())
+    }
+
+    /// [`restore`](Self::restore) with options: `verify` as for a load
+    /// (`copy` does not apply: restoring always copies, straight from the
+    /// file's mapping into the existing tensors, on several threads).
+    pub fn restore_with(&mut self, path: impl AsRef<Path>, options: &LoadOptions) -> Result<Map<String, Value>> {
+        let ckpt = Checkpoint::open_with(path, options.read_options())?;
         let manifest = ckpt.manifest();
         let model = self.model.as_ref().ok_or(Error::NotInitialized)?;
         let parts = [
@@ -695,8 +897,9 @@ impl ModelContainer {
             }
         }
         model.check_state(&ckpt)?;
+        let copying = options.with_copy(true);
         let prepared = match &self.optimizer {
-            Some(opt) => Some(opt.prepare_load(optimizer_state(&ckpt)?)?),
+            Some(opt) => Some(opt.prepare_load(optimizer_state(&ckpt, &copying)?)?),
             None => None,
         };
         let scheduler = match (&self.scheduler, &prepared) {
@@ -734,9 +937,9 @@ fn optimizer_internals(class: &str, sd: &OptimizerState) -> Value {
 }
 
 /// The optimizer state of a checkpoint (its layout is validated by
-/// `Checkpoint::open`): groups and names from the JSON, tensors read into
-/// new CPU tensors.
-fn optimizer_state(ckpt: &Checkpoint) -> Result<OptimizerState> {
+/// `Checkpoint::open`): groups and names from the JSON, tensors mapped
+/// from the file or copied into new CPU tensors, as `options` say.
+fn optimizer_state(ckpt: &Checkpoint, options: &LoadOptions) -> Result<OptimizerState> {
     let invalid = |what: &str, reason: String| Error::InvalidState {
         what: format!("{INTERNALS_KEY}.optimizer.{what}"),
         reason,
@@ -773,7 +976,10 @@ fn optimizer_state(ckpt: &Checkpoint) -> Result<OptimizerState> {
         let (i, key) = layout
             .check_tensor_name(&entry.name)
             .map_err(|reason| invalid("state", reason))?;
-        let tensor = read_new(ckpt, entry)?;
+        let tensor = match options.copy {
+            true => read_new(ckpt, entry)?,
+            false => mapped(ckpt, entry)?,
+        };
         state.entry(i).or_default().insert(key.to_owned(), tensor);
     }
     Ok(OptimizerState {
@@ -794,7 +1000,7 @@ fn scheduler_state(ckpt: &Checkpoint) -> Result<&Map<String, Value>> {
 }
 
 /// Every top-level key but the format internals.
-fn flat_metadata(ckpt: &Checkpoint) -> Map<String, Value> {
+pub(crate) fn flat_metadata(ckpt: &Checkpoint) -> Map<String, Value> {
     ckpt.metadata()
         .iter()
         .filter(|(k, _)| k.as_str() != INTERNALS_KEY)

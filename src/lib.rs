@@ -7,7 +7,8 @@
 //! - [`models`]: built-in models with PyTorch's state-dict names.
 //! - [`optim`]: torch.optim's optimizers, same math and state layout.
 //! - [`sched`]: torch.optim.lr_scheduler's schedulers, same math and state.
-//! - [`ModelContainer`]: initialize, save, save_inference, load.
+//! - [`ModelContainer`]: initialize, save, save_inference, load, restore.
+//! - [`InferenceModel`]: a loaded model that many threads run at once.
 //! - [`capi`]: the C ABI (`include/pytorch_saver.h`) over all of it.
 
 #[cfg(feature = "torch")]
@@ -16,6 +17,8 @@ pub mod capi;
 pub mod container;
 pub mod error;
 pub mod format;
+#[cfg(feature = "torch")]
+pub mod inference;
 pub mod kwargs;
 #[cfg(feature = "torch")]
 pub mod models;
@@ -27,11 +30,13 @@ pub mod sched;
 pub mod tensors;
 
 #[cfg(feature = "torch")]
-pub use container::{MetadataValue, Model, ModelContainer, Parts, Spec, UserMetadata};
+pub use container::{LoadOptions, MetadataValue, Model, ModelContainer, Parts, Spec, UserMetadata};
 pub use error::{Error, Result};
+#[cfg(feature = "torch")]
+pub use inference::InferenceModel;
 pub use kwargs::Kwargs;
 #[cfg(feature = "torch")]
-pub use registry::{BoxedModel, Forward, Registry};
+pub use registry::{BoxedModel, Forward, Registry, TensorSpec};
 
 /// The libtorch version tch 0.26 binds, recorded in every file we write.
 pub const TORCH_VERSION: &str = "2.13.0";

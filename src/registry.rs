@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::error::{panic_message, torch_message, Error, Result};
 pub use crate::kwargs::Kwargs;
@@ -20,6 +20,14 @@ pub trait Forward: std::fmt::Debug + Send + 'static {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor>;
     /// The concrete module, for [`Model::module`](crate::Model::module).
     fn as_any(&self) -> &dyn std::any::Any;
+    /// The module as one whose eval-mode forward (`forward_t(xs, false)`)
+    /// may run on several threads at once, or `None` (the default) when
+    /// it may not: an [`InferenceModel`](crate::InferenceModel) then runs
+    /// one call at a time. The built-in models say yes: eval-mode forward
+    /// only reads their tensors.
+    fn as_sync(&self) -> Option<&(dyn Forward + Sync)> {
+        None
+    }
 }
 
 impl<M: nn::ModuleT + 'static> Forward for M {
@@ -38,10 +46,32 @@ pub type BoxedModel = Box<dyn Forward>;
 /// Builds a model under a var-store path from its constructor kwargs.
 pub type ModelFactory = dyn Fn(nn::Path<'_>, &Kwargs<'_>) -> Result<BoxedModel> + Send + Sync;
 
+/// One tensor of the state dict that a model's kwargs describe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    /// The state-dict key (`fc1.weight`).
+    pub name: String,
+    pub kind: Kind,
+    pub shape: Vec<i64>,
+}
+
+/// Describes, without building or allocating anything, the state dict
+/// that a model built from these kwargs would have, in state-dict order.
+/// `limit` is the number of tensors the file holds: a layout that would
+/// describe more is refused before it is enumerated, naming the kwarg
+/// that asks for them (so `n_layers = 10**9` costs nothing).
+pub type ModelLayout = dyn Fn(&Kwargs<'_>, usize) -> Result<Vec<TensorSpec>> + Send + Sync;
+
+#[derive(Clone)]
+struct Entry {
+    factory: Arc<ModelFactory>,
+    layout: Option<Arc<ModelLayout>>,
+}
+
 /// Name -> factory for every class a checkpoint may name.
 #[derive(Clone)]
 pub struct Registry {
-    models: BTreeMap<String, Arc<ModelFactory>>,
+    models: BTreeMap<String, Entry>,
 }
 
 impl Default for Registry {
@@ -77,6 +107,22 @@ impl Registry {
     where
         F: Fn(nn::Path<'_>, &Kwargs<'_>) -> Result<BoxedModel> + Send + Sync + 'static,
     {
+        self.insert(name, Arc::new(factory), None)
+    }
+
+    /// Registers a model factory together with its [`ModelLayout`]: loading
+    /// a file then checks the tensors the kwargs describe against the file
+    /// before the factory runs, so that kwargs cannot make the loader
+    /// build (or allocate) anything the file does not hold.
+    pub fn register_model_with_layout<F, L>(&mut self, name: &str, factory: F, layout: L) -> Result<()>
+    where
+        F: Fn(nn::Path<'_>, &Kwargs<'_>) -> Result<BoxedModel> + Send + Sync + 'static,
+        L: Fn(&Kwargs<'_>, usize) -> Result<Vec<TensorSpec>> + Send + Sync + 'static,
+    {
+        self.insert(name, Arc::new(factory), Some(Arc::new(layout)))
+    }
+
+    fn insert(&mut self, name: &str, factory: Arc<ModelFactory>, layout: Option<Arc<ModelLayout>>) -> Result<()> {
         if name.is_empty() {
             return Err(Error::InvalidKwargs {
                 class: name.into(),
@@ -89,7 +135,7 @@ impl Registry {
                 name: name.into(),
             });
         }
-        self.models.insert(name.to_owned(), Arc::new(factory));
+        self.models.insert(name.to_owned(), Entry { factory, layout });
         Ok(())
     }
 
@@ -102,7 +148,7 @@ impl Registry {
         self.models.contains_key(name)
     }
 
-    fn factory(&self, name: &str) -> Result<&Arc<ModelFactory>> {
+    fn entry(&self, name: &str) -> Result<&Entry> {
         self.models.get(name).ok_or_else(|| Error::UnknownName {
             kind: "model",
             name: name.into(),
@@ -120,7 +166,7 @@ impl Registry {
         kwargs: &Map<String, Value>,
         loading: bool,
     ) -> Result<BoxedModel> {
-        let factory = self.factory(name)?;
+        let factory = &self.entry(name)?.factory;
         let kw = Kwargs::new(name, kwargs, loading);
         let built = catch_unwind(AssertUnwindSafe(|| factory(path, &kw))).map_err(|p| Error::Factory {
             class: name.into(),
@@ -129,4 +175,48 @@ impl Registry {
         kw.finish()?;
         Ok(built)
     }
+
+    /// The state dict a model's kwargs describe (see [`ModelLayout`]), or
+    /// `None` when the class was registered without a layout (it is then
+    /// checked after it is built, into uninitialized memory).
+    pub fn describe_model(
+        &self,
+        name: &str,
+        kwargs: &Map<String, Value>,
+        limit: usize,
+    ) -> Result<Option<Vec<TensorSpec>>> {
+        let Some(layout) = &self.entry(name)?.layout else {
+            return Ok(None);
+        };
+        let kw = Kwargs::new(name, kwargs, true);
+        let specs = layout(&kw, limit)?;
+        kw.finish()?;
+        Ok(Some(specs))
+    }
+}
+
+/// A trainable variable for a factory: initialized with `init` when the
+/// model is built, and uninitialized when it is being loaded (untouched
+/// memory: every value is about to come from the file, and a loader
+/// checks the model against the file before it touches anything). An
+/// allocation libtorch refuses is an error, not a panic.
+pub fn variable(p: &nn::Path<'_>, kw: &Kwargs<'_>, name: &str, dims: &[i64], init: nn::Init) -> Result<Tensor> {
+    let tensor = if kw.loading() {
+        Tensor::f_empty(dims, (p.kind(), p.device()))?
+    } else {
+        nn::f_init(init, dims, p.device(), p.kind())?
+    };
+    Ok(p.add(name, tensor, true))
+}
+
+/// A buffer (saved, not trained) of any kind for a factory: filled with
+/// `value` when the model is built, uninitialized when it is being loaded
+/// (as [`variable`]).
+pub fn buffer(p: &nn::Path<'_>, kw: &Kwargs<'_>, name: &str, dims: &[i64], kind: Kind, value: f64) -> Result<Tensor> {
+    let tensor = if kw.loading() {
+        Tensor::f_empty(dims, (kind, p.device()))?
+    } else {
+        Tensor::f_full(dims, value, (kind, p.device()))?
+    };
+    Ok(p.add(name, tensor, false))
 }

@@ -1,13 +1,29 @@
 //! The bridge between tch tensors and the format layer: dtype mapping,
-//! tensors as streaming write sources, and reading file bytes straight into
-//! a tensor's storage.
+//! tensors as streaming write sources, tensors that point into a
+//! checkpoint's private mapping (zero-copy loads), and copies of file
+//! bytes straight from the mapping into existing tensors.
 
 use std::borrow::Cow;
+use std::ffi::{c_char, c_int, c_void};
 
 use tch::{Device, Kind, Tensor};
+use torch_sys::C_tensor;
 
 use crate::error::{Error, Result};
-use crate::format::{Checkpoint, Dtype, TensorEntry, TensorSource};
+use crate::format::{threads_for, Checkpoint, Dtype, PrivateMapping, TensorEntry, TensorSource};
+
+extern "C" {
+    // src/borrowed_memory.cpp
+    fn pts_tensor_over_memory(
+        data: *mut c_void,
+        sizes: *const i64,
+        ndim: usize,
+        dtype: c_int,
+        release: unsafe extern "C" fn(*mut c_void),
+        context: *mut c_void,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+}
 
 /// The format dtype of a tch kind, if v1 has one.
 pub fn dtype_of(kind: Kind) -> Option<Dtype> {
@@ -95,6 +111,128 @@ impl TensorSource for TchSource<'_> {
     }
 }
 
+/// libtorch's `c10::ScalarType` number of a v1 kind.
+fn scalar_type(kind: Kind) -> c_int {
+    match kind {
+        Kind::Uint8 => 0,
+        Kind::Int8 => 1,
+        Kind::Int16 => 2,
+        Kind::Int => 3,
+        Kind::Int64 => 4,
+        Kind::Half => 5,
+        Kind::Float => 6,
+        Kind::Double => 7,
+        Kind::Bool => 11,
+        Kind::BFloat16 => 15,
+        other => unreachable!("{other:?} is not a format v1 kind"),
+    }
+}
+
+/// Drops the mapping reference a tensor's storage held.
+unsafe extern "C" fn release_mapping(context: *mut c_void) {
+    // SAFETY: `context` is the Box made in `mapped`, released once by the
+    // storage that owned it.
+    drop(unsafe { Box::from_raw(context.cast::<PrivateMapping>()) });
+}
+
+fn shape_of(entry: &TensorEntry) -> Vec<i64> {
+    entry.shape.iter().map(|&d| d as i64).collect()
+}
+
+/// A file tensor as a CPU tensor whose bytes ARE the file's bytes in the
+/// checkpoint's private mapping: no copy. The mapping stays alive while
+/// the tensor's storage does; writing to the tensor (training) changes
+/// private pages only, never the file. A tensor whose bytes are not
+/// aligned to its element size is copied instead.
+pub fn mapped(ckpt: &Checkpoint, entry: &TensorEntry) -> Result<Tensor> {
+    let kind = kind_of(entry.dtype).ok_or_else(|| Error::StateMismatch {
+        tensor: entry.name.clone(),
+        reason: format!("dtype {:?} has no libtorch equivalent", entry.dtype),
+    })?;
+    if entry.start % kind.elt_size_in_bytes() as u64 != 0 {
+        return read_new(ckpt, entry);
+    }
+    let map = ckpt.private_mapping();
+    // SAFETY: `start` lies inside the mapping (validated by the reader).
+    let data = unsafe { map.as_mut_ptr().add(entry.start as usize) };
+    let shape = shape_of(entry);
+    let context = Box::into_raw(Box::new(map)).cast::<c_void>();
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: `data` holds `entry.byte_len()` bytes of this dtype and
+    // shape for as long as `context` (a mapping reference) is alive; the
+    // shim owns `context` from this call on and releases it exactly once.
+    let error = unsafe {
+        pts_tensor_over_memory(
+            data.cast(),
+            shape.as_ptr(),
+            shape.len(),
+            scalar_type(kind),
+            release_mapping,
+            context,
+            &mut out,
+        )
+    };
+    crate::optim::kernels::check(error)?;
+    crate::optim::kernels::owned(out)
+}
+
+/// A raw destination pointer, moved to a copying thread.
+struct Destination(*mut u8);
+// SAFETY: each job writes a disjoint range of a tensor the caller lends
+// exclusively for the copy.
+unsafe impl Send for Destination {}
+
+/// Copies file tensors into tensors that fit them (see [`check_fits`]),
+/// straight from the checkpoint's mapping: no staging buffer, and on
+/// several threads when there is enough to copy. CPU contiguous
+/// destinations are written in place; any other is copied from a mapped
+/// view of the file tensor.
+pub fn copy_into(ckpt: &Checkpoint, pairs: &mut [(&TensorEntry, &mut Tensor)]) -> Result<()> {
+    const PIECE: usize = 8 << 20;
+    let mut jobs: Vec<(&[u8], Destination)> = Vec::new();
+    for (entry, dst) in pairs.iter_mut() {
+        let len = entry.byte_len() as usize;
+        if len == 0 {
+            continue;
+        }
+        if dst.device() != Device::Cpu || !dst.is_contiguous() {
+            let src = mapped(ckpt, entry)?;
+            tch::no_grad(|| dst.f_copy_(&src))?;
+            continue;
+        }
+        let src = ckpt.tensor_bytes(entry);
+        let base = dst.data_ptr().cast::<u8>();
+        for (i, piece) in src.chunks(PIECE).enumerate() {
+            // SAFETY: `check_fits` established that dst holds exactly
+            // `len` bytes of contiguous CPU storage.
+            jobs.push((piece, Destination(unsafe { base.add(i * PIECE) })));
+        }
+    }
+    let total: usize = jobs.iter().map(|(src, _)| src.len()).sum();
+    let threads = threads_for(total);
+    let run = |jobs: Vec<(&[u8], Destination)>| {
+        for (src, dst) in jobs {
+            // SAFETY: see `Destination`; source and destination never
+            // overlap (one is the file's mapping, the other a tensor).
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0, src.len()) };
+        }
+    };
+    if threads == 1 {
+        run(jobs);
+        return Ok(());
+    }
+    let mut shares: Vec<Vec<(&[u8], Destination)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, job) in jobs.into_iter().enumerate() {
+        shares[i % threads].push(job);
+    }
+    std::thread::scope(|s| {
+        for share in shares {
+            s.spawn(move || run(share));
+        }
+    });
+    Ok(())
+}
+
 /// Checks that a file tensor can be loaded into `dst` (same dtype, same shape).
 pub fn check_fits(entry: &TensorEntry, dst: &Tensor) -> Result<()> {
     let mismatch = |reason: String| Error::StateMismatch {
@@ -119,39 +257,14 @@ pub fn check_fits(entry: &TensorEntry, dst: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Copies a file tensor into `dst`, which must fit (see [`check_fits`]).
-/// A CPU contiguous destination is filled in place by positioned reads;
-/// any other goes through one temporary CPU tensor.
-pub fn read_into(ckpt: &Checkpoint, entry: &TensorEntry, dst: &mut Tensor) -> Result<()> {
-    let len = entry.byte_len() as usize;
-    if len == 0 {
-        return Ok(());
-    }
-    if dst.device() == Device::Cpu && dst.is_contiguous() {
-        // SAFETY: `check_fits` established that dst holds exactly `len`
-        // bytes of contiguous CPU storage; the container has exclusive use
-        // of its tensors while loading.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(dst.data_ptr() as *mut u8, len) };
-        ckpt.read_tensor_into(entry, bytes)?;
-        return Ok(());
-    }
-    let mut staging = vec![0u8; len];
-    ckpt.read_tensor_into(entry, &mut staging)?;
-    let kind = kind_of(entry.dtype).expect("checked by check_fits");
-    let shape: Vec<i64> = entry.shape.iter().map(|&d| d as i64).collect();
-    let src = Tensor::f_from_data_size(&staging, &shape, kind)?;
-    tch::no_grad(|| dst.f_copy_(&src))?;
-    Ok(())
-}
-
-/// A file tensor as a new CPU tensor of its own dtype and shape.
+/// A file tensor as a new CPU tensor of its own dtype and shape, in memory
+/// of its own (copied from the mapping).
 pub fn read_new(ckpt: &Checkpoint, entry: &TensorEntry) -> Result<Tensor> {
     let kind = kind_of(entry.dtype).ok_or_else(|| Error::StateMismatch {
         tensor: entry.name.clone(),
         reason: format!("dtype {:?} has no libtorch equivalent", entry.dtype),
     })?;
-    let shape: Vec<i64> = entry.shape.iter().map(|&d| d as i64).collect();
-    let mut t = Tensor::f_empty(&shape, (kind, Device::Cpu))?;
-    read_into(ckpt, entry, &mut t)?;
+    let mut t = Tensor::f_empty(shape_of(entry), (kind, Device::Cpu))?;
+    copy_into(ckpt, &mut [(entry, &mut t)])?;
     Ok(t)
 }

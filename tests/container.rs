@@ -363,7 +363,9 @@ fn factories_learn_when_a_load_will_overwrite_their_init() {
     r.register_model("tests.Flag", move |p: nn::Path<'_>, k: &Kwargs<'_>| {
         s.fetch_or(if k.loading() { 2 } else { 1 }, Ordering::SeqCst);
         let _ = p.add("w", Tensor::ones([2], (Kind::Float, p.device())), true);
-        Ok(Box::new(models::Mlp::new(p, 1, 1, 1, 1, !k.loading())) as pytorch_saver::BoxedModel)
+        let dims = serde_json::json!({"in_dim": 1, "hidden_dim": 1, "n_classes": 1, "n_layers": 1});
+        let dims = Kwargs::new(models::MLP, dims.as_object().unwrap(), k.loading());
+        Ok(Box::new(models::Mlp::new(p, &dims)?) as pytorch_saver::BoxedModel)
     })
     .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::error::{panic_message, torch_message, Error, Result};
-use crate::registry::{BoxedModel, Forward, Kwargs};
+use crate::registry::{buffer, variable, BoxedModel, Forward, Kwargs, TensorSpec};
 
 /// Registry name of the portable Sequential.
 pub const SEQUENTIAL: &str = "pytorch_saver.models.Sequential";
@@ -629,41 +629,62 @@ struct Layer {
     stats: Option<RunningStats>,
 }
 
-/// PyTorch's default init of Linear and Conv: uniform in +-1/sqrt(fan_in).
-fn fan_in_uniform(p: &nn::Path<'_>, name: &str, dims: &[i64], fan_in: i64, random_init: bool) -> Tensor {
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    p.var(
-        name,
-        dims,
-        if random_init {
-            nn::Init::Uniform { lo: -bound, up: bound }
-        } else {
-            nn::Init::Const(0.0)
-        },
-    )
+/// One tensor of a layer's state: its key under the layer, kind, shape,
+/// whether it is a parameter, and how PyTorch's `__init__` fills it.
+struct StateTensor {
+    name: &'static str,
+    kind: Kind,
+    dims: Vec<i64>,
+    trainable: bool,
+    init: nn::Init,
 }
 
-impl Layer {
-    /// Creates the layer's tensors under `p`, in the state order of
-    /// docs/MODELS.md (parameters first: that is the optimizer's order).
-    fn build(p: nn::Path<'_>, ty: String, spec: Spec, random_init: bool) -> Layer {
-        let mut layer = Layer {
-            ty,
-            spec,
-            weight: None,
-            bias: None,
-            stats: None,
-        };
-        let const_or = |v: f64| nn::Init::Const(if random_init { v } else { 0.0 });
-        match &layer.spec {
+impl StateTensor {
+    fn param(name: &'static str, dims: Vec<i64>, init: nn::Init) -> Self {
+        StateTensor {
+            name,
+            kind: Kind::Float,
+            dims,
+            trainable: true,
+            init,
+        }
+    }
+
+    fn buffer(name: &'static str, kind: Kind, dims: Vec<i64>, value: f64) -> Self {
+        StateTensor {
+            name,
+            kind,
+            dims,
+            trainable: false,
+            init: nn::Init::Const(value),
+        }
+    }
+}
+
+/// PyTorch's default init of Linear and Conv: uniform in +-1/sqrt(fan_in).
+fn fan_in_uniform(fan_in: i64) -> nn::Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    nn::Init::Uniform { lo: -bound, up: bound }
+}
+
+impl Spec {
+    /// The layer's state tensors in the state order of docs/MODELS.md
+    /// (parameters first: that is the optimizer's order). Arithmetic on
+    /// the validated configuration: nothing is allocated, so a loader can
+    /// compare it with a file before building anything.
+    fn state(&self) -> Vec<StateTensor> {
+        match self {
             Spec::Linear {
                 in_features,
                 out_features,
                 bias,
             } => {
-                let dims = [*out_features, *in_features];
-                layer.weight = Some(fan_in_uniform(&p, "weight", &dims, *in_features, random_init));
-                layer.bias = bias.then(|| fan_in_uniform(&p, "bias", &[*out_features], *in_features, random_init));
+                let init = fan_in_uniform(*in_features);
+                let mut v = vec![StateTensor::param("weight", vec![*out_features, *in_features], init)];
+                if *bias {
+                    v.push(StateTensor::param("bias", vec![*out_features], init));
+                }
+                v
             }
             Spec::Conv {
                 in_channels,
@@ -675,34 +696,45 @@ impl Layer {
             } => {
                 let mut dims = vec![*out_channels, in_channels / groups];
                 dims.extend(kernel_size);
-                let fan_in = in_channels / groups * kernel_size.iter().product::<i64>();
-                layer.weight = Some(fan_in_uniform(&p, "weight", &dims, fan_in, random_init));
-                layer.bias = bias.then(|| fan_in_uniform(&p, "bias", &[*out_channels], fan_in, random_init));
+                let fan_in = (in_channels / groups).saturating_mul(kernel_size.iter().product::<i64>());
+                let init = fan_in_uniform(fan_in);
+                let mut v = vec![StateTensor::param("weight", dims, init)];
+                if *bias {
+                    v.push(StateTensor::param("bias", vec![*out_channels], init));
+                }
+                v
             }
             Spec::Embedding {
                 num_embeddings,
                 embedding_dim,
-                padding_idx,
-            } => {
-                let init = if random_init {
-                    nn::Init::Randn { mean: 0.0, stdev: 1.0 }
-                } else {
-                    nn::Init::Const(0.0)
-                };
-                let w = p.var("weight", &[*num_embeddings, *embedding_dim], init);
-                if let Some(i) = padding_idx {
-                    tch::no_grad(|| drop(w.get(*i).zero_()));
-                }
-                layer.weight = Some(w);
-            }
+                ..
+            } => vec![StateTensor::param(
+                "weight",
+                vec![*num_embeddings, *embedding_dim],
+                nn::Init::Randn { mean: 0.0, stdev: 1.0 },
+            )],
             Spec::LayerNorm {
                 normalized_shape,
                 weight,
                 bias,
                 ..
             } => {
-                layer.weight = weight.then(|| p.var("weight", normalized_shape, const_or(1.0)));
-                layer.bias = bias.then(|| p.var("bias", normalized_shape, nn::Init::Const(0.0)));
+                let mut v = Vec::new();
+                if *weight {
+                    v.push(StateTensor::param(
+                        "weight",
+                        normalized_shape.clone(),
+                        nn::Init::Const(1.0),
+                    ));
+                }
+                if *bias {
+                    v.push(StateTensor::param(
+                        "bias",
+                        normalized_shape.clone(),
+                        nn::Init::Const(0.0),
+                    ));
+                }
+                v
             }
             Spec::BatchNorm {
                 num_features,
@@ -710,30 +742,79 @@ impl Layer {
                 track_running_stats,
                 ..
             } => {
-                let c = [*num_features];
+                let c = vec![*num_features];
+                let mut v = Vec::new();
                 if *affine {
-                    layer.weight = Some(p.var("weight", &c, const_or(1.0)));
-                    layer.bias = Some(p.var("bias", &c, nn::Init::Const(0.0)));
+                    v.push(StateTensor::param("weight", c.clone(), nn::Init::Const(1.0)));
+                    v.push(StateTensor::param("bias", c.clone(), nn::Init::Const(0.0)));
                 }
                 if *track_running_stats {
-                    let mean = p.zeros_no_train("running_mean", &c);
-                    let var = if random_init {
-                        p.ones_no_train("running_var", &c)
-                    } else {
-                        p.zeros_no_train("running_var", &c)
+                    v.push(StateTensor::buffer("running_mean", Kind::Float, c.clone(), 0.0));
+                    v.push(StateTensor::buffer("running_var", Kind::Float, c, 1.0));
+                    v.push(StateTensor::buffer("num_batches_tracked", Kind::Int64, vec![], 0.0));
+                }
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Layer {
+    /// Creates the layer's tensors under `p` from [`Spec::state`]:
+    /// initialized as PyTorch does, or uninitialized when the model is
+    /// being loaded (`kw.loading()`). Fallible: an allocation libtorch
+    /// refuses is an error naming the layer.
+    fn build(p: nn::Path<'_>, kw: &Kwargs<'_>, index: usize, ty: String, spec: Spec) -> Result<Layer> {
+        let mut layer = Layer {
+            ty,
+            spec,
+            weight: None,
+            bias: None,
+            stats: None,
+        };
+        let (mut mean, mut var, mut count) = (None, None, None);
+        for t in layer.spec.state() {
+            let tensor = match t.trainable {
+                true => variable(&p, kw, t.name, &t.dims, t.init),
+                false => {
+                    let value = match t.init {
+                        nn::Init::Const(v) => v,
+                        _ => 0.0,
                     };
-                    let count = Tensor::zeros([], (Kind::Int64, p.device()));
-                    let num_batches_tracked = p.add("num_batches_tracked", count, false);
-                    layer.stats = Some(RunningStats {
-                        mean,
-                        var,
-                        num_batches_tracked,
-                    });
+                    buffer(&p, kw, t.name, &t.dims, t.kind, value)
                 }
             }
-            _ => {}
+            .map_err(|e| match e {
+                Error::Torch(m) => Error::Torch(format!("layer {index} ({}): {}: {m}", layer.ty, t.name)),
+                other => other,
+            })?;
+            match t.name {
+                "weight" => layer.weight = Some(tensor),
+                "bias" => layer.bias = Some(tensor),
+                "running_mean" => mean = Some(tensor),
+                "running_var" => var = Some(tensor),
+                _ => count = Some(tensor),
+            }
         }
-        layer
+        if let (
+            Spec::Embedding {
+                padding_idx: Some(i), ..
+            },
+            Some(w),
+            false,
+        ) = (&layer.spec, &layer.weight, kw.loading())
+        {
+            tch::no_grad(|| w.f_get(*i)?.f_zero_().map(drop))?;
+        }
+        if let (Some(mean), Some(var), Some(num_batches_tracked)) = (mean, var, count) {
+            layer.stats = Some(RunningStats {
+                mean,
+                var,
+                num_batches_tracked,
+            });
+        }
+        Ok(layer)
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -855,12 +936,11 @@ impl Sequential {
     /// The whole list is validated before any tensor is created.
     pub fn new(p: nn::Path<'_>, kw: &Kwargs<'_>) -> Result<Self> {
         let specs = parse_layers(kw)?;
-        let random_init = !kw.loading();
         let layers = specs
             .into_iter()
             .enumerate()
-            .map(|(i, (ty, spec))| Layer::build(&p / i, ty, spec, random_init))
-            .collect();
+            .map(|(i, (ty, spec))| Layer::build(&p / i, kw, i, ty, spec))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Sequential { layers })
     }
 
@@ -879,6 +959,12 @@ impl Sequential {
         self.layers.iter().map(|l| l.ty.as_str())
     }
 }
+
+// SAFETY: the layers hold tch tensors (at::Tensor handles with atomic
+// reference counts). Eval-mode forward only reads them; train-mode forward
+// updates BatchNorm statistics in place, which is why `as_sync` promises
+// concurrency for eval mode only.
+unsafe impl Sync for Sequential {}
 
 impl Forward for Sequential {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
@@ -899,8 +985,37 @@ impl Forward for Sequential {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+
+    fn as_sync(&self) -> Option<&(dyn Forward + Sync)> {
+        Some(self)
+    }
 }
 
 pub(crate) fn build(p: nn::Path<'_>, kw: &Kwargs<'_>) -> Result<BoxedModel> {
     Ok(Box::new(Sequential::new(p, kw)?))
+}
+
+/// The Sequential's state dict from its layer list alone (see
+/// [`ModelLayout`](crate::registry::ModelLayout)): `{index}.{name}` for
+/// every layer's state, counted before it is listed.
+pub(crate) fn layout(kw: &Kwargs<'_>, limit: usize) -> Result<Vec<TensorSpec>> {
+    let specs = parse_layers(kw)?;
+    let count: usize = specs.iter().map(|(_, spec)| spec.state().len()).sum();
+    if count > limit {
+        return Err(kw.error(format!(
+            "kwarg \"layers\" describes {count} tensors in {} layers; the file holds {limit}",
+            specs.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(count);
+    for (i, (_, spec)) in specs.iter().enumerate() {
+        for t in spec.state() {
+            out.push(TensorSpec {
+                name: format!("{i}.{}", t.name),
+                kind: t.kind,
+                shape: t.dims,
+            });
+        }
+    }
+    Ok(out)
 }

@@ -1,7 +1,7 @@
 //! Safe wrappers over src/optim/kernels.cpp: the ATen ops with the scalar
 //! arguments (`alpha`, `value`) that tch 0.26 leaves out, and clearing a
-//! gradient. This and `capi` are the only FFI in the crate; see the C++
-//! file for why these exist.
+//! gradient. With `tensors` (tensors over a mapping) and `capi`, the only
+//! FFI in the crate; see the C++ file for why these exist.
 
 use std::ffi::{c_char, CStr};
 
@@ -27,7 +27,7 @@ extern "C" {
 }
 
 /// Turns the shim's error string into an error, freeing it.
-fn check(error: *mut c_char) -> Result<()> {
+pub(crate) fn check(error: *mut c_char) -> Result<()> {
     if error.is_null() {
         return Ok(());
     }
@@ -39,7 +39,7 @@ fn check(error: *mut c_char) -> Result<()> {
 }
 
 /// Takes ownership of a tensor the shim allocated.
-fn owned(out: *mut C_tensor) -> Result<Tensor> {
+pub(crate) fn owned(out: *mut C_tensor) -> Result<Tensor> {
     if out.is_null() {
         return Err(Error::Torch("kernel returned no tensor".into()));
     }

@@ -5,7 +5,7 @@
 
 mod group;
 #[cfg(feature = "torch")]
-mod kernels;
+pub(crate) mod kernels;
 #[cfg(feature = "torch")]
 mod optimizer;
 
