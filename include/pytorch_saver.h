@@ -99,10 +99,30 @@ typedef struct pts_error_t pts_error_t;
 typedef struct pts_kwargs_t pts_kwargs_t;
 
 /**
+ * How `pts_container_load_ex`, `pts_container_restore_ex`,
+ * `pts_model_load` and `pts_checkpoint_open_ex` read a file. New options
+ * start at the defaults: verified (every CRC-32 checked), zero-copy
+ * (tensors point into a private, copy-on-write mapping of the file).
+ * Owned by the caller; free it with `pts_load_options_free`. A `const
+ * pts_load_options_t *` may be shared by threads.
+ */
+typedef struct pts_load_options_t pts_load_options_t;
+
+/**
  * What a factory fills in: the model's parameters and buffers, and its
  * forward function. Borrowed: valid only during the factory call.
  */
 typedef struct pts_model_builder_t pts_model_builder_t;
+
+/**
+ * A model loaded for inference: eval mode, no gradients, no optimizer.
+ * Owned by the caller; free it with `pts_model_free`. Unlike a container,
+ * `const pts_model_t *` may be used by many threads at once:
+ * `pts_model_forward` calls run concurrently for the built-in models and
+ * for factories that declared their forward thread-safe
+ * (`pts_model_builder_set_thread_safe`), one at a time otherwise.
+ */
+typedef struct pts_model_t pts_model_t;
 
 /**
  * A registry: class name -> model factory. Containers take a snapshot of
@@ -154,9 +174,12 @@ typedef uint32_t pts_error_code_t;
  * optimizer should see them, which for a PyTorch model is
  * `model.parameters()` order, then `pts_model_builder_add_buffer`), and
  * sets its forward function. `loading` is true when the values are about
- * to be overwritten from a file (random init may be skipped). Returns
- * NULL, or an error (made with `pts_error_new`, or one a `pts_kwargs_*`
- * getter returned) that the library takes ownership of.
+ * to be overwritten from a file: build the tensors with
+ * `pts_tensor_empty` (uninitialized, untouched memory), since the
+ * library compares them with the file before writing anything and a
+ * file's kwargs must not make the loader fill memory the file does not
+ * hold. Returns NULL, or an error (made with `pts_error_new`, or one a
+ * `pts_kwargs_*` getter returned) that the library takes ownership of.
  */
 typedef pts_error_t *(*pts_model_factory_t)(void *user_data,
                                             const pts_kwargs_t *kwargs,
@@ -365,6 +388,15 @@ pts_error_t *pts_fault_inject_panic(void);
 pts_error_t *pts_checkpoint_open(const char *path, pts_checkpoint_t **out);
 
 /**
+ * `pts_checkpoint_open` with `options` (NULL: the defaults): with verify
+ * off, the CRC-32 of the tensor data is not computed (the structure is
+ * still validated); the copy option does not apply.
+ */
+pts_error_t *pts_checkpoint_open_ex(const char *path,
+                                    const pts_load_options_t *options,
+                                    pts_checkpoint_t **out);
+
+/**
  * The whole `metadata.json` object as JSON text (the flat user keys and
  * the reserved `__pytorch_saver__` internals). Borrowed: valid until the
  * checkpoint is freed.
@@ -469,12 +501,16 @@ pts_error_t *pts_container_initialize(pts_container_t *container,
 
 /**
  * Loads the file at `path` into a new container over `registry` (NULL:
- * the built-in classes): validates it, rebuilds the model, optimizer and
- * scheduler it names, and loads their state. On success `*out` is the
- * new container and `*metadata_json` the flat metadata (`model_kwargs`,
- * `optim_kwargs`, `scheduler_kwargs`, `timestamp` and the user's keys) as
- * JSON text; the caller frees both (`pts_container_free`,
- * `pts_string_free`).
+ * the built-in classes): validates it (every CRC-32), rebuilds the model,
+ * optimizer and scheduler it names, and loads their state zero-copy: the
+ * tensors point into a private, copy-on-write mapping of the file
+ * (training writes private pages, never the file). A model whose kwargs
+ * do not describe the file's tensors is refused before it is built. On
+ * success `*out` is the new container and `*metadata_json` the flat
+ * metadata (`model_kwargs`, `optim_kwargs`, `scheduler_kwargs`,
+ * `timestamp` and the user's keys) as JSON text; the caller frees both
+ * (`pts_container_free`, `pts_string_free`). `pts_container_load_ex`
+ * takes options (copy, skip the CRC check).
  */
 pts_error_t *pts_container_load(const pts_registry_t *registry,
                                 const char *path,
@@ -482,15 +518,36 @@ pts_error_t *pts_container_load(const pts_registry_t *registry,
                                 char **metadata_json);
 
 /**
+ * `pts_container_load` with `options` (NULL: the defaults).
+ */
+pts_error_t *pts_container_load_ex(const pts_registry_t *registry,
+                                   const char *path,
+                                   const pts_load_options_t *options,
+                                   pts_container_t **out,
+                                   char **metadata_json);
+
+/**
  * Loads the file's state into the objects the container already holds,
  * keeping their storage (tensors the caller holds, such as a C++
- * module's parameters, see the values). The file must name the same
- * model, optimizer and scheduler classes. All or nothing. The caller
- * frees `*metadata_json` (flat metadata, as `pts_container_load` gives).
+ * module's parameters, see the values): every CRC-32 and every tensor is
+ * checked first, then the bytes are copied straight from the file's
+ * mapping into the tensors. The file must name the same model, optimizer
+ * and scheduler classes. All or nothing. The caller frees
+ * `*metadata_json` (flat metadata, as `pts_container_load` gives).
  */
 pts_error_t *pts_container_restore(pts_container_t *container,
                                    const char *path,
                                    char **metadata_json);
+
+/**
+ * `pts_container_restore` with `options` (NULL: the defaults; the copy
+ * option does not apply: a restore always copies into the existing
+ * tensors).
+ */
+pts_error_t *pts_container_restore_ex(pts_container_t *container,
+                                      const char *path,
+                                      const pts_load_options_t *options,
+                                      char **metadata_json);
 
 /**
  * Saves a training checkpoint (model, optimizer, scheduler) atomically
@@ -628,6 +685,83 @@ const char *pts_error_message(const pts_error_t *error);
 void pts_error_free(pts_error_t *error);
 
 /**
+ * New options at the defaults (verify, zero-copy). The caller frees `*out`.
+ */
+pts_error_t *pts_load_options_new(pts_load_options_t **out);
+
+/**
+ * Whether to check the CRC-32 of the tensor data before anything is
+ * handed out (default true). False is for files verified when they were
+ * deployed (`pytorch-saver verify`): the structure is still validated
+ * (docs/FORMAT.md section 9), a flipped bit in tensor data is not found.
+ */
+pts_error_t *pts_load_options_set_verify(pts_load_options_t *options, bool verify);
+
+/**
+ * Whether to copy the tensors into memory of their own (true) instead of
+ * pointing them into a private mapping of the file (false, the default).
+ * Copy when another process may truncate or rewrite the file while the
+ * model is in use: a truncated mapping faults (SIGBUS) on access, a copy
+ * does not. Mapping costs no copy, and processes that load the same file
+ * share its page cache.
+ */
+pts_error_t *pts_load_options_set_copy(pts_load_options_t *options, bool copy);
+
+/**
+ * Frees options. NULL is a no-op.
+ */
+void pts_load_options_free(pts_load_options_t *options);
+
+/**
+ * Loads the model of the file at `path` (an optimizer or scheduler in it
+ * is ignored) over `registry` (NULL: the built-in classes) with `options`
+ * (NULL: the defaults, verified and zero-copy), with every check of
+ * `pts_container_load`. On success `*out` is the model and
+ * `*metadata_json` the flat metadata; the caller frees both
+ * (`pts_model_free`, `pts_string_free`).
+ */
+pts_error_t *pts_model_load(const pts_registry_t *registry,
+                            const char *path,
+                            const pts_load_options_t *options,
+                            pts_model_t **out,
+                            char **metadata_json);
+
+/**
+ * Runs the model on `input` in eval mode with no gradient tracking. The
+ * caller frees `*output`. May be called from several threads at once on
+ * the same model.
+ */
+pts_error_t *pts_model_forward(const pts_model_t *model,
+                               const pts_tensor_t *input,
+                               pts_tensor_t **output);
+
+/**
+ * The model's class name (`pytorch_saver.models.Sequential`, ...).
+ * Borrowed: valid until the model is freed.
+ */
+pts_error_t *pts_model_class(const pts_model_t *model, const char **out);
+
+/**
+ * Whether forward calls on this model run concurrently (true) or one at
+ * a time (false: a factory that did not declare its forward thread-safe).
+ */
+pts_error_t *pts_model_is_concurrent(const pts_model_t *model, bool *out);
+
+/**
+ * A tensor of the model's state dict by name, as a new handle sharing its
+ * storage (read it; writing to it while forward calls run is a data
+ * race). The caller frees `*out`; `PTS_ERROR_NOT_FOUND` for an unknown
+ * name.
+ */
+pts_error_t *pts_model_state_tensor(const pts_model_t *model, const char *name, pts_tensor_t **out);
+
+/**
+ * Frees a model (running its factory's finalizers). NULL is a no-op.
+ * No forward call may be running on it.
+ */
+void pts_model_free(pts_model_t *model);
+
+/**
  * A new registry holding the built-in classes (`torch.nn.Linear`,
  * `pytorch_saver.models.MLP`, `pytorch_saver.models.Sequential`; see
  * docs/MODELS.md). The caller frees `*out`.
@@ -691,6 +825,14 @@ pts_error_t *pts_model_builder_set_forward(pts_model_builder_t *builder,
                                            pts_finalizer_t finalizer);
 
 /**
+ * Declares that the model's forward function, called with `train` false,
+ * may run on several threads at once (it only reads the model), so that
+ * a `pts_model_t` runs concurrent calls in parallel. Without it a
+ * `pts_model_t` runs this model's forward one call at a time.
+ */
+pts_error_t *pts_model_builder_set_thread_safe(pts_model_builder_t *builder);
+
+/**
  * An integer kwarg that must be present.
  */
 pts_error_t *pts_kwargs_i64(const pts_kwargs_t *kwargs, const char *key, int64_t *out);
@@ -741,6 +883,20 @@ pts_error_t *pts_tensor_from_buffer(pts_dtype_t dtype,
                                     const void *data,
                                     size_t len,
                                     pts_tensor_t **out);
+
+/**
+ * A new CPU tensor of dtype `dtype` and shape `shape[0..ndim]` whose
+ * memory is NOT initialized: it costs no resident memory until written.
+ * For a model factory called with `loading` true, whose values all come
+ * from the file: the library checks the model against the file before it
+ * writes a byte, so a file whose kwargs describe a huge model is refused
+ * without that memory ever being touched. An allocation libtorch refuses
+ * is `PTS_ERROR_TORCH`. The caller frees `*out`.
+ */
+pts_error_t *pts_tensor_empty(pts_dtype_t dtype,
+                              const int64_t *shape,
+                              size_t ndim,
+                              pts_tensor_t **out);
 
 /**
  * The tensor's dtype.

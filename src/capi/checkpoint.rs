@@ -73,10 +73,22 @@ fn index(ckpt: &Checkpoint, member: MemberName) -> CResult<MemberIndex> {
 /// tensor and byte range.
 #[no_mangle]
 pub unsafe extern "C" fn pts_checkpoint_open(path: *const c_char, out: *mut *mut pts_checkpoint_t) -> *mut pts_error_t {
+    unsafe { pts_checkpoint_open_ex(path, std::ptr::null(), out) }
+}
+
+/// `pts_checkpoint_open` with `options` (NULL: the defaults): with verify
+/// off, the CRC-32 of the tensor data is not computed (the structure is
+/// still validated); the copy option does not apply.
+#[no_mangle]
+pub unsafe extern "C" fn pts_checkpoint_open_ex(
+    path: *const c_char,
+    options: *const pts_load_options_t,
+    out: *mut *mut pts_checkpoint_t,
+) -> *mut pts_error_t {
     boundary(|| {
         let path = unsafe { arg_str(path, "path") }?;
         let out = Out::new(out, "out")?;
-        let ckpt = Checkpoint::open(path)?;
+        let ckpt = Checkpoint::open_with(path, super::load_options::options_or_default(options).read_options())?;
         let json = serde_json::to_string(ckpt.metadata()).expect("a JSON map serializes");
         let handle = pts_checkpoint_t {
             metadata_json: CString::new(json).expect("serde_json escapes NUL"),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tch::Tensor;
 
+use super::load_options::options_or_default;
 use super::registry::instance_of;
 use super::*;
 use crate::container::{ModelContainer, Spec, UserMetadata};
@@ -55,7 +56,7 @@ unsafe fn kwargs_arg(json: *const c_char, name: &str) -> CResult<Map<String, Val
     }
 }
 
-fn json_text(map: &Map<String, Value>) -> CResult<*mut c_char> {
+pub(crate) fn json_text(map: &Map<String, Value>) -> CResult<*mut c_char> {
     owned_string(serde_json::to_string(map).expect("a JSON map serializes"))
 }
 
@@ -128,16 +129,32 @@ pub unsafe extern "C" fn pts_container_initialize(
 }
 
 /// Loads the file at `path` into a new container over `registry` (NULL:
-/// the built-in classes): validates it, rebuilds the model, optimizer and
-/// scheduler it names, and loads their state. On success `*out` is the
-/// new container and `*metadata_json` the flat metadata (`model_kwargs`,
-/// `optim_kwargs`, `scheduler_kwargs`, `timestamp` and the user's keys) as
-/// JSON text; the caller frees both (`pts_container_free`,
-/// `pts_string_free`).
+/// the built-in classes): validates it (every CRC-32), rebuilds the model,
+/// optimizer and scheduler it names, and loads their state zero-copy: the
+/// tensors point into a private, copy-on-write mapping of the file
+/// (training writes private pages, never the file). A model whose kwargs
+/// do not describe the file's tensors is refused before it is built. On
+/// success `*out` is the new container and `*metadata_json` the flat
+/// metadata (`model_kwargs`, `optim_kwargs`, `scheduler_kwargs`,
+/// `timestamp` and the user's keys) as JSON text; the caller frees both
+/// (`pts_container_free`, `pts_string_free`). `pts_container_load_ex`
+/// takes options (copy, skip the CRC check).
 #[no_mangle]
 pub unsafe extern "C" fn pts_container_load(
     registry: *const pts_registry_t,
     path: *const c_char,
+    out: *mut *mut pts_container_t,
+    metadata_json: *mut *mut c_char,
+) -> *mut pts_error_t {
+    unsafe { pts_container_load_ex(registry, path, std::ptr::null(), out, metadata_json) }
+}
+
+/// `pts_container_load` with `options` (NULL: the defaults).
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_load_ex(
+    registry: *const pts_registry_t,
+    path: *const c_char,
+    options: *const pts_load_options_t,
     out: *mut *mut pts_container_t,
     metadata_json: *mut *mut c_char,
 ) -> *mut pts_error_t {
@@ -146,7 +163,7 @@ pub unsafe extern "C" fn pts_container_load(
         let (out, meta_out) = (Out::new(out, "out")?, Out::new(metadata_json, "metadata_json")?);
         // SAFETY: NULL or a live registry (header contract).
         let mut c = pts_container_t::new(unsafe { registry.as_ref() });
-        let meta = c.inner.load(path)?;
+        let meta = c.inner.load_with(path, &options_or_default(options))?;
         c.refresh();
         let meta = json_text(&meta)?;
         meta_out.write(meta);
@@ -157,20 +174,35 @@ pub unsafe extern "C" fn pts_container_load(
 
 /// Loads the file's state into the objects the container already holds,
 /// keeping their storage (tensors the caller holds, such as a C++
-/// module's parameters, see the values). The file must name the same
-/// model, optimizer and scheduler classes. All or nothing. The caller
-/// frees `*metadata_json` (flat metadata, as `pts_container_load` gives).
+/// module's parameters, see the values): every CRC-32 and every tensor is
+/// checked first, then the bytes are copied straight from the file's
+/// mapping into the tensors. The file must name the same model, optimizer
+/// and scheduler classes. All or nothing. The caller frees
+/// `*metadata_json` (flat metadata, as `pts_container_load` gives).
 #[no_mangle]
 pub unsafe extern "C" fn pts_container_restore(
     container: *mut pts_container_t,
     path: *const c_char,
     metadata_json: *mut *mut c_char,
 ) -> *mut pts_error_t {
+    unsafe { pts_container_restore_ex(container, path, std::ptr::null(), metadata_json) }
+}
+
+/// `pts_container_restore` with `options` (NULL: the defaults; the copy
+/// option does not apply: a restore always copies into the existing
+/// tensors).
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_restore_ex(
+    container: *mut pts_container_t,
+    path: *const c_char,
+    options: *const pts_load_options_t,
+    metadata_json: *mut *mut c_char,
+) -> *mut pts_error_t {
     boundary(|| {
         let c = unsafe { arg_mut(container, "container") }?;
         let path = unsafe { arg_str(path, "path") }?;
         let meta_out = Out::new(metadata_json, "metadata_json")?;
-        let meta = c.inner.restore(path)?;
+        let meta = c.inner.restore_with(path, &options_or_default(options))?;
         meta_out.write(json_text(&meta)?);
         Ok(())
     })

@@ -16,7 +16,8 @@
 //!
 //! Thread safety, stated once: a `const T *` may be shared between
 //! threads; a `T *` must be used by one thread at a time (it may move
-//! between threads).
+//! between threads). Containers are the exception (one thread at a time
+//! for every call); `pts_model_t` is the handle for concurrent inference.
 
 // The C names are the API (`pts_tensor_t`, `PTS_DTYPE_F32`).
 #![allow(non_camel_case_types)]
@@ -27,6 +28,8 @@
 mod checkpoint;
 mod container;
 mod error;
+mod load_options;
+mod model;
 mod registry;
 mod tensor;
 
@@ -37,6 +40,8 @@ use std::ptr;
 pub use checkpoint::*;
 pub use container::*;
 pub use error::*;
+pub use load_options::*;
+pub use model::*;
 pub use registry::*;
 pub use tensor::*;
 

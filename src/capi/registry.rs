@@ -38,6 +38,7 @@ pub struct pts_model_builder_t {
     names: HashSet<String>,
     entries: Vec<(String, Tensor, bool)>,
     forward: Option<CForward>,
+    thread_safe: bool,
 }
 
 /// Frees a user pointer the library took ownership of (a factory's
@@ -50,9 +51,12 @@ pub type pts_finalizer_t = Option<unsafe extern "C" fn(data: *mut c_void)>;
 /// optimizer should see them, which for a PyTorch model is
 /// `model.parameters()` order, then `pts_model_builder_add_buffer`), and
 /// sets its forward function. `loading` is true when the values are about
-/// to be overwritten from a file (random init may be skipped). Returns
-/// NULL, or an error (made with `pts_error_new`, or one a `pts_kwargs_*`
-/// getter returned) that the library takes ownership of.
+/// to be overwritten from a file: build the tensors with
+/// `pts_tensor_empty` (uninitialized, untouched memory), since the
+/// library compares them with the file before writing anything and a
+/// file's kwargs must not make the loader fill memory the file does not
+/// hold. Returns NULL, or an error (made with `pts_error_new`, or one a
+/// `pts_kwargs_*` getter returned) that the library takes ownership of.
 pub type pts_model_factory_t = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -107,6 +111,9 @@ struct CForward {
 struct CModel {
     class: String,
     forward: Option<CForward>,
+    /// The factory declared that forward with `train` false may run on
+    /// several threads at once.
+    thread_safe: bool,
 }
 
 impl std::fmt::Debug for CModel {
@@ -164,10 +171,18 @@ impl Forward for CModel {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+
+    fn as_sync(&self) -> Option<&(dyn Forward + Sync)> {
+        self.thread_safe.then_some(self as &(dyn Forward + Sync))
+    }
 }
 
 // SAFETY: see `Owned`: the forward instance may move between threads.
 unsafe impl Send for CModel {}
+// SAFETY: `&self` reaches the instance only through the forward function,
+// and only concurrently when the factory declared that function
+// thread-safe (`as_sync`); otherwise `InferenceModel` serializes calls.
+unsafe impl Sync for CModel {}
 
 /// Runs a C factory and turns what it built into a model under `path`.
 fn build_c_model(
@@ -182,6 +197,7 @@ fn build_c_model(
         names: HashSet::new(),
         entries: Vec::new(),
         forward: None,
+        thread_safe: false,
     };
     let kw_ptr = (kw as *const Kwargs<'_>).cast::<pts_kwargs_t>();
     // SAFETY: the registered factory, with its own user data, a kwargs
@@ -213,6 +229,7 @@ fn build_c_model(
     Ok(Box::new(CModel {
         class,
         forward: builder.forward.take(),
+        thread_safe: builder.thread_safe,
     }))
 }
 
@@ -373,6 +390,18 @@ pub unsafe extern "C" fn pts_model_builder_set_forward(
             func: forward,
             instance,
         });
+        Ok(())
+    })
+}
+
+/// Declares that the model's forward function, called with `train` false,
+/// may run on several threads at once (it only reads the model), so that
+/// a `pts_model_t` runs concurrent calls in parallel. Without it a
+/// `pts_model_t` runs this model's forward one call at a time.
+#[no_mangle]
+pub unsafe extern "C" fn pts_model_builder_set_thread_safe(builder: *mut pts_model_builder_t) -> *mut pts_error_t {
+    boundary(|| {
+        unsafe { arg_mut(builder, "builder") }?.thread_safe = true;
         Ok(())
     })
 }

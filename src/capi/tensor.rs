@@ -160,6 +160,44 @@ pub unsafe extern "C" fn pts_tensor_from_buffer(
     })
 }
 
+/// A new CPU tensor of dtype `dtype` and shape `shape[0..ndim]` whose
+/// memory is NOT initialized: it costs no resident memory until written.
+/// For a model factory called with `loading` true, whose values all come
+/// from the file: the library checks the model against the file before it
+/// writes a byte, so a file whose kwargs describe a huge model is refused
+/// without that memory ever being touched. An allocation libtorch refuses
+/// is `PTS_ERROR_TORCH`. The caller frees `*out`.
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_empty(
+    dtype: pts_dtype_t,
+    shape: *const i64,
+    ndim: usize,
+    out: *mut *mut pts_tensor_t,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let out = Out::new(out, "out")?;
+        let dtype = dtype_from_c(dtype)?;
+        let shape: &[i64] = if ndim == 0 {
+            &[]
+        } else {
+            if shape.is_null() {
+                return Err(pts_error_t::new(PTS_ERROR_NULL_ARGUMENT, "argument shape is NULL"));
+            }
+            // SAFETY: the caller guarantees ndim readable int64_t at shape.
+            unsafe { std::slice::from_raw_parts(shape, ndim) }
+        };
+        if let Some(d) = shape.iter().find(|&&d| d < 0) {
+            return Err(pts_error_t::new(
+                PTS_ERROR_INVALID_ARGUMENT,
+                format!("negative dimension {d} in shape {shape:?}"),
+            ));
+        }
+        let kind = kind_of(dtype).expect("v1 dtypes map to kinds");
+        out.write(pts_tensor_t::boxed(Tensor::f_empty(shape, (kind, Device::Cpu))?));
+        Ok(())
+    })
+}
+
 /// The tensor's dtype.
 #[no_mangle]
 pub unsafe extern "C" fn pts_tensor_dtype(tensor: *const pts_tensor_t, out: *mut pts_dtype_t) -> *mut pts_error_t {

@@ -1,0 +1,73 @@
+//! Load options from C: one opaque handle, so that later options fit
+//! without another change of the functions that take it.
+
+use super::*;
+use crate::container::LoadOptions;
+
+/// How `pts_container_load_ex`, `pts_container_restore_ex`,
+/// `pts_model_load` and `pts_checkpoint_open_ex` read a file. New options
+/// start at the defaults: verified (every CRC-32 checked), zero-copy
+/// (tensors point into a private, copy-on-write mapping of the file).
+/// Owned by the caller; free it with `pts_load_options_free`. A `const
+/// pts_load_options_t *` may be shared by threads.
+pub struct pts_load_options_t {
+    pub(crate) inner: LoadOptions,
+}
+
+/// The options a NULL `pts_load_options_t *` stands for.
+pub(crate) fn options_or_default(options: *const pts_load_options_t) -> LoadOptions {
+    // SAFETY: NULL or a live handle (header contract).
+    unsafe { options.as_ref() }.map_or_else(LoadOptions::default, |o| o.inner)
+}
+
+/// New options at the defaults (verify, zero-copy). The caller frees `*out`.
+#[no_mangle]
+pub unsafe extern "C" fn pts_load_options_new(out: *mut *mut pts_load_options_t) -> *mut pts_error_t {
+    boundary(|| {
+        let out = Out::new(out, "out")?;
+        out.write(Box::into_raw(Box::new(pts_load_options_t {
+            inner: LoadOptions::default(),
+        })));
+        Ok(())
+    })
+}
+
+/// Whether to check the CRC-32 of the tensor data before anything is
+/// handed out (default true). False is for files verified when they were
+/// deployed (`pytorch-saver verify`): the structure is still validated
+/// (docs/FORMAT.md section 9), a flipped bit in tensor data is not found.
+#[no_mangle]
+pub unsafe extern "C" fn pts_load_options_set_verify(
+    options: *mut pts_load_options_t,
+    verify: bool,
+) -> *mut pts_error_t {
+    boundary(|| {
+        unsafe { arg_mut(options, "options") }?.inner.verify = verify;
+        Ok(())
+    })
+}
+
+/// Whether to copy the tensors into memory of their own (true) instead of
+/// pointing them into a private mapping of the file (false, the default).
+/// Copy when another process may truncate or rewrite the file while the
+/// model is in use: a truncated mapping faults (SIGBUS) on access, a copy
+/// does not. Mapping costs no copy, and processes that load the same file
+/// share its page cache.
+#[no_mangle]
+pub unsafe extern "C" fn pts_load_options_set_copy(options: *mut pts_load_options_t, copy: bool) -> *mut pts_error_t {
+    boundary(|| {
+        unsafe { arg_mut(options, "options") }?.inner.copy = copy;
+        Ok(())
+    })
+}
+
+/// Frees options. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn pts_load_options_free(options: *mut pts_load_options_t) {
+    if !options.is_null() {
+        boundary_or((), || {
+            // SAFETY: a handle this library allocated, freed once.
+            drop(unsafe { Box::from_raw(options) })
+        })
+    }
+}
