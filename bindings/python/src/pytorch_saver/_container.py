@@ -21,15 +21,25 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from ._assign import build_assigned
 from ._errors import (
     ClassResolutionError,
     FormatError,
     InitializationError,
     MetadataError,
+    PytorchSaverError,
     StateMismatchError,
 )
-from ._format import FORMAT_VERSION, INTERNALS_KEY, RESERVED_KEYS, read_checkpoint, write_checkpoint
+from ._expect import check_model, compare_state
+from ._format import (
+    FORMAT_VERSION,
+    INTERNALS_KEY,
+    RESERVED_KEYS,
+    CheckpointReader,
+    write_checkpoint,
+)
 from ._legacy import is_legacy, read_legacy
+from ._mapped import map_tensors
 from ._resolve import Kind, check_kind, class_name, resolve
 from ._state import (
     build_params,
@@ -122,6 +132,32 @@ def _label(cls: object) -> str:
     return class_name(cls) if isinstance(cls, type) else repr(cls)
 
 
+def _model_type(model_class: object) -> type[nn.Module]:
+    if model_class is None:
+        raise TypeError("model_class is required: the nn.Module subclass to build")
+    if not isinstance(model_class, type):
+        raise TypeError(f"model_class must be a class, not {model_class!r}")
+    return cast("type[nn.Module]", check_kind(model_class, "model", _label(model_class)))
+
+
+def _construct_assigned(
+    model_type: type[nn.Module], kwargs: dict[str, Any], state: Mapping[str, torch.Tensor]
+) -> nn.Module:
+    """``model_type(**kwargs)`` built around ``state`` (``_assign.py``);
+    a constructor's failure is an InitializationError, the assignment's a
+    StateMismatchError."""
+    label = _label(model_type)
+    try:
+        model, _ = build_assigned(lambda: _construct(model_type, label, "model", (), kwargs), state)
+    except PytorchSaverError:
+        raise
+    except Exception as exc:
+        raise StateMismatchError(
+            f"loading the saved model state into {label} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    return model
+
+
 def _build(
     model_class: object,
     model_kwargs: Mapping[str, Any] | None,
@@ -130,22 +166,24 @@ def _build(
     scheduler_class: Callable[..., Scheduler] | None,
     scheduler_kwargs: Mapping[str, Any] | None,
     device: torch.device | str | None = None,
+    assign: Mapping[str, torch.Tensor] | None = None,
 ) -> _Built:
     """Build the objects; the model class is checked before it is called.
+    With ``assign``, the model is built around those tensors (its state
+    dict) without initialising its parameters (``_assign.py``).
 
     Optimizer and scheduler classes given by the caller are called as given
     (the caller chose them) and what they return is checked; the container's
     load checks classes resolved from a file's names before this is called.
     """
-    if model_class is None:
-        raise TypeError("model_class is required: the nn.Module subclass to build")
-    if not isinstance(model_class, type):
-        raise TypeError(f"model_class must be a class, not {model_class!r}")
-    model_type = cast("type[nn.Module]", check_kind(model_class, "model", _label(model_class)))
+    model_type = _model_type(model_class)
     if scheduler_class is not None and optim_class is None:
         raise ValueError(_SCHEDULER_WITHOUT_OPTIMIZER)
     m_kwargs = _kwargs(model_kwargs, "model_kwargs")
-    model = _construct(model_type, _label(model_type), "model", (), m_kwargs)
+    if assign is None:
+        model = _construct(model_type, _label(model_type), "model", (), m_kwargs)
+    else:
+        model = _construct_assigned(model_type, m_kwargs, assign)
     if device is not None:
         # Before the optimizer exists, so that its state lands on the
         # parameters' device when it is loaded.
@@ -175,9 +213,11 @@ def _build(
     return built
 
 
-def _model_state_checked(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
+def _model_state_checked(
+    model: nn.Module, saved: Mapping[str, torch.Tensor], *, dtypes: bool = False
+) -> None:
     """:class:`StateMismatchError` unless ``saved`` has exactly the keys and
-    shapes of ``model.state_dict()``."""
+    shapes (and with ``dtypes`` the dtypes) of ``model.state_dict()``."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in saved]
     unexpected = [k for k in saved if k not in expected]
@@ -192,6 +232,45 @@ def _model_state_checked(model: nn.Module, saved: Mapping[str, torch.Tensor]) ->
                 f"model tensor {key!r} is saved with shape {list(saved[key].shape)}, "
                 f"the model has {list(tensor.shape)}"
             )
+        if dtypes and saved[key].dtype != tensor.dtype:
+            raise StateMismatchError(
+                f"model tensor {key!r} is saved as {saved[key].dtype}, the model has {tensor.dtype}"
+            )
+
+
+def _optimizer_copies(
+    optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For ``restore``: (held tensor, saved tensor) for each saved state
+    tensor that fits the optimizer's tensor of the same parameter and key,
+    which replaces the saved one in ``state_dict`` (so that loading it keeps
+    the held storage); the others are replaced by copies in ordinary memory.
+    Shapes, dtypes and devices are those ``Optimizer.load_state_dict`` gives."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for index, entry in state_dict["state"].items():
+        param = params[index]
+        held_state = optimizer.state.get(param, {})
+        for key, value in entry.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            if key == "step":
+                dtype, device = value.dtype, value.device
+            else:
+                dtype = param.dtype if param.is_floating_point() else value.dtype
+                device = param.device
+            held = held_state.get(key)
+            if (
+                isinstance(held, torch.Tensor)
+                and held.shape == value.shape
+                and held.dtype == dtype
+                and held.device == device
+            ):
+                copies.append((held, value))
+                entry[key] = held
+            else:
+                entry[key] = value.to(dtype=dtype, device=device, copy=True)
+    return copies
 
 
 def _load_into(obj: Any, state: Any, what: str) -> None:
@@ -359,8 +438,22 @@ class ModelContainer:
         *,
         allow: Iterable[str] = (),
         device: torch.device | str | None = None,
+        copy: bool = False,
+        verify: bool = True,
     ) -> tuple[dict[str, Any], ModelObjects]:
         """Rebuild the objects saved in ``file_path`` and load their state.
+
+        By default the model's and the optimizer's tensors point into a
+        private, copy-on-write mapping of the file: nothing is copied or
+        randomly initialised, pages are read on first touch and shared with
+        other processes loading the same file, and training writes only
+        private pages (the file never changes). ``copy=True`` reads them into
+        ordinary memory instead: use it when another process may truncate or
+        rewrite the file while it is loaded (a mapping then faults, SIGBUS).
+        ``verify=False`` skips the CRC-32 of the tensor members (for a file
+        verified when it was deployed); the structure is always checked.
+        Before any tensor is allocated, the model the file's kwargs describe
+        is checked against its tensors (names, shapes, dtypes).
 
         With no class given, the model, optimizer and scheduler the file holds
         are all rebuilt, their classes resolved by the names the file records
@@ -388,53 +481,124 @@ class ModelContainer:
             raise ValueError(_SCHEDULER_WITHOUT_OPTIMIZER)
         path = os.fspath(file_path)
         try:
-            checkpoint = read_checkpoint(path)
+            reader = CheckpointReader(path)
         except FormatError:
             if not is_legacy(path):
                 raise
             return self._load_legacy(
                 path, model_class, optim_class, scheduler_class, complete=False, device=device
             )
-        internals: dict[str, Any] = checkpoint.metadata[INTERNALS_KEY]
-        metadata = {k: v for k, v in checkpoint.metadata.items() if k != INTERNALS_KEY}
-        by_name = model_class is None and optim_class is None and scheduler_class is None
-        model_cls = model_class
-        if model_cls is None:
-            model_cls = resolve(internals["model"]["class"], "model", allow=allow)
-        optim_cls = _pick_class(
-            optim_class, internals.get("optimizer"), "optimizer", by_name, path, allow
-        )
-        scheduler_cls = _pick_class(
-            scheduler_class, internals.get("scheduler"), "scheduler", by_name, path, allow
-        )
+        with reader:
+            scan = reader.scan
+            internals: dict[str, Any] = scan.metadata[INTERNALS_KEY]
+            metadata = {k: v for k, v in scan.metadata.items() if k != INTERNALS_KEY}
+            by_name = model_class is None and optim_class is None and scheduler_class is None
+            model_cls: object = model_class
+            if model_cls is None:
+                model_cls = resolve(internals["model"]["class"], "model", allow=allow)
+            optim_cls = _pick_class(
+                optim_class, internals.get("optimizer"), "optimizer", by_name, path, allow
+            )
+            scheduler_cls = _pick_class(
+                scheduler_class, internals.get("scheduler"), "scheduler", by_name, path, allow
+            )
+            # Before any tensor exists: the model the kwargs describe must
+            # hold exactly the file's tensors (_expect.py).
+            model_type = _model_type(model_cls)
+            m_kwargs = _kwargs(metadata.get("model_kwargs"), "model_kwargs")
+            check_model(model_type, _label(model_type), m_kwargs, scan.model.tensors)
+            if copy:
+                model_state, optim_tensors = reader.read_tensors()
+            else:
+                model_state, optim_tensors = map_tensors(scan, verify)
         built = _build(
-            model_cls,
-            metadata.get("model_kwargs"),
+            model_type,
+            m_kwargs,
             optim_cls,
             kwargs_from_json(metadata.get("optim_kwargs") or {}),
             scheduler_cls,
             kwargs_from_json(metadata.get("scheduler_kwargs") or {}),
             device,
+            assign=model_state,
         )
         # Check every part before loading any: the scheduler was built first
         # (its constructor sets the optimizer's lr, which the loaded
         # param_groups then overwrite), then the optimizer and the scheduler
         # state are loaded, as PyTorch's documentation prescribes.
-        _model_state_checked(built.model, checkpoint.model)
         optimizer_state = None
         if built.optimizer is not None:
             optimizer_state = optimizer_state_dict(
-                built.optimizer, built.model, internals["optimizer"], checkpoint.optimizer
+                built.optimizer, built.model, internals["optimizer"], optim_tensors
             )
         scheduler_state = None
         if built.scheduler is not None:
             scheduler_state = scheduler_state_from_json(internals["scheduler"]["state"])
-        _load_into(built.model, checkpoint.model, "model")
         if optimizer_state is not None:
             _load_into(built.optimizer, optimizer_state, "optimizer")
         if scheduler_state is not None:
             _load_into(built.scheduler, scheduler_state, "scheduler")
         return metadata, self._adopt(built)
+
+    def restore(self, file_path: StrPath, *, verify: bool = True) -> dict[str, Any]:
+        """Load the state saved in ``file_path`` into the objects the
+        container holds, keeping their tensors' storage: the file must name
+        the classes of the held model, optimizer and scheduler (and hold
+        none that the container does not); their kwargs are not compared.
+
+        All or nothing: the file is verified (``verify``: the CRC-32 of its
+        tensor members) and every tensor's name, shape and dtype and the
+        optimizer and scheduler state are checked before any byte is copied,
+        straight from a private mapping of the file into the held tensors.
+        Returns the flat metadata, as :meth:`load` does. Raises
+        :class:`FormatError` or :class:`StateMismatchError`, having changed
+        nothing, and ``RuntimeError`` when the container holds no model.
+        """
+        if self.model is None:
+            raise RuntimeError(
+                "restore() loads into the objects the container holds: call initialize() or "
+                "load() first"
+            )
+        path = os.fspath(file_path)
+        with CheckpointReader(path) as reader:
+            scan = reader.scan
+        internals: dict[str, Any] = scan.metadata[INTERNALS_KEY]
+        metadata = {k: v for k, v in scan.metadata.items() if k != INTERNALS_KEY}
+        for kind, held, section in (
+            ("model", self.model, internals.get("model")),
+            ("optimizer", self.optim, internals.get("optimizer")),
+            ("scheduler", self.scheduler, internals.get("scheduler")),
+        ):
+            held_name = None if held is None else class_name(type(held))
+            saved_name = None if section is None else section["class"]
+            if held_name != saved_name:
+                raise StateMismatchError(
+                    f"{path} holds the {kind} {saved_name or 'none'}, the container "
+                    f"{held_name or 'none'}: restore() needs the same classes; use load() to "
+                    "rebuild from the file"
+                )
+        model = self.model
+        compare_state(_label(type(model)), model.state_dict(), scan.model.tensors)
+        model_state, optim_tensors = map_tensors(scan, verify)
+        copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+        optimizer_state = None
+        if self.optim is not None:
+            optimizer_state = optimizer_state_dict(
+                self.optim, model, internals["optimizer"], optim_tensors
+            )
+            copies = _optimizer_copies(self.optim, optimizer_state)
+        scheduler_state = None
+        if self.scheduler is not None:
+            scheduler_state = scheduler_state_from_json(internals["scheduler"]["state"])
+        # Everything is checked: copy.
+        _load_into(model, model_state, "model")
+        with torch.no_grad():
+            for dst, src in copies:
+                dst.copy_(src)
+        if optimizer_state is not None:
+            _load_into(self.optim, optimizer_state, "optimizer")
+        if scheduler_state is not None:
+            _load_into(self.scheduler, scheduler_state, "scheduler")
+        return metadata
 
     def _load_legacy(
         self,

@@ -4,8 +4,10 @@ the Rust core's ``src/format/`` (a ZIP of 64-byte aligned STORED members:
 ``metadata.json``, ``model.safetensors`` and, for a training checkpoint,
 ``optimizer.safetensors``).
 
-Reading validates the whole file before it returns anything and copies the
-tensors out, so nothing stays open. Nothing read from a file is executed,
+Reading validates the whole file before it returns anything: first its
+structure (:class:`CheckpointReader`, :class:`Scan`, no tensor data read),
+then the tensors, copied out with their CRC-32 (``read_checkpoint``) or
+mapped in place (``_mapped.py``). Nothing read from a file is executed,
 and no allocation is sized by a length the file states before that length
 was checked against the file's size.
 """
@@ -28,6 +30,7 @@ from typing import Any, Final
 
 import torch
 
+from ._crc import crc32
 from ._errors import FormatError, MetadataError, UnsupportedVersionError
 
 __all__ = [
@@ -35,6 +38,11 @@ __all__ = [
     "INTERNALS_KEY",
     "RESERVED_KEYS",
     "Checkpoint",
+    "CheckpointReader",
+    "Scan",
+    "TensorEntry",
+    "TensorMember",
+    "check_bool_bytes",
     "read_checkpoint",
     "write_checkpoint",
 ]
@@ -447,7 +455,7 @@ class _File:
         done = 0
         while done < length:
             chunk = self.read(start + done, min(_CHUNK, length - done), what)
-            crc = zlib.crc32(chunk, crc)
+            crc = crc32(chunk, crc)
             done += len(chunk)
         return crc
 
@@ -784,7 +792,7 @@ def _verify_crc(f: _File, m: _Member) -> None:
 
 
 @dataclass(frozen=True)
-class _TensorEntry:
+class TensorEntry:
     name: str
     dtype: _Dtype
     shape: tuple[int, ...]
@@ -794,7 +802,7 @@ class _TensorEntry:
 
 def _parse_tensor_entry(
     member: str, name: str, info: Any, data_base: int, data_len: int
-) -> _TensorEntry:
+) -> TensorEntry:
     def header_err(reason: str) -> FormatError:
         return FormatError(f"{member}: header: tensor {name!r}: {reason}")
 
@@ -837,10 +845,10 @@ def _parse_tensor_entry(
         raise data_err(
             f"shape {shape} of {dtype_name} needs {need} bytes, the offsets give {e - s}"
         )
-    return _TensorEntry(name, dtype, tuple(shape), data_base + s, data_base + e)
+    return TensorEntry(name, dtype, tuple(shape), data_base + s, data_base + e)
 
 
-def _parse_tensor_header(f: _File, m: _Member) -> tuple[bytes, list[_TensorEntry]]:
+def _parse_tensor_header(f: _File, m: _Member) -> tuple[bytes, list[TensorEntry]]:
     """Reads and validates a safetensors member's header. Returns the
     header's bytes (length prefix included) and the tensors in data order."""
 
@@ -864,7 +872,7 @@ def _parse_tensor_header(f: _File, m: _Member) -> tuple[bytes, list[_TensorEntry
         raise header_err(str(e)) from None
     data_base = m.data_start + 8 + n
     data_len = m.size - 8 - n
-    entries: list[_TensorEntry] = []
+    entries: list[TensorEntry] = []
     for name, info in obj.items():
         if name == "__metadata__":
             if not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
@@ -873,7 +881,7 @@ def _parse_tensor_header(f: _File, m: _Member) -> tuple[bytes, list[_TensorEntry
         entries.append(_parse_tensor_entry(m.name, name, info, data_base, data_len))
     entries.sort(key=lambda t: (t.start, t.end))
     cursor = data_base
-    prev: _TensorEntry | None = None
+    prev: TensorEntry | None = None
     for t in entries:
         where = (
             f"{m.name}: tensor {t.name!r} (data bytes {t.start - data_base}..{t.end - data_base})"
@@ -902,12 +910,38 @@ def _writable_bytes(t: torch.Tensor) -> memoryview:
     return memoryview((ctypes.c_ubyte * n).from_address(t.data_ptr())).cast("B")
 
 
-def _read_tensor_member(
-    f: _File, m: _Member, layout: _OptimizerLayout | None
-) -> dict[str, torch.Tensor]:
-    """Validates a safetensors member and copies its tensors out, checking
-    the member's CRC-32 in the same pass. A header that does not parse is
-    reported as a CRC mismatch when the CRC does not match either."""
+@dataclass(frozen=True)
+class TensorMember:
+    """A safetensors member whose layout was validated; no tensor data read."""
+
+    name: str
+    crc: int  # stored CRC-32 of the member's data
+    data_start: int  # absolute file offset of the member's first byte
+    size: int
+    header: bytes  # length prefix and JSON header, as read
+    tensors: list[TensorEntry]  # in data order
+
+    @property
+    def tensor_bytes(self) -> int:
+        return self.size - len(self.header)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A file whose structure is validated (ZIP layout, alignment,
+    ``metadata.json`` and its CRC, the schema, the safetensors headers and
+    the optimizer's tensor names); tensor data is neither read nor CRC'd."""
+
+    path: str
+    file_size: int
+    metadata: dict[str, Any]
+    model: TensorMember
+    optimizer: TensorMember | None
+
+
+def _scan_tensor_member(f: _File, m: _Member, layout: _OptimizerLayout | None) -> TensorMember:
+    """Validates a safetensors member's header. A header that does not parse
+    is reported as a CRC mismatch when the CRC does not match either."""
     try:
         header, entries = _parse_tensor_header(f, m)
         if layout is not None:
@@ -918,12 +952,57 @@ def _read_tensor_member(
     except FormatError:
         _verify_crc(f, m)
         raise
-    crc = zlib.crc32(header)
+    return TensorMember(m.name, m.crc, m.data_start, m.size, header, entries)
+
+
+def _scan(f: _File, path: str) -> Scan:
+    members = _parse_layout(f)
+    meta_member = members[0]
+    raw = f.read(meta_member.data_start, meta_member.size, f"data of {METADATA_MEMBER}")
+    computed = zlib.crc32(raw)
+    if computed != meta_member.crc:
+        raise _crc_error(meta_member, computed)
+    try:
+        metadata = _parse_json_object(raw)
+    except _JsonError as e:
+        raise FormatError(f"{METADATA_MEMBER}: {e}") from None
+    manifest = _validate_metadata(metadata)
+    expected = [METADATA_MEMBER, MODEL_MEMBER]
+    if manifest.optimizer is not None:
+        expected.append(OPTIMIZER_MEMBER)
+    present = [m.name for m in members]
+    for name in expected:
+        if name not in present:
+            raise FormatError(f"missing member {name}")
+    for name in present:
+        if name not in expected:
+            raise FormatError(f"unexpected member {name!r} (the metadata declares no optimizer)")
+    model = _scan_tensor_member(f, members[1], None)
+    optimizer = None
+    if manifest.optimizer is not None:
+        optimizer = _scan_tensor_member(f, members[2], manifest.optimizer)
+    return Scan(path, f.size, metadata, model, optimizer)
+
+
+def check_bool_bytes(member: str, entry: TensorEntry, data: torch.Tensor) -> None:
+    """FormatError unless every byte of the BOOL tensor ``entry`` (``data``
+    viewed as uint8) is 0 or 1."""
+    if entry.dtype.name == "BOOL" and data.numel() and bool(data.view(torch.uint8).max() > 1):
+        raise FormatError(
+            f"{member}: tensor {entry.name!r} (file bytes {entry.start}..{entry.end}): a BOOL "
+            "element is neither 0 nor 1"
+        )
+
+
+def _read_tensor_member(f: _File, m: TensorMember) -> dict[str, torch.Tensor]:
+    """Copies a scanned member's tensors out, checking its CRC-32 in the same
+    pass."""
+    crc = zlib.crc32(m.header)
     tensors: dict[str, torch.Tensor] = {}
-    for entry in entries:
+    for entry in m.tensors:
         try:
             tensor = torch.empty(entry.shape, dtype=entry.dtype.torch_dtype)
-        except RuntimeError as e:
+        except (RuntimeError, MemoryError) as e:
             raise FormatError(
                 f"{m.name}: tensor {entry.name!r}: shape {list(entry.shape)} cannot be "
                 f"allocated: {e}"
@@ -933,22 +1012,55 @@ def _read_tensor_member(
             for at in range(0, len(view), _COPY_CHUNK):
                 chunk = view[at : at + _COPY_CHUNK]
                 f.read_into(chunk, entry.start + at, f"data of tensor {entry.name!r}")
-                crc = zlib.crc32(chunk, crc)
+                crc = crc32(chunk, crc)
         tensors[entry.name] = tensor
     if crc != m.crc:
-        raise _crc_error(m, crc)
-    for entry in entries:
-        tensor = tensors[entry.name]
-        if (
-            entry.dtype.name == "BOOL"
-            and tensor.numel()
-            and bool(tensor.view(torch.uint8).max() > 1)
-        ):
-            raise FormatError(
-                f"{m.name}: tensor {entry.name!r} (file bytes {entry.start}..{entry.end}): a BOOL "
-                "element is neither 0 nor 1"
-            )
+        raise FormatError(
+            f"CRC-32 mismatch in {m.name} (bytes {m.data_start}..{m.data_start + m.size}): "
+            f"stored {m.crc:08x}, computed {crc:08x}"
+        )
+    for entry in m.tensors:
+        check_bool_bytes(m.name, entry, tensors[entry.name])
     return tensors
+
+
+class CheckpointReader:
+    """An open format-v1 file whose structure is validated (:class:`Scan`);
+    :meth:`read_tensors` copies the tensors out. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        path_str = os.fspath(path)
+        # O_NONBLOCK: opening a FIFO must not hang; it is refused below.
+        self._fd = os.open(path_str, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            st = os.fstat(self._fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FormatError(f"{path_str} is not a regular file")
+            self._file = _File(self._fd, st.st_size)
+            self.scan = _scan(self._file, path_str)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def read_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The model's and the optimizer's tensors, copied into memory with
+        every CRC-32 and BOOL byte checked."""
+        model = _read_tensor_member(self._file, self.scan.model)
+        optimizer: dict[str, torch.Tensor] = {}
+        if self.scan.optimizer is not None:
+            optimizer = _read_tensor_member(self._file, self.scan.optimizer)
+        return model, optimizer
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -960,44 +1072,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     fault (:class:`UnsupportedVersionError` for a format version this
     package does not read), and ``OSError`` when the file cannot be read.
     """
-    path_str = os.fspath(path)
-    # O_NONBLOCK: opening a FIFO must not hang; it is refused below.
-    fd = os.open(path_str, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError(f"{path_str} is not a regular file")
-        f = _File(fd, st.st_size)
-        members = _parse_layout(f)
-        meta_member = members[0]
-        raw = f.read(meta_member.data_start, meta_member.size, f"data of {METADATA_MEMBER}")
-        computed = zlib.crc32(raw)
-        if computed != meta_member.crc:
-            raise _crc_error(meta_member, computed)
-        try:
-            metadata = _parse_json_object(raw)
-        except _JsonError as e:
-            raise FormatError(f"{METADATA_MEMBER}: {e}") from None
-        manifest = _validate_metadata(metadata)
-        expected = [METADATA_MEMBER, MODEL_MEMBER]
-        if manifest.optimizer is not None:
-            expected.append(OPTIMIZER_MEMBER)
-        present = [m.name for m in members]
-        for name in expected:
-            if name not in present:
-                raise FormatError(f"missing member {name}")
-        for name in present:
-            if name not in expected:
-                raise FormatError(
-                    f"unexpected member {name!r} (the metadata declares no optimizer)"
-                )
-        model = _read_tensor_member(f, members[1], None)
-        optimizer: dict[str, torch.Tensor] = {}
-        if manifest.optimizer is not None:
-            optimizer = _read_tensor_member(f, members[2], manifest.optimizer)
-    finally:
-        os.close(fd)
-    return Checkpoint(path=path_str, metadata=metadata, model=model, optimizer=optimizer)
+    with CheckpointReader(path) as reader:
+        model, optimizer = reader.read_tensors()
+        scan = reader.scan
+    return Checkpoint(path=scan.path, metadata=scan.metadata, model=model, optimizer=optimizer)
 
 
 # ---------------------------------------------------------------------------
