@@ -186,10 +186,13 @@ unsafe impl Send for Destination {}
 /// straight from the checkpoint's mapping: no staging buffer, and on
 /// several threads when there is enough to copy. CPU contiguous
 /// destinations are written in place; any other is copied from a mapped
-/// view of the file tensor.
+/// view of the file tensor. The source pages are dropped from the
+/// mapping as they are copied, so a copy does not hold the file's size in
+/// resident memory on top of its destination.
 pub fn copy_into(ckpt: &Checkpoint, pairs: &mut [(&TensorEntry, &mut Tensor)]) -> Result<()> {
     const PIECE: usize = 8 << 20;
-    let mut jobs: Vec<(&[u8], Destination)> = Vec::new();
+    let map = ckpt.private_mapping();
+    let mut jobs: Vec<(usize, &[u8], Destination)> = Vec::new();
     for (entry, dst) in pairs.iter_mut() {
         let len = entry.byte_len() as usize;
         if len == 0 {
@@ -205,29 +208,33 @@ pub fn copy_into(ckpt: &Checkpoint, pairs: &mut [(&TensorEntry, &mut Tensor)]) -
         for (i, piece) in src.chunks(PIECE).enumerate() {
             // SAFETY: `check_fits` established that dst holds exactly
             // `len` bytes of contiguous CPU storage.
-            jobs.push((piece, Destination(unsafe { base.add(i * PIECE) })));
+            let dst = Destination(unsafe { base.add(i * PIECE) });
+            jobs.push((entry.start as usize + i * PIECE, piece, dst));
         }
     }
-    let total: usize = jobs.iter().map(|(src, _)| src.len()).sum();
+    let total: usize = jobs.iter().map(|(_, src, _)| src.len()).sum();
     let threads = threads_for(total);
-    let run = |jobs: Vec<(&[u8], Destination)>| {
-        for (src, dst) in jobs {
+    let run = |jobs: Vec<(usize, &[u8], Destination)>| {
+        for (at, src, dst) in jobs {
             // SAFETY: see `Destination`; source and destination never
             // overlap (one is the file's mapping, the other a tensor).
             unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0, src.len()) };
+            // Whole pages of this tensor's bytes only: no other tensor
+            // points into them.
+            map.release(at, at + src.len());
         }
     };
     if threads == 1 {
         run(jobs);
         return Ok(());
     }
-    let mut shares: Vec<Vec<(&[u8], Destination)>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut shares: Vec<Vec<(usize, &[u8], Destination)>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, job) in jobs.into_iter().enumerate() {
         shares[i % threads].push(job);
     }
     std::thread::scope(|s| {
         for share in shares {
-            s.spawn(move || run(share));
+            s.spawn(|| run(share));
         }
     });
     Ok(())

@@ -41,11 +41,21 @@ pub struct ReadOptions {
     /// `metadata.json`'s CRC and the whole structure are always checked
     /// (FORMAT.md section 9).
     pub verify: bool,
+    /// Drop the pages of the tensor members from this process's mapping
+    /// once their CRC is checked (they stay in the page cache). For a
+    /// caller that copies the tensors rather than mapping them (a restore,
+    /// a copying load): the mapping then does not add the file's size to
+    /// its peak resident memory, at the cost of faulting the pages in
+    /// again when they are copied.
+    pub release_pages: bool,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions { verify: true }
+        ReadOptions {
+            verify: true,
+            release_pages: false,
+        }
     }
 }
 
@@ -78,6 +88,30 @@ impl PrivateMapping {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Drops the whole pages inside bytes `start..end` from this process's
+    /// mapping; the page cache keeps them and a later access faults them
+    /// in again. Only for ranges that no tensor handed out points into
+    /// and that nothing wrote to (a private page's changes would be lost).
+    pub(crate) fn release(&self, start: usize, end: usize) {
+        let page = page_size();
+        let (first, last) = (start.next_multiple_of(page), end.min(self.len()) / page * page);
+        if first < last {
+            // SAFETY: whole pages inside the mapping that no one refers to
+            // (the caller's contract); the result is advisory, so a
+            // refusal only leaves the pages resident.
+            let _ = unsafe {
+                self.0
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+            };
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
 /// One member as the central directory and local header describe it.
@@ -223,7 +257,8 @@ impl Checkpoint {
         for (i, (entry, data_start)) in layout.iter().enumerate() {
             // metadata.json is always checked: it is parsed right below.
             if i == 0 || options.verify {
-                verify_crc(buf, entry, *data_start)?;
+                let release = (i > 0 && options.release_pages).then_some(&map);
+                verify_crc(buf, entry, *data_start, release)?;
             }
         }
         let (meta_entry, meta_start) = &layout[0];
@@ -368,9 +403,19 @@ impl Checkpoint {
     }
 }
 
-fn verify_crc(buf: &[u8], entry: &CentralEntry, data_start: u64) -> Result<(), FormatError> {
-    let data = &buf[data_start as usize..(data_start + entry.size) as usize];
-    let computed = crc32(data);
+fn verify_crc(
+    buf: &[u8],
+    entry: &CentralEntry,
+    data_start: u64,
+    release: Option<&PrivateMapping>,
+) -> Result<(), FormatError> {
+    let start = data_start as usize;
+    let data = &buf[start..start + entry.size as usize];
+    let computed = crc32_then(data, &|at, len| {
+        if let Some(map) = release {
+            map.release(start + at, start + at + len);
+        }
+    });
     if computed != entry.crc {
         return Err(FormatError::CrcMismatch {
             member: entry.name.clone(),
@@ -392,22 +437,33 @@ pub(crate) fn threads_for(len: usize) -> usize {
 /// The CRC-32 of `data`, on several threads when it is large: each thread
 /// hashes one contiguous part (SIMD, by crc32fast) and the parts' CRCs
 /// are combined.
+#[cfg(test)]
 pub(crate) fn crc32(data: &[u8]) -> u32 {
+    crc32_then(data, &|_, _| {})
+}
+
+/// [`crc32`], calling `done(offset, len)` after each piece of `data` is
+/// hashed (to release its pages).
+fn crc32_then(data: &[u8], done: &(dyn Fn(usize, usize) + Sync)) -> u32 {
+    const PIECE: usize = 8 << 20;
+    let hash = |at: usize, part: &[u8]| {
+        let mut h = crc32fast::Hasher::new();
+        for (i, piece) in part.chunks(PIECE).enumerate() {
+            h.update(piece);
+            done(at + i * PIECE, piece.len());
+        }
+        h
+    };
     let threads = threads_for(data.len());
     if threads == 1 {
-        return crc32fast::hash(data);
+        return hash(0, data).finalize();
     }
     let part = data.len().div_ceil(threads);
     let hashers: Vec<crc32fast::Hasher> = std::thread::scope(|s| {
         let handles: Vec<_> = data
             .chunks(part)
-            .map(|chunk| {
-                s.spawn(move || {
-                    let mut h = crc32fast::Hasher::new();
-                    h.update(chunk);
-                    h
-                })
-            })
+            .enumerate()
+            .map(|(i, chunk)| s.spawn(move || hash(i * part, chunk)))
             .collect();
         handles
             .into_iter()
