@@ -83,13 +83,27 @@ type Checkpoint struct {
 // message names the member, tensor and byte range), a newer format
 // ErrUnsupportedVersion.
 func OpenCheckpoint(path string) (*Checkpoint, error) {
+	return OpenCheckpointWith(path, LoadOptions{})
+}
+
+// OpenCheckpointWith is OpenCheckpoint with options: with
+// LoadOptions{SkipVerify: true} the CRC-32 of the tensor data is not
+// computed (every header and the metadata are still validated), for a
+// file verified when it was deployed or when only its metadata is
+// wanted. Copy does not apply: a Checkpoint reads tensors on demand.
+func OpenCheckpointWith(path string, opts LoadOptions) (*Checkpoint, error) {
 	cpath, err := cString("path", path)
 	if err != nil {
 		return nil, err
 	}
 	defer freeString(cpath)
+	copts, err := opts.cOptions()
+	if err != nil {
+		return nil, err
+	}
+	defer freeOptions(copts)
 	var ptr *C.pts_checkpoint_t
-	if err := takeError(C.pts_checkpoint_open(cpath, &ptr)); err != nil {
+	if err := takeError(C.pts_checkpoint_open_ex(cpath, copts, &ptr)); err != nil {
 		return nil, err
 	}
 	var meta *C.char

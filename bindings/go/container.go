@@ -58,7 +58,8 @@ type Spec struct {
 //
 // Every method holds the container's lock for its call, so a Container
 // may be shared by goroutines; calls run one at a time (the C container
-// is single-threaded, even for forward). Close frees it (a finalizer does
+// is single-threaded, even for forward): for parallel inference use a
+// Model (LoadModel). Close frees it (a finalizer does
 // if Close is never called); methods called after Close return an error
 // matching ErrUsage.
 type Container struct {
@@ -111,19 +112,37 @@ func (c *Container) recordGoAsProducer() error {
 // It returns the container and the flat metadata: model_kwargs,
 // optim_kwargs and scheduler_kwargs (those that exist), timestamp and the
 // user's keys (numbers are float64, as encoding/json gives them).
+//
+// The tensors point into a private mapping of the file (nothing is
+// copied); LoadContainerWith can copy them instead, or skip the CRC-32
+// check.
 func LoadContainer(path string) (*Container, map[string]any, error) {
-	return loadContainer(nil, path)
+	return loadContainer(nil, path, LoadOptions{})
 }
 
-func loadContainer(registry *C.pts_registry_t, path string) (*Container, map[string]any, error) {
+// LoadContainerWith is LoadContainer with options: LoadOptions{Copy: true}
+// for a file that another process may truncate or rewrite while the
+// container lives, LoadOptions{SkipVerify: true} for a file verified when
+// it was deployed. The zero LoadOptions is LoadContainer.
+func LoadContainerWith(path string, opts LoadOptions) (*Container, map[string]any, error) {
+	return loadContainer(nil, path, opts)
+}
+
+func loadContainer(registry *C.pts_registry_t, path string, opts LoadOptions) (*Container, map[string]any, error) {
 	cpath, err := cString("path", path)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer freeString(cpath)
+	copts, err := opts.cOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer freeOptions(copts)
 	var out *C.pts_container_t
 	var meta *C.char
-	if err := takeError(C.pts_container_load(registry, cpath, &out, &meta)); err != nil {
+	maybeGC()
+	if err := takeError(C.pts_container_load_ex(registry, cpath, copts, &out, &meta)); err != nil {
 		return nil, nil, err
 	}
 	c := wrapContainer(out)
@@ -244,15 +263,28 @@ func (c *Container) Initialize(spec Spec) error {
 // classes; state that does not fit is an error matching ErrStateMismatch,
 // and nothing is changed. It returns the flat metadata, as LoadContainer.
 func (c *Container) Restore(path string) (map[string]any, error) {
+	return c.RestoreWith(path, LoadOptions{})
+}
+
+// RestoreWith is Restore with options: LoadOptions{SkipVerify: true} skips
+// the CRC-32 check of a file verified when it was deployed (every tensor's
+// shape and dtype are still checked before anything is written). Copy does
+// not apply: a restore always copies into the container's tensors.
+func (c *Container) RestoreWith(path string, opts LoadOptions) (map[string]any, error) {
 	cpath, err := cString("path", path)
 	if err != nil {
 		return nil, err
 	}
 	defer freeString(cpath)
+	copts, err := opts.cOptions()
+	if err != nil {
+		return nil, err
+	}
+	defer freeOptions(copts)
 	var text string
 	err = c.with(func(ptr *C.pts_container_t) error {
 		var meta *C.char
-		if err := takeError(C.pts_container_restore(ptr, cpath, &meta)); err != nil {
+		if err := takeError(C.pts_container_restore_ex(ptr, cpath, copts, &meta)); err != nil {
 			return err
 		}
 		text = takeString(meta)

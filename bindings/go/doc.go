@@ -31,6 +31,15 @@
 // Save and SaveInference write files, LoadContainer rebuilds all three
 // from a file, Forward runs the model in eval mode on float32 slices.
 //
+// # Inference
+//
+// LoadModel loads a file's model alone, for inference (eval mode, no
+// gradients): a Model, whose Forward any number of goroutines may call at
+// once, running in parallel. LoadOptions choose between mapping the file
+// (the default) and copying its tensors (Copy, for a file that may be
+// rewritten while in use), and let a file verified at deployment skip
+// the CRC check (SkipVerify).
+//
 // # Errors
 //
 // Every error is an *Error carrying a stable Code and a message naming
@@ -40,11 +49,12 @@
 //
 // # Concurrency
 //
-// Checkpoint, Registry and Tensor may be used from several goroutines at
-// once. A Container serializes its calls with a lock (the C container is
+// Checkpoint, Registry, Tensor and Model may be used from several
+// goroutines at once; a Model runs concurrent Forward calls in parallel
+// (a Go model only if its factory called ModelBuilder.SetThreadSafe). A
+// Container serializes its calls with a lock (the C container is
 // single-threaded even for forward), so it too may be shared, with calls
-// running one at a time; use one Container per goroutine for parallel
-// inference.
+// running one at a time; use a Model for parallel inference.
 //
 // # Memory
 //
@@ -61,7 +71,9 @@
 // Registry.RegisterModel registers a ModelFactory under a class name.
 // The factory reads its kwargs, adds its parameters (Tensors it made from
 // Go slices, which the container then shares and updates in place) and
-// sets a ForwardFunc computing on float32 slices. The library refers to
+// sets a ForwardFunc computing on float32 slices; when loading from a
+// file it makes its tensors with EmptyTensor, and it calls SetThreadSafe
+// when its ForwardFunc may run on several goroutines at once. The library refers to
 // the Go factory and model through runtime/cgo handles (integers, never
 // Go pointers), deleted by the library's finalizer calls when the last
 // registry or container using them is freed. Go has no autograd, so such

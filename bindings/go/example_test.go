@@ -6,6 +6,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"sync"
 
 	pytorchsaver "github.com/pytorch-saver/pytorch-saver/bindings/go"
 )
@@ -63,6 +64,40 @@ func ExampleLoadContainer() {
 	// Output:
 	// map[hidden_dim:8 in_dim:4 n_classes:3 n_layers:3]
 	// [2 3]
+	// [0.083 0.043 -0.078]
+	// [0.076 0.061 -0.077]
+}
+
+// A model loaded for inference, shared by goroutines: Forward calls on
+// one Model run in parallel.
+func ExampleLoadModel() {
+	model, metadata, err := pytorchsaver.LoadModel("../../tests/golden/v1/rust_mlp_inference.zip", pytorchsaver.LoadOptions{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer model.Close()
+	fmt.Println(model.Class(), model.Concurrent(), metadata["model_kwargs"])
+
+	inputs := [][]float32{{-1, -0.7142857, -0.4285714, -0.1428571}, {0.1428571, 0.4285714, 0.7142857, 1}}
+	outputs := make([][]float32, len(inputs))
+	var wg sync.WaitGroup
+	for i, input := range inputs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, _, err := model.Forward(input, []int64{1, 4})
+			if err != nil {
+				log.Fatal(err)
+			}
+			outputs[i] = out
+		}()
+	}
+	wg.Wait()
+	for _, out := range outputs {
+		fmt.Printf("%.3f\n", out)
+	}
+	// Output:
+	// pytorch_saver.models.MLP true map[hidden_dim:8 in_dim:4 n_classes:3 n_layers:3]
 	// [0.083 0.043 -0.078]
 	// [0.076 0.061 -0.077]
 }
@@ -142,15 +177,26 @@ func ExampleRegistry_RegisterModel() {
 		if err != nil {
 			return err
 		}
-		init := make([]float32, n)
-		for i := range init {
-			init[i] = float32(i + 1)
+		var weight *pytorchsaver.Tensor
+		if loading {
+			// The values come from the file: leave the memory untouched.
+			weight, err = pytorchsaver.EmptyTensor(pytorchsaver.Float32, []int64{n})
+		} else {
+			init := make([]float32, n)
+			for i := range init {
+				init[i] = float32(i + 1)
+			}
+			weight, err = pytorchsaver.NewTensorOf(init, []int64{n})
 		}
-		weight, err := pytorchsaver.NewTensorOf(init, []int64{n})
 		if err != nil {
 			return err
 		}
 		if err := model.AddParameter("weight", weight); err != nil {
+			return err
+		}
+		// The forward only reads the weight: a Model may run it on
+		// several goroutines at once.
+		if err := model.SetThreadSafe(); err != nil {
 			return err
 		}
 		return model.SetForward(func(x []float32, shape []int64, train bool) ([]float32, []int64, error) {
@@ -184,7 +230,26 @@ func ExampleRegistry_RegisterModel() {
 	fmt.Println(y, shape, err)
 	_, _, err = c.Forward([]float32{1, 1}, []int64{1, 2})
 	fmt.Println(errors.Is(err, pytorchsaver.ErrCallback))
+
+	// Saved, and loaded back for concurrent inference.
+	dir, err := os.MkdirTemp("", "pytorch-saver-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	path, err := c.SaveInference(dir, "scale", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	m, _, err := registry.LoadModel(path, pytorchsaver.LoadOptions{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer m.Close()
+	y, _, err = m.Forward([]float32{2, 2, 2}, []int64{1, 3})
+	fmt.Println(m.Class(), m.Concurrent(), y, err)
 	// Output:
 	// [1 2 3 2 4 6] [2 3] <nil>
 	// true
+	// example.Scale true [2 4 6] <nil>
 }

@@ -19,17 +19,22 @@ import (
 // constructor kwargs from kwargs, adds the model's tensors to model
 // (parameters in the order an optimizer should see them, then buffers)
 // and sets its forward function. loading is true when the tensors' values
-// are about to be overwritten from a file (random initialization may be
-// skipped).
+// are about to be overwritten from a file: then make the tensors with
+// EmptyTensor (uninitialized, untouched memory) rather than filling them,
+// since the library compares them with the file before writing anything
+// and a file's kwargs must not make the loader fill memory the file does
+// not hold. A factory whose ForwardFunc only reads the model should call
+// ModelBuilder.SetThreadSafe, so that a Model runs it concurrently.
 //
 // An error it returns fails the Initialize or LoadContainer call that ran
 // it, with ErrInvalidKwargs for an error matching it (such as a Kwargs
 // getter's) and ErrFactory otherwise; a panic is recovered into
 // ErrFactory. It may be called from several goroutines at once (one per
-// container), and runs while the container's lock is held (and, for
-// Registry.LoadContainer, the registry's): it must not call methods of
-// that container or register on that registry, nor call runtime.Goexit
-// (t.FailNow), which cannot unwind through the C library.
+// container or model being built), and runs while the container's lock is
+// held (and, for Registry.LoadContainer and Registry.LoadModel, the
+// registry's): it must not call methods of that container or register on
+// that registry, nor call runtime.Goexit (t.FailNow), which cannot unwind
+// through the C library.
 type ModelFactory func(kwargs *Kwargs, loading bool, model *ModelBuilder) error
 
 // ForwardFunc is a Go model's forward function: it computes the output
@@ -40,6 +45,12 @@ type ModelFactory func(kwargs *Kwargs, loading bool, model *ModelBuilder) error
 // added (steps and loads change them in place). An error it returns, or a
 // panic, fails the Forward call with ErrCallback. Like the factory, it
 // runs under the container's lock and must not use that container.
+//
+// For a Model (LoadModel), it runs with train false while the model's
+// handle is held for reading: it must not call or Close that model (a
+// Close, pending or its own, would make it wait forever). It runs on several goroutines at once if the
+// factory called ModelBuilder.SetThreadSafe, one call at a time
+// otherwise.
 type ForwardFunc func(input []float32, shape []int64, train bool) (output []float32, outputShape []int64, err error)
 
 // Registry maps class names to model factories: the built-in classes
@@ -172,10 +183,36 @@ func (r *Registry) LoadContainer(path string) (*Container, map[string]any, error
 	var c *Container
 	var m map[string]any
 	err := r.read(func(ptr *C.pts_registry_t) (err error) {
-		c, m, err = loadContainer(ptr, path)
+		c, m, err = loadContainer(ptr, path, LoadOptions{})
 		return err
 	})
 	return c, m, err
+}
+
+// LoadContainerWith is Registry.LoadContainer with options (see
+// LoadOptions and the package's LoadContainerWith).
+func (r *Registry) LoadContainerWith(path string, opts LoadOptions) (*Container, map[string]any, error) {
+	var c *Container
+	var m map[string]any
+	err := r.read(func(ptr *C.pts_registry_t) (err error) {
+		c, m, err = loadContainer(ptr, path, opts)
+		return err
+	})
+	return c, m, err
+}
+
+// LoadModel is the package's LoadModel over the registry's classes: a
+// file naming a registered Go model rebuilds it through its factory (with
+// loading true). Its forward runs concurrently only if the factory called
+// ModelBuilder.SetThreadSafe.
+func (r *Registry) LoadModel(path string, opts LoadOptions) (*Model, map[string]any, error) {
+	var m *Model
+	var meta map[string]any
+	err := r.read(func(ptr *C.pts_registry_t) (err error) {
+		m, meta, err = loadModel(ptr, path, opts)
+		return err
+	})
+	return m, meta, err
 }
 
 // Kwargs are the constructor kwargs a ModelFactory receives. Read them
@@ -336,6 +373,18 @@ func (b *ModelBuilder) add(name string, t *Tensor, parameter bool) error {
 			}
 			return takeError(C.pts_model_builder_add_buffer(ptr, cname, tp))
 		})
+	})
+}
+
+// SetThreadSafe declares that the model's ForwardFunc, called with train
+// false, may run on several goroutines at once (it only reads the model's
+// tensors and its own immutable state), so that a Model (LoadModel) runs
+// concurrent Forward calls in parallel. Without it a Model runs this
+// model's forward one call at a time. Containers are not affected: they
+// run one call at a time whatever the model.
+func (b *ModelBuilder) SetThreadSafe() error {
+	return b.with(func(ptr *C.pts_model_builder_t) error {
+		return takeError(C.pts_model_builder_set_thread_safe(ptr))
 	})
 }
 

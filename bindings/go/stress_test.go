@@ -62,9 +62,19 @@ func TestManyHandles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		m, _, err := LoadModel(path, LoadOptions{Copy: i%4 == 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws, err := m.StateTensor("fc1.weight")
+		if err != nil {
+			t.Fatal(err)
+		}
 		if i%2 == 0 {
 			w.Close()
 			c.Close()
+			ws.Close()
+			m.Close()
 		}
 	}
 	runtime.GC()

@@ -174,6 +174,26 @@ func NewTensorOf[T Element](data []T, shape []int64) (*Tensor, error) {
 	return wrapTensor(ptr), nil
 }
 
+// EmptyTensor makes a tensor of dtype and shape whose memory is NOT
+// initialized: it costs no resident memory until written. It is for a
+// ModelFactory called with loading true, whose values all come from the
+// file: the library checks every tensor's dtype and shape against the
+// file before it writes a byte, so a file whose kwargs describe a huge
+// model is refused without that memory ever being touched (with
+// NewTensorOf the factory itself would fill it first). Reading its values
+// before something writes them gives arbitrary numbers. An allocation
+// libtorch refuses is an error matching ErrTorch.
+func EmptyTensor(dtype DType, shape []int64) (*Tensor, error) {
+	var out *C.pts_tensor_t
+	maybeGC()
+	err := takeError(C.pts_tensor_empty(C.pts_dtype_t(dtype), int64Data(shape), C.size_t(len(shape)), &out))
+	runtime.KeepAlive(shape)
+	if err != nil {
+		return nil, err
+	}
+	return wrapTensor(out), nil
+}
+
 // newCTensor makes a tensor handle for the caller to own; the library
 // checks that nbytes fits dtype and shape.
 func newCTensor(dtype DType, shape []int64, data unsafe.Pointer, nbytes int) (*C.pts_tensor_t, error) {

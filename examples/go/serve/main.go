@@ -5,7 +5,7 @@
 //
 // Usage:
 //
-//	go run . -checkpoint model_inference_1795886184.zip [-addr 127.0.0.1:8080] [-input-shape 1,8,8]
+//	go run . -checkpoint model_inference_1795886184.zip [-addr 127.0.0.1:8080] [-input-shape 1,8,8] [-copy] [-skip-verify]
 //
 // It prints "listening on http://ADDR" once it accepts connections, and
 // shuts down gracefully (finishing requests in flight) on SIGINT or
@@ -20,7 +20,16 @@
 //	            -> {"outputs": [[...], ...], "predictions": [argmax, ...], "output_shape": [B, ...]}
 //	GET /healthz   {"status": "ok"}
 //	GET /info      the model's class and kwargs, the file's kind, timestamp
-//	               and producer, and the per-example input shape
+//	               and producer, the per-example input shape, and whether
+//	               requests run the model concurrently
+//
+// The model is a pytorchsaver.Model: requests run it concurrently, with
+// no lock around forward. By default its tensors point into a private
+// mapping of the file and every CRC-32 is checked at start-up; -copy
+// copies the tensors instead (for a file that another process may
+// truncate or rewrite while it is served: a mapping would fault), and
+// -skip-verify skips the CRC check of a file verified when it was
+// deployed (`pytorch-saver verify`).
 //
 // The per-example input shape comes from -input-shape, or from the
 // model's kwargs (a Linear's in_features, an MLP's in_dim). Errors are
@@ -44,6 +53,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	pytorchsaver "github.com/pytorch-saver/pytorch-saver/bindings/go"
 )
 
 func main() {
@@ -61,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	inputShape := flags.String("input-shape", "", "one example's input shape, such as 4 or 1,8,8 (default: from the model's kwargs)")
 	maxBody := flags.Int64("max-body", 1<<20, "the largest request body accepted, in bytes")
 	predict := flags.String("predict", "", "answer this request body (JSON) on stdout and exit, without serving")
+	copyTensors := flags.Bool("copy", false, "copy the tensors into memory instead of mapping the file (for a file that may be rewritten while served)")
+	skipVerify := flags.Bool("skip-verify", false, "skip the CRC-32 check of the tensor data (for a file verified when it was deployed)")
 	if err := flags.Parse(args); err != nil {
 		return 2
 	}
@@ -69,7 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	logger := log.New(stderr, "serve: ", log.LstdFlags)
-	opts := options{maxBody: *maxBody}
+	opts := options{maxBody: *maxBody, load: pytorchsaver.LoadOptions{Copy: *copyTensors, SkipVerify: *skipVerify}}
 	if *inputShape != "" {
 		shape, err := parseShape(*inputShape)
 		if err != nil {
@@ -110,7 +123,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
-	logger.Printf("serving %s from %s (input shape %v)", s.info.ModelClass, *checkpoint, s.inputShape)
+	logger.Printf("serving %s from %s (input shape %v, concurrent forward: %v)", s.info.ModelClass, *checkpoint, s.inputShape, s.info.Concurrent)
 	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
 
 	select {

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -84,6 +85,13 @@ func startServing(t *testing.T, path string, opts options) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveOn(t, s)
+}
+
+// serveOn serves s on a real loopback socket until the test ends, then
+// closes it.
+func serveOn(t *testing.T, s *server) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -460,4 +468,284 @@ func TestServesAPythonTrainedSequential(t *testing.T) {
 		t.Errorf("model error %q does not name the layer", msg)
 	}
 	predict()
+}
+
+// concurrentClient is an HTTP client for many requests at once; its idle
+// connections are closed before the server shuts down (call it after
+// serveOn), so that Shutdown need not wait for a connection it dialed
+// but never used.
+func concurrentClient(t *testing.T) *http.Client {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	t.Cleanup(client.CloseIdleConnections)
+	return client
+}
+
+// requestInputs is count distinct examples, each base varied.
+func requestInputs(base []float32, count int) [][]float32 {
+	inputs := make([][]float32, count)
+	for i := range inputs {
+		inputs[i] = make([]float32, len(base))
+		for j, v := range base {
+			inputs[i][j] = v*(1+float32(i)/16) + float32(i%7)/10 - float32(j%3)/5
+		}
+	}
+	return inputs
+}
+
+// 64 concurrent requests to the golden model answer exactly what the same
+// 64 requests answer one after another.
+func TestConcurrentPredictionsMatchSequential(t *testing.T) {
+	base := startServer(t)
+	client := concurrentClient(t)
+	input, _, _ := goldenForward(t)
+	var info modelInfo
+	if status, _ := call(t, "GET", base+"/info", "", &info); status != 200 || !info.Concurrent {
+		t.Fatalf("info: %d %+v", status, info)
+	}
+	inputs := requestInputs(input[:4], 64)
+	predict := func(i int) predictResponse {
+		body, _ := json.Marshal(map[string]any{"inputs": [][]float32{inputs[i]}})
+		var answer predictResponse
+		req, err := http.NewRequest("POST", base+"/predict", bytes.NewReader(body))
+		if err != nil {
+			panic(err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return predictResponse{OutputShape: []int64{-1}}
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&answer) != nil {
+			return predictResponse{OutputShape: []int64{int64(-resp.StatusCode)}}
+		}
+		return answer
+	}
+	sequential := make([]predictResponse, len(inputs))
+	for i := range inputs {
+		sequential[i] = predict(i)
+		if len(sequential[i].Outputs) != 1 || len(sequential[i].Outputs[0]) != 3 {
+			t.Fatalf("request %d: %+v", i, sequential[i])
+		}
+	}
+	concurrent := make([]predictResponse, len(inputs))
+	var wg sync.WaitGroup
+	for i := range inputs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			concurrent[i] = predict(i)
+		}()
+	}
+	wg.Wait()
+	for i := range inputs {
+		got, want := concurrent[i], sequential[i]
+		if len(got.Outputs) != 1 || !slices.Equal(got.OutputShape, want.OutputShape) ||
+			!slices.Equal(got.Predictions, want.Predictions) {
+			t.Fatalf("request %d: concurrent %+v, sequential %+v", i, got, want)
+		}
+		// JSON carries float32s exactly: the same bits.
+		if !slices.EqualFunc(got.Outputs[0], want.Outputs[0], func(a, b float32) bool {
+			return math.Float32bits(a) == math.Float32bits(b)
+		}) {
+			t.Fatalf("request %d: concurrent %v, sequential %v", i, got.Outputs[0], want.Outputs[0])
+		}
+	}
+}
+
+// probe records how many forward calls of a Go model run at once.
+type probe struct {
+	inFlight, max, calls atomic.Int64
+	// rendezvous: a call waits (up to 10 s) until it has seen another
+	// call in flight, so that a server running requests in parallel shows
+	// it whatever the scheduling; otherwise a call sleeps 2 ms.
+	rendezvous bool
+}
+
+func (p *probe) forward(x []float32, shape []int64) ([]float32, []int64) {
+	p.calls.Add(1)
+	n := p.inFlight.Add(1)
+	defer p.inFlight.Add(-1)
+	for {
+		m := p.max.Load()
+		if n <= m || p.max.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	if p.rendezvous {
+		deadline := time.Now().Add(10 * time.Second)
+		for p.max.Load() < 2 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	} else {
+		time.Sleep(2 * time.Millisecond)
+	}
+	y := make([]float32, len(x))
+	for i, v := range x {
+		y[i] = 2 * v
+	}
+	return y, shape
+}
+
+// probeRegistry registers class: y = 2x over 3 features, with a weight
+// saved in the file, its forward declared thread-safe when threadSafe.
+func probeRegistry(t *testing.T, class string, p *probe, threadSafe bool) *pytorchsaver.Registry {
+	t.Helper()
+	r, err := pytorchsaver.NewRegistry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	err = r.RegisterModel(class, func(kw *pytorchsaver.Kwargs, loading bool, model *pytorchsaver.ModelBuilder) error {
+		var w *pytorchsaver.Tensor
+		var err error
+		if loading {
+			w, err = pytorchsaver.EmptyTensor(pytorchsaver.Float32, []int64{3})
+		} else {
+			w, err = pytorchsaver.NewTensorOf([]float32{2, 2, 2}, []int64{3})
+		}
+		if err != nil {
+			return err
+		}
+		if err := model.AddParameter("weight", w); err != nil {
+			return err
+		}
+		if threadSafe {
+			if err := model.SetThreadSafe(); err != nil {
+				return err
+			}
+		}
+		return model.SetForward(func(x []float32, shape []int64, train bool) ([]float32, []int64, error) {
+			if len(shape) != 2 || shape[1] != 3 {
+				return nil, nil, fmt.Errorf("want [batch 3], got %v", shape)
+			}
+			y, s := p.forward(x, shape)
+			return y, s, nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// Concurrent requests overlap inside the model when it is thread-safe
+// (the server holds no lock around forward), and never when the model
+// did not declare itself thread-safe (the library runs it one call at a
+// time): outcomes, not wall-clock times.
+func TestConcurrentRequestsOverlap(t *testing.T) {
+	for _, threadSafe := range []bool{true, false} {
+		t.Run(fmt.Sprint("threadSafe=", threadSafe), func(t *testing.T) {
+			const class = "serve.test.Probe"
+			p := &probe{rendezvous: threadSafe}
+			r := probeRegistry(t, class, p, threadSafe)
+			c, err := r.NewContainer()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Initialize(pytorchsaver.Spec{Model: class}); err != nil {
+				t.Fatal(err)
+			}
+			path, err := c.SaveInference(t.TempDir(), "probe", map[string]any{"note": "test"})
+			c.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := newServerWith(r, path, options{inputShape: []int64{3}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			base := serveOn(t, s)
+			client := concurrentClient(t)
+			var info modelInfo
+			if status, _ := call(t, "GET", base+"/info", "", &info); status != 200 || info.ModelClass != class ||
+				info.Concurrent != threadSafe || info.Kind != pytorchsaver.KindInference || info.Producer.Language != "go" {
+				t.Fatalf("info: %d %+v", status, info)
+			}
+			const n = 16
+			var wg sync.WaitGroup
+			errs := make(chan error, n)
+			for i := range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					k := float32(i)
+					body, _ := json.Marshal(map[string]any{"inputs": [][]float32{{k, k + 1, k + 2}}})
+					resp, err := client.Post(base+"/predict", "application/json", bytes.NewReader(body))
+					if err != nil {
+						errs <- err
+						return
+					}
+					defer resp.Body.Close()
+					var answer predictResponse
+					if err := json.NewDecoder(resp.Body).Decode(&answer); err != nil || resp.StatusCode != 200 {
+						errs <- fmt.Errorf("request %d: %d %v", i, resp.StatusCode, err)
+						return
+					}
+					if len(answer.Outputs) != 1 || !slices.Equal(answer.Outputs[0], []float32{2 * k, 2*k + 2, 2*k + 4}) ||
+						answer.Predictions[0] != 2 {
+						errs <- fmt.Errorf("request %d: %+v", i, answer)
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			if p.calls.Load() != n {
+				t.Fatalf("%d forward calls, want %d", p.calls.Load(), n)
+			}
+			if threadSafe && p.max.Load() < 2 {
+				t.Fatalf("concurrent requests never ran the model at the same time")
+			}
+			if !threadSafe && p.max.Load() != 1 {
+				t.Fatalf("a model that is not thread-safe ran %d calls at once", p.max.Load())
+			}
+		})
+	}
+}
+
+// -copy and -skip-verify reach the loader: a file with one flipped byte
+// of tensor data is refused by default and served with -skip-verify.
+func TestLoadFlags(t *testing.T) {
+	data, err := os.ReadFile(goldenPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ckpt, err := pytorchsaver.OpenCheckpoint(goldenPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tensor, _, err := ckpt.ReadBytes(pytorchsaver.MemberModel, "fc1.weight")
+	ckpt.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(data, tensor)
+	if at < 0 {
+		t.Fatal("fc1.weight is not stored uncompressed")
+	}
+	data[at+9] ^= 0x10
+	corrupt := t.TempDir() + "/corrupt.zip"
+	if err := os.WriteFile(corrupt, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	body := `{"inputs": [[1, 2, 3, 4]]}`
+	var stdout, stderr bytes.Buffer
+	if status := run(context.Background(), []string{"-checkpoint", corrupt, "-predict", body}, &stdout, &stderr); status != 1 ||
+		!strings.Contains(stderr.String(), "invalid checkpoint") {
+		t.Fatalf("a corrupt file: status %d, %s", status, stderr.String())
+	}
+	for _, flags := range [][]string{{"-skip-verify"}, {"-skip-verify", "-copy"}} {
+		stdout.Reset()
+		stderr.Reset()
+		args := append(flags, "-checkpoint", corrupt, "-predict", body)
+		if status := run(context.Background(), args, &stdout, &stderr); status != 0 || !strings.Contains(stdout.String(), `"predictions"`) {
+			t.Fatalf("%v: status %d, %s %s", flags, status, stdout.String(), stderr.String())
+		}
+	}
+	stdout.Reset()
+	if status := run(context.Background(), []string{"-copy", "-checkpoint", goldenPath, "-predict", body}, &stdout, &stderr); status != 0 {
+		t.Fatalf("-copy: status %d, %s %s", status, stdout.String(), stderr.String())
+	}
 }

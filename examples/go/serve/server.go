@@ -22,6 +22,9 @@ type options struct {
 	inputShape []int64
 	// maxBody caps a request body, in bytes.
 	maxBody int64
+	// load says how the checkpoint is read (copy or map its tensors,
+	// verify its CRCs or not).
+	load pytorchsaver.LoadOptions
 }
 
 // modelInfo is what GET /info answers.
@@ -33,11 +36,16 @@ type modelInfo struct {
 	Timestamp   int64                 `json:"timestamp"`
 	Producer    pytorchsaver.Producer `json:"producer"`
 	InputShape  []int64               `json:"input_shape"`
+	// Concurrent says whether requests run the model in parallel (true
+	// for the built-in models).
+	Concurrent bool `json:"concurrent"`
 }
 
-// server answers predictions from one model loaded at start-up.
+// server answers predictions from one model loaded at start-up. The
+// model is a pytorchsaver.Model, which any number of requests run at once:
+// the server holds no lock around forward.
 type server struct {
-	model      *pytorchsaver.Container
+	model      *pytorchsaver.Model
 	info       modelInfo
 	inputShape []int64
 	exampleLen int
@@ -45,22 +53,59 @@ type server struct {
 	mux        *http.ServeMux
 }
 
-// newServer loads the checkpoint at path and returns the HTTP handler
-// that serves it; Close frees the model.
+// newServer loads the checkpoint at path over the built-in classes and
+// returns the HTTP handler that serves it; Close frees the model.
 func newServer(path string, opts options) (*server, error) {
-	ckpt, err := pytorchsaver.OpenCheckpoint(path)
+	return newServerWith(nil, path, opts)
+}
+
+// newServerWith is newServer over registry's classes (nil: the built-in
+// ones), so that a test can serve a model written in Go.
+func newServerWith(registry *pytorchsaver.Registry, path string, opts options) (*server, error) {
+	var model *pytorchsaver.Model
+	var metadata map[string]any
+	var err error
+	if registry != nil {
+		model, metadata, err = registry.LoadModel(path, opts.load)
+	} else {
+		model, metadata, err = pytorchsaver.LoadModel(path, opts.load)
+	}
 	if err != nil {
 		return nil, err
 	}
+	s, err := newServerOf(model, metadata, path, opts)
+	if err != nil {
+		model.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// newServerOf serves a loaded model; metadata is what loading it
+// returned.
+func newServerOf(model *pytorchsaver.Model, metadata map[string]any, path string, opts options) (*server, error) {
+	kwargs, _ := metadata["model_kwargs"].(map[string]any)
 	info := modelInfo{
 		Checkpoint:  path,
-		ModelClass:  ckpt.ModelClass(),
-		ModelKwargs: ckpt.ModelKwargs(),
-		Kind:        ckpt.Kind(),
-		Timestamp:   ckpt.Timestamp().Unix(),
-		Producer:    ckpt.Producer(),
+		ModelClass:  model.Class(),
+		ModelKwargs: kwargs,
+		Concurrent:  model.Concurrent(),
 	}
+	// The file's kind and producer are not part of the flat metadata:
+	// read them from its header, without checking the tensor data's
+	// CRCs again (the load did), and make sure it is still the file that
+	// was loaded.
+	ckpt, err := pytorchsaver.OpenCheckpointWith(path, pytorchsaver.LoadOptions{SkipVerify: true})
+	if err != nil {
+		return nil, err
+	}
+	info.Kind, info.Producer, info.Timestamp = ckpt.Kind(), ckpt.Producer(), ckpt.Timestamp().Unix()
+	fileClass := ckpt.ModelClass()
 	ckpt.Close()
+	ts, _ := metadata["timestamp"].(float64) // 0, as the header's, when absent
+	if fileClass != info.ModelClass || int64(ts) != info.Timestamp {
+		return nil, fmt.Errorf("%s changed on disk while it was loaded", path)
+	}
 	shape := opts.inputShape
 	if shape == nil {
 		if shape, err = inferInputShape(info.ModelClass, info.ModelKwargs); err != nil {
@@ -68,10 +113,6 @@ func newServer(path string, opts options) (*server, error) {
 		}
 	}
 	info.InputShape = shape
-	model, _, err := pytorchsaver.LoadContainer(path)
-	if err != nil {
-		return nil, err
-	}
 	s := &server{
 		model:      model,
 		info:       info,
@@ -95,7 +136,7 @@ func newServer(path string, opts options) (*server, error) {
 // ServeHTTP serves the endpoints.
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// Close frees the model.
+// Close frees the model, once the requests in flight have run it.
 func (s *server) Close() error { return s.model.Close() }
 
 // inferInputShape is one example's input shape for the models whose
@@ -217,6 +258,7 @@ func (s *server) predict(body io.Reader) (*predictResponse, error) {
 	if err != nil {
 		return nil, err
 	}
+	// No lock: requests run the model concurrently.
 	output, outShape, err := s.model.Forward(input, shape)
 	if err != nil {
 		if errors.Is(err, pytorchsaver.ErrTorch) || errors.Is(err, pytorchsaver.ErrCallback) ||
