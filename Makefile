@@ -20,7 +20,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 TORCH_DIR = $(CURDIR)/$(VENV)/lib/python3.11/site-packages/torch
 SDK := $(CURDIR)/target/sdk
 PREFIX ?= $(SDK)
-C_SOURCES = $(wildcard tests/c/*.c examples/c/*.c examples/cpp/*.cpp bindings/cpp/*.hpp bindings/cpp/tests/*.cpp bindings/go/*.c bindings/go/*.h)
+C_SOURCES = $(wildcard src/*.cpp src/optim/*.cpp tests/c/*.c examples/c/*.c examples/cpp/*.cpp bindings/cpp/*.hpp bindings/cpp/tests/*.cpp bindings/go/*.c bindings/go/*.h)
 
 .PHONY: all demo test lint rust-test python-package python-test c-test cpp-test go-test go-serve bench fuzz venv deps build clean lib install header
 
@@ -72,15 +72,21 @@ c-test: install deps
 	cp target/release/libpytorch_saver.so target/fault/
 	$(CARGO) build --release --lib
 	cc $(C_TEST_FLAGS) tests/c/test_capi.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_capi
+	cc $(C_TEST_FLAGS) tests/c/test_hostile.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_hostile
 	cc $(C_TEST_FLAGS) -DPTS_FAULT_INJECTION tests/c/test_panic.c -Iinclude \
 	  -Ltarget/fault -Wl,-rpath,$(CURDIR)/target/fault -lpytorch_saver -o target/c/test_panic
 	cc -std=c99 -Wall -Wextra -pedantic -Werror examples/c/main.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/example
 	rm -rf target/c/scratch && mkdir -p target/c/scratch
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
 	  target/c/test_capi tests/golden/v1 target/c/scratch
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
+	  target/c/test_hostile tests/hostile
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 target/c/test_panic
 	@# ASan does not see inside the uninstrumented Rust and libtorch code; valgrind does.
 	cc -std=c99 -g tests/c/test_capi.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_capi_plain
+	@# The hostile files' memory bound is asserted in a plain build: ASan and valgrind change RSS.
+	cc -std=c99 -g tests/c/test_hostile.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_hostile_plain
+	RUST_BACKTRACE=0 target/c/test_hostile_plain tests/hostile
 	rm -rf target/c/scratch && mkdir -p target/c/scratch
 	RUST_BACKTRACE=0 valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
 	  target/c/test_capi_plain tests/golden/v1 target/c/scratch

@@ -33,14 +33,16 @@ extern "C" {
 // *out = a CPU tensor of `dtype` (a c10::ScalarType value) and `sizes`
 // (contiguous) whose data is `data`; `release(context)` runs when its
 // storage dies. On error `release(context)` has already run.
-char *pts_tensor_over_memory(void *data, const int64_t *sizes, size_t ndim, int dtype, void (*release)(void *),
-                             void *context, at::Tensor **out) {
+char *pts_tensor_over_memory(void *data, const int64_t *sizes, size_t ndim, int dtype,
+                             void (*release)(void *), void *context, at::Tensor **out) {
   // Owns the context from here on, whatever happens below.
   std::unique_ptr<void, void (*)(void *)> owner(context, release);
   try {
     auto options = at::TensorOptions().dtype(static_cast<c10::ScalarType>(dtype)).device(at::kCPU);
-    at::Tensor tensor =
-        at::for_blob(data, at::IntArrayRef(sizes, ndim)).context(owner.release(), release).options(options).make_tensor();
+    at::Tensor tensor = at::for_blob(data, at::IntArrayRef(sizes, ndim))
+                            .context(owner.release(), release)
+                            .options(options)
+                            .make_tensor();
     *out = new at::Tensor(std::move(tensor));
     return nullptr;
   } catch (const std::exception &e) {

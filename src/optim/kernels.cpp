@@ -45,7 +45,8 @@ extern "C" {
 void pts_kernel_free_error(char *error) { std::free(error); }
 
 // *out = self + alpha * other
-char *pts_kernel_add(const at::Tensor *self, const at::Tensor *other, double alpha, at::Tensor **out) {
+char *pts_kernel_add(const at::Tensor *self, const at::Tensor *other, double alpha,
+                     at::Tensor **out) {
   return guard([&] { *out = new at::Tensor(self->add(*other, alpha)); });
 }
 
@@ -55,18 +56,20 @@ char *pts_kernel_add_(at::Tensor *self, const at::Tensor *other, double alpha) {
 }
 
 // *out = self + value * t1 * t2
-char *pts_kernel_addcmul(const at::Tensor *self, const at::Tensor *t1, const at::Tensor *t2, double value,
-                         at::Tensor **out) {
+char *pts_kernel_addcmul(const at::Tensor *self, const at::Tensor *t1, const at::Tensor *t2,
+                         double value, at::Tensor **out) {
   return guard([&] { *out = new at::Tensor(self->addcmul(*t1, *t2, value)); });
 }
 
 // self += value * t1 * t2
-char *pts_kernel_addcmul_(at::Tensor *self, const at::Tensor *t1, const at::Tensor *t2, double value) {
+char *pts_kernel_addcmul_(at::Tensor *self, const at::Tensor *t1, const at::Tensor *t2,
+                          double value) {
   return guard([&] { self->addcmul_(*t1, *t2, value); });
 }
 
 // self += value * t1 / t2
-char *pts_kernel_addcdiv_(at::Tensor *self, const at::Tensor *t1, const at::Tensor *t2, double value) {
+char *pts_kernel_addcdiv_(at::Tensor *self, const at::Tensor *t1, const at::Tensor *t2,
+                          double value) {
   return guard([&] { self->addcdiv_(*t1, *t2, value); });
 }
 

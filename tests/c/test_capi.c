@@ -1,11 +1,16 @@
 /*
  * Tests of the C ABI from plain C99 (no C++ in this program): checkpoints,
- * containers of the built-in MLP, a model registered from C, and every
- * error path at the boundary. Built and run under AddressSanitizer (leaks
- * included) by `make c-test`.
+ * containers of the built-in MLP, a model registered from C, load options,
+ * inference models served from several threads, and every error path at
+ * the boundary. Built and run under AddressSanitizer (leaks included) and
+ * UBSan, then under valgrind, by `make c-test`.
  *
  * Usage: test_capi GOLDEN_DIR SCRATCH_DIR
  */
+#define _POSIX_C_SOURCE 200809L /* pthreads under -std=c99 */
+
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -635,18 +640,24 @@ static pts_error_t *scale_factory(void *user_data, const pts_kwargs_t *kwargs, b
                                   pts_model_builder_t *builder) {
   (void)user_data;
   int64_t n = 0;
-  bool fail = false;
+  bool fail = false, thread_safe = false;
   pts_error_t *err = pts_kwargs_i64(kwargs, "n", &n);
   if (err == NULL) err = pts_kwargs_bool_or(kwargs, "fail", false, &fail);
+  if (err == NULL) err = pts_kwargs_bool_or(kwargs, "thread_safe", false, &thread_safe);
   if (err != NULL) return err;
   if (fail) return pts_error_new(PTS_ERROR_CALLBACK, "the factory was asked to fail");
   if (n < 1 || n > 64) return pts_error_new(PTS_ERROR_INVALID_KWARGS, "kwarg \"n\" must be 1..64");
+  /* scale_forward only reads the weight: safe to run on several threads. */
+  if (thread_safe && (err = pts_model_builder_set_thread_safe(builder)) != NULL) return err;
 
   float init[64];
-  for (int64_t i = 0; i < n; i++) init[i] = loading ? 0.0f : (float)(i + 1);
+  for (int64_t i = 0; i < n; i++) init[i] = (float)(i + 1);
   scale_model *m = calloc(1, sizeof *m);
   m->n = n;
-  err = pts_tensor_from_buffer(PTS_DTYPE_F32, &n, 1, init, (size_t)n * sizeof(float), &m->weight);
+  /* Loading: untouched memory, every value comes from the file. */
+  err = loading ? pts_tensor_empty(PTS_DTYPE_F32, &n, 1, &m->weight)
+                : pts_tensor_from_buffer(PTS_DTYPE_F32, &n, 1, init, (size_t)n * sizeof(float),
+                                         &m->weight);
   if (err == NULL) err = pts_model_builder_add_parameter(builder, "scale.weight", m->weight);
   if (err == NULL) {
     pts_tensor_t *count = NULL;
@@ -767,6 +778,458 @@ static void test_callback_errors_keep_ownership_rules(void) {
   pts_error_free(e);
 }
 
+/* ---- load options, _ex functions, inference models ----------------------- */
+
+/* Whether a call succeeded; the error, if any, is freed. */
+static bool succeeded(pts_error_t *err) {
+  bool ok = err == NULL;
+  pts_error_free(err);
+  return ok;
+}
+
+/* Whether two tensors have the same dtype, shape and bytes. */
+static bool tensors_equal(const pts_tensor_t *a, const pts_tensor_t *b) {
+  size_t na = 0, nb = 1, da = 0, db = 1;
+  pts_dtype_t ta = 0, tb = 1;
+  int64_t sa[8], sb[8];
+  if (!succeeded(pts_tensor_nbytes(a, &na)) || !succeeded(pts_tensor_nbytes(b, &nb)) ||
+      !succeeded(pts_tensor_ndim(a, &da)) || !succeeded(pts_tensor_ndim(b, &db)) ||
+      !succeeded(pts_tensor_dtype(a, &ta)) || !succeeded(pts_tensor_dtype(b, &tb)) || na != nb ||
+      da != db || ta != tb || da > 8 || !succeeded(pts_tensor_shape(a, sa, 8)) ||
+      !succeeded(pts_tensor_shape(b, sb, 8)) || memcmp(sa, sb, da * sizeof sa[0]) != 0) {
+    return false;
+  }
+  unsigned char *ba = malloc(na + 1), *bb = malloc(nb + 1);
+  bool equal = succeeded(pts_tensor_copy_to_buffer(a, ba, na)) &&
+               succeeded(pts_tensor_copy_to_buffer(b, bb, nb)) && memcmp(ba, bb, na) == 0;
+  free(ba);
+  free(bb);
+  return equal;
+}
+
+/* Whether two containers hold the same parameters (names and bytes). */
+static bool same_parameters(const pts_container_t *a, const pts_container_t *b) {
+  size_t na = 0, nb = 1;
+  if (!succeeded(pts_container_parameter_count(a, &na)) ||
+      !succeeded(pts_container_parameter_count(b, &nb)) || na != nb || na == 0) {
+    return false;
+  }
+  bool same = true;
+  for (size_t i = 0; i < na && same; i++) {
+    const char *a_name = NULL, *b_name = NULL;
+    pts_tensor_t *ta = NULL, *tb = NULL;
+    same = succeeded(pts_container_parameter(a, i, &a_name, &ta)) &&
+           succeeded(pts_container_parameter(b, i, &b_name, &tb)) && strcmp(a_name, b_name) == 0 &&
+           tensors_equal(ta, tb);
+    pts_tensor_free(ta);
+    pts_tensor_free(tb);
+  }
+  return same;
+}
+
+static void test_load_options(void) {
+  pts_load_options_t *o = NULL;
+  FAILS(pts_load_options_new(NULL), PTS_ERROR_NULL_ARGUMENT, "out");
+  FAILS(pts_load_options_set_verify(NULL, false), PTS_ERROR_NULL_ARGUMENT, "options");
+  FAILS(pts_load_options_set_copy(NULL, true), PTS_ERROR_NULL_ARGUMENT, "options");
+  pts_load_options_free(NULL);
+  OK(pts_load_options_new(&o));
+  CHECK(o != NULL);
+  OK(pts_load_options_set_verify(o, false));
+  OK(pts_load_options_set_verify(o, true));
+  OK(pts_load_options_set_copy(o, true));
+  OK(pts_load_options_set_copy(o, false));
+  pts_load_options_free(o);
+}
+
+/* NULL options, a copy and an unverified load all load a golden file with
+ * the same tensors as pts_container_load, and restore it again. */
+static void test_load_ex_and_restore_ex(void) {
+  const char *file = golden("rust_mlp_adam_warm_restarts_checkpoint.zip");
+  pts_container_t *reference = NULL;
+  char *meta = NULL;
+  OK(pts_container_load(NULL, file, &reference, &meta));
+  pts_string_free(meta);
+  if (reference == NULL) return;
+  double reference_lr = 0;
+  OK(pts_container_lr(reference, 0, &reference_lr));
+
+  pts_load_options_t *copy = NULL, *unverified = NULL;
+  OK(pts_load_options_new(&copy));
+  OK(pts_load_options_set_copy(copy, true));
+  OK(pts_load_options_new(&unverified));
+  OK(pts_load_options_set_verify(unverified, false));
+  const pts_load_options_t *variants[3] = {NULL, copy, unverified};
+  for (int i = 0; i < 3; i++) {
+    pts_container_t *c = NULL;
+    meta = NULL;
+    OK(pts_container_load_ex(NULL, file, variants[i], &c, &meta));
+    if (c == NULL) continue;
+    CHECK(meta != NULL && strstr(meta, "\"model_kwargs\"") != NULL);
+    pts_string_free(meta);
+    CHECK(same_parameters(reference, c));
+    double lr = -1;
+    OK(pts_container_lr(c, 0, &lr));
+    CHECK(lr == reference_lr);
+    /* Train one step, then restore the file: back to the reference. */
+    OK(pts_container_step(c));
+    meta = NULL;
+    OK(pts_container_restore_ex(c, file, variants[i], &meta));
+    CHECK(meta != NULL && strstr(meta, "\"optim_kwargs\"") != NULL);
+    pts_string_free(meta);
+    CHECK(same_parameters(reference, c));
+    pts_container_free(c);
+  }
+  pts_checkpoint_t *ckpt = NULL;
+  for (int i = 0; i < 3; i++) {
+    ckpt = NULL;
+    OK(pts_checkpoint_open_ex(file, variants[i], &ckpt));
+    CHECK(ckpt != NULL);
+    pts_checkpoint_free(ckpt);
+  }
+
+  /* Every pointer argument of the new functions is checked. */
+  pts_container_t *none = NULL;
+  char *s = NULL;
+  ckpt = NULL;
+  FAILS(pts_container_load_ex(NULL, NULL, NULL, &none, &s), PTS_ERROR_NULL_ARGUMENT, "path");
+  FAILS(pts_container_load_ex(NULL, file, copy, NULL, &s), PTS_ERROR_NULL_ARGUMENT, "out");
+  FAILS(pts_container_load_ex(NULL, file, copy, &none, NULL), PTS_ERROR_NULL_ARGUMENT,
+        "metadata_json");
+  FAILS(pts_container_restore_ex(NULL, file, NULL, &s), PTS_ERROR_NULL_ARGUMENT, "container");
+  FAILS(pts_container_restore_ex(reference, NULL, NULL, &s), PTS_ERROR_NULL_ARGUMENT, "path");
+  FAILS(pts_container_restore_ex(reference, file, NULL, NULL), PTS_ERROR_NULL_ARGUMENT,
+        "metadata_json");
+  FAILS(pts_checkpoint_open_ex(NULL, NULL, &ckpt), PTS_ERROR_NULL_ARGUMENT, "path");
+  FAILS(pts_checkpoint_open_ex(file, unverified, NULL), PTS_ERROR_NULL_ARGUMENT, "out");
+  CHECK(none == NULL && s == NULL && ckpt == NULL);
+  pts_load_options_free(copy);
+  pts_load_options_free(unverified);
+  pts_container_free(reference);
+}
+
+/* A copy of a golden file with one byte of a tensor flipped: refused by
+ * default (the CRC-32), loaded as it is with verify off. */
+static void test_verify_off_skips_tensor_crcs(void) {
+  const char *good = golden("rust_mlp_inference.zip");
+  const char *name = "fc1.weight";
+  pts_checkpoint_t *ckpt = NULL;
+  OK(pts_checkpoint_open(good, &ckpt));
+  if (ckpt == NULL) return;
+  pts_dtype_t dtype = 0;
+  const int64_t *shape = NULL;
+  size_t ndim = 0, nbytes = 0, len = 0;
+  OK(pts_checkpoint_tensor_info(ckpt, PTS_MEMBER_MODEL, name, &dtype, &shape, &ndim, &nbytes));
+  unsigned char *weight = malloc(nbytes + 1);
+  OK(pts_checkpoint_tensor_read(ckpt, PTS_MEMBER_MODEL, name, weight, nbytes));
+  pts_checkpoint_free(ckpt);
+  char *bytes = read_file(good, &len);
+  CHECK(bytes != NULL && nbytes >= 16);
+  /* Where the tensor's bytes lie in the file: found once. */
+  size_t at = len, found = 0;
+  for (size_t i = 0; bytes != NULL && nbytes >= 16 && i + nbytes <= len; i++) {
+    if (memcmp(bytes + i, weight, nbytes) == 0) at = i, found++;
+  }
+  CHECK(found == 1);
+  if (found != 1) {
+    free(bytes);
+    free(weight);
+    return;
+  }
+  bytes[at + 5] ^= 0x40;
+  weight[5] ^= 0x40;
+  const char *flipped = scratch("flipped_tensor.zip");
+  CHECK(write_file(flipped, bytes, len));
+  free(bytes);
+
+  pts_load_options_t *unverified = NULL;
+  OK(pts_load_options_new(&unverified));
+  OK(pts_load_options_set_verify(unverified, false));
+  pts_container_t *c = NULL;
+  pts_model_t *m = NULL;
+  char *meta = NULL;
+  FAILS(pts_checkpoint_open_ex(flipped, NULL, &ckpt), PTS_ERROR_FORMAT, "CRC-32 mismatch");
+  FAILS(pts_container_load(NULL, flipped, &c, &meta), PTS_ERROR_FORMAT, "CRC-32 mismatch");
+  FAILS(pts_container_load_ex(NULL, flipped, NULL, &c, &meta), PTS_ERROR_FORMAT, "CRC-32 mismatch");
+  FAILS(pts_model_load(NULL, flipped, NULL, &m, &meta), PTS_ERROR_FORMAT, "CRC-32 mismatch");
+  CHECK(c == NULL && m == NULL && meta == NULL);
+
+  OK(pts_checkpoint_open_ex(flipped, unverified, &ckpt));
+  pts_checkpoint_free(ckpt);
+  OK(pts_container_load_ex(NULL, flipped, unverified, &c, &meta));
+  pts_string_free(meta);
+  meta = NULL;
+  if (c != NULL) {
+    /* The unverified load took the file's bytes as they are. */
+    pts_tensor_t *w = NULL;
+    unsigned char *loaded = malloc(nbytes + 1);
+    OK(pts_container_state_tensor(c, name, &w));
+    OK(pts_tensor_copy_to_buffer(w, loaded, nbytes));
+    CHECK(memcmp(loaded, weight, nbytes) == 0);
+    free(loaded);
+    pts_tensor_free(w);
+    /* A restore refuses the file by default, and takes it unverified. */
+    FAILS(pts_container_restore_ex(c, flipped, NULL, &meta), PTS_ERROR_FORMAT, "CRC-32 mismatch");
+    FAILS(pts_container_restore(c, flipped, &meta), PTS_ERROR_FORMAT, "CRC-32 mismatch");
+    OK(pts_container_restore_ex(c, good, NULL, &meta));
+    pts_string_free(meta);
+    meta = NULL;
+    OK(pts_container_restore_ex(c, flipped, unverified, &meta));
+    pts_string_free(meta);
+    meta = NULL;
+  }
+  pts_container_free(c);
+  OK(pts_model_load(NULL, flipped, unverified, &m, &meta));
+  pts_string_free(meta);
+  pts_model_free(m);
+  pts_load_options_free(unverified);
+  free(weight);
+}
+
+/* Requests served by threads: each thread runs the requests whose index
+ * is its own modulo the thread count, several times over, and counts the
+ * outputs that differ from the sequential ones. */
+#define REQUESTS 16
+#define THREADS 4
+#define ROUNDS 8
+#define ROWS 5
+
+typedef struct {
+  const pts_model_t *model;
+  int64_t cols;
+  unsigned char *expected[REQUESTS];
+  size_t expected_len[REQUESTS];
+  int thread;
+  int mismatches;
+} forward_job;
+
+static void request_input(int i, int64_t cols, float *x) {
+  for (int64_t j = 0; j < ROWS * cols; j++) x[j] = (float)((i * 7 + j * 3) % 11) / 4.0f - 1.0f;
+}
+
+/* Runs request `i`; returns its output bytes (malloc'ed) or NULL. */
+static unsigned char *forward_request(const pts_model_t *m, int64_t cols, int i, size_t *len) {
+  float x[ROWS * 64];
+  int64_t shape[2] = {ROWS, cols};
+  request_input(i, cols, x);
+  pts_tensor_t *xt = NULL, *yt = NULL;
+  unsigned char *out = NULL;
+  if (succeeded(pts_tensor_from_buffer(PTS_DTYPE_F32, shape, 2, x,
+                                       (size_t)(ROWS * cols) * sizeof(float), &xt)) &&
+      succeeded(pts_model_forward(m, xt, &yt)) && succeeded(pts_tensor_nbytes(yt, len))) {
+    out = malloc(*len + 1);
+    if (!succeeded(pts_tensor_copy_to_buffer(yt, out, *len))) {
+      free(out);
+      out = NULL;
+    }
+  }
+  pts_tensor_free(xt);
+  pts_tensor_free(yt);
+  return out;
+}
+
+static void *forward_thread(void *arg) {
+  forward_job *job = arg;
+  for (int round = 0; round < ROUNDS; round++) {
+    for (int i = job->thread; i < REQUESTS; i += THREADS) {
+      size_t len = 0;
+      unsigned char *out = forward_request(job->model, job->cols, i, &len);
+      if (out == NULL || len != job->expected_len[i] || memcmp(out, job->expected[i], len) != 0) {
+        job->mismatches++;
+      }
+      free(out);
+    }
+  }
+  return NULL;
+}
+
+/* Checks that THREADS threads at once get the sequential outputs. */
+static void check_threaded_forward(const pts_model_t *m, int64_t cols) {
+  forward_job jobs[THREADS];
+  memset(jobs, 0, sizeof jobs);
+  unsigned char *expected[REQUESTS];
+  size_t expected_len[REQUESTS];
+  for (int i = 0; i < REQUESTS; i++) {
+    expected[i] = forward_request(m, cols, i, &expected_len[i]);
+    CHECK(expected[i] != NULL);
+  }
+  pthread_t threads[THREADS];
+  bool started[THREADS];
+  for (int t = 0; t < THREADS; t++) {
+    jobs[t].model = m;
+    jobs[t].cols = cols;
+    jobs[t].thread = t;
+    memcpy(jobs[t].expected, expected, sizeof expected);
+    memcpy(jobs[t].expected_len, expected_len, sizeof expected_len);
+    started[t] = pthread_create(&threads[t], NULL, forward_thread, &jobs[t]) == 0;
+    CHECK(started[t]);
+  }
+  for (int t = 0; t < THREADS; t++) {
+    if (started[t]) pthread_join(threads[t], NULL);
+    CHECK(jobs[t].mismatches == 0);
+  }
+  for (int i = 0; i < REQUESTS; i++) free(expected[i]);
+}
+
+static void test_inference_model(void) {
+  const char *file = golden("rust_mlp_inference.zip");
+  pts_model_t *m = NULL;
+  char *meta = NULL;
+  OK(pts_model_load(NULL, file, NULL, &m, &meta));
+  if (m == NULL) return;
+  CHECK(meta != NULL && strstr(meta, "\"hidden_dim\":8") != NULL);
+  pts_string_free(meta);
+  const char *cls = NULL;
+  OK(pts_model_class(m, &cls));
+  CHECK(cls != NULL && strcmp(cls, "pytorch_saver.models.MLP") == 0);
+  bool concurrent = false;
+  OK(pts_model_is_concurrent(m, &concurrent));
+  CHECK(concurrent); /* a built-in model */
+
+  /* The same state and outputs as a container's, in eval mode. */
+  pts_container_t *c = NULL;
+  meta = NULL;
+  OK(pts_container_load(NULL, file, &c, &meta));
+  pts_string_free(meta);
+  if (c != NULL) {
+    pts_tensor_t *a = NULL, *b = NULL;
+    OK(pts_model_state_tensor(m, "hidden_layers.4.bias", &a));
+    OK(pts_container_state_tensor(c, "hidden_layers.4.bias", &b));
+    CHECK(a != NULL && b != NULL && tensors_equal(a, b));
+    pts_tensor_free(a);
+    pts_tensor_free(b);
+    float x[ROWS * 4];
+    int64_t shape[2] = {ROWS, 4};
+    request_input(3, 4, x);
+    pts_tensor_t *xt = NULL, *ym = NULL, *yc = NULL;
+    OK(pts_tensor_from_buffer(PTS_DTYPE_F32, shape, 2, x, sizeof x, &xt));
+    OK(pts_model_forward(m, xt, &ym));
+    OK(pts_container_forward(c, xt, false, &yc));
+    CHECK(ym != NULL && yc != NULL && tensors_equal(ym, yc));
+    pts_tensor_free(ym);
+    pts_tensor_free(yc);
+    /* A wrong input shape is a libtorch error. */
+    int64_t bad_shape[2] = {4, ROWS};
+    pts_tensor_t *bad = NULL;
+    ym = NULL;
+    OK(pts_tensor_from_buffer(PTS_DTYPE_F32, bad_shape, 2, x, sizeof x, &bad));
+    FAILS(pts_model_forward(m, bad, &ym), PTS_ERROR_TORCH, "shapes cannot be multiplied");
+    CHECK(ym == NULL);
+    pts_tensor_free(bad);
+    pts_tensor_free(xt);
+    pts_container_free(c);
+  }
+  pts_tensor_t *t = NULL;
+  FAILS(pts_model_state_tensor(m, "hidden_layers.9.bias", &t), PTS_ERROR_NOT_FOUND,
+        "hidden_layers.9.bias");
+  check_threaded_forward(m, 4);
+
+  /* Every pointer argument is checked. */
+  FAILS(pts_model_load(NULL, NULL, NULL, &m, &meta), PTS_ERROR_NULL_ARGUMENT, "path");
+  FAILS(pts_model_load(NULL, file, NULL, NULL, &meta), PTS_ERROR_NULL_ARGUMENT, "out");
+  FAILS(pts_model_load(NULL, file, NULL, &m, NULL), PTS_ERROR_NULL_ARGUMENT, "metadata_json");
+  FAILS(pts_model_forward(NULL, t, &t), PTS_ERROR_NULL_ARGUMENT, "model");
+  FAILS(pts_model_forward(m, NULL, &t), PTS_ERROR_NULL_ARGUMENT, "input");
+  pts_tensor_t *input = NULL;
+  int64_t one = 1;
+  OK(pts_tensor_empty(PTS_DTYPE_F32, &one, 1, &input));
+  FAILS(pts_model_forward(m, input, NULL), PTS_ERROR_NULL_ARGUMENT, "output");
+  pts_tensor_free(input);
+  FAILS(pts_model_class(NULL, &cls), PTS_ERROR_NULL_ARGUMENT, "model");
+  FAILS(pts_model_class(m, NULL), PTS_ERROR_NULL_ARGUMENT, "out");
+  FAILS(pts_model_is_concurrent(NULL, &concurrent), PTS_ERROR_NULL_ARGUMENT, "model");
+  FAILS(pts_model_is_concurrent(m, NULL), PTS_ERROR_NULL_ARGUMENT, "out");
+  FAILS(pts_model_state_tensor(NULL, "fc1.weight", &t), PTS_ERROR_NULL_ARGUMENT, "model");
+  FAILS(pts_model_state_tensor(m, NULL, &t), PTS_ERROR_NULL_ARGUMENT, "name");
+  FAILS(pts_model_state_tensor(m, "fc1.weight", NULL), PTS_ERROR_NULL_ARGUMENT, "out");
+  CHECK(t == NULL);
+  pts_model_free(m);
+  pts_model_free(NULL);
+}
+
+static void test_tensor_empty(void) {
+  pts_tensor_t *t = NULL;
+  int64_t shape[3] = {3, 0, 5};
+  int64_t dims[3] = {0, 0, 0};
+  size_t ndim = 0, nbytes = 1;
+  pts_dtype_t dtype = 0;
+  int64_t matrix[2] = {3, 5};
+  OK(pts_tensor_empty(PTS_DTYPE_F64, matrix, 2, &t));
+  OK(pts_tensor_ndim(t, &ndim));
+  OK(pts_tensor_shape(t, dims, 3));
+  OK(pts_tensor_dtype(t, &dtype));
+  OK(pts_tensor_nbytes(t, &nbytes));
+  CHECK(ndim == 2 && dims[0] == 3 && dims[1] == 5 && dtype == PTS_DTYPE_F64 && nbytes == 120);
+  pts_tensor_free(t);
+  t = NULL;
+  OK(pts_tensor_empty(PTS_DTYPE_BOOL, shape, 3, &t));
+  OK(pts_tensor_nbytes(t, &nbytes));
+  OK(pts_tensor_dtype(t, &dtype));
+  CHECK(nbytes == 0 && dtype == PTS_DTYPE_BOOL);
+  pts_tensor_free(t);
+  t = NULL;
+  OK(pts_tensor_empty(PTS_DTYPE_I8, NULL, 0, &t)); /* a scalar */
+  OK(pts_tensor_ndim(t, &ndim));
+  OK(pts_tensor_nbytes(t, &nbytes));
+  CHECK(ndim == 0 && nbytes == 1);
+  pts_tensor_free(t);
+
+  t = NULL;
+  int64_t negative[2] = {4, -1};
+  FAILS(pts_tensor_empty(PTS_DTYPE_F32, negative, 2, &t), PTS_ERROR_INVALID_ARGUMENT,
+        "negative dimension -1");
+  FAILS(pts_tensor_empty(99, matrix, 2, &t), PTS_ERROR_INVALID_ARGUMENT, "unknown dtype code 99");
+  FAILS(pts_tensor_empty(PTS_DTYPE_F32, NULL, 2, &t), PTS_ERROR_NULL_ARGUMENT, "shape");
+  FAILS(pts_tensor_empty(PTS_DTYPE_F32, matrix, 2, NULL), PTS_ERROR_NULL_ARGUMENT, "out");
+  CHECK(t == NULL);
+}
+
+/* A model registered from C runs its forward calls one at a time unless
+ * its factory declared them thread-safe. */
+static void test_c_model_thread_safety(void) {
+  FAILS(pts_model_builder_set_thread_safe(NULL), PTS_ERROR_NULL_ARGUMENT, "builder");
+  pts_registry_t *r = NULL;
+  OK(pts_registry_new(&r));
+  if (r == NULL) return;
+  OK(pts_registry_register_model(r, "tests.c.Scale", scale_factory, &factory_finalized,
+                                 finalize_factory));
+  const char *kwargs[2] = {"{\"n\": 3}", "{\"n\": 3, \"thread_safe\": true}"};
+  const char *prefixes[2] = {"c_serial", "c_thread_safe"};
+  for (int i = 0; i < 2; i++) {
+    pts_container_t *c = NULL;
+    char *path = NULL;
+    OK(pts_container_new(r, &c));
+    OK(pts_container_initialize(c, "tests.c.Scale", kwargs[i], NULL, NULL, NULL, NULL));
+    OK(pts_container_save_inference(c, scratch_dir, prefixes[i], NULL, &path));
+    pts_container_free(c);
+    if (path == NULL) continue;
+
+    pts_model_t *m = NULL;
+    char *meta = NULL;
+    OK(pts_model_load(r, path, NULL, &m, &meta));
+    pts_string_free(meta);
+    pts_string_free(path);
+    if (m == NULL) continue;
+    bool concurrent = i == 0;
+    OK(pts_model_is_concurrent(m, &concurrent));
+    CHECK(concurrent == (i == 1));
+    /* The loaded weights (1, 2, 3), not the uninitialized build's. */
+    float x[3] = {1, 1, 1}, y[3] = {0, 0, 0};
+    int64_t shape[1] = {3};
+    pts_tensor_t *xt = NULL, *yt = NULL;
+    OK(pts_tensor_from_buffer(PTS_DTYPE_F32, shape, 1, x, sizeof x, &xt));
+    OK(pts_model_forward(m, xt, &yt));
+    OK(pts_tensor_copy_to_buffer(yt, y, sizeof y));
+    CHECK(y[0] == 1 && y[1] == 2 && y[2] == 3);
+    pts_tensor_free(xt);
+    pts_tensor_free(yt);
+    check_threaded_forward(m, 3); /* serialized or concurrent: the same outputs */
+    pts_model_free(m);
+  }
+  pts_registry_free(r);
+  CHECK(instances_created == instances_finalized);
+}
+
 int main(int argc, char **argv) {
   if (argc != 3) {
     fprintf(stderr, "usage: %s GOLDEN_DIR SCRATCH_DIR\n", argv[0]);
@@ -785,6 +1248,12 @@ int main(int argc, char **argv) {
   test_null_arguments();
   test_c_registered_model();
   test_callback_errors_keep_ownership_rules();
+  test_load_options();
+  test_load_ex_and_restore_ex();
+  test_verify_off_skips_tensor_crcs();
+  test_inference_model();
+  test_tensor_empty();
+  test_c_model_thread_safety();
 
   printf("%d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
