@@ -13,13 +13,20 @@
 //   container.initialize("my_project.Net", R"({"in": 4})", "torch.optim.Adam", R"({"lr": 0.01})");
 //   std::shared_ptr<Net> net = container.module<Net>();  // the module the container trains
 //
+// For serving, a Model loads the model alone, read-only, and runs
+// forward from many threads at once:
+//
+//   auto [model, metadata] = pytorch_saver::Model::load(path, registry);
+//   torch::Tensor y = model.forward(x);  // from any number of threads
+//
 // Ownership: each class owns its C handle and frees it in its destructor;
 // a moved-from object holds none (capi() is nullptr) and every call on it
 // throws Error with PTS_ERROR_NULL_ARGUMENT. Thread safety is the C
-// header's: a Checkpoint may be read from several threads at once; a
-// Registry may be shared for reading, but register_module needs exclusive
-// use; a Container is used by one thread at a time (it may move between
-// threads), const methods included.
+// header's: a Checkpoint may be read from several threads at once, and a
+// Model run by several at once (forward, class_name, concurrent,
+// state_tensor); a Registry may be shared for reading, but
+// register_module needs exclusive use; a Container is used by one thread
+// at a time (it may move between threads), const methods included.
 //
 // Requirements: the libtorch this program links must be the one the
 // library links (the PyTorch 2.13.0 wheel's): torch::Tensor objects cross
@@ -34,10 +41,12 @@
 #include <pytorch_saver.h>
 #include <torch/nn/module.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -92,6 +101,12 @@ struct RegistryDeleter {
 };
 struct ContainerDeleter {
   void operator()(pts_container_t* p) const noexcept { pts_container_free(p); }
+};
+struct LoadOptionsDeleter {
+  void operator()(pts_load_options_t* p) const noexcept { pts_load_options_free(p); }
+};
+struct ModelDeleter {
+  void operator()(pts_model_t* p) const noexcept { pts_model_free(p); }
 };
 
 /// Throws a non-NULL error as Error, freeing it.
@@ -150,6 +165,53 @@ inline torch::Tensor tensor_from_capi(const pts_tensor_t* handle) {
   detail::check(pts_tensor_torch_ptr(handle, &ptr));
   return *static_cast<const at::Tensor*>(ptr);
 }
+
+/// How Container::load, Container::restore, Checkpoint::open and
+/// Model::load read a file. The defaults are those of the calls without
+/// options: every CRC-32 checked, tensors zero-copy.
+struct LoadOptions {
+  /// false (default): zero-copy, the tensors point into a private,
+  /// copy-on-write mapping of the file: no copy is made, and processes
+  /// that load the same file share its page cache. true: the tensors get
+  /// memory of their own. Pick true when another process may truncate or
+  /// rewrite the file while the model is in use: a truncated mapping
+  /// faults (SIGBUS, which kills the process) when a tensor is read, a
+  /// copy does not. (Renaming a new file over the path is safe either
+  /// way: the mapping keeps the old file.) Ignored by restore, which
+  /// always copies into the existing tensors, and by Checkpoint::open.
+  bool copy = false;
+  /// true (default): the CRC-32 of the tensor data is checked before
+  /// anything is handed out, so a flipped bit is PTS_ERROR_FORMAT. false
+  /// skips that check (the file's structure is still validated): for
+  /// files verified once when they were deployed (`pytorch-saver verify
+  /// FILE`), to load them faster; a flipped bit in tensor data then goes
+  /// unnoticed.
+  bool verify = true;
+};
+
+/// An owned pts_load_options_t handle.
+using LoadOptionsHandle = std::unique_ptr<pts_load_options_t, detail::LoadOptionsDeleter>;
+
+/// `options` as a new C handle, for the pts_*_ex calls.
+inline LoadOptionsHandle load_options_to_capi(const LoadOptions& options) {
+  pts_load_options_t* out = nullptr;
+  detail::check(pts_load_options_new(&out));
+  LoadOptionsHandle handle(out);
+  detail::check(pts_load_options_set_copy(out, options.copy));
+  detail::check(pts_load_options_set_verify(out, options.verify));
+  return handle;
+}
+
+/// Whether a model registered by Registry::register_module may run its
+/// forward on several threads at once when served by a Model.
+enum class Concurrency {
+  /// Concurrent calls (the default): the module's eval-mode forward only
+  /// reads the module, as torch::nn's modules' does.
+  Concurrent,
+  /// One call at a time: for a module whose forward writes to itself
+  /// (a cache, a counter, a non-thread-safe member) even in eval mode.
+  Serial,
+};
 
 /// The constructor kwargs a model factory receives. Borrowed: valid only
 /// during the factory call. A kwarg that no getter reads is refused as
@@ -236,6 +298,34 @@ namespace detail {
 struct ModuleInstance {
   std::shared_ptr<torch::nn::Module> module;
   std::function<torch::Tensor(const torch::Tensor&)> forward;
+  /// The module's training mode as of the last switch (or its build):
+  /// released after the switch, acquired by every call, so that a call
+  /// that finds the mode it needs reads the module's flags after the
+  /// write that set them.
+  std::atomic<bool> training{true};
+  /// Serializes the switches of the training mode.
+  std::mutex switching;
+
+  /// Puts the module in training mode `train` unless it is in it already.
+  /// Calls that find the mode they need only read (a Model's concurrent
+  /// eval-mode calls, after the first): module->train() writes the flag
+  /// of every submodule, so that switching on every call would be a data
+  /// race between concurrent calls. Concurrent calls must all want the
+  /// same mode (a Model's are all eval; a Container's are one at a time).
+  void set_training(bool train) {
+    // The module's own flag is compared too, for a caller that switched
+    // it outside this header (Container::module<M>()->eval()): read only
+    // after the acquire load, which orders it after the last switch.
+    if (training.load(std::memory_order_acquire) == train && module->is_training() == train) {
+      return;
+    }
+    std::lock_guard<std::mutex> lock(switching);
+    if (training.load(std::memory_order_relaxed) == train && module->is_training() == train) {
+      return;
+    }
+    module->train(train);
+    training.store(train, std::memory_order_release);
+  }
 };
 
 inline void delete_module_instance(void* instance) noexcept {
@@ -252,7 +342,7 @@ inline pts_error_t* module_forward(void* instance, const pts_tensor_t* input, bo
   try {
     auto& self = *static_cast<ModuleInstance*>(instance);
     torch::Tensor x = tensor_from_capi(input);
-    self.module->train(train);
+    self.set_training(train);
     torch::Tensor y;
     if (train) {
       y = self.forward(x);
@@ -285,7 +375,7 @@ inline void add_module_tensors(const torch::nn::Module& module, pts_model_builde
   }
 }
 
-template <class M, class F>
+template <class M, class F, Concurrency C>
 pts_error_t* module_factory(void* user_data, const pts_kwargs_t* kwargs, bool loading,
                             pts_model_builder_t* builder) noexcept {
   try {
@@ -296,11 +386,13 @@ pts_error_t* module_factory(void* user_data, const pts_kwargs_t* kwargs, bool lo
     auto instance = std::make_unique<ModuleInstance>();
     M* raw = module.get();
     instance->forward = [raw](const torch::Tensor& x) -> torch::Tensor { return raw->forward(x); };
+    instance->training.store(module->is_training(), std::memory_order_relaxed);
     instance->module = std::move(module);
     add_module_tensors(*instance->module, builder);
     // The library owns the instance from here on, whatever the outcome.
     check(pts_model_builder_set_forward(builder, &module_forward, instance.release(),
                                         &delete_module_instance));
+    if constexpr (C == Concurrency::Concurrent) check(pts_model_builder_set_thread_safe(builder));
     return nullptr;
   } catch (...) {
     return current_exception_to_error(PTS_ERROR_FACTORY);
@@ -346,10 +438,26 @@ class Registry {
   /// `(const Kwargs&, bool loading) -> std::shared_ptr<M>` (M may be left
   /// to deduction from its result); M needs `forward(torch::Tensor)`.
   /// `loading` is true when the values are about to be overwritten from a
-  /// file. The container shares the module's named_parameters() (in that
-  /// order, the optimizer's) and named_buffers(): optimizer steps and
-  /// loads change them in place. Forward runs `module->train(train)` then
-  /// `module->forward(x)` (under no_grad when not training).
+  /// file: the library checks every tensor's dtype and shape against the
+  /// file before it writes any value, then overwrites them all, so such a
+  /// factory may skip the random initialization (build the parameters
+  /// with torch::empty, which leaves the memory untouched, and costs no
+  /// resident memory until it is written: a file whose kwargs describe a
+  /// huge model is refused without touching that memory). The container
+  /// shares the module's named_parameters() (in that order, the
+  /// optimizer's) and named_buffers(): optimizer steps and loads change
+  /// them in place. Forward switches the module to the wanted training
+  /// mode (`module->train(train)`) when it is not in it already, then
+  /// runs `module->forward(x)` (under no_grad when not training).
+  ///
+  /// `concurrency`: with Concurrency::Concurrent (the default), a Model
+  /// serving the module (Model::load) runs forward calls from several
+  /// threads at once, so the module's eval-mode forward must be safe to
+  /// run concurrently: it only reads the module, as torch::nn's modules
+  /// do (Linear, Conv2d, BatchNorm2d in eval mode, ...). Register a
+  /// module that writes to itself in forward (a cache, a counter) with
+  /// Concurrency::Serial: a Model then runs its forward one call at a
+  /// time. Containers are not affected (one thread at a time anyway).
   ///
   /// The library owns a copy of `factory` and destroys it once, when the
   /// last registry or container using it is freed (or at once if this
@@ -358,7 +466,8 @@ class Registry {
   /// throws becomes the error of the call that ran it: Error keeps its
   /// code, anything else is PTS_ERROR_FACTORY with its message.
   template <class M = void, class F>
-  void register_module(const std::string& name, F&& factory) {
+  void register_module(const std::string& name, F&& factory,
+                       Concurrency concurrency = Concurrency::Concurrent) {
     using Fn = std::decay_t<F>;
     using Result = std::invoke_result_t<Fn&, const Kwargs&, bool>;
     using Module = typename detail::FactoryModule<M, Result>::type;
@@ -366,10 +475,13 @@ class Registry {
                   "register_module: M must be a torch::nn::Module subclass");
     static_assert(std::is_convertible_v<Result, std::shared_ptr<Module>>,
                   "register_module: the factory must return std::shared_ptr<M>");
+    pts_model_factory_t c_factory =
+        concurrency == Concurrency::Concurrent
+            ? &detail::module_factory<Module, Fn, Concurrency::Concurrent>
+            : &detail::module_factory<Module, Fn, Concurrency::Serial>;
     auto data = std::make_unique<Fn>(std::forward<F>(factory));
     // The library owns `data` from the call on, whatever the outcome.
-    detail::check(pts_registry_register_model(ptr_.get(), name.c_str(),
-                                              &detail::module_factory<Module, Fn>, data.release(),
+    detail::check(pts_registry_register_model(ptr_.get(), name.c_str(), c_factory, data.release(),
                                               &detail::delete_factory<Fn>));
   }
 
@@ -397,6 +509,16 @@ class Checkpoint {
   static Checkpoint open(const std::string& path) {
     pts_checkpoint_t* out = nullptr;
     detail::check(pts_checkpoint_open(path.c_str(), &out));
+    return Checkpoint(out);
+  }
+
+  /// As open(path), with `options`: with verify false the CRC-32 of the
+  /// tensor data is not computed (the structure is still validated);
+  /// copy does not apply (tensor() always copies).
+  static Checkpoint open(const std::string& path, const LoadOptions& options) {
+    LoadOptionsHandle c_options = load_options_to_capi(options);
+    pts_checkpoint_t* out = nullptr;
+    detail::check(pts_checkpoint_open_ex(path.c_str(), c_options.get(), &out));
     return Checkpoint(out);
   }
 
@@ -497,12 +619,28 @@ class Container {
   /// As load(path, registry), over the built-in classes.
   static Loaded load(const std::string& path);
 
+  /// As load(path, registry), reading the file as `options` says (copy
+  /// instead of zero-copy, skip the CRC check: see LoadOptions).
+  static Loaded load(const std::string& path, const Registry& registry, const LoadOptions& options);
+
+  /// As load(path, options), over the built-in classes.
+  static Loaded load(const std::string& path, const LoadOptions& options);
+
   /// Loads the file's state into the objects the container holds, in
   /// place (a module from module() sees the values). The file must name
   /// the same classes. All or nothing. Returns the flat metadata JSON.
   std::string restore(const std::string& path) {
     char* meta = nullptr;
     detail::check(pts_container_restore(ptr_.get(), path.c_str(), &meta));
+    return detail::take_string(meta);
+  }
+
+  /// As restore(path), with `options` (verify; copy does not apply: a
+  /// restore always copies into the existing tensors).
+  std::string restore(const std::string& path, const LoadOptions& options) {
+    LoadOptionsHandle c_options = load_options_to_capi(options);
+    char* meta = nullptr;
+    detail::check(pts_container_restore_ex(ptr_.get(), path.c_str(), c_options.get(), &meta));
     return detail::take_string(meta);
   }
 
@@ -643,7 +781,8 @@ class Container {
     return registry.capi();
   }
 
-  static Loaded load_from(const pts_registry_t* registry, const std::string& path);
+  static Loaded load_from(const pts_registry_t* registry, const std::string& path,
+                          const pts_load_options_t* options);
 
   std::unique_ptr<pts_container_t, detail::ContainerDeleter> ptr_;
 };
@@ -656,10 +795,11 @@ struct Container::Loaded {
 };
 
 inline Container::Loaded Container::load_from(const pts_registry_t* registry,
-                                              const std::string& path) {
+                                              const std::string& path,
+                                              const pts_load_options_t* options) {
   pts_container_t* out = nullptr;
   char* meta = nullptr;
-  detail::check(pts_container_load(registry, path.c_str(), &out, &meta));
+  detail::check(pts_container_load_ex(registry, path.c_str(), options, &out, &meta));
   Container container(out);
   std::string metadata = detail::take_string(meta);
   detail::check(pts_container_set_producer_language(out, kProducerLanguage));
@@ -667,11 +807,118 @@ inline Container::Loaded Container::load_from(const pts_registry_t* registry,
 }
 
 inline Container::Loaded Container::load(const std::string& path, const Registry& registry) {
-  return load_from(checked(registry), path);
+  return load_from(checked(registry), path, nullptr);
 }
 
 inline Container::Loaded Container::load(const std::string& path) {
-  return load_from(nullptr, path);
+  return load_from(nullptr, path, nullptr);
+}
+
+inline Container::Loaded Container::load(const std::string& path, const Registry& registry,
+                                         const LoadOptions& options) {
+  const pts_registry_t* c_registry = checked(registry);
+  return load_from(c_registry, path, load_options_to_capi(options).get());
+}
+
+inline Container::Loaded Container::load(const std::string& path, const LoadOptions& options) {
+  return load_from(nullptr, path, load_options_to_capi(options).get());
+}
+
+/// A model loaded for inference, read-only: eval mode, no gradients, no
+/// optimizer (one in the file is ignored). Move-only. Unlike a Container,
+/// a Model may be used by many threads at once (an inference server's
+/// request handlers): forward calls run in parallel for the built-in
+/// models and for modules registered with Concurrency::Concurrent (the
+/// default), one at a time for the others (concurrent() says which).
+/// Destroy it only once no forward call is running.
+class Model {
+ public:
+  struct Loaded;
+
+  /// Loads the model of the file at `path` over `registry`'s classes,
+  /// with every check of Container::load, reading the file as `options`
+  /// says. Returns the model and the flat metadata as JSON text.
+  static Loaded load(const std::string& path, const Registry& registry,
+                     const LoadOptions& options = {});
+
+  /// As load(path, registry, options), over the built-in classes.
+  static Loaded load(const std::string& path, const LoadOptions& options = {});
+
+  /// Runs the model on `input` in eval mode with no gradient tracking.
+  /// Thread-safe: may be called from many threads at once.
+  torch::Tensor forward(const torch::Tensor& input) const {
+    TensorHandle in = tensor_to_capi(input);
+    pts_tensor_t* out = nullptr;
+    detail::check(pts_model_forward(ptr_.get(), in.get(), &out));
+    TensorHandle result(out);
+    return tensor_from_capi(result.get());
+  }
+
+  /// The model's registry class name (`pytorch_saver.models.Sequential`,
+  /// ...).
+  std::string class_name() const {
+    const char* out = nullptr;
+    detail::check(pts_model_class(ptr_.get(), &out));
+    return out;
+  }
+
+  /// Whether forward calls run concurrently (true) or one at a time.
+  bool concurrent() const {
+    bool out = false;
+    detail::check(pts_model_is_concurrent(ptr_.get(), &out));
+    return out;
+  }
+
+  /// A tensor of the model's state dict (parameter or buffer) by name,
+  /// sharing its storage: read it, never write to it (a data race with
+  /// forward calls; with zero-copy loads the pages are the file's until
+  /// written). PTS_ERROR_NOT_FOUND for an unknown name.
+  torch::Tensor state_tensor(const std::string& name) const {
+    pts_tensor_t* out = nullptr;
+    detail::check(pts_model_state_tensor(ptr_.get(), name.c_str(), &out));
+    TensorHandle handle(out);
+    return tensor_from_capi(handle.get());
+  }
+
+  pts_model_t* capi() noexcept { return ptr_.get(); }
+  const pts_model_t* capi() const noexcept { return ptr_.get(); }
+
+ private:
+  explicit Model(pts_model_t* raw) noexcept : ptr_(raw) {}
+
+  static Loaded load_from(const pts_registry_t* registry, const std::string& path,
+                          const LoadOptions& options);
+
+  std::unique_ptr<pts_model_t, detail::ModelDeleter> ptr_;
+};
+
+/// What Model::load returns.
+struct Model::Loaded {
+  Model model;
+  /// The flat metadata as JSON text.
+  std::string metadata_json;
+};
+
+inline Model::Loaded Model::load_from(const pts_registry_t* registry, const std::string& path,
+                                      const LoadOptions& options) {
+  LoadOptionsHandle c_options = load_options_to_capi(options);
+  pts_model_t* out = nullptr;
+  char* meta = nullptr;
+  detail::check(pts_model_load(registry, path.c_str(), c_options.get(), &out, &meta));
+  Model model(out);
+  return Loaded{std::move(model), detail::take_string(meta)};
+}
+
+inline Model::Loaded Model::load(const std::string& path, const Registry& registry,
+                                 const LoadOptions& options) {
+  if (registry.capi() == nullptr) {
+    throw Error(PTS_ERROR_NULL_ARGUMENT, "the registry is empty (moved from)");
+  }
+  return load_from(registry.capi(), path, options);
+}
+
+inline Model::Loaded Model::load(const std::string& path, const LoadOptions& options) {
+  return load_from(nullptr, path, options);
 }
 
 }  // namespace pytorch_saver

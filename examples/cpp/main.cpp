@@ -1,6 +1,7 @@
 // pytorch-saver from C++ in one minute: define a torch::nn::Module,
 // register it under a class name, train it with Adam and StepLR through a
-// container, save a checkpoint, load it into a new container and run it.
+// container, save a checkpoint, load it into a new container and run it,
+// then load the model alone for serving.
 //
 // Build and run (bindings/cpp/CMakeLists.txt, target example_cpp):
 //   cmake -S bindings/cpp -B build -DCMAKE_PREFIX_PATH=<sdk prefix>
@@ -72,7 +73,14 @@ int main(int argc, char** argv) {
     torch::Tensor prediction = loaded.forward(x);
     std::cout << "loaded model's loss " << torch::mse_loss(prediction, y).item<double>() << ", lr "
               << loaded.lr() << "\nmetadata " << metadata << "\n";
-    return 0;
+
+    // 6. Serve it: a Model is the model alone, read-only, in eval mode;
+    //    any number of threads may call its forward at once.
+    auto served = pytorch_saver::Model::load(path, registry);
+    bool same = torch::equal(served.model.forward(x), prediction);
+    std::cout << "served " << served.model.class_name() << ", concurrent "
+              << served.model.concurrent() << ", same prediction " << same << "\n";
+    return same ? 0 : 1;
   } catch (const pytorch_saver::Error& e) {
     std::cerr << "pytorch_saver error " << e.code() << ": " << e.what() << "\n";
     return 1;

@@ -2,7 +2,8 @@
 // trained by the container, saved, resumed in a fresh process and compared
 // bit for bit with an uninterrupted run; the module the C++ code holds is
 // the one the container trains; Rust's golden file gives Rust's output;
-// errors become exceptions with codes; moves and finalizers.
+// errors become exceptions with codes; moves and finalizers; load options
+// (copy, verify); Model serving forward from many threads at once.
 //
 // The binary has its own main: `test_container --resume-child IN OUT_DIR`
 // is the fresh process of ResumeInFreshProcess (it loads IN, trains on and
@@ -27,6 +28,7 @@
 #include <pytorch_saver.hpp>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -39,7 +41,9 @@ using pytorch_saver::Checkpoint;
 using pytorch_saver::Container;
 using pytorch_saver::Error;
 using pytorch_saver::Kwargs;
+using pytorch_saver::LoadOptions;
 using pytorch_saver::Member;
+using pytorch_saver::Model;
 using pytorch_saver::Registry;
 
 constexpr const char* kNetClass = "tests.cpp.Net";
@@ -605,6 +609,279 @@ TEST(ContainerLifetime, MovesAndFinalizersRunOnce) {
   EXPECT_EQ(g_modules_destroyed, 3);  // `held` keeps the loaded one alive
   held.reset();
   EXPECT_EQ(g_modules_destroyed, 4);
+}
+
+std::string golden_path(const std::string& name) {
+  return std::string(PTS_REPO_ROOT) + "/tests/golden/v1/" + name;
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("cannot write " + path);
+}
+
+// The offset one past the stored data of ZIP member `name` (the files
+// store their members uncompressed, sizes in the local headers).
+size_t member_data_end(const std::string& zip, const std::string& name) {
+  auto u16 = [&](size_t at) {
+    return static_cast<size_t>(static_cast<uint8_t>(zip.at(at))) |
+           static_cast<size_t>(static_cast<uint8_t>(zip.at(at + 1))) << 8;
+  };
+  auto u32 = [&](size_t at) { return u16(at) | u16(at + 2) << 16; };
+  size_t at = 0;
+  while (zip.compare(at, 4, "PK\x03\x04") == 0) {
+    size_t name_len = u16(at + 26);
+    size_t data = at + 30 + name_len + u16(at + 28);
+    size_t end = data + u32(at + 18);
+    if (zip.compare(at + 30, name_len, name) == 0) return end;
+    at = end;
+  }
+  throw std::runtime_error("no ZIP member " + name);
+}
+
+// Every tensor of a state dict by name: the same values (bit for bit).
+void expect_same_parameters(const Container& a, const Container& b) {
+  auto pa = a.named_parameters();
+  auto pb = b.named_parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  ASSERT_FALSE(pa.empty());
+  for (size_t i = 0; i < pa.size(); ++i) {
+    EXPECT_EQ(pa[i].first, pb[i].first);
+    EXPECT_TRUE(torch::equal(pa[i].second, pb[i].second)) << pa[i].first;
+  }
+}
+
+TEST(LoadOptionsTest, CopyAndNoVerifyLoadTheSameTensors) {
+  TempDir tmp;
+  Registry registry;
+  register_net(registry);
+  Container trained = new_net_container(registry);
+  train(trained, 0, 3);
+  std::string path = trained.save(tmp.str(), "options", R"({"step": 3})");
+  auto [x, y] = batch(0);
+
+  auto plain = Container::load(path, registry);
+  auto copied = Container::load(path, registry, LoadOptions{/*copy=*/true, /*verify=*/true});
+  auto unverified = Container::load(path, registry, LoadOptions{/*copy=*/false, /*verify=*/false});
+  EXPECT_EQ(plain.metadata_json, copied.metadata_json);
+  EXPECT_EQ(plain.metadata_json, unverified.metadata_json);
+  expect_same_parameters(plain.container, trained);
+  expect_same_parameters(copied.container, trained);
+  expect_same_parameters(unverified.container, trained);
+  const torch::Tensor expected = trained.forward(x);
+  EXPECT_TRUE(torch::equal(plain.container.forward(x), expected));
+  EXPECT_TRUE(torch::equal(copied.container.forward(x), expected));
+  EXPECT_TRUE(torch::equal(unverified.container.forward(x), expected));
+  EXPECT_EQ(copied.container.lrs(), trained.lrs());
+
+  // Training goes on from a copied load as from a mapped one.
+  train(plain.container, 3, 5);
+  train(copied.container, 3, 5);
+  expect_same_parameters(plain.container, copied.container);
+
+  // restore() and Checkpoint::open() with options; the built-in classes.
+  Container restored = new_net_container(registry);
+  restored.restore(path, LoadOptions{false, false});
+  expect_same_parameters(restored, trained);
+  expect_same_tensors(path, path);
+  Checkpoint unchecked = Checkpoint::open(path, LoadOptions{false, false});
+  EXPECT_TRUE(torch::equal(unchecked.tensor(Member::Model, "fc1.weight"),
+                           Checkpoint::open(path).tensor(Member::Model, "fc1.weight")));
+  std::string golden = golden_path("rust_mlp_inference.zip");
+  auto builtin = Container::load(golden, LoadOptions{true, false});
+  EXPECT_TRUE(torch::equal(builtin.container.forward(recorded_forward(golden).input),
+                           recorded_forward(golden).output));
+}
+
+TEST(LoadOptionsTest, FlippedByteIsFoundUnlessVerifyIsOff) {
+  TempDir tmp;
+  const std::string golden = golden_path("rust_mlp_inference.zip");
+  std::string bytes = read_file(golden);
+  const size_t at = member_data_end(bytes, "model.safetensors") - 3;  // in the last tensor
+  bytes[at] = static_cast<char>(bytes[at] ^ 0x40);
+  const std::string flipped = tmp.str() + "/flipped.zip";
+  write_file(flipped, bytes);
+
+  EXPECT_PTS_ERROR(Container::load(flipped), PTS_ERROR_FORMAT);
+  EXPECT_PTS_ERROR(Container::load(flipped, LoadOptions{/*copy=*/true}), PTS_ERROR_FORMAT);
+  EXPECT_PTS_ERROR(Model::load(flipped), PTS_ERROR_FORMAT);
+  EXPECT_PTS_ERROR(Checkpoint::open(flipped), PTS_ERROR_FORMAT);
+  Container container;
+  container.initialize("pytorch_saver.models.MLP",
+                       R"({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 3})");
+  EXPECT_PTS_ERROR(container.restore(flipped), PTS_ERROR_FORMAT);
+
+  const LoadOptions unverified{/*copy=*/false, /*verify=*/false};
+  auto loaded = Container::load(flipped, unverified);
+  auto reference = Container::load(golden);
+  auto params = loaded.container.named_parameters();
+  auto good = reference.container.named_parameters();
+  ASSERT_EQ(params.size(), good.size());
+  int differing = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!torch::equal(params[i].second, good[i].second)) ++differing;
+  }
+  EXPECT_EQ(differing, 1);  // the flipped bit went unnoticed, as asked
+  EXPECT_NO_THROW(Container::load(flipped, LoadOptions{/*copy=*/true, /*verify=*/false}));
+  EXPECT_NO_THROW(Model::load(flipped, unverified));
+  EXPECT_NO_THROW(Checkpoint::open(flipped, unverified));
+  EXPECT_NO_THROW(container.restore(flipped, unverified));
+}
+
+constexpr int kThreads = 8;
+constexpr int kForwards = 64;
+
+// forward(inputs[i]) for every i, input i on thread i % kThreads; the
+// threads start together. Errors are reported as test failures.
+std::vector<torch::Tensor> forward_from_threads(const Model& model,
+                                                const std::vector<torch::Tensor>& inputs) {
+  std::vector<torch::Tensor> outputs(inputs.size());
+  std::vector<std::string> errors(kThreads);
+  std::atomic<int> ready{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      ++ready;
+      while (ready.load() < kThreads) std::this_thread::yield();
+      try {
+        for (size_t i = t; i < inputs.size(); i += kThreads) outputs[i] = model.forward(inputs[i]);
+      } catch (const std::exception& e) {
+        errors[t] = e.what();
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (const std::string& error : errors) EXPECT_EQ(error, "");
+  return outputs;
+}
+
+// kForwards forwards from kThreads threads equal the sequential ones bit
+// for bit, and `expected` (the same model run elsewhere) when given.
+void expect_threads_match_sequential(const Model& model, const std::vector<torch::Tensor>& inputs,
+                                     const std::vector<torch::Tensor>& expected = {}) {
+  std::vector<torch::Tensor> threaded = forward_from_threads(model, inputs);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    torch::Tensor sequential = model.forward(inputs[i]);
+    ASSERT_TRUE(threaded[i].defined()) << i;
+    EXPECT_TRUE(torch::equal(threaded[i], sequential)) << "input " << i;
+    if (!expected.empty()) {
+      EXPECT_TRUE(torch::equal(sequential, expected[i])) << "input " << i;
+    }
+    EXPECT_FALSE(threaded[i].requires_grad());
+  }
+}
+
+std::vector<torch::Tensor> random_inputs(std::vector<int64_t> sizes) {
+  torch::manual_seed(42);
+  std::vector<torch::Tensor> inputs;
+  for (int i = 0; i < kForwards; ++i) inputs.push_back(torch::randn(sizes));
+  return inputs;
+}
+
+TEST(ModelServing, BuiltInModelsRunConcurrentlyBitForBit) {
+  // Rust's MLP gives Rust's recorded output.
+  const std::string mlp = golden_path("rust_mlp_inference.zip");
+  auto [x, expected] = recorded_forward(mlp);
+  auto [model, metadata] = Model::load(mlp);
+  EXPECT_TRUE(contains(metadata, "\"in_dim\":4")) << metadata;
+  EXPECT_EQ(model.class_name(), "pytorch_saver.models.MLP");
+  EXPECT_TRUE(model.concurrent());
+  EXPECT_TRUE(torch::equal(model.forward(x), expected));
+  EXPECT_TRUE(torch::equal(model.state_tensor("fc1.weight"),
+                           Checkpoint::open(mlp).tensor(Member::Model, "fc1.weight")));
+  EXPECT_PTS_ERROR(model.state_tensor("fc9.weight"), PTS_ERROR_NOT_FOUND);
+  expect_threads_match_sequential(model, random_inputs({5, 4}));
+
+  // The Python-trained convnet (Conv2d, BatchNorm2d, ...): its optimizer is
+  // ignored; copied or mapped, the same outputs.
+  const std::string convnet = golden_path("python_sequential_convnet_adam_warm_restarts.zip");
+  const torch::Tensor image = recorded_forward(convnet).input;
+  auto mapped = Model::load(convnet, Registry());
+  auto copied = Model::load(convnet, LoadOptions{/*copy=*/true});
+  EXPECT_EQ(mapped.model.class_name(), "pytorch_saver.models.Sequential");
+  EXPECT_TRUE(mapped.model.concurrent());
+  std::vector<int64_t> sizes(image.sizes().begin(), image.sizes().end());
+  std::vector<torch::Tensor> images = random_inputs(sizes);
+  std::vector<torch::Tensor> reference;
+  for (const auto& input : images) reference.push_back(copied.model.forward(input));
+  expect_threads_match_sequential(mapped.model, images, reference);
+
+  // Moved from.
+  Model moved = std::move(mapped.model);
+  EXPECT_EQ(mapped.model.capi(), nullptr);
+  EXPECT_PTS_ERROR(mapped.model.forward(image), PTS_ERROR_NULL_ARGUMENT);
+  EXPECT_PTS_ERROR(mapped.model.concurrent(), PTS_ERROR_NULL_ARGUMENT);
+  EXPECT_TRUE(torch::equal(moved.forward(images[0]), reference[0]));
+  EXPECT_PTS_ERROR(Model::load(mlp + ".missing"), PTS_ERROR_IO);
+}
+
+// Linear, Dropout, Linear: its output shows the training mode (dropout
+// zeroes half the hidden units in training mode only).
+struct DropNet : torch::nn::Module {
+  DropNet(int64_t in, int64_t hidden, int64_t out)
+      : fc1(register_module("fc1", torch::nn::Linear(in, hidden))),
+        drop(register_module("drop", torch::nn::Dropout(0.5))),
+        fc2(register_module("fc2", torch::nn::Linear(hidden, out))) {}
+  torch::Tensor forward(torch::Tensor x) { return fc2(drop(torch::relu(fc1(x)))); }
+
+  torch::nn::Linear fc1;
+  torch::nn::Dropout drop;
+  torch::nn::Linear fc2;
+};
+
+constexpr const char* kDropNetKwargs = R"({"in": 4, "hidden": 64, "out": 3})";
+
+void register_drop_net(Registry& registry, const std::string& name,
+                       pytorch_saver::Concurrency concurrency) {
+  registry.register_module<DropNet>(
+      name,
+      [](const Kwargs& kw, bool) {
+        return std::make_shared<DropNet>(kw.get<int64_t>("in"), kw.get<int64_t>("hidden"),
+                                         kw.get<int64_t>("out"));
+      },
+      concurrency);
+}
+
+TEST(ModelServing, RegisteredModuleRunsConcurrentlyInEvalMode) {
+  TempDir tmp;
+  Registry registry;
+  register_drop_net(registry, "tests.cpp.DropNet", pytorch_saver::Concurrency::Concurrent);
+  register_drop_net(registry, "tests.cpp.SerialDropNet", pytorch_saver::Concurrency::Serial);
+  std::vector<torch::Tensor> inputs = random_inputs({16, 4});
+
+  for (const char* name : {"tests.cpp.DropNet", "tests.cpp.SerialDropNet"}) {
+    SCOPED_TRACE(name);
+    Container container(registry);
+    torch::manual_seed(3);
+    container.initialize(name, kDropNetKwargs, "torch.optim.SGD", R"({"lr": 0.1})");
+    std::vector<torch::Tensor> expected;  // eval mode: no dropout
+    for (const auto& input : inputs) expected.push_back(container.forward(input));
+    std::string path = container.save_inference(tmp.str(), name);
+
+    // The module the factory builds starts in training mode; the first
+    // forward calls, from 8 threads at once, switch it to eval once.
+    auto [model, metadata] = Model::load(path, registry);
+    EXPECT_EQ(model.class_name(), name);
+    EXPECT_EQ(model.concurrent(), std::string(name) == "tests.cpp.DropNet");
+    expect_threads_match_sequential(model, inputs, expected);
+
+    // The container switches the mode when asked, also when the caller
+    // switched the module itself since the last call.
+    const torch::Tensor& x = inputs[0];
+    std::shared_ptr<DropNet> module = container.module<DropNet>();
+    torch::manual_seed(5);
+    EXPECT_FALSE(torch::equal(container.forward(x, /*train=*/true), expected[0]));
+    EXPECT_TRUE(module->drop->is_training());
+    module->eval();
+    EXPECT_FALSE(torch::equal(container.forward(x, /*train=*/true), expected[0]));
+    EXPECT_TRUE(module->drop->is_training());
+    EXPECT_TRUE(torch::equal(container.forward(x), expected[0]));
+    EXPECT_FALSE(module->drop->is_training());
+    module->train();
+    EXPECT_TRUE(torch::equal(container.forward(x), expected[0]));
+    EXPECT_FALSE(module->drop->is_training());
+  }
 }
 
 }  // namespace
