@@ -72,11 +72,7 @@ impl LoadOptions {
     }
 
     pub(crate) fn read_options(&self) -> ReadOptions {
-        ReadOptions {
-            verify: self.verify,
-            // A copying load reads every page twice; mapped tensors need them.
-            release_pages: self.copy,
-        }
+        ReadOptions { verify: self.verify }
     }
 }
 
@@ -872,7 +868,7 @@ impl ModelContainer {
     /// (`copy` does not apply: restoring always copies, straight from the
     /// file's mapping into the existing tensors, on several threads).
     pub fn restore_with(&mut self, path: impl AsRef<Path>, options: &LoadOptions) -> Result<Map<String, Value>> {
-        let ckpt = Checkpoint::open_with(path, options.with_copy(true).read_options())?;
+        let ckpt = Checkpoint::open_with(path, options.read_options())?;
         let manifest = ckpt.manifest();
         let model = self.model.as_ref().ok_or(Error::NotInitialized)?;
         let parts = [

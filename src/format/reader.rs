@@ -41,21 +41,11 @@ pub struct ReadOptions {
     /// `metadata.json`'s CRC and the whole structure are always checked
     /// (FORMAT.md section 9).
     pub verify: bool,
-    /// Drop the pages of the tensor members from this process's mapping
-    /// once their CRC is checked (they stay in the page cache). For a
-    /// caller that copies the tensors rather than mapping them (a restore,
-    /// a copying load): the mapping then does not add the file's size to
-    /// its peak resident memory, at the cost of faulting the pages in
-    /// again when they are copied.
-    pub release_pages: bool,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions {
-            verify: true,
-            release_pages: false,
-        }
+        ReadOptions { verify: true }
     }
 }
 
@@ -106,6 +96,21 @@ impl PrivateMapping {
             };
         }
     }
+}
+
+/// Maps every page of `data` (part of a file mapping) in one call, as
+/// reading them would one fault at a time: for a pass that reads them all.
+/// Advisory: where the kernel refuses (before Linux 5.14), faults do it.
+fn populate(data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let page = page_size();
+    let start = data.as_ptr() as usize / page * page;
+    let end = data.as_ptr() as usize + data.len();
+    // SAFETY: the range covers pages of a live mapping (rounded down to
+    // the page `data` starts in); MADV_POPULATE_READ only reads them in.
+    let _ = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_POPULATE_READ) };
 }
 
 fn page_size() -> usize {
@@ -257,8 +262,7 @@ impl Checkpoint {
         for (i, (entry, data_start)) in layout.iter().enumerate() {
             // metadata.json is always checked: it is parsed right below.
             if i == 0 || options.verify {
-                let release = (i > 0 && options.release_pages).then_some(&map);
-                verify_crc(buf, entry, *data_start, release)?;
+                verify_crc(buf, entry, *data_start)?;
             }
         }
         let (meta_entry, meta_start) = &layout[0];
@@ -403,19 +407,9 @@ impl Checkpoint {
     }
 }
 
-fn verify_crc(
-    buf: &[u8],
-    entry: &CentralEntry,
-    data_start: u64,
-    release: Option<&PrivateMapping>,
-) -> Result<(), FormatError> {
-    let start = data_start as usize;
-    let data = &buf[start..start + entry.size as usize];
-    let computed = crc32_then(data, &|at, len| {
-        if let Some(map) = release {
-            map.release(start + at, start + at + len);
-        }
-    });
+fn verify_crc(buf: &[u8], entry: &CentralEntry, data_start: u64) -> Result<(), FormatError> {
+    let data = &buf[data_start as usize..(data_start + entry.size) as usize];
+    let computed = crc32(data);
     if computed != entry.crc {
         return Err(FormatError::CrcMismatch {
             member: entry.name.clone(),
@@ -437,33 +431,24 @@ pub(crate) fn threads_for(len: usize) -> usize {
 /// The CRC-32 of `data`, on several threads when it is large: each thread
 /// hashes one contiguous part (SIMD, by crc32fast) and the parts' CRCs
 /// are combined.
-#[cfg(test)]
 pub(crate) fn crc32(data: &[u8]) -> u32 {
-    crc32_then(data, &|_, _| {})
-}
-
-/// [`crc32`], calling `done(offset, len)` after each piece of `data` is
-/// hashed (to release its pages).
-fn crc32_then(data: &[u8], done: &(dyn Fn(usize, usize) + Sync)) -> u32 {
-    const PIECE: usize = 8 << 20;
-    let hash = |at: usize, part: &[u8]| {
-        let mut h = crc32fast::Hasher::new();
-        for (i, piece) in part.chunks(PIECE).enumerate() {
-            h.update(piece);
-            done(at + i * PIECE, piece.len());
-        }
-        h
-    };
     let threads = threads_for(data.len());
     if threads == 1 {
-        return hash(0, data).finalize();
+        populate(data);
+        return crc32fast::hash(data);
     }
     let part = data.len().div_ceil(threads);
     let hashers: Vec<crc32fast::Hasher> = std::thread::scope(|s| {
         let handles: Vec<_> = data
             .chunks(part)
-            .enumerate()
-            .map(|(i, chunk)| s.spawn(move || hash(i * part, chunk)))
+            .map(|chunk| {
+                s.spawn(move || {
+                    populate(chunk);
+                    let mut h = crc32fast::Hasher::new();
+                    h.update(chunk);
+                    h
+                })
+            })
             .collect();
         handles
             .into_iter()
