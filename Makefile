@@ -3,8 +3,11 @@
 #   make demo   build, then train in Python, inspect with the CLI, resume in
 #               Rust and serve from Go, checking the outputs at every step
 #   make test   formatting, lints, every test
-#   make bench  save/load against raw I/O and tch (1 GiB); optimizer step against
-#               LibTorch's C++ optimizers and torch.optim
+#   make bench  save/load against raw I/O and tch (1 GiB); loads of a 1 GiB model,
+#               fresh and into existing objects, from Rust (C ABI) and Python
+#               against torch.load(mmap), safetensors, DCP and raw reads, with
+#               peak RSS and the PSS of four processes sharing one file;
+#               optimizer step against LibTorch's C++ optimizers and torch.optim
 #   make install     the C/C++ SDK (libraries, headers, pkg-config, CMake
 #                    package) into PREFIX (default target/sdk)
 #   make header      regenerate include/pytorch_saver.h after a C ABI change
@@ -158,9 +161,10 @@ python-test: python-package
 
 test: lint rust-test python-test c-test cpp-test go-test
 
-bench: build
+bench: build python-package
 	$(CARGO) bench --bench save_load
 	$(CARGO) bench --bench optim_step
+	$(CARGO) bench --bench load_capi
 
 # Coverage-guided fuzzing of the reader (needs a nightly toolchain and
 # cargo-fuzz: cargo install cargo-fuzz), seeded with the golden files;
