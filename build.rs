@@ -19,6 +19,7 @@ fn torch_kernels(lib: &std::path::Path) {
     let include = lib.parent().expect("libtorch lib dir has a parent").join("include");
     println!("cargo:rerun-if-changed=src/optim/kernels.cpp");
     println!("cargo:rerun-if-changed=src/borrowed_memory.cpp");
+    println!("cargo:rerun-if-changed=src/shim_guard.h");
     cc::Build::new()
         .cpp(true)
         .pic(true)

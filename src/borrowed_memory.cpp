@@ -12,21 +12,9 @@
 #include <ATen/ops/from_blob.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <memory>
 
-namespace {
-
-char *copy_message(const char *text) {
-  size_t n = std::strlen(text) + 1;
-  char *copy = static_cast<char *>(std::malloc(n));
-  if (copy != nullptr) std::memcpy(copy, text, n);
-  return copy;
-}
-
-}  // namespace
+#include "shim_guard.h"
 
 extern "C" {
 
@@ -37,19 +25,14 @@ char *pts_tensor_over_memory(void *data, const int64_t *sizes, size_t ndim, int 
                              void (*release)(void *), void *context, at::Tensor **out) {
   // Owns the context from here on, whatever happens below.
   std::unique_ptr<void, void (*)(void *)> owner(context, release);
-  try {
+  return pts_shim::guard([&] {
     auto options = at::TensorOptions().dtype(static_cast<c10::ScalarType>(dtype)).device(at::kCPU);
     at::Tensor tensor = at::for_blob(data, at::IntArrayRef(sizes, ndim))
                             .context(owner.release(), release)
                             .options(options)
                             .make_tensor();
     *out = new at::Tensor(std::move(tensor));
-    return nullptr;
-  } catch (const std::exception &e) {
-    return copy_message(e.what());
-  } catch (...) {
-    return copy_message("unknown C++ exception");
-  }
+  });
 }
 
 }  // extern "C"

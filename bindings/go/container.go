@@ -567,15 +567,7 @@ func (c *Container) StateFloat32(name string) ([]float32, []int64, error) {
 			return err
 		}
 		defer C.pts_tensor_free(t)
-		info, err := cTensorInfo(t)
-		if err != nil {
-			return err
-		}
-		if info.DType != Float32 {
-			return errorf(CodeInvalidArgument, "tensor %q is %v, not F32", name, info.DType)
-		}
-		out, err = cTensorCopy[float32](t, info)
-		shape = info.Shape
+		out, shape, err = cFloat32Values(name, t)
 		return err
 	})
 	if err != nil {

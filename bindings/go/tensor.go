@@ -315,6 +315,20 @@ func tensorValues[T Element](t *Tensor) ([]T, error) {
 	return out, err
 }
 
+// cFloat32Values copies a live Float32 handle's values and shape out
+// (name is the tensor's, for the error when it has another dtype).
+func cFloat32Values(name string, ptr *C.pts_tensor_t) ([]float32, []int64, error) {
+	info, err := cTensorInfo(ptr)
+	if err != nil {
+		return nil, nil, err
+	}
+	if info.DType != Float32 {
+		return nil, nil, errorf(CodeInvalidArgument, "tensor %q is %v, not F32", name, info.DType)
+	}
+	out, err := cTensorCopy[float32](ptr, info)
+	return out, info.Shape, err
+}
+
 // cTensorInfo reads a live handle's dtype, shape and byte size.
 func cTensorInfo(ptr *C.pts_tensor_t) (TensorInfo, error) {
 	var dtype C.pts_dtype_t

@@ -93,6 +93,19 @@ impl pts_tensor_t {
     }
 }
 
+/// A shape argument `(shape, ndim)`: NULL is accepted when `ndim` is 0 (a
+/// scalar).
+unsafe fn shape_arg<'a>(shape: *const i64, ndim: usize) -> CResult<&'a [i64]> {
+    if ndim == 0 {
+        return Ok(&[]);
+    }
+    if shape.is_null() {
+        return Err(pts_error_t::new(PTS_ERROR_NULL_ARGUMENT, "argument shape is NULL"));
+    }
+    // SAFETY: the caller guarantees ndim readable int64_t at shape.
+    Ok(unsafe { std::slice::from_raw_parts(shape, ndim) })
+}
+
 /// Shape (dims, ndim) as libtorch sizes, checking that the byte length
 /// matches.
 fn checked_shape(dtype: Dtype, shape: &[i64], len: usize) -> CResult<()> {
@@ -137,15 +150,7 @@ pub unsafe extern "C" fn pts_tensor_from_buffer(
     boundary(|| {
         let out = Out::new(out, "out")?;
         let dtype = dtype_from_c(dtype)?;
-        let shape: &[i64] = if ndim == 0 {
-            &[]
-        } else {
-            if shape.is_null() {
-                return Err(pts_error_t::new(PTS_ERROR_NULL_ARGUMENT, "argument shape is NULL"));
-            }
-            // SAFETY: the caller guarantees ndim readable int64_t at shape.
-            unsafe { std::slice::from_raw_parts(shape, ndim) }
-        };
+        let shape = unsafe { shape_arg(shape, ndim) }?;
         checked_shape(dtype, shape, len)?;
         let bytes = unsafe { arg_bytes(data.cast(), len, "data") }?;
         let kind = kind_of(dtype).expect("v1 dtypes map to kinds");
@@ -177,15 +182,7 @@ pub unsafe extern "C" fn pts_tensor_empty(
     boundary(|| {
         let out = Out::new(out, "out")?;
         let dtype = dtype_from_c(dtype)?;
-        let shape: &[i64] = if ndim == 0 {
-            &[]
-        } else {
-            if shape.is_null() {
-                return Err(pts_error_t::new(PTS_ERROR_NULL_ARGUMENT, "argument shape is NULL"));
-            }
-            // SAFETY: the caller guarantees ndim readable int64_t at shape.
-            unsafe { std::slice::from_raw_parts(shape, ndim) }
-        };
+        let shape = unsafe { shape_arg(shape, ndim) }?;
         if let Some(d) = shape.iter().find(|&&d| d < 0) {
             return Err(pts_error_t::new(
                 PTS_ERROR_INVALID_ARGUMENT,

@@ -14,31 +14,10 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdlib>
-#include <cstring>
-#include <exception>
 
-namespace {
+#include "../shim_guard.h"
 
-char *message(const char *text) {
-  size_t n = std::strlen(text) + 1;
-  char *copy = static_cast<char *>(std::malloc(n));
-  if (copy != nullptr) std::memcpy(copy, text, n);
-  return copy;
-}
-
-template <typename F>
-char *guard(F &&f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const std::exception &e) {
-    return message(e.what());
-  } catch (...) {
-    return message("unknown C++ exception");
-  }
-}
-
-}  // namespace
+using pts_shim::guard;
 
 extern "C" {
 
