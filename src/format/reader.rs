@@ -83,6 +83,7 @@ impl PrivateMapping {
     /// mapping; the page cache keeps them and a later access faults them
     /// in again. Only for ranges that no tensor handed out points into
     /// and that nothing wrote to (a private page's changes would be lost).
+    #[cfg(feature = "torch")]
     pub(crate) fn release(&self, start: usize, end: usize) {
         let page = page_size();
         let (first, last) = (start.next_multiple_of(page), end.min(self.len()) / page * page);
