@@ -1,5 +1,5 @@
 //! Format v1 without tch: round trips through the writer and reader, one
-//! test per reader failure of DESIGN.md section 4, and the writer's
+//! test per reader failure of docs/FORMAT.md section 9, and the writer's
 //! durability rules (no overwrite, no temp file left, clear errors).
 
 mod common;

@@ -3,7 +3,7 @@
 //! from this module by cbindgen (`make header`); `docs/C_API.md` is the
 //! guide.
 //!
-//! Rules every function follows (DESIGN.md section 5):
+//! Rules every function follows (docs/C_API.md states them for callers):
 //! - A fallible call returns `pts_error_t *`, NULL on success, and writes
 //!   its results through out-pointers only on success.
 //! - Every body runs inside [`boundary`]: a panic becomes a

@@ -1,6 +1,6 @@
 """``ModelContainer``: build a model, optimizer and LR scheduler from classes
 and kwargs, save them to a format-v1 checkpoint, and rebuild them from one
-(DESIGN.md section 1; docs/FORMAT.md).
+(the README's Python section; docs/FORMAT.md).
 
 Loading is all-or-nothing: every class is resolved and checked, every object
 built and every piece of saved state checked against it before any state is

@@ -1,5 +1,5 @@
 """Safe class resolution: from a class name recorded in a file to a class, and
-from a class to the name to record (docs/FORMAT.md 3.3, DESIGN.md section 4).
+from a class to the name to record (docs/FORMAT.md 3.3; loading never runs code from a file).
 
 A name read from a file is only ever *looked up*, never imported blindly. It
 resolves, in this order, from:
