@@ -210,20 +210,15 @@ func (m *Model) StateTensor(name string) (*Tensor, error) {
 // dict and its shape. An unknown name is an error matching ErrNotFound,
 // another dtype ErrInvalidArgument.
 func (m *Model) StateFloat32(name string) ([]float32, []int64, error) {
-	cname, err := cString("tensor name", name)
+	t, err := m.StateTensor(name)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer freeString(cname)
+	defer t.Close()
 	var out []float32
 	var shape []int64
-	err = m.read(func(ptr *C.pts_model_t) error {
-		var t *C.pts_tensor_t
-		if err := takeError(C.pts_model_state_tensor(ptr, cname, &t)); err != nil {
-			return err
-		}
-		defer C.pts_tensor_free(t)
-		out, shape, err = cFloat32Values(name, t)
+	err = t.read(func(ptr *C.pts_tensor_t) error {
+		out, shape, err = cFloat32Values(name, ptr)
 		return err
 	})
 	if err != nil {

@@ -213,11 +213,9 @@ def _build(
     return built
 
 
-def _model_state_checked(
-    model: nn.Module, saved: Mapping[str, torch.Tensor], *, dtypes: bool = False
-) -> None:
+def _model_state_checked(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
     """:class:`StateMismatchError` unless ``saved`` has exactly the keys and
-    shapes (and with ``dtypes`` the dtypes) of ``model.state_dict()``."""
+    shapes of ``model.state_dict()``."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in saved]
     unexpected = [k for k in saved if k not in expected]
@@ -231,10 +229,6 @@ def _model_state_checked(
             raise StateMismatchError(
                 f"model tensor {key!r} is saved with shape {list(saved[key].shape)}, "
                 f"the model has {list(tensor.shape)}"
-            )
-        if dtypes and saved[key].dtype != tensor.dtype:
-            raise StateMismatchError(
-                f"model tensor {key!r} is saved as {saved[key].dtype}, the model has {tensor.dtype}"
             )
 
 
