@@ -680,6 +680,19 @@ pts_error_code_t pts_error_code(const pts_error_t *error);
 const char *pts_error_message(const pts_error_t *error);
 
 /**
+ * The error's kind, NUL-terminated ASCII; "" for a NULL error. Borrowed:
+ * valid until the error is freed. Finer than the code: a file the reader
+ * refuses has code `PTS_ERROR_FORMAT` (or `PTS_ERROR_IO`,
+ * `PTS_ERROR_UNSUPPORTED_VERSION`) and the kind of docs/FORMAT.md section
+ * 9 that names the failed check (`"Truncated"`, `"CrcMismatch"`,
+ * `"Schema"`, ...), the same string every reader reports. Other errors
+ * have the crate error's kind (`"InvalidKwargs"`, `"StateMismatch"`, ...)
+ * or, for argument checks and callback errors, the code's name
+ * (`"NullArgument"`, `"Callback"`, ...). Kinds are never renamed.
+ */
+const char *pts_error_kind(const pts_error_t *error);
+
+/**
  * Frees an error. NULL is a no-op.
  */
 void pts_error_free(pts_error_t *error);

@@ -56,6 +56,30 @@ pub enum Error {
     Torch(String),
 }
 
+impl Error {
+    /// The error's kind: for a malformed file the [`FormatError`] variant's
+    /// name ([`FormatError::kind`]), otherwise this enum's variant name.
+    /// Stable across releases; the C ABI, C++, Go and Python report the
+    /// same strings.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Format(f) => f.kind(),
+            Error::UnknownName { .. } => "UnknownName",
+            Error::DuplicateName { .. } => "DuplicateName",
+            Error::InvalidKwargs { .. } => "InvalidKwargs",
+            Error::Factory { .. } => "Factory",
+            Error::ReservedMetadataKey(_) => "ReservedMetadataKey",
+            Error::InvalidMetadata { .. } => "InvalidMetadata",
+            Error::NotInitialized => "NotInitialized",
+            Error::StateMismatch { .. } => "StateMismatch",
+            Error::InvalidState { .. } => "InvalidState",
+            Error::Usage(_) => "Usage",
+            Error::Callback { .. } => "Callback",
+            Error::Torch(_) => "Torch",
+        }
+    }
+}
+
 #[cfg(feature = "torch")]
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {

@@ -58,14 +58,20 @@ pub const PTS_ERROR_PANIC: pts_error_code_t = 19;
 /// from any thread.
 pub struct pts_error_t {
     code: pts_error_code_t,
+    kind: CString,
     message: CString,
 }
 
 impl pts_error_t {
     pub(crate) fn new(code: pts_error_code_t, message: impl Into<String>) -> Box<Self> {
+        Self::with_kind(code, kind_of_code(code), message)
+    }
+
+    fn with_kind(code: pts_error_code_t, kind: &str, message: impl Into<String>) -> Box<Self> {
         let message = message.into().replace('\0', "\\0");
         Box::new(pts_error_t {
             code,
+            kind: CString::new(kind).expect("kinds are identifiers"),
             message: CString::new(message).expect("NULs replaced"),
         })
     }
@@ -103,9 +109,35 @@ fn code_of(e: &Error) -> pts_error_code_t {
     }
 }
 
+/// The kind of an error made from a bare code (argument checks, callback
+/// errors): the code's name.
+fn kind_of_code(code: pts_error_code_t) -> &'static str {
+    match code {
+        PTS_ERROR_NULL_ARGUMENT => "NullArgument",
+        PTS_ERROR_INVALID_ARGUMENT => "InvalidArgument",
+        PTS_ERROR_INVALID_JSON => "InvalidJson",
+        PTS_ERROR_IO => "Io",
+        PTS_ERROR_FORMAT => "Format",
+        PTS_ERROR_UNSUPPORTED_VERSION => "UnsupportedVersion",
+        PTS_ERROR_UNKNOWN_NAME => "UnknownName",
+        PTS_ERROR_DUPLICATE_NAME => "DuplicateName",
+        PTS_ERROR_INVALID_KWARGS => "InvalidKwargs",
+        PTS_ERROR_FACTORY => "Factory",
+        PTS_ERROR_INVALID_METADATA => "InvalidMetadata",
+        PTS_ERROR_NOT_INITIALIZED => "NotInitialized",
+        PTS_ERROR_STATE_MISMATCH => "StateMismatch",
+        PTS_ERROR_INVALID_STATE => "InvalidState",
+        PTS_ERROR_USAGE => "Usage",
+        PTS_ERROR_TORCH => "Torch",
+        PTS_ERROR_NOT_FOUND => "NotFound",
+        PTS_ERROR_PANIC => "Panic",
+        _ => "Callback",
+    }
+}
+
 impl From<Error> for Box<pts_error_t> {
     fn from(e: Error) -> Self {
-        pts_error_t::new(code_of(&e), e.to_string())
+        pts_error_t::with_kind(code_of(&e), e.kind(), e.to_string())
     }
 }
 
@@ -153,6 +185,24 @@ pub unsafe extern "C" fn pts_error_message(error: *const pts_error_t) -> *const 
     // SAFETY: NULL or an error from this library (header contract).
     match unsafe { error.as_ref() } {
         Some(e) => e.message.as_ptr(),
+        None => c"".as_ptr(),
+    }
+}
+
+/// The error's kind, NUL-terminated ASCII; "" for a NULL error. Borrowed:
+/// valid until the error is freed. Finer than the code: a file the reader
+/// refuses has code `PTS_ERROR_FORMAT` (or `PTS_ERROR_IO`,
+/// `PTS_ERROR_UNSUPPORTED_VERSION`) and the kind of docs/FORMAT.md section
+/// 9 that names the failed check (`"Truncated"`, `"CrcMismatch"`,
+/// `"Schema"`, ...), the same string every reader reports. Other errors
+/// have the crate error's kind (`"InvalidKwargs"`, `"StateMismatch"`, ...)
+/// or, for argument checks and callback errors, the code's name
+/// (`"NullArgument"`, `"Callback"`, ...). Kinds are never renamed.
+#[no_mangle]
+pub unsafe extern "C" fn pts_error_kind(error: *const pts_error_t) -> *const c_char {
+    // SAFETY: NULL or an error from this library (header contract).
+    match unsafe { error.as_ref() } {
+        Some(e) => e.kind.as_ptr(),
         None => c"".as_ptr(),
     }
 }

@@ -120,6 +120,39 @@ pub enum FormatError {
 }
 
 impl FormatError {
+    /// The error's kind: the variant's name, stable across releases and
+    /// the same string in every language's reader (docs/FORMAT.md section
+    /// 9 lists them with the check that produces each).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FormatError::Io { .. } => "Io",
+            FormatError::Truncated { .. } => "Truncated",
+            FormatError::NoEndRecord { .. } => "NoEndRecord",
+            FormatError::Layout(_) => "Layout",
+            FormatError::BadSignature { .. } => "BadSignature",
+            FormatError::UnsupportedZip { .. } => "UnsupportedZip",
+            FormatError::CompressedMember { .. } => "CompressedMember",
+            FormatError::HeaderMismatch { .. } => "HeaderMismatch",
+            FormatError::UnexpectedBytes { .. } => "UnexpectedBytes",
+            FormatError::TrailingBytes { .. } => "TrailingBytes",
+            FormatError::Misaligned { .. } => "Misaligned",
+            FormatError::DuplicateMember(_) => "DuplicateMember",
+            FormatError::UnexpectedMember(_) => "UnexpectedMember",
+            FormatError::MissingMember(_) => "MissingMember",
+            FormatError::MemberOrder { .. } => "MemberOrder",
+            FormatError::CrcMismatch { .. } => "CrcMismatch",
+            FormatError::TooLarge { .. } => "TooLarge",
+            FormatError::Json(_) => "Json",
+            FormatError::Schema { .. } => "Schema",
+            FormatError::UnsupportedVersion { .. } => "UnsupportedVersion",
+            FormatError::TensorHeader { .. } => "TensorHeader",
+            FormatError::TensorData { .. } => "TensorData",
+            FormatError::UnsupportedDtype { .. } => "UnsupportedDtype",
+            FormatError::TensorNotFound { .. } => "TensorNotFound",
+            FormatError::InvalidInput(_) => "InvalidInput",
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         FormatError::Io {
             op,
