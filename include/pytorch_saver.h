@@ -4,30 +4,13 @@
  * kwargs) in one format that Python, Rust, C, C++ and Go read and write.
  * docs/C_API.md is the guide; this header is the reference.
  *
- * Conventions (every function follows them):
- * - Errors: a fallible function returns pts_error_t *: NULL on success,
- *   otherwise an error object that the caller frees with pts_error_free.
- *   pts_error_code() is a stable PTS_ERROR_* code, pts_error_message() a
- *   message naming the problem. Results are written through out-pointers
- *   only on success; on error they are left untouched.
- * - No crash on bad input: every pointer argument is checked (NULL where a
- *   value is required is PTS_ERROR_NULL_ARGUMENT), and a panic inside the
- *   library comes back as PTS_ERROR_PANIC, never an abort or an unwind.
- * - Ownership: a handle (pts_X_t *) received through an out-pointer is the
- *   caller's, freed with its pts_X_free (which accepts NULL). Strings the
- *   library returns as char * are freed with pts_string_free. Results
- *   returned as const pointers are borrowed; each function says how long
- *   they live. Strings in are NUL-terminated UTF-8, buffers in are
- *   (pointer, length), tensor bytes are C-contiguous in native byte order.
- * - Callbacks are (function, user_data, finalizer): the library owns
- *   user_data from the call on and runs the finalizer exactly once.
- * - Threads: a const T * may be shared between threads; a T * must be used
- *   by one thread at a time (it may move between threads, as Go's do).
- *   pts_container_t is one thread at a time even through const pointers.
- *   No function keeps thread-local state; there is no "last error".
- * - C++ users: bindings/cpp/pytorch_saver.hpp wraps this in RAII classes
- *   with exceptions and torch::Tensor in and out. The library links the
- *   libtorch of the PyTorch 2.13.0 wheel; a C++ program must use the same.
+ * Conventions (errors as pts_error_t objects with a stable code and kind,
+ * results only on success, no crash on bad input, ownership and freeing,
+ * threads): docs/C_API.md, "Rules every function follows".
+ *
+ * C++ users: bindings/cpp/pytorch_saver.hpp wraps this in RAII classes with
+ * exceptions and torch::Tensor in and out. The library links the libtorch
+ * of the PyTorch 2.13.0 wheel; a C++ program must use the same.
  */
 
 #ifndef PYTORCH_SAVER_H
@@ -40,7 +23,7 @@
 #include <stdint.h>
 
 /** The library version the header belongs to ("MAJOR.MINOR.PATCH"). */
-#define PTS_VERSION "0.1.0"
+#define PTS_VERSION "0.2.0"
 
 /**
  * Major version of the library. The header's `PTS_VERSION` string comes
@@ -51,7 +34,7 @@
 /**
  * Minor version of the library.
  */
-#define PTS_VERSION_MINOR 1
+#define PTS_VERSION_MINOR 2
 
 /**
  * Patch version of the library.

@@ -57,16 +57,24 @@
 namespace pytorch_saver {
 
 /// An error from the library or from this binding: what() is the message,
-/// code() the stable PTS_ERROR_* code. Every fallible call throws it.
+/// code() the stable PTS_ERROR_* code, kind() the finer stable name of
+/// docs/C_API.md, "Error kinds" ("CrcMismatch", "InvalidKwargs", ...).
+/// Every fallible call throws it.
 class Error : public std::runtime_error {
  public:
-  Error(uint32_t code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  Error(uint32_t code, const std::string& message, std::string kind = "")
+      : std::runtime_error(message), code_(code), kind_(std::move(kind)) {}
 
   /// The PTS_ERROR_* code.
   uint32_t code() const noexcept { return code_; }
 
+  /// The error's kind, as every language reports it; empty for an error
+  /// this binding made itself.
+  const std::string& kind() const noexcept { return kind_; }
+
  private:
   uint32_t code_;
+  std::string kind_;
 };
 
 /// Which tensor member of a checkpoint.
@@ -113,7 +121,8 @@ struct ModelDeleter {
 inline void check(pts_error_t* raw) {
   if (raw == nullptr) return;
   std::unique_ptr<pts_error_t, ErrorDeleter> error(raw);
-  throw Error(pts_error_code(error.get()), pts_error_message(error.get()));
+  throw Error(pts_error_code(error.get()), pts_error_message(error.get()),
+              pts_error_kind(error.get()));
 }
 
 /// Takes a string the library returned: copies it and frees it.

@@ -3,21 +3,12 @@
 //! from this module by cbindgen (`make header`); `docs/C_API.md` is the
 //! guide.
 //!
-//! Rules every function follows (docs/C_API.md states them for callers):
-//! - A fallible call returns `pts_error_t *`, NULL on success, and writes
-//!   its results through out-pointers only on success.
-//! - Every body runs inside [`boundary`]: a panic becomes a
-//!   `PTS_ERROR_PANIC` error object and never unwinds into C.
-//! - Every pointer argument is checked; NULL where a value is required is
-//!   `PTS_ERROR_NULL_ARGUMENT` naming the argument.
-//! - Strings in are NUL-terminated UTF-8; buffers in are `(ptr, len)`.
-//!   Library-owned results have their own `_free`; borrowed results say
-//!   how long they live.
-//!
-//! Thread safety, stated once: a `const T *` may be shared between
-//! threads; a `T *` must be used by one thread at a time (it may move
-//! between threads). Containers are the exception (one thread at a time
-//! for every call); `pts_model_t` is the handle for concurrent inference.
+//! The conventions every function follows (errors as objects, results
+//! only on success, no panic across the boundary, ownership, threads) are
+//! stated once, in docs/C_API.md, "Rules every function follows". Here
+//! they are kept by construction: every body runs inside [`boundary`],
+//! which turns a panic into a `PTS_ERROR_PANIC` error object, and every
+//! pointer goes through the `arg_*` checks below.
 
 // The C names are the API (`pts_tensor_t`, `PTS_DTYPE_F32`).
 #![allow(non_camel_case_types)]
@@ -49,7 +40,7 @@ pub use tensor::*;
 /// from cbindgen.toml; tests/header.rs checks both against Cargo.toml.
 pub const PTS_VERSION_MAJOR: u32 = 0;
 /// Minor version of the library.
-pub const PTS_VERSION_MINOR: u32 = 1;
+pub const PTS_VERSION_MINOR: u32 = 2;
 /// Patch version of the library.
 pub const PTS_VERSION_PATCH: u32 = 0;
 /// The newest checkpoint format version this library writes and reads.

@@ -443,6 +443,9 @@ TEST(ContainerErrors, BecomeExceptionsWithCodes) {
   EXPECT_PTS_ERROR(container.state_tensor("fc9.weight"), PTS_ERROR_NOT_FOUND);
   EXPECT_PTS_ERROR(container.save(tmp.str(), "", "[1, 2]"), PTS_ERROR_INVALID_JSON);
   EXPECT_PTS_ERROR(register_net(registry), PTS_ERROR_DUPLICATE_NAME);
+  std::optional<Error> duplicate = error_of([&] { register_net(registry); });
+  ASSERT_TRUE(duplicate.has_value());
+  EXPECT_EQ(duplicate->kind(), "DuplicateName");
 
   // Files: truncated, missing.
   std::string saved = container.save(tmp.str(), "whole");
@@ -451,6 +454,9 @@ TEST(ContainerErrors, BecomeExceptionsWithCodes) {
   std::ofstream(truncated, std::ios::binary).write(bytes.data(), bytes.size() / 2);
   EXPECT_PTS_ERROR(Container::load(truncated, registry), PTS_ERROR_FORMAT);
   EXPECT_PTS_ERROR(Checkpoint::open(truncated), PTS_ERROR_FORMAT);
+  std::optional<Error> kinded = error_of([&] { Checkpoint::open(truncated); });
+  ASSERT_TRUE(kinded.has_value());
+  EXPECT_EQ(kinded->kind(), "NoEndRecord") << kinded->what();
   EXPECT_PTS_ERROR(Container::load(tmp.str() + "/missing.zip", registry), PTS_ERROR_IO);
   EXPECT_PTS_ERROR(Checkpoint::open(saved).tensor(Member::Model, "nope"), PTS_ERROR_NOT_FOUND);
 
