@@ -1,5 +1,6 @@
 //! The checked-in C header is what cbindgen generates from src/capi today
-//! (a stale header fails here), and its version macros match Cargo.toml.
+//! (a stale header fails here), and its version macros, like the Python
+//! package's version, match Cargo.toml.
 //! `make header` (PTS_BLESS_HEADER=1) rewrites it.
 
 use std::path::{Path, PathBuf};
@@ -112,4 +113,19 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), dest).unwrap();
         }
     }
+}
+
+/// One version for the whole project: the Python package's (defined once,
+/// in its `_version.py`) is the crate's, which the header's macros and the
+/// Go binding (through `PTS_VERSION`) carry.
+#[test]
+fn python_package_version_matches_cargo_toml() {
+    let path = root().join("bindings/python/src/pytorch_saver/_version.py");
+    let text = std::fs::read_to_string(&path).expect("the Python package defines its version in _version.py");
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("__version__ = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{} has a line __version__ = \"X.Y.Z\"", path.display()));
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
 }
