@@ -6,59 +6,12 @@ package pytorchsaver
 import "C"
 
 import (
-	"encoding/json"
+	"errors"
 	"runtime"
 	"sync"
 	"time"
 	"unsafe"
 )
-
-// Kind is what a checkpoint file holds.
-type Kind string
-
-// The kinds of checkpoint file.
-const (
-	// KindCheckpoint is a training checkpoint: model, and the optimizer
-	// and scheduler if the container had them.
-	KindCheckpoint Kind = "checkpoint"
-	// KindInference is a model alone (Container.SaveInference).
-	KindInference Kind = "inference"
-)
-
-// Producer says which implementation wrote a file.
-type Producer struct {
-	// Library is "pytorch-saver".
-	Library string `json:"library"`
-	// Version is the writing library's version.
-	Version string `json:"version"`
-	// Language is the implementation's language: "rust", "python", ...
-	Language string `json:"language"`
-	// TorchVersion is the torch version of the writer, if it recorded one.
-	TorchVersion string `json:"torch_version,omitempty"`
-}
-
-// The metadata keys that belong to the format, not to the user.
-const (
-	keyModelKwargs     = "model_kwargs"
-	keyOptimKwargs     = "optim_kwargs"
-	keySchedulerKwargs = "scheduler_kwargs"
-	keyTimestamp       = "timestamp"
-	keyInternals       = "__pytorch_saver__"
-)
-
-// internals is the part of __pytorch_saver__ that the accessors expose.
-type internals struct {
-	FormatVersion int       `json:"format_version"`
-	Kind          Kind      `json:"kind"`
-	Model         classRef  `json:"model"`
-	Optimizer     *classRef `json:"optimizer"`
-	Scheduler     *classRef `json:"scheduler"`
-	Producer      Producer  `json:"producer"`
-}
-
-type classRef struct {
-	Class string `json:"class"`
-}
 
 // Checkpoint is an open checkpoint file, fully validated when opened
 // (every CRC-32 and header), read without building a model: its metadata
@@ -73,9 +26,8 @@ type Checkpoint struct {
 	ptr      *C.pts_checkpoint_t
 	cleanup  runtime.Cleanup
 	metaJSON string
-	top      map[string]json.RawMessage
-	internal internals
-	ts       int64
+	// meta is metaJSON parsed; its Internals are never nil.
+	meta *Metadata
 }
 
 // OpenCheckpoint opens and validates the checkpoint file at path. A
@@ -112,9 +64,17 @@ func OpenCheckpointWith(path string, opts LoadOptions) (*Checkpoint, error) {
 		return nil, err
 	}
 	c := &Checkpoint{metaJSON: C.GoString(meta)}
-	if err := c.parseMetadata(); err != nil {
+	c.meta, err = ParseMetadata(c.metaJSON)
+	if err == nil && c.meta.Internals == nil {
+		err = schemaError(keyInternals, "missing")
+	}
+	if err != nil {
 		C.pts_checkpoint_free(ptr)
-		return nil, errorf(CodeFormat, "%s: metadata.json: %v", path, err)
+		var e *Error
+		if errors.As(err, &e) { // made by the parse: this call's own
+			e.Message = path + ": " + e.Message
+		}
+		return nil, err
 	}
 	c.ptr = ptr
 	c.cleanup = runtime.AddCleanup(c, freeCheckpoint, ptr)
@@ -122,21 +82,6 @@ func OpenCheckpointWith(path string, opts LoadOptions) (*Checkpoint, error) {
 }
 
 func freeCheckpoint(ptr *C.pts_checkpoint_t) { C.pts_checkpoint_free(ptr) }
-
-func (c *Checkpoint) parseMetadata() error {
-	if err := json.Unmarshal([]byte(c.metaJSON), &c.top); err != nil {
-		return err
-	}
-	if err := json.Unmarshal(c.top[keyInternals], &c.internal); err != nil {
-		return err
-	}
-	if raw, ok := c.top[keyTimestamp]; ok {
-		if err := json.Unmarshal(raw, &c.ts); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 // Close frees the checkpoint. Calling it again does nothing; it may run
 // while other goroutines use the checkpoint (their calls then fail with
@@ -162,80 +107,61 @@ func (c *Checkpoint) MetadataJSON() string { return c.metaJSON }
 
 // Metadata returns the whole metadata.json object, as MetadataJSON, parsed
 // by encoding/json (numbers are float64). Each call returns a new map.
-func (c *Checkpoint) Metadata() map[string]any {
-	var m map[string]any
-	_ = json.Unmarshal([]byte(c.metaJSON), &m) // validated at open
-	return m
-}
+func (c *Checkpoint) Metadata() map[string]any { return c.meta.objectCopy() }
+
+// TypedMetadata returns the whole metadata.json document, typed. Each
+// call returns a new copy; its Internals are never nil.
+func (c *Checkpoint) TypedMetadata() *Metadata { return c.meta.clone() }
 
 // UserMetadata returns the keys the user saved with the checkpoint (such
 // as "loss" and "epoch"): the metadata without model_kwargs, optim_kwargs,
 // scheduler_kwargs, timestamp and __pytorch_saver__.
-func (c *Checkpoint) UserMetadata() map[string]any {
-	m := c.Metadata()
-	for _, k := range []string{keyModelKwargs, keyOptimKwargs, keySchedulerKwargs, keyTimestamp, keyInternals} {
-		delete(m, k)
-	}
-	return m
-}
+func (c *Checkpoint) UserMetadata() map[string]any { return copyObject(c.meta.User) }
 
 // FormatVersion returns the file's format version (1).
-func (c *Checkpoint) FormatVersion() int { return c.internal.FormatVersion }
+func (c *Checkpoint) FormatVersion() int { return c.meta.Internals.FormatVersion }
 
 // Kind tells a training checkpoint from an inference file.
-func (c *Checkpoint) Kind() Kind { return c.internal.Kind }
+func (c *Checkpoint) Kind() Kind { return c.meta.Internals.Kind }
 
 // ModelClass returns the model's class name, such as
 // "pytorch_saver.models.MLP" or "torch.nn.Linear".
-func (c *Checkpoint) ModelClass() string { return c.internal.Model.Class }
+func (c *Checkpoint) ModelClass() string { return c.meta.Internals.ModelClass }
 
 // ModelKwargs returns the model's constructor kwargs.
-func (c *Checkpoint) ModelKwargs() map[string]any { return c.object(keyModelKwargs) }
+func (c *Checkpoint) ModelKwargs() map[string]any { return copyObject(c.meta.ModelKwargs) }
 
 // OptimizerClass returns the optimizer's class name, such as
 // "torch.optim.Adam", or "" when the file has no optimizer.
 func (c *Checkpoint) OptimizerClass() string {
-	if c.internal.Optimizer == nil {
-		return ""
+	if o := c.meta.Internals.Optimizer; o != nil {
+		return o.Class
 	}
-	return c.internal.Optimizer.Class
+	return ""
 }
 
 // OptimizerKwargs returns the optimizer's constructor kwargs, or nil when
 // the file has no optimizer.
-func (c *Checkpoint) OptimizerKwargs() map[string]any { return c.object(keyOptimKwargs) }
+func (c *Checkpoint) OptimizerKwargs() map[string]any { return copyObject(c.meta.OptimizerKwargs) }
 
 // SchedulerClass returns the LR scheduler's class name, such as
 // "torch.optim.lr_scheduler.StepLR", or "" when the file has none.
 func (c *Checkpoint) SchedulerClass() string {
-	if c.internal.Scheduler == nil {
-		return ""
+	if s := c.meta.Internals.Scheduler; s != nil {
+		return s.Class
 	}
-	return c.internal.Scheduler.Class
+	return ""
 }
 
 // SchedulerKwargs returns the scheduler's constructor kwargs, or nil when
 // the file has no scheduler.
-func (c *Checkpoint) SchedulerKwargs() map[string]any { return c.object(keySchedulerKwargs) }
+func (c *Checkpoint) SchedulerKwargs() map[string]any { return copyObject(c.meta.SchedulerKwargs) }
 
 // Timestamp returns the time the file was saved (whole seconds, UTC).
-func (c *Checkpoint) Timestamp() time.Time { return time.Unix(c.ts, 0).UTC() }
+func (c *Checkpoint) Timestamp() time.Time { return time.Unix(c.meta.Timestamp, 0).UTC() }
 
 // Producer returns which implementation wrote the file.
-func (c *Checkpoint) Producer() Producer { return c.internal.Producer }
-
-// object decodes a top-level JSON object; nil when absent.
-func (c *Checkpoint) object(key string) map[string]any {
-	raw, ok := c.top[key]
-	if !ok {
-		return nil
-	}
-	var m map[string]any
-	if json.Unmarshal(raw, &m) != nil {
-		return nil
-	}
-	return m
-}
+func (c *Checkpoint) Producer() Producer { return c.meta.Internals.Producer }
 
 // with runs f on the live handle under the read lock.
 func (c *Checkpoint) with(f func(ptr *C.pts_checkpoint_t) error) error {

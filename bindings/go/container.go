@@ -111,7 +111,8 @@ func (c *Container) recordGoAsProducer() error {
 // optimizer and scheduler it names and loads their state, all or nothing.
 // It returns the container and the flat metadata: model_kwargs,
 // optim_kwargs and scheduler_kwargs (those that exist), timestamp and the
-// user's keys (numbers are float64, as encoding/json gives them).
+// user's keys (numbers are float64, as encoding/json gives them), which
+// MetadataFromMap types.
 //
 // The tensors point into a private mapping of the file (nothing is
 // copied); LoadContainerWith can copy them instead, or skip the CRC-32
@@ -146,7 +147,7 @@ func loadContainer(registry *C.pts_registry_t, path string, opts LoadOptions) (*
 		return nil, nil, err
 	}
 	c := wrapContainer(out)
-	m, err := parseFlatMetadata(takeString(meta))
+	m, err := flatMetadata(takeString(meta))
 	if err == nil {
 		err = c.recordGoAsProducer()
 	}
@@ -155,14 +156,6 @@ func loadContainer(registry *C.pts_registry_t, path string, opts LoadOptions) (*
 		return nil, nil, err
 	}
 	return c, m, nil
-}
-
-func parseFlatMetadata(text string) (map[string]any, error) {
-	var m map[string]any
-	if err := json.Unmarshal([]byte(text), &m); err != nil {
-		return nil, errorf(CodeInvalidJSON, "the library returned metadata that is not a JSON object: %v", err)
-	}
-	return m, nil
 }
 
 // Close frees the container with its model, optimizer and scheduler (a
@@ -293,7 +286,7 @@ func (c *Container) RestoreWith(path string, opts LoadOptions) (map[string]any, 
 	if err != nil {
 		return nil, err
 	}
-	return parseFlatMetadata(text)
+	return flatMetadata(text)
 }
 
 // Save writes a training checkpoint (model, optimizer, scheduler)

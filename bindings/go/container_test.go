@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -95,17 +96,18 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 		}
 		ckpt.Close()
 	}
-	if meta["epoch"] != 2.0 || meta["loss"] != 0.5 || meta["note"] != "from Go" {
-		t.Fatalf("metadata %v", meta)
+	flat, err := MetadataFromMap(meta)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if kw, _ := meta["model_kwargs"].(map[string]any); kw["hidden_dim"] != 8.0 {
-		t.Fatalf("model_kwargs %v", meta["model_kwargs"])
+	if !reflect.DeepEqual(flat.User, map[string]any{"epoch": 2.0, "loss": 0.5, "note": "from Go"}) {
+		t.Fatalf("user metadata %v", flat.User)
 	}
-	if kw, _ := meta["scheduler_kwargs"].(map[string]any); kw["step_size"] != 2.0 {
-		t.Fatalf("scheduler_kwargs %v", meta["scheduler_kwargs"])
+	if flat.ModelKwargs["hidden_dim"] != 8.0 || flat.OptimizerKwargs["lr"] != 0.01 || flat.SchedulerKwargs["step_size"] != 2.0 {
+		t.Fatalf("kwargs %v %v %v", flat.ModelKwargs, flat.OptimizerKwargs, flat.SchedulerKwargs)
 	}
-	if _, ok := meta["timestamp"].(float64); !ok {
-		t.Fatalf("timestamp %v", meta["timestamp"])
+	if flat.Timestamp <= 0 || flat.Internals != nil {
+		t.Fatalf("timestamp %d, internals %+v", flat.Timestamp, flat.Internals)
 	}
 	if lr, err := loaded.LR(0); err != nil || lr != 0.005 {
 		t.Fatalf("loaded LR = %v, %v", lr, err)

@@ -40,10 +40,21 @@
 // rewritten while in use), and let a file verified at deployment skip
 // the CRC check (SkipVerify).
 //
+// # Metadata
+//
+// Metadata is the typed metadata.json of docs/FORMAT.md: the kwargs, the
+// timestamp, the user's keys and the format internals (classes, producer,
+// optimizer and scheduler state). Checkpoint.TypedMetadata returns a
+// file's; MetadataFromMap types the flat metadata map that LoadContainer,
+// LoadModel and Container.Restore return; ParseMetadata reads JSON text.
+//
 // # Errors
 //
-// Every error is an *Error carrying a stable Code and a message naming
-// what failed. Each code has a sentinel for errors.Is:
+// Every error is an *Error carrying a stable Code, a finer Kind (for a
+// refused file, the check that failed: "CrcMismatch", "Truncated",
+// "Schema", ..., the same string in every language; kinds are never
+// renamed) and a message naming what failed. Each code has a sentinel for
+// errors.Is:
 //
 //	if errors.Is(err, pytorchsaver.ErrStateMismatch) { ... }
 //

@@ -90,17 +90,32 @@ func (c Code) String() string {
 	return fmt.Sprintf("error code %d", uint32(c))
 }
 
-// Error is every error this package returns: a stable code and a message
-// naming the problem (the file member, tensor, byte range or kwarg).
-// Compare with the Err* sentinels through errors.Is, which matches on the
-// code alone:
+// Error is every error this package returns: a stable code, a finer
+// kind and a message naming the problem (the file member, tensor, byte
+// range or kwarg). Compare with the Err* sentinels through errors.Is,
+// which matches on the code alone:
 //
 //	if errors.Is(err, pytorchsaver.ErrNotFound) { ... }
 //
-// or take it apart with errors.As.
+// or take it apart with errors.As and compare its Kind:
+//
+//	var e *pytorchsaver.Error
+//	if errors.As(err, &e) && e.Kind == "CrcMismatch" { ... }
 type Error struct {
 	// Code is the stable error code.
 	Code Code
+	// Kind names the failure more finely than Code, as the library's
+	// pts_error_kind does: for a file the reader refuses (CodeFormat,
+	// CodeIO, CodeUnsupportedVersion) the check that failed, one of the
+	// kinds of docs/FORMAT.md section 9 ("Truncated", "CrcMismatch",
+	// "Schema", ...), the same string every language's reader reports for
+	// the same file; for other errors the library error's kind
+	// ("InvalidKwargs", "StateMismatch", "ReservedMetadataKey", ...) or,
+	// for argument checks, callback errors and errors detected in Go, the
+	// code's name ("NullArgument", "Usage", "Callback", ...). Kinds are
+	// never renamed or reused, so a program may compare them; a new
+	// failure gets a new kind. It is empty only in a sentinel.
+	Kind string
 	// Message says what failed; it may be empty only in a sentinel.
 	Message string
 }
@@ -121,9 +136,42 @@ func (e *Error) Is(target error) bool {
 	return ok && t != nil && t.Code == e.Code
 }
 
-// errorf makes an *Error for a failure detected on the Go side.
+// codeKinds is the kind of an error made from a bare code, the code's
+// name, as the library gives one (pts_error_new, its argument checks).
+var codeKinds = [...]string{
+	CodeNullArgument:       "NullArgument",
+	CodeInvalidArgument:    "InvalidArgument",
+	CodeInvalidJSON:        "InvalidJson",
+	CodeIO:                 "Io",
+	CodeFormat:             "Format",
+	CodeUnsupportedVersion: "UnsupportedVersion",
+	CodeUnknownName:        "UnknownName",
+	CodeDuplicateName:      "DuplicateName",
+	CodeInvalidKwargs:      "InvalidKwargs",
+	CodeFactory:            "Factory",
+	CodeInvalidMetadata:    "InvalidMetadata",
+	CodeNotInitialized:     "NotInitialized",
+	CodeStateMismatch:      "StateMismatch",
+	CodeInvalidState:       "InvalidState",
+	CodeUsage:              "Usage",
+	CodeTorch:              "Torch",
+	CodeCallback:           "Callback",
+	CodeNotFound:           "NotFound",
+	CodePanic:              "Panic",
+}
+
+// kind is the kind of an error made from the bare code c.
+func (c Code) kind() string {
+	if int(c) < len(codeKinds) && codeKinds[c] != "" {
+		return codeKinds[c]
+	}
+	return "Callback" // the library's kind for a code it does not know
+}
+
+// errorf makes an *Error for a failure detected on the Go side; its kind
+// is the code's name.
 func errorf(code Code, format string, args ...any) *Error {
-	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+	return &Error{Code: code, Kind: code.kind(), Message: fmt.Sprintf(format, args...)}
 }
 
 // errClosed is the error of any call on a closed handle.

@@ -8,6 +8,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -32,9 +34,115 @@ func TestErrorValues(t *testing.T) {
 			t.Errorf("code %d has no name", c)
 		}
 	}
-	if Version() == "" {
-		t.Fatal("no library version")
+	if e := errorf(CodeUsage, "x"); e.Kind != "Usage" {
+		t.Fatalf("an error made in Go has kind %q", e.Kind)
 	}
+}
+
+// The library loaded is the one whose header the package was built
+// against.
+func TestVersionIsTheHeaders(t *testing.T) {
+	if Version() != HeaderVersion {
+		t.Fatalf("the library is version %q, its header says %q", Version(), HeaderVersion)
+	}
+	parts := strings.Split(HeaderVersion, ".")
+	if len(parts) != 3 {
+		t.Fatalf("version %q is not MAJOR.MINOR.PATCH", HeaderVersion)
+	}
+	for _, p := range parts {
+		if _, err := strconv.ParseUint(p, 10, 32); err != nil {
+			t.Fatalf("version %q is not MAJOR.MINOR.PATCH", HeaderVersion)
+		}
+	}
+}
+
+// mustKind checks that err is an *Error of the given code and kind.
+func mustKind(t *testing.T, err error, code Code, kind string) {
+	t.Helper()
+	var e *Error
+	if !errors.As(err, &e) {
+		t.Fatalf("%T %v is not an *Error", err, err)
+	}
+	if e.Code != code || e.Kind != kind {
+		t.Fatalf("[%d %q] %v; want [%d %q]", e.Code, e.Kind, err, code, kind)
+	}
+}
+
+// Every error from C carries the library's kind; errors made in Go carry
+// the kind the library gives the same code.
+func TestErrorKinds(t *testing.T) {
+	// The Go table of codes' kinds is the library's: an error object made
+	// from a bare code comes back with that code's kind.
+	for c := CodeNullArgument; c <= CodePanic; c++ {
+		mustKind(t, takeError(newCError(c, "m")), c, c.kind())
+	}
+	mustKind(t, takeError(newCError(0, "m")), CodeCallback, "Callback")
+
+	dir := t.TempDir()
+	_, err := OpenCheckpoint(filepath.Join(dir, "missing.zip"))
+	mustKind(t, err, CodeIO, "Io")
+	good, err := os.ReadFile(goldenFile(t, "rust_mlp_inference.zip"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, data []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	flipped := bytes.Clone(good)
+	flipped[len(flipped)/2] ^= 0x55
+	_, err = OpenCheckpoint(write("flipped.zip", flipped))
+	mustKind(t, err, CodeFormat, "CrcMismatch")
+	_, _, err = LoadModel(write("flipped.zip", flipped), LoadOptions{})
+	mustKind(t, err, CodeFormat, "CrcMismatch")
+	_, err = OpenCheckpoint(write("trailing.zip", append(bytes.Clone(good), 0)))
+	mustKind(t, err, CodeFormat, "TrailingBytes")
+	newer := write("v2.zip", rewriteMetadata(t, good, `"format_version": 1`, `"format_version": 9`))
+	_, err = OpenCheckpoint(newer)
+	mustKind(t, err, CodeUnsupportedVersion, "UnsupportedVersion")
+	_, _, err = LoadContainer(newer)
+	mustKind(t, err, CodeUnsupportedVersion, "UnsupportedVersion")
+	badKind := write("kind.zip", rewriteMetadata(t, good, `"kind": "inference"`, `"kind": "inferencX"`))
+	_, err = OpenCheckpoint(badKind)
+	mustKind(t, err, CodeFormat, "Schema")
+	_, err = OpenCheckpoint("nul\x00.zip")
+	mustKind(t, err, CodeInvalidArgument, "InvalidArgument")
+
+	ckpt, err := OpenCheckpoint(goldenFile(t, "rust_mlp_inference.zip"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ckpt.TensorInfo(MemberModel, "no.such")
+	mustKind(t, err, CodeNotFound, "TensorNotFound")
+	ckpt.Close()
+	_, err = ckpt.TensorNames(MemberModel)
+	mustKind(t, err, CodeUsage, "Usage")
+
+	c, err := NewContainer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mustKind(t, c.Step(), CodeNotInitialized, "NotInitialized")
+	mustKind(t, c.Initialize(Spec{Model: "no.such.Model"}), CodeUnknownName, "UnknownName")
+	mustKind(t, c.Initialize(Spec{Model: "torch.nn.Linear", ModelKwargs: map[string]any{"in_features": 4}}),
+		CodeInvalidKwargs, "InvalidKwargs")
+	if err := c.Initialize(Spec{Model: "torch.nn.Linear",
+		ModelKwargs: map[string]any{"in_features": 4, "out_features": 3}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Save(dir, "x", map[string]any{"timestamp": 1})
+	mustKind(t, err, CodeInvalidMetadata, "ReservedMetadataKey")
+	_, err = c.Save(dir, "x", map[string]any{"loss": math.Inf(1)})
+	mustKind(t, err, CodeInvalidMetadata, "InvalidMetadata")
+	_, _, err = c.Forward([]float32{1, 2, 3, 4, 5, 6, 7, 8}, []int64{4, 2})
+	mustKind(t, err, CodeTorch, "Torch")
+	mustKind(t, c.SchedulerStep(), CodeUsage, "Usage")
+	_, err = c.Restore(goldenFile(t, "rust_mlp_inference.zip"))
+	mustKind(t, err, CodeStateMismatch, "StateMismatch")
 }
 
 // rewriteMetadata returns a copy of a checkpoint whose metadata.json has

@@ -145,23 +145,47 @@ func ExampleContainer_Save() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(metadata["loss"], metadata["epoch"], metadata["optim_kwargs"], lr)
+	meta, err := pytorchsaver.MetadataFromMap(metadata)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(meta.User["loss"], meta.User["epoch"], meta.OptimizerKwargs, lr)
 	// Output:
 	// tutorial_checkpoint_
 	// 0.55 5 map[lr:0.001] 0.0005
 }
 
-// Errors carry a stable code, matched with errors.Is.
+// Errors carry a stable code, matched with errors.Is, and a finer kind:
+// for a file the reader refuses, the check that failed.
 func ExampleError() {
 	_, err := pytorchsaver.OpenCheckpoint("no_such_checkpoint.zip")
 	fmt.Println(errors.Is(err, pytorchsaver.ErrIO), errors.Is(err, pytorchsaver.ErrFormat))
 	var e *pytorchsaver.Error
 	if errors.As(err, &e) {
-		fmt.Println(e.Code)
+		fmt.Println(e.Code, e.Kind)
+	}
+
+	dir, err := os.MkdirTemp("", "pytorch-saver-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	data, err := os.ReadFile("../../tests/golden/v1/rust_mlp_inference.zip")
+	if err != nil {
+		log.Fatal(err)
+	}
+	truncated := filepath.Join(dir, "truncated.zip")
+	if err := os.WriteFile(truncated, data[:len(data)-1], 0o644); err != nil {
+		log.Fatal(err)
+	}
+	_, err = pytorchsaver.OpenCheckpoint(truncated)
+	if errors.As(err, &e) {
+		fmt.Println(e.Code, e.Kind)
 	}
 	// Output:
 	// true false
-	// I/O error
+	// I/O error Io
+	// invalid checkpoint NoEndRecord
 }
 
 // A model written in Go: y = x * weight, with the weight a parameter the

@@ -18,8 +18,14 @@ import (
 // and writes (PTS_FORMAT_VERSION).
 const FormatVersion = 1
 
+// HeaderVersion is the version of the C library whose header the package
+// was built against, "MAJOR.MINOR.PATCH": the header's PTS_VERSION.
+const HeaderVersion = C.PTS_VERSION
+
 // Version returns the version of the C library the program runs against,
-// "MAJOR.MINOR.PATCH".
+// "MAJOR.MINOR.PATCH". It differs from HeaderVersion only when the
+// program loads another build of the library than the one it was built
+// with.
 func Version() string {
 	return C.GoString(C.pts_version())
 }
@@ -73,6 +79,7 @@ func takeError(e *C.pts_error_t) error {
 	}
 	err := &Error{
 		Code:    Code(C.pts_error_code(e)),
+		Kind:    C.GoString(C.pts_error_kind(e)),
 		Message: C.GoString(C.pts_error_message(e)),
 	}
 	C.pts_error_free(e)

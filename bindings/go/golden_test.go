@@ -3,6 +3,7 @@ package pytorchsaver
 import (
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"math"
 	"path/filepath"
 	"reflect"
@@ -89,56 +90,103 @@ func TestGoldenFilesReadWithRecordedValues(t *testing.T) {
 	}
 }
 
-// The metadata accessors agree with the metadata object.
+// The metadata accessors agree with the typed metadata, which is the
+// sidecar's.
 func TestGoldenMetadataAccessors(t *testing.T) {
 	for _, path := range goldenFiles(t) {
 		ckpt, err := OpenCheckpoint(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		meta := ckpt.Metadata()
-		internals := meta["__pytorch_saver__"].(map[string]any)
-		if got := ckpt.ModelClass(); got != internals["model"].(map[string]any)["class"] {
-			t.Errorf("%s: ModelClass %q", path, got)
+		m := ckpt.TypedMetadata()
+		in := m.Internals
+		// The sidecar records the file's metadata: the typed kwargs and
+		// user keys are its, as JSON.
+		var sidecar struct {
+			Metadata struct {
+				ModelKwargs     json.RawMessage `json:"model_kwargs"`
+				OptimKwargs     json.RawMessage `json:"optim_kwargs"`
+				SchedulerKwargs json.RawMessage `json:"scheduler_kwargs"`
+				Timestamp       int64           `json:"timestamp"`
+			} `json:"metadata"`
 		}
-		if !reflect.DeepEqual(ckpt.ModelKwargs(), meta["model_kwargs"]) {
+		if err := json.Unmarshal(readSidecar(t, path).raw, &sidecar); err != nil {
+			t.Fatal(err)
+		}
+		for _, part := range []struct {
+			name   string
+			typed  map[string]any
+			record json.RawMessage
+		}{
+			{"model_kwargs", m.ModelKwargs, sidecar.Metadata.ModelKwargs},
+			{"optim_kwargs", m.OptimizerKwargs, sidecar.Metadata.OptimKwargs},
+			{"scheduler_kwargs", m.SchedulerKwargs, sidecar.Metadata.SchedulerKwargs},
+		} {
+			if (part.typed == nil) != (part.record == nil) {
+				t.Errorf("%s: %s is %v, the sidecar's %s", path, part.name, part.typed, part.record)
+			} else if part.record != nil && !sameJSONValue(t, part.typed, part.record) {
+				t.Errorf("%s: %s is %v, the sidecar's %s", path, part.name, part.typed, part.record)
+			}
+		}
+		if m.Timestamp != sidecar.Metadata.Timestamp || ckpt.Timestamp().Unix() != m.Timestamp {
+			t.Errorf("%s: Timestamp %v, typed %d, sidecar %d", path, ckpt.Timestamp(), m.Timestamp, sidecar.Metadata.Timestamp)
+		}
+		if got := ckpt.ModelClass(); got != in.ModelClass || got == "" {
+			t.Errorf("%s: ModelClass %q, typed %q", path, got, in.ModelClass)
+		}
+		if !reflect.DeepEqual(ckpt.ModelKwargs(), m.ModelKwargs) {
 			t.Errorf("%s: ModelKwargs %v", path, ckpt.ModelKwargs())
 		}
-		if ckpt.FormatVersion() != FormatVersion {
+		if ckpt.FormatVersion() != FormatVersion || in.FormatVersion != FormatVersion {
 			t.Errorf("%s: format version %d", path, ckpt.FormatVersion())
 		}
-		if ts := meta["timestamp"].(float64); ckpt.Timestamp().Unix() != int64(ts) {
-			t.Errorf("%s: Timestamp %v, metadata %v", path, ckpt.Timestamp(), ts)
-		}
-		optim, hasOptim := internals["optimizer"].(map[string]any)
-		if hasOptim != (ckpt.OptimizerClass() != "") || (hasOptim && optim["class"] != ckpt.OptimizerClass()) {
+		hasOptim := in.Optimizer != nil
+		if hasOptim != (ckpt.OptimizerClass() != "") || (hasOptim && in.Optimizer.Class != ckpt.OptimizerClass()) {
 			t.Errorf("%s: OptimizerClass %q", path, ckpt.OptimizerClass())
 		}
-		if hasOptim != (ckpt.OptimizerKwargs() != nil) {
+		if !reflect.DeepEqual(ckpt.OptimizerKwargs(), m.OptimizerKwargs) {
 			t.Errorf("%s: OptimizerKwargs %v", path, ckpt.OptimizerKwargs())
 		}
-		sched, hasSched := internals["scheduler"].(map[string]any)
-		if hasSched != (ckpt.SchedulerClass() != "") || (hasSched && sched["class"] != ckpt.SchedulerClass()) {
+		hasSched := in.Scheduler != nil
+		if hasSched != (ckpt.SchedulerClass() != "") || (hasSched && in.Scheduler.Class != ckpt.SchedulerClass()) {
 			t.Errorf("%s: SchedulerClass %q", path, ckpt.SchedulerClass())
 		}
+		if !reflect.DeepEqual(ckpt.SchedulerKwargs(), m.SchedulerKwargs) {
+			t.Errorf("%s: SchedulerKwargs %v", path, ckpt.SchedulerKwargs())
+		}
 		kind := ckpt.Kind()
-		if kind != KindCheckpoint && kind != KindInference || string(kind) != internals["kind"] {
+		if kind != KindCheckpoint && kind != KindInference || kind != in.Kind {
 			t.Errorf("%s: Kind %q", path, kind)
 		}
-		if p := ckpt.Producer(); p.Library != "pytorch-saver" || p.Language == "" || p.Version == "" {
+		if p := ckpt.Producer(); p.Library != "pytorch-saver" || p.Language == "" || p.Version == "" || p != in.Producer {
 			t.Errorf("%s: Producer %+v", path, p)
 		}
-		for k := range ckpt.UserMetadata() {
+		user := ckpt.UserMetadata()
+		if !reflect.DeepEqual(user, m.User) {
+			t.Errorf("%s: UserMetadata %v, typed %v", path, user, m.User)
+		}
+		for k := range user {
 			if k == "model_kwargs" || k == "timestamp" || strings.HasPrefix(k, "__") {
 				t.Errorf("%s: UserMetadata holds %q", path, k)
 			}
 		}
 		ckpt.Close()
 		// The metadata is a copy: it outlives the handle.
-		if ckpt.ModelClass() == "" || ckpt.Metadata() == nil {
+		if ckpt.ModelClass() == "" || ckpt.Metadata() == nil || ckpt.TypedMetadata() == nil {
 			t.Errorf("%s: metadata lost after Close", path)
 		}
 	}
+}
+
+// sameJSONValue reports whether a decoded value and JSON text hold the
+// same value, numbers compared as float64.
+func sameJSONValue(t testing.TB, v any, text json.RawMessage) bool {
+	t.Helper()
+	var want any
+	if err := json.Unmarshal(text, &want); err != nil {
+		t.Fatal(err)
+	}
+	return reflect.DeepEqual(v, want)
 }
 
 // Every golden file of a built-in model with a recorded forward loads into
@@ -211,10 +259,9 @@ func TestGoldenModelsLoadWithTheirBytes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", path, err)
 		}
-		if _, ok := meta["model_kwargs"]; !ok {
-			t.Errorf("%s: flat metadata without model_kwargs: %v", path, meta)
-		}
-		if _, ok := meta["__pytorch_saver__"]; ok {
+		if flat, err := MetadataFromMap(meta); err != nil {
+			t.Errorf("%s: flat metadata %v: %v", path, meta, err)
+		} else if flat.Internals != nil {
 			t.Errorf("%s: flat metadata holds the internals", path)
 		}
 		for name, exp := range want.Tensors["model.safetensors"] {

@@ -58,6 +58,8 @@ type sidecar struct {
 	Tensors  map[string]map[string]sidecarTensor `json:"tensors"`
 	Forward  *sidecarForward                     `json:"forward"`
 	Resume   json.RawMessage                     `json:"resume"`
+	// raw is the whole sidecar.
+	raw []byte
 }
 
 func readSidecar(t testing.TB, zipPath string) sidecar {
@@ -70,6 +72,7 @@ func readSidecar(t testing.TB, zipPath string) sidecar {
 	if err := json.Unmarshal(data, &s); err != nil {
 		t.Fatalf("%s.json: %v", zipPath, err)
 	}
+	s.raw = data
 	return s
 }
 

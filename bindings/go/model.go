@@ -80,7 +80,7 @@ func loadModel(registry *C.pts_registry_t, path string, opts LoadOptions) (*Mode
 	}
 	m := &Model{ptr: out, class: C.GoString(class), concurrent: bool(concurrent)}
 	m.cleanup = runtime.AddCleanup(m, freeModel, out)
-	metadata, err := parseFlatMetadata(text)
+	metadata, err := flatMetadata(text)
 	if err != nil {
 		m.Close()
 		return nil, nil, err

@@ -84,11 +84,14 @@ func newServerWith(registry *pytorchsaver.Registry, path string, opts options) (
 // newServerOf serves a loaded model; metadata is what loading it
 // returned.
 func newServerOf(model *pytorchsaver.Model, metadata map[string]any, path string, opts options) (*server, error) {
-	kwargs, _ := metadata["model_kwargs"].(map[string]any)
+	meta, err := pytorchsaver.MetadataFromMap(metadata)
+	if err != nil {
+		return nil, err
+	}
 	info := modelInfo{
 		Checkpoint:  path,
 		ModelClass:  model.Class(),
-		ModelKwargs: kwargs,
+		ModelKwargs: meta.ModelKwargs,
 		Concurrent:  model.Concurrent(),
 	}
 	// The file's kind and producer are not part of the flat metadata:
@@ -102,8 +105,7 @@ func newServerOf(model *pytorchsaver.Model, metadata map[string]any, path string
 	info.Kind, info.Producer, info.Timestamp = ckpt.Kind(), ckpt.Producer(), ckpt.Timestamp().Unix()
 	fileClass := ckpt.ModelClass()
 	ckpt.Close()
-	ts, _ := metadata["timestamp"].(float64) // 0, as the header's, when absent
-	if fileClass != info.ModelClass || int64(ts) != info.Timestamp {
+	if fileClass != info.ModelClass || meta.Timestamp != info.Timestamp {
 		return nil, fmt.Errorf("%s changed on disk while it was loaded", path)
 	}
 	shape := opts.inputShape
