@@ -76,6 +76,7 @@ c-test: install deps
 	$(CARGO) build --release --lib
 	cc $(C_TEST_FLAGS) tests/c/test_capi.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_capi
 	cc $(C_TEST_FLAGS) tests/c/test_hostile.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_hostile
+	cc $(C_TEST_FLAGS) tests/c/test_corpus.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_corpus
 	cc $(C_TEST_FLAGS) -DPTS_FAULT_INJECTION tests/c/test_panic.c -Iinclude \
 	  -Ltarget/fault -Wl,-rpath,$(CURDIR)/target/fault -lpytorch_saver -o target/c/test_panic
 	cc -std=c99 -Wall -Wextra -pedantic -Werror examples/c/main.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/example
@@ -84,6 +85,8 @@ c-test: install deps
 	  target/c/test_capi tests/golden/v1 target/c/scratch
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
 	  target/c/test_hostile tests/hostile
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
+	  target/c/test_corpus tests/corpus
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 target/c/test_panic
 	@# ASan does not see inside the uninstrumented Rust and libtorch code; valgrind does.
 	cc -std=c99 -g tests/c/test_capi.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_capi_plain

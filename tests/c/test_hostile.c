@@ -37,6 +37,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cases_json.h"
 #include "pytorch_saver.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -175,84 +176,34 @@ static bool write_huge_file(const char *path) {
   return write_zip(path, names, data, lens, 2);
 }
 
-static char *read_text(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (f == NULL) return NULL;
-  fseek(f, 0, SEEK_END);
-  long size = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *buf = size >= 0 ? malloc((size_t)size + 1) : NULL;
-  if (buf != NULL && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-    free(buf);
-    buf = NULL;
-  }
-  fclose(f);
-  if (buf != NULL) buf[size] = '\0';
-  return buf;
-}
-
-/* The JSON string that starts at the quote `*p` points to, as a new
- * string; `*p` moves past it. Escapes are refused (the fields read here
- * never need them), so that a string is never misread. */
-static char *json_string(const char **p) {
-  if (**p != '"') return NULL;
-  const char *start = *p + 1, *end = start;
-  while (*end != '"' && *end != '\0' && *end != '\\') end++;
-  if (*end != '"') return NULL;
-  size_t len = (size_t)(end - start);
-  char *s = malloc(len + 1);
-  memcpy(s, start, len);
-  s[len] = '\0';
-  *p = end + 1;
-  return s;
-}
-
-static const char *skip_space(const char *p) {
-  while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t') p++;
-  return p;
-}
-
-/* The value after `"key":` at or after `from`, before `limit` (NULL if
- * absent): the minimal reading of cases.json that this test needs. */
-static const char *json_value(const char *from, const char *limit, const char *key) {
-  char pattern[64];
-  snprintf(pattern, sizeof pattern, "\"%s\"", key);
-  const char *p = strstr(from, pattern);
-  if (p == NULL || (limit != NULL && p >= limit)) return NULL;
-  p = skip_space(p + strlen(pattern));
-  if (*p != ':') return NULL;
-  return skip_space(p + 1);
-}
-
-/* Reads every case of cases.json; returns the count, or -1 (and says
- * why) when the file is not what this reader expects. */
-static int parse_cases(const char *text, hostile_case *cases) {
-  int n = 0;
-  const char *p = text;
-  while ((p = json_value(p, NULL, "file")) != NULL) {
-    if (n == MAX_CASES) return fprintf(stderr, "more than %d cases\n", MAX_CASES), -1;
-    hostile_case *c = &cases[n];
+/* Reads every case of cases.json (a list of objects, each with a "file"
+ * string and a "message_contains_any" list of strings) into `cases`;
+ * returns the count, or -1 (and says why) when the file is not that or
+ * lists more than `max` cases. */
+static int parse_cases(const char *text, hostile_case *cases, int max) {
+  static const char *items[MAX_CASES];
+  int n = cj_elements(text, items, max);
+  if (n < 0) return fprintf(stderr, "not a list of at most %d cases\n", max), -1;
+  for (int i = 0; i < n; i++) {
+    hostile_case *c = &cases[i];
     memset(c, 0, sizeof *c);
-    if ((c->file = json_string(&p)) == NULL) return fprintf(stderr, "bad \"file\"\n"), -1;
-    n++;
-    const char *next = strstr(p, "\"file\"");
-    const char *q = json_value(p, next, "message_contains_any");
-    if (q == NULL || *q != '[') {
-      return fprintf(stderr, "%s: no message_contains_any list\n", c->file), -1;
+    if ((c->file = cj_string_member(items[i], "file")) == NULL) {
+      return fprintf(stderr, "case %d: no \"file\" string\n", i), -1;
     }
-    q = skip_space(q + 1);
-    while (*q == '"') {
-      if (c->needle_count == MAX_NEEDLES) return fprintf(stderr, "too many substrings\n"), -1;
-      char *s = json_string(&q);
-      if (s == NULL) return fprintf(stderr, "%s: bad substring\n", c->file), -1;
-      c->needles[c->needle_count++] = s;
-      q = skip_space(q);
-      if (*q == ',') q = skip_space(q + 1);
+    const char *needles[MAX_NEEDLES];
+    const char *list = cj_member(items[i], "message_contains_any");
+    c->needle_count = list == NULL ? -1 : cj_elements(list, needles, MAX_NEEDLES);
+    if (c->needle_count <= 0) {
+      c->needle_count = 0;
+      return fprintf(stderr, "%s: message_contains_any is not a list of 1 to %d strings\n", c->file,
+                     MAX_NEEDLES),
+             -1;
     }
-    if (*q != ']' || c->needle_count == 0) {
-      return fprintf(stderr, "%s: message_contains_any is not a list of strings\n", c->file), -1;
+    for (int k = 0; k < c->needle_count; k++) {
+      if ((c->needles[k] = cj_string(&needles[k])) == NULL) {
+        return fprintf(stderr, "%s: substring %d is not a string\n", c->file, k), -1;
+      }
     }
-    p = q;
   }
   return n;
 }
@@ -382,16 +333,17 @@ int main(int argc, char **argv) {
   }
   char cases_path[4096];
   snprintf(cases_path, sizeof cases_path, "%s/cases.json", argv[1]);
-  char *text = read_text(cases_path);
+  char *text = cj_read_file(cases_path);
   if (text == NULL) {
     fprintf(stderr, "cannot read %s\n", cases_path);
     return 2;
   }
   static hostile_case cases[MAX_CASES];
-  int n = parse_cases(text, cases);
+  /* One slot stays free for the C factory's case. */
+  int n = parse_cases(text, cases, MAX_CASES - 1);
   free(text);
-  if (n <= 0 || n == MAX_CASES) {
-    fprintf(stderr, "%s: no cases read, or more than %d\n", cases_path, MAX_CASES - 1);
+  if (n <= 0) {
+    fprintf(stderr, "%s: no cases read\n", cases_path);
     return 2;
   }
   /* The C factory's case, in a file of its own. */

@@ -59,15 +59,15 @@ pub fn metadata_bytes(meta: &Map<String, Value>) -> Vec<u8> {
 pub struct RawMember<'a> {
     pub name: &'a str,
     pub data: Vec<u8>,
-    pub method: u16,
 }
 
 pub fn member<'a>(name: &'a str, data: Vec<u8>) -> RawMember<'a> {
-    RawMember { name, data, method: 0 }
+    RawMember { name, data }
 }
 
-/// Builds a ZIP the way v1 lays it out (data aligned to 64 with a padding
-/// extra field, correct CRCs, no gaps), from members that may break v1.
+/// Builds a ZIP the way v1 lays it out (STORED, data aligned to 64 with a
+/// padding extra field, correct CRCs, no gaps) from members whose content
+/// may break v1. Malformed ZIP structures are the corpus's (tests/corpus).
 pub fn build_zip(members: &[RawMember<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut central = Vec::new();
@@ -83,7 +83,7 @@ pub fn build_zip(members: &[RawMember<'_>]) -> Vec<u8> {
         local.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
         local.extend_from_slice(&20u16.to_le_bytes());
         local.extend_from_slice(&0u16.to_le_bytes());
-        local.extend_from_slice(&m.method.to_le_bytes());
+        local.extend_from_slice(&0u16.to_le_bytes()); // method: STORED
         local.extend_from_slice(&[0; 4]);
         local.extend_from_slice(&crc.to_le_bytes());
         local.extend_from_slice(&(m.data.len() as u32).to_le_bytes());
@@ -101,7 +101,7 @@ pub fn build_zip(members: &[RawMember<'_>]) -> Vec<u8> {
         central.extend_from_slice(&20u16.to_le_bytes());
         central.extend_from_slice(&20u16.to_le_bytes());
         central.extend_from_slice(&0u16.to_le_bytes());
-        central.extend_from_slice(&m.method.to_le_bytes());
+        central.extend_from_slice(&0u16.to_le_bytes()); // method
         central.extend_from_slice(&[0; 4]);
         central.extend_from_slice(&crc.to_le_bytes());
         central.extend_from_slice(&(m.data.len() as u32).to_le_bytes());
