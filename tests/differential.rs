@@ -95,7 +95,18 @@ fn json_range(b: &[u8], rng: &mut Rng) -> Option<(usize, usize)> {
 
 /// Values that length, count and offset fields are worth trying.
 fn boundary(len: usize, rng: &mut Rng) -> u64 {
-    let choices = [0, 1, 63, 64, 65, len as u64, len as u64 + 1, u32::MAX as u64, u64::MAX, 1 << 40];
+    let choices = [
+        0,
+        1,
+        63,
+        64,
+        65,
+        len as u64,
+        len as u64 + 1,
+        u32::MAX as u64,
+        u64::MAX,
+        1 << 40,
+    ];
     choices[rng.below(choices.len())]
 }
 
@@ -150,7 +161,12 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         .expect("tests/golden/v1")
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "zip"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .filter(|(_, bytes)| bytes.len() <= 16 * 1024)
         .collect();
     out.sort();
@@ -219,7 +235,16 @@ fn rust_and_python_readers_agree_on_mutated_files() {
     );
     // The mutations must reach past the checksum: a test that only ever saw
     // CRC mismatches would prove little about the parsers behind it.
-    let reached = rust.iter().filter(|k| !matches!(k.as_str(), "CrcMismatch" | "ok")).count();
-    assert!(reached * 2 > count, "only {reached} of {count} files reached a check other than the CRC");
-    assert!(tally.len() >= 10, "the mutations reach at least ten different checks: {tally:?}");
+    let reached = rust
+        .iter()
+        .filter(|k| !matches!(k.as_str(), "CrcMismatch" | "ok"))
+        .count();
+    assert!(
+        reached * 2 > count,
+        "only {reached} of {count} files reached a check other than the CRC"
+    );
+    assert!(
+        tally.len() >= 10,
+        "the mutations reach at least ten different checks: {tally:?}"
+    );
 }
