@@ -11,21 +11,32 @@
 //! - [`InferenceModel`]: a loaded model that many threads run at once.
 //! - [`capi`]: the C ABI (`include/pytorch_saver.h`) over all of it.
 
-#[cfg(feature = "torch")]
+// The C ABI gates itself on `torch` (an inner attribute), so that cbindgen
+// reads it without a `[defines]` entry; cbindgen reads nothing else.
 pub mod capi;
+/// cbindgen:ignore
 #[cfg(feature = "torch")]
 pub mod container;
+/// cbindgen:ignore
 pub mod error;
+/// cbindgen:ignore
 pub mod format;
+/// cbindgen:ignore
 #[cfg(feature = "torch")]
 pub mod inference;
+/// cbindgen:ignore
 pub mod kwargs;
+/// cbindgen:ignore
 #[cfg(feature = "torch")]
 pub mod models;
+/// cbindgen:ignore
 pub mod optim;
+/// cbindgen:ignore
 #[cfg(feature = "torch")]
 pub mod registry;
+/// cbindgen:ignore
 pub mod sched;
+/// cbindgen:ignore
 #[cfg(feature = "torch")]
 pub mod tensors;
 
@@ -39,4 +50,6 @@ pub use kwargs::Kwargs;
 pub use registry::{BoxedModel, Forward, Registry, TensorSpec};
 
 /// The libtorch version tch 0.26 binds, recorded in every file we write.
+///
+/// cbindgen:ignore
 pub const TORCH_VERSION: &str = "2.13.0";

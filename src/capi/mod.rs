@@ -10,6 +10,8 @@
 //! which turns a panic into a `PTS_ERROR_PANIC` error object, and every
 //! pointer goes through the `arg_*` checks below.
 
+// Only with libtorch: the ABI is the core's.
+#![cfg(feature = "torch")]
 // The C names are the API (`pts_tensor_t`, `PTS_DTYPE_F32`).
 #![allow(non_camel_case_types)]
 // Every exported function checks its pointers before use; the safety
