@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytorch_saver
 import torch
 from pytorch_saver import (
     ClassResolutionError,
@@ -82,8 +83,16 @@ def test_model_objects_is_the_original_named_tuple() -> None:
 
 
 def test_initialize_without_model_class_is_a_type_error() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError) as info:
         ModelContainer().initialize(model_class=None, model_kwargs=MODEL_KWARGS)  # type: ignore[arg-type]
+    assert isinstance(info.value, pytorch_saver.ArgumentTypeError)
+    assert isinstance(info.value, pytorch_saver.InvalidArgumentError)
+    assert info.value.kind == "InvalidArgument"
+
+
+def test_kwargs_that_are_not_a_mapping_are_a_type_error() -> None:
+    with pytest.raises(pytorch_saver.ArgumentTypeError, match="model_kwargs must be a mapping"):
+        ModelContainer().initialize(Model, [("in_dim", 1)])  # type: ignore[arg-type]
 
 
 def test_initialize_with_a_model_class_that_is_not_a_module_is_a_value_error() -> None:
@@ -93,10 +102,12 @@ def test_initialize_with_a_model_class_that_is_not_a_module_is_a_value_error() -
 
 
 def test_scheduler_without_optimizer_is_a_value_error() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as info:
         ModelContainer().initialize(
             Model, MODEL_KWARGS, None, OPTIM_KWARGS, WARM_RESTARTS, SCHEDULER_KWARGS
         )
+    assert isinstance(info.value, pytorch_saver.InvalidArgumentError)
+    assert info.value.kind == "Usage"
 
 
 def test_bad_kwargs_raise_initialization_error_chained() -> None:
@@ -108,6 +119,7 @@ def test_bad_kwargs_raise_initialization_error_chained() -> None:
         )
     assert isinstance(info.value.__cause__, TypeError)
     assert isinstance(info.value, RuntimeError)
+    assert info.value.kind == "Factory"
 
 
 @pytest.mark.parametrize(
@@ -178,9 +190,11 @@ def test_bad_param_groups_kwarg_raises_initialization_error(groups: list[Any]) -
 
 
 def test_save_before_initialize_is_a_runtime_error(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError) as info:
         ModelContainer().save(tmp_path, prefix="test")
-    with pytest.raises(RuntimeError):
+    assert isinstance(info.value, pytorch_saver.UsageError)
+    assert info.value.kind == "NotInitialized"
+    with pytest.raises(pytorch_saver.UsageError):
         ModelContainer().save_inference(tmp_path, prefix="test")
     assert list(tmp_path.iterdir()) == []
 
@@ -224,7 +238,7 @@ def test_saved_metadata_is_flat_with_internals_under_one_key(tmp_path: Path) -> 
     assert internals["scheduler"]["class"] == "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts"
     assert internals["producer"] == {
         "library": "pytorch-saver",
-        "version": "0.1.0",
+        "version": pytorch_saver.__version__,
         "language": "python",
         "torch_version": torch.__version__,
     }
@@ -264,6 +278,7 @@ def test_user_metadata_that_is_not_json_is_refused_and_nothing_written(
     with pytest.raises(MetadataError, match="not_serializable") as info:
         getattr(container, method)(tmp_path, prefix="test", not_serializable=value)
     assert isinstance(info.value, ValueError)
+    assert info.value.kind == "InvalidMetadata"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -273,9 +288,20 @@ def test_user_metadata_that_is_not_json_is_refused_and_nothing_written(
 def test_reserved_metadata_keys_are_refused_and_nothing_written(tmp_path: Path, key: str) -> None:
     container = ModelContainer()
     container.initialize(Model, MODEL_KWARGS)  # even keys the file would not otherwise use
-    with pytest.raises(MetadataError, match=key):
+    with pytest.raises(MetadataError, match=key) as info:
         reserved: dict[str, Any] = {key: 1}
         container.save(tmp_path, **reserved)
+    assert info.value.kind == "ReservedMetadataKey"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_file_name_prefix_is_an_invalid_argument(tmp_path: Path) -> None:
+    container = ModelContainer()
+    container.initialize(Model, MODEL_KWARGS)
+    with pytest.raises(ValueError, match="may not contain") as info:
+        container.save(tmp_path, "a/b")
+    assert isinstance(info.value, pytorch_saver.InvalidArgumentError)
+    assert info.value.kind == "InvalidInput"
     assert list(tmp_path.iterdir()) == []
 
 

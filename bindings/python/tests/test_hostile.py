@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import pytorch_saver
 import torch
-from pytorch_saver import _format
-from pytorch_saver._format import write_checkpoint
+from pytorch_saver._format import write_checkpoint, writer
 from pytorch_saver.models import MLP
 
 CORPUS = Path(__file__).resolve().parents[3] / "tests" / "hostile"
@@ -93,7 +92,7 @@ def test_metadata_over_16_mib_is_refused_in_bounded_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The writer refuses such metadata: lift its limit to craft the file.
-    monkeypatch.setattr(_format, "MAX_METADATA_BYTES", 1 << 30)
+    monkeypatch.setattr(writer, "MAX_METADATA_BYTES", 1 << 30)
     metadata = {
         "model_kwargs": {"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2},
         "timestamp": 0,

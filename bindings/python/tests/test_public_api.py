@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
+import copy
+import importlib.metadata
+import pickle
 import subprocess
 import sys
 
 import pytest
 import pytorch_saver
 from pytorch_saver import (
+    ArgumentTypeError,
     ClassResolutionError,
     FormatError,
     InitializationError,
+    InvalidArgumentError,
     LayerSpecError,
     MetadataError,
     PytorchSaverError,
     StateMismatchError,
     UnsafePickleError,
     UnsupportedVersionError,
+    UsageError,
 )
 
 PUBLIC = {
+    "ArgumentTypeError",
     "Checkpoint",
     "ClassResolutionError",
     "FORMAT_VERSION",
     "FormatError",
     "InitializationError",
+    "InvalidArgumentError",
     "LayerSpecError",
     "MetadataError",
     "ModelContainer",
@@ -33,6 +41,7 @@ PUBLIC = {
     "StateMismatchError",
     "UnsafePickleError",
     "UnsupportedVersionError",
+    "UsageError",
     "__version__",
     "class_name",
     "read_checkpoint",
@@ -58,7 +67,9 @@ def test_the_exact_public_names() -> None:
 
 
 def test_version_and_format_version() -> None:
-    assert pytorch_saver.__version__ == "0.1.0"
+    assert pytorch_saver.__version__ == "0.2.0"
+    # pyproject.toml reads the version from the package: one definition.
+    assert importlib.metadata.version("pytorch-saver") == pytorch_saver.__version__
     assert pytorch_saver.FORMAT_VERSION == 1
 
 
@@ -73,6 +84,10 @@ def test_version_and_format_version() -> None:
         (MetadataError, ValueError),
         (UnsafePickleError, ValueError),
         (LayerSpecError, ValueError),
+        (UsageError, RuntimeError),
+        (InvalidArgumentError, ValueError),
+        (ArgumentTypeError, TypeError),
+        (ArgumentTypeError, InvalidArgumentError),
     ],
 )
 def test_every_error_is_a_pytorch_saver_error_and_its_builtin(
@@ -80,6 +95,53 @@ def test_every_error_is_a_pytorch_saver_error_and_its_builtin(
 ) -> None:
     assert issubclass(error, PytorchSaverError)
     assert issubclass(error, builtin)
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (InitializationError, "Factory"),
+        (UnsupportedVersionError, "UnsupportedVersion"),
+        (ClassResolutionError, "UnknownName"),
+        (StateMismatchError, "StateMismatch"),
+        (MetadataError, "InvalidMetadata"),
+        (UnsafePickleError, "UnsafePickle"),
+        (LayerSpecError, "InvalidKwargs"),
+        (UsageError, "Usage"),
+        (InvalidArgumentError, "InvalidArgument"),
+        (ArgumentTypeError, "InvalidArgument"),
+    ],
+)
+def test_every_error_has_a_kind_a_raise_site_may_refine(
+    error: type[PytorchSaverError], kind: str
+) -> None:
+    assert error.kind == kind
+    assert error("message").kind == kind
+    assert error("message", kind="Other").kind == "Other"
+    assert error.kind == kind  # the instance's kind does not change the class's
+
+
+def test_a_format_error_is_built_with_a_kind() -> None:
+    with pytest.raises(TypeError):
+        FormatError("no kind")  # type: ignore[call-arg]
+    error = FormatError("truncated file: ...", kind="Truncated")
+    assert (error.kind, str(error)) == ("Truncated", "truncated file: ...")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        FormatError("bad", kind="CrcMismatch"),
+        UnsupportedVersionError("format version 2"),
+        MetadataError("reserved", kind="ReservedMetadataKey"),
+        UsageError("no model", kind="NotInitialized"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_errors_keep_their_kind_through_pickle_and_copy(error: PytorchSaverError) -> None:
+    for again in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert type(again) is type(error)
+        assert (again.kind, again.args) == (error.kind, error.args)
 
 
 def test_the_builtin_models_module() -> None:

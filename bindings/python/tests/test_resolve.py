@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytorch_saver
 import torch
 from pytorch_saver import ClassResolutionError, ModelContainer, _resolve, class_name, register
 from pytorch_saver.models import MLP
@@ -262,12 +263,15 @@ def test_register_works_as_a_decorator_and_checks_its_argument() -> None:
         pass
 
     assert _resolve.resolve(class_name(Decorated), "model") is Decorated
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError) as not_a_class:
         register(Model(**MODEL_KWARGS))  # type: ignore[type-var]
-    with pytest.raises(ClassResolutionError):
+    assert isinstance(not_a_class.value, pytorch_saver.ArgumentTypeError)
+    with pytest.raises(ClassResolutionError) as not_a_module:
         register(dict)
-    with pytest.raises(ClassResolutionError, match="already registered"):
+    assert not_a_module.value.kind == "UnknownName"
+    with pytest.raises(ClassResolutionError, match="already registered") as taken:
         register(nn.Conv1d, name=class_name(Decorated))
+    assert taken.value.kind == "DuplicateName"
 
 
 def test_os_environ_is_untouched_by_resolution() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pytorch_saver import ModelContainer, ModelObjects, StateMismatchError
+from pytorch_saver import ModelContainer, ModelObjects, StateMismatchError, UsageError
 from pytorch_saver.models import MLP
 from support import assert_same_objects, batches, train
 
@@ -88,5 +88,6 @@ def test_a_file_of_other_classes_is_refused(tmp_path: Path) -> None:
     model_only.initialize(MLP, KWARGS)
     with pytest.raises(StateMismatchError, match="restore"):
         model_only.restore(path)
-    with pytest.raises(RuntimeError, match="initialize"):
+    with pytest.raises(RuntimeError, match="initialize") as info:
         ModelContainer().restore(path)
+    assert isinstance(info.value, UsageError) and info.value.kind == "NotInitialized"

@@ -8,6 +8,7 @@ import json
 import math
 import zipfile
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -255,16 +256,14 @@ def test_unit_checks_leave_the_optimizer_unchanged() -> None:
     wrong_step = dict(tensors, **{"state.0.step": torch.zeros(2)})
     with pytest.raises(StateMismatchError, match="step"):
         optimizer_state_dict(opt, model, internals, wrong_step)
-    two_groups = dict(
+    group = internals.param_groups[0]
+    two_groups = replace(
         internals,
-        param_groups=[
-            dict(internals["param_groups"][0], params=[0, 1]),
-            dict(internals["param_groups"][0], params=[2, 3]),
-        ],
+        param_groups=(replace(group, params=(0, 1)), replace(group, params=(2, 3))),
     )
     with pytest.raises(StateMismatchError, match="groups"):
         optimizer_state_dict(opt, model, two_groups, tensors)
-    unknown = dict(internals, param_names=["a.weight", "a.bias", "c.weight", "b.bias"])
+    unknown = replace(internals, param_names=("a.weight", "a.bias", "c.weight", "b.bias"))
     with pytest.raises(StateMismatchError, match="c.weight"):
         optimizer_state_dict(opt, model, unknown, tensors)
 
@@ -278,9 +277,11 @@ def test_saved_hyperparameters_win_and_missing_keys_keep_the_constructors() -> N
     model = Forward()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     internals, tensors = optimizer_layout(opt, model, "torch.optim.SGD")
-    group = dict(internals["param_groups"][0], lr=0.5)
-    del group["momentum"]
-    internals = dict(internals, param_groups=[group])
+    options = dict(internals.param_groups[0].options, lr=0.5)
+    del options["momentum"]
+    internals = replace(
+        internals, param_groups=(replace(internals.param_groups[0], options=options),)
+    )
     other = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.7)
     other.load_state_dict(optimizer_state_dict(other, model, internals, tensors))
     assert other.param_groups[0]["lr"] == 0.5

@@ -295,17 +295,17 @@ class OddBytes(nn.Module):
 def test_a_tensor_not_aligned_to_its_element_size_is_copied(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytorch_saver import _format
+    from pytorch_saver._format import CheckpointReader, Dtype, tensors
 
     container = ModelContainer()
     container.initialize(OddBytes, {})
     # Another writer's order: uint8 data first (readers must not depend on it).
-    u8 = _format._DTYPES_BY_TORCH[torch.uint8]
-    first = _format._Dtype(u8.name, u8.torch_dtype, u8.size, 100)
-    monkeypatch.setitem(_format._DTYPES_BY_TORCH, torch.uint8, first)
+    u8 = tensors.DTYPES_BY_TORCH[torch.uint8]
+    first = Dtype(u8.name, u8.torch_dtype, u8.size, 100)
+    monkeypatch.setitem(tensors.DTYPES_BY_TORCH, torch.uint8, first)
     path = container.save(tmp_path)
     monkeypatch.undo()
-    with _format.CheckpointReader(path) as reader:
+    with CheckpointReader(path) as reader:
         entries = {t.name: t for t in reader.scan.model.tensors}
     assert entries["fc.bias"].start % 4 != 0
     _, objs = ModelContainer().load(path, OddBytes)

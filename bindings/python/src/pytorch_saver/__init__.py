@@ -23,28 +23,33 @@ caller allows (``load(path, allow=["mypkg.models"])``).
 :func:`upgrade` converts files of the original package (0.1.x).
 """
 
-from ._container import VERSION as __version__
 from ._container import ModelContainer, ModelObjects, upgrade
 from ._errors import (
+    ArgumentTypeError,
     ClassResolutionError,
     FormatError,
     InitializationError,
+    InvalidArgumentError,
     LayerSpecError,
     MetadataError,
     PytorchSaverError,
     StateMismatchError,
     UnsafePickleError,
     UnsupportedVersionError,
+    UsageError,
 )
 from ._format import FORMAT_VERSION, Checkpoint, read_checkpoint
 from ._resolve import class_name, register
+from ._version import __version__
 
 __all__ = [
+    "ArgumentTypeError",
     "Checkpoint",
     "ClassResolutionError",
     "FORMAT_VERSION",
     "FormatError",
     "InitializationError",
+    "InvalidArgumentError",
     "LayerSpecError",
     "MetadataError",
     "ModelContainer",
@@ -53,6 +58,7 @@ __all__ = [
     "StateMismatchError",
     "UnsafePickleError",
     "UnsupportedVersionError",
+    "UsageError",
     "__version__",
     "class_name",
     "read_checkpoint",

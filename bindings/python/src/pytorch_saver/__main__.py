@@ -74,7 +74,8 @@ def _inspect(args: argparse.Namespace) -> int:
         if is_legacy(args.file):
             raise FormatError(
                 f"{args.file} is a file of the original pytorch-saver (0.1): convert it with "
-                "`python -m pytorch_saver upgrade`"
+                "`python -m pytorch_saver upgrade`",
+                kind=exc.kind,
             ) from exc
         raise
     lines = [json.dumps(checkpoint.metadata, indent=2)]

@@ -23,20 +23,24 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from ._assign import build_assigned
 from ._errors import (
+    ArgumentTypeError,
     ClassResolutionError,
     FormatError,
     InitializationError,
-    MetadataError,
+    InvalidArgumentError,
     PytorchSaverError,
     StateMismatchError,
+    UsageError,
 )
 from ._expect import check_model, compare_state
-from ._format import (
-    FORMAT_VERSION,
-    INTERNALS_KEY,
-    RESERVED_KEYS,
-    CheckpointReader,
-    write_checkpoint,
+from ._format import RESERVED_KEYS, CheckpointReader, write_checkpoint
+from ._format.metadata import (
+    Internals,
+    Metadata,
+    OptimizerSection,
+    Producer,
+    SchedulerSection,
+    check_user_keys,
 )
 from ._legacy import is_legacy, read_legacy
 from ._mapped import map_tensors
@@ -52,10 +56,7 @@ from ._state import (
     scheduler_state_to_json,
 )
 
-__all__ = ["VERSION", "ModelContainer", "ModelObjects", "Scheduler", "upgrade"]
-
-VERSION: Final = "0.1.0"
-"""The package version, recorded as the producer's version in every file."""
+__all__ = ["ModelContainer", "ModelObjects", "Scheduler", "upgrade"]
 
 Scheduler = LRScheduler | ReduceLROnPlateau
 """What the container accepts as an LR scheduler."""
@@ -67,13 +68,6 @@ _T = TypeVar("_T")
 _SCHEDULER_WITHOUT_OPTIMIZER: Final = (
     "a scheduler needs an optimizer: scheduler_class given without optim_class"
 )
-
-_PRODUCER: Final = {
-    "library": "pytorch-saver",
-    "version": VERSION,
-    "language": "python",
-    "torch_version": torch.__version__,
-}
 
 
 class ModelObjects(NamedTuple):
@@ -112,7 +106,7 @@ def _kwargs(kwargs: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     if kwargs is None:
         return {}
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-        raise TypeError(f"{what} must be a mapping with str keys, not {kwargs!r}")
+        raise ArgumentTypeError(f"{what} must be a mapping with str keys, not {kwargs!r}")
     return dict(kwargs)
 
 
@@ -134,9 +128,9 @@ def _label(cls: object) -> str:
 
 def _model_type(model_class: object) -> type[nn.Module]:
     if model_class is None:
-        raise TypeError("model_class is required: the nn.Module subclass to build")
+        raise ArgumentTypeError("model_class is required: the nn.Module subclass to build")
     if not isinstance(model_class, type):
-        raise TypeError(f"model_class must be a class, not {model_class!r}")
+        raise ArgumentTypeError(f"model_class must be a class, not {model_class!r}")
     return cast("type[nn.Module]", check_kind(model_class, "model", _label(model_class)))
 
 
@@ -178,7 +172,7 @@ def _build(
     """
     model_type = _model_type(model_class)
     if scheduler_class is not None and optim_class is None:
-        raise ValueError(_SCHEDULER_WITHOUT_OPTIMIZER)
+        raise InvalidArgumentError(_SCHEDULER_WITHOUT_OPTIMIZER, kind="Usage")
     m_kwargs = _kwargs(model_kwargs, "model_kwargs")
     if assign is None:
         model = _construct(model_type, _label(model_type), "model", (), m_kwargs)
@@ -279,7 +273,7 @@ def _load_into(obj: Any, state: Any, what: str) -> None:
 
 def _pick_class(
     given: object,
-    section: Mapping[str, Any] | None,
+    section: OptimizerSection | SchedulerSection | None,
     kind: Kind,
     by_name: bool,
     path: str,
@@ -288,13 +282,17 @@ def _pick_class(
     """The class to build for ``kind``: by name from the file when no class
     was given at all, else exactly the given one (or none)."""
     if by_name:
-        return None if section is None else resolve(section["class"], kind, allow=allow)
+        return None if section is None else resolve(section.class_name, kind, allow=allow)
     if given is not None and section is None:
         raise StateMismatchError(
             f"{path} holds no {kind} state to load into the given {_label(given)}; "
             f"load it without a {kind} class"
         )
     return given
+
+
+def _class_of(section: OptimizerSection | SchedulerSection | None) -> str | None:
+    return None if section is None else section.class_name
 
 
 class ModelContainer:
@@ -347,7 +345,8 @@ class ModelContainer:
         ``param_groups=[{"params": ["fc1.weight", ...], "lr": ...}, ...]``,
         naming every parameter of the model exactly once.
 
-        Raises ``TypeError`` without a model class, ``ValueError`` for a
+        Raises :class:`ArgumentTypeError` (a ``TypeError``) without a model
+        class, :class:`InvalidArgumentError` (a ``ValueError``) for a
         scheduler without an optimizer, :class:`ClassResolutionError` for a
         model class that is not an ``nn.Module``, and
         :class:`InitializationError` (the constructor's exception as
@@ -366,8 +365,8 @@ class ModelContainer:
         (no NaN or infinity) and not use a reserved key (``model_kwargs``,
         ``optim_kwargs``, ``scheduler_kwargs``, ``timestamp``,
         ``__pytorch_saver__``), else :class:`MetadataError` and nothing is
-        written. An existing file is never replaced. ``RuntimeError`` if
-        nothing was initialized or loaded."""
+        written. An existing file is never replaced. :class:`UsageError` (a
+        ``RuntimeError``) if nothing was initialized or loaded."""
         return self._save("checkpoint", folder_path, prefix, kwargs)
 
     def save_inference(self, folder_path: StrPath, prefix: str | None = None, **kwargs: Any) -> str:
@@ -384,41 +383,41 @@ class ModelContainer:
         timestamp: int | None = None,
     ) -> str:
         if self.model is None:
-            raise RuntimeError(
-                "Model must be initialized or loaded before saving: call initialize() or load()"
+            raise UsageError(
+                "Model must be initialized or loaded before saving: call initialize() or load()",
+                kind="NotInitialized",
             )
-        reserved = sorted(set(user_metadata) & RESERVED_KEYS)
-        if reserved:
-            raise MetadataError(
-                f"metadata keys {reserved} are reserved by the format; use other names"
-            )
+        check_user_keys(user_metadata)
         user = kwargs_to_json(user_metadata, "metadata")
-        metadata: dict[str, Any] = {
-            "model_kwargs": kwargs_to_json(self._model_kwargs, "model_kwargs")
-        }
-        internals: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "kind": kind,
-            "model": {"class": class_name(type(self.model))},
-        }
+        model_kwargs = kwargs_to_json(self._model_kwargs, "model_kwargs")
+        optim_kwargs = scheduler_kwargs = None
+        optimizer = scheduler = None
         optimizer_tensors: dict[str, torch.Tensor] | None = None
         if kind == "checkpoint" and self.optim is not None:
-            metadata["optim_kwargs"] = kwargs_to_json(self._optim_kwargs or {}, "optim_kwargs")
-            internals["optimizer"], optimizer_tensors = optimizer_layout(
+            optim_kwargs = kwargs_to_json(self._optim_kwargs or {}, "optim_kwargs")
+            optimizer, optimizer_tensors = optimizer_layout(
                 self.optim, self.model, class_name(type(self.optim))
             )
             if self.scheduler is not None:
-                metadata["scheduler_kwargs"] = kwargs_to_json(
-                    self._scheduler_kwargs or {}, "scheduler_kwargs"
+                scheduler_kwargs = kwargs_to_json(self._scheduler_kwargs or {}, "scheduler_kwargs")
+                scheduler = SchedulerSection(
+                    class_name(type(self.scheduler)),
+                    scheduler_state_to_json(self.scheduler.state_dict()),
                 )
-                internals["scheduler"] = {
-                    "class": class_name(type(self.scheduler)),
-                    "state": scheduler_state_to_json(self.scheduler.state_dict()),
-                }
-        metadata["timestamp"] = int(time.time()) if timestamp is None else timestamp
-        metadata.update(user)
-        internals["producer"] = dict(_PRODUCER)
-        metadata[INTERNALS_KEY] = internals
+        metadata = Metadata(
+            model_kwargs=model_kwargs,
+            timestamp=int(time.time()) if timestamp is None else timestamp,
+            internals=Internals(
+                kind="checkpoint" if kind == "checkpoint" else "inference",
+                model_class=class_name(type(self.model)),
+                producer=Producer.this_package(),
+                optimizer=optimizer,
+                scheduler=scheduler,
+            ),
+            optim_kwargs=optim_kwargs,
+            scheduler_kwargs=scheduler_kwargs,
+            user=user,
+        )
         return write_checkpoint(
             os.fspath(folder_path), prefix, metadata, self.model.state_dict(), optimizer_tensors
         )
@@ -472,10 +471,10 @@ class ModelContainer:
         given; its state is matched by position.
         """
         if scheduler_class is not None and optim_class is None:
-            raise ValueError(_SCHEDULER_WITHOUT_OPTIMIZER)
+            raise InvalidArgumentError(_SCHEDULER_WITHOUT_OPTIMIZER, kind="Usage")
         path = os.fspath(file_path)
         try:
-            reader = CheckpointReader(path)
+            reader = CheckpointReader(path, verify=verify)
         except FormatError:
             if not is_legacy(path):
                 raise
@@ -484,22 +483,22 @@ class ModelContainer:
             )
         with reader:
             scan = reader.scan
-            internals: dict[str, Any] = scan.metadata[INTERNALS_KEY]
-            metadata = {k: v for k, v in scan.metadata.items() if k != INTERNALS_KEY}
+            saved = scan.metadata
+            internals = saved.internals
             by_name = model_class is None and optim_class is None and scheduler_class is None
             model_cls: object = model_class
             if model_cls is None:
-                model_cls = resolve(internals["model"]["class"], "model", allow=allow)
+                model_cls = resolve(internals.model_class, "model", allow=allow)
             optim_cls = _pick_class(
-                optim_class, internals.get("optimizer"), "optimizer", by_name, path, allow
+                optim_class, internals.optimizer, "optimizer", by_name, path, allow
             )
             scheduler_cls = _pick_class(
-                scheduler_class, internals.get("scheduler"), "scheduler", by_name, path, allow
+                scheduler_class, internals.scheduler, "scheduler", by_name, path, allow
             )
             # Before any tensor exists: the model the kwargs describe must
             # hold exactly the file's tensors (_expect.py).
             model_type = _model_type(model_cls)
-            m_kwargs = _kwargs(metadata.get("model_kwargs"), "model_kwargs")
+            m_kwargs = _kwargs(saved.model_kwargs, "model_kwargs")
             check_model(model_type, _label(model_type), m_kwargs, scan.model.tensors)
             if copy:
                 model_state, optim_tensors = reader.read_tensors()
@@ -509,9 +508,9 @@ class ModelContainer:
             model_type,
             m_kwargs,
             optim_cls,
-            kwargs_from_json(metadata.get("optim_kwargs") or {}),
+            kwargs_from_json(saved.optim_kwargs or {}),
             scheduler_cls,
-            kwargs_from_json(metadata.get("scheduler_kwargs") or {}),
+            kwargs_from_json(saved.scheduler_kwargs or {}),
             device,
             assign=model_state,
         )
@@ -519,19 +518,22 @@ class ModelContainer:
         # (its constructor sets the optimizer's lr, which the loaded
         # param_groups then overwrite), then the optimizer and the scheduler
         # state are loaded, as PyTorch's documentation prescribes.
+        # A class is built only for a part the file holds (_pick_class).
         optimizer_state = None
         if built.optimizer is not None:
+            assert internals.optimizer is not None
             optimizer_state = optimizer_state_dict(
-                built.optimizer, built.model, internals["optimizer"], optim_tensors
+                built.optimizer, built.model, internals.optimizer, optim_tensors
             )
         scheduler_state = None
         if built.scheduler is not None:
-            scheduler_state = scheduler_state_from_json(internals["scheduler"]["state"])
+            assert internals.scheduler is not None
+            scheduler_state = scheduler_state_from_json(internals.scheduler.state)
         if optimizer_state is not None:
             _load_into(built.optimizer, optimizer_state, "optimizer")
         if scheduler_state is not None:
             _load_into(built.scheduler, scheduler_state, "scheduler")
-        return metadata, self._adopt(built)
+        return saved.flat(), self._adopt(built)
 
     def restore(self, file_path: StrPath, *, verify: bool = True) -> dict[str, Any]:
         """Load the state saved in ``file_path`` into the objects the
@@ -545,25 +547,25 @@ class ModelContainer:
         straight from a private mapping of the file into the held tensors.
         Returns the flat metadata, as :meth:`load` does. Raises
         :class:`FormatError` or :class:`StateMismatchError`, having changed
-        nothing, and ``RuntimeError`` when the container holds no model.
+        nothing, and :class:`UsageError` (a ``RuntimeError``) when the
+        container holds no model.
         """
         if self.model is None:
-            raise RuntimeError(
+            raise UsageError(
                 "restore() loads into the objects the container holds: call initialize() or "
-                "load() first"
+                "load() first",
+                kind="NotInitialized",
             )
         path = os.fspath(file_path)
-        with CheckpointReader(path) as reader:
+        with CheckpointReader(path, verify=verify) as reader:
             scan = reader.scan
-        internals: dict[str, Any] = scan.metadata[INTERNALS_KEY]
-        metadata = {k: v for k, v in scan.metadata.items() if k != INTERNALS_KEY}
-        for kind, held, section in (
-            ("model", self.model, internals.get("model")),
-            ("optimizer", self.optim, internals.get("optimizer")),
-            ("scheduler", self.scheduler, internals.get("scheduler")),
+        internals = scan.metadata.internals
+        for kind, held, saved_name in (
+            ("model", self.model, internals.model_class),
+            ("optimizer", self.optim, _class_of(internals.optimizer)),
+            ("scheduler", self.scheduler, _class_of(internals.scheduler)),
         ):
             held_name = None if held is None else class_name(type(held))
-            saved_name = None if section is None else section["class"]
             if held_name != saved_name:
                 raise StateMismatchError(
                     f"{path} holds the {kind} {saved_name or 'none'}, the container "
@@ -575,14 +577,17 @@ class ModelContainer:
         model_state, optim_tensors = map_tensors(scan, verify)
         copies: list[tuple[torch.Tensor, torch.Tensor]] = []
         optimizer_state = None
+        # The held classes are those the file names (checked above).
         if self.optim is not None:
+            assert internals.optimizer is not None
             optimizer_state = optimizer_state_dict(
-                self.optim, model, internals["optimizer"], optim_tensors
+                self.optim, model, internals.optimizer, optim_tensors
             )
             copies = _optimizer_copies(self.optim, optimizer_state)
         scheduler_state = None
         if self.scheduler is not None:
-            scheduler_state = scheduler_state_from_json(internals["scheduler"]["state"])
+            assert internals.scheduler is not None
+            scheduler_state = scheduler_state_from_json(internals.scheduler.state)
         # Everything is checked: copy.
         _load_into(model, model_state, "model")
         with torch.no_grad():
@@ -592,7 +597,7 @@ class ModelContainer:
             _load_into(self.optim, optimizer_state, "optimizer")
         if scheduler_state is not None:
             _load_into(self.scheduler, scheduler_state, "scheduler")
-        return metadata
+        return scan.metadata.flat()
 
     def _load_legacy(
         self,

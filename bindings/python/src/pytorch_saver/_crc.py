@@ -16,6 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
+from ._errors import InvalidArgumentError
+
 __all__ = ["IMPLEMENTATION", "crc32", "crc32_combine", "crc32_parallel"]
 
 _Crc = Callable[[bytes | bytearray | memoryview, int], int]
@@ -76,7 +78,7 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     """The CRC-32 of ``A + B`` from ``crc1`` of A, ``crc2`` of B and B's
     length, as zlib's ``crc32_combine``."""
     if len2 < 0:
-        raise ValueError(f"len2 must be >= 0, got {len2}")
+        raise InvalidArgumentError(f"len2 must be >= 0, got {len2}")
     return _multmodp(_x2nmodp(len2, 3), crc1 & 0xFFFFFFFF) ^ (crc2 & 0xFFFFFFFF)
 
 

@@ -43,12 +43,16 @@ class _Spec:
 
 
 def _kwarg_error(cls: str, key: str, value: object, rule: str) -> InitializationError:
-    return InitializationError(f"model_kwargs {key!r} = {value!r} of {cls}: {rule}")
+    return InitializationError(
+        f"model_kwargs {key!r} = {value!r} of {cls}: {rule}", kind="InvalidKwargs"
+    )
 
 
 def _dim(cls: str, kwargs: Mapping[str, Any], key: str, default: object = None) -> int:
     if key not in kwargs and default is None:
-        raise InitializationError(f"model_kwargs of {cls} lack the required {key!r}")
+        raise InitializationError(
+            f"model_kwargs of {cls} lack the required {key!r}", kind="InvalidKwargs"
+        )
     value = kwargs.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool):
         raise _kwarg_error(cls, key, value, "must be an integer")
@@ -62,7 +66,8 @@ def _unknown(cls: str, kwargs: Mapping[str, Any], known: Sequence[str]) -> None:
         if key not in known:
             raise InitializationError(
                 f"model_kwargs of {cls} hold {key!r}, which it does not take "
-                f"(it takes {', '.join(known)})"
+                f"(it takes {', '.join(known)})",
+                kind="InvalidKwargs",
             )
 
 
@@ -159,7 +164,9 @@ def _sequential_specs(kwargs: Mapping[str, Any], file_count: int) -> list[_Spec]
         checked = models._checked(kwargs.get("layers"), other)
     except LayerSpecError as exc:
         raise InitializationError(
-            f"building the model pytorch_saver.models.Sequential(...) failed: LayerSpecError: {exc}"
+            "building the model pytorch_saver.models.Sequential(...) failed: "
+            f"LayerSpecError: {exc}",
+            kind="InvalidKwargs",
         ) from exc
     per_layer = [
         _layer_specs(f"{i}.", layer_type.module, args)  # type: ignore[arg-type]
@@ -199,7 +206,8 @@ def _meta_specs(
                 f"{label} with model_kwargs {dict(kwargs)!r} builds the non-persistent buffer "
                 f"{name!r} of shape {list(buffer.shape)}, bringing its buffers the file does "
                 f"not hold to {total} bytes, above the limit of {budget} (64 MiB + the "
-                "file's tensor bytes)"
+                "file's tensor bytes)",
+                kind="InvalidKwargs",
             )
     return [_Spec(k, tuple(t.shape), t.dtype) for k, t in state.items()]
 

@@ -44,7 +44,8 @@ from typing import IO, Any, Final
 import torch
 
 from ._errors import FormatError, UnsafePickleError
-from ._format import INTERNALS_KEY, MAX_METADATA_BYTES, _writable_bytes
+from ._format import INTERNALS_KEY, MAX_METADATA_BYTES
+from ._format.tensors import writable_bytes
 
 __all__ = ["LegacyCheckpoint", "is_legacy", "read_legacy"]
 
@@ -126,7 +127,7 @@ class _Loader:
     )
 
     def error(self, reason: str) -> FormatError:
-        return FormatError(f"{self.path}: {PICKLE_MEMBER}: {reason}")
+        return FormatError(f"{self.path}: {PICKLE_MEMBER}: {reason}", kind="InvalidLegacy")
 
     # --- torch.storage._load_from_bytes ---
     def load_from_bytes(self, data: Any) -> _Storage:
@@ -322,7 +323,9 @@ def _scan(
                 memo[len(memo)] = recent[-1] if recent else None
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
                 if int(arg) > len(memo):
-                    raise FormatError(f"{where}: memo index {arg} out of sequence")
+                    raise FormatError(
+                        f"{where}: memo index {arg} out of sequence", kind="InvalidLegacy"
+                    )
                 memo[int(arg)] = recent[-1] if recent else None
             elif nested and name in _BYTES_OPS:
                 _scan_storage_bytes(arg, f"{where}: storage bytes")
@@ -333,7 +336,7 @@ def _scan(
     except UnsafePickleError:
         raise
     except (ValueError, EOFError, struct.error, zipfile.BadZipFile, zlib.error) as e:
-        raise FormatError(f"{what}: not a valid pickle: {e}") from None
+        raise FormatError(f"{what}: not a valid pickle: {e}", kind="InvalidLegacy") from None
 
 
 def _scan_storage_bytes(data: bytes, what: str) -> None:
@@ -407,7 +410,10 @@ def _load_one(
     stream.seek(start)
     value = _unpickle(_RestrictedUnpickler(stream, allowed, what, persistent), what)
     if stream.tell() != end:
-        raise FormatError(f"{what}: the pickle ends at byte {stream.tell()}, its scan at {end}")
+        raise FormatError(
+            f"{what}: the pickle ends at byte {stream.tell()}, its scan at {end}",
+            kind="InvalidLegacy",
+        )
     return value
 
 
@@ -417,11 +423,13 @@ def _unpickle(unpickler: _RestrictedUnpickler, what: str) -> Any:
     except (UnsafePickleError, FormatError):
         raise
     except RecursionError:
-        raise FormatError(f"{what}: nested too deeply") from None
+        raise FormatError(f"{what}: nested too deeply", kind="InvalidLegacy") from None
     except MemoryError:
         raise
     except Exception as e:  # whatever a malformed pickle makes the unpickler raise
-        raise FormatError(f"{what}: cannot be unpickled: {type(e).__name__}: {e}") from None
+        raise FormatError(
+            f"{what}: cannot be unpickled: {type(e).__name__}: {e}", kind="InvalidLegacy"
+        ) from None
 
 
 def _parse_torch_legacy(data: bytes, loader: _Loader) -> _Storage:
@@ -434,24 +442,33 @@ def _parse_torch_legacy(data: bytes, loader: _Loader) -> _Storage:
     if data[:4] == b"PK\x03\x04":
         raise FormatError(
             f"{what}: a torch.save zip archive; storages pickle in torch's legacy format, "
-            "which is all this reader parses"
+            "which is all this reader parses",
+            kind="InvalidLegacy",
         )
     stream = io.BytesIO(data)
     if _load_one(stream, {}, f"{what} (magic number)") != _TORCH_MAGIC_NUMBER:
-        raise FormatError(f"{what}: not torch's legacy serialization (bad magic number)")
+        raise FormatError(
+            f"{what}: not torch's legacy serialization (bad magic number)", kind="InvalidLegacy"
+        )
     if _load_one(stream, {}, f"{what} (protocol version)") != _TORCH_PROTOCOL_VERSION:
-        raise FormatError(f"{what}: unknown protocol version of torch's legacy serialization")
+        raise FormatError(
+            f"{what}: unknown protocol version of torch's legacy serialization",
+            kind="InvalidLegacy",
+        )
     sys_info = _load_one(stream, {}, f"{what} (system info)")
     if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
         raise FormatError(
-            f"{what}: system info {sys_info!r} is not that of a little-endian machine"
+            f"{what}: system info {sys_info!r} is not that of a little-endian machine",
+            kind="InvalidLegacy",
         )
 
     storages: dict[str, _Storage] = {}
 
     def persistent_load(pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 6):
-            raise FormatError(f"{what}: persistent id {pid!r} is not a storage")
+            raise FormatError(
+                f"{what}: persistent id {pid!r} is not a storage", kind="InvalidLegacy"
+            )
         typename, storage_type, key, location, numel, view_metadata = pid
         if isinstance(typename, bytes):
             typename = typename.decode("ascii", errors="replace")
@@ -462,14 +479,18 @@ def _parse_torch_legacy(data: bytes, loader: _Loader) -> _Storage:
             or not isinstance(location, str)
             or not _is_index(numel)
         ):
-            raise FormatError(f"{what}: persistent id {pid!r} is not a storage")
+            raise FormatError(
+                f"{what}: persistent id {pid!r} is not a storage", kind="InvalidLegacy"
+            )
         if view_metadata is not None:
-            raise FormatError(f"{what}: storage views are not supported")
+            raise FormatError(f"{what}: storage views are not supported", kind="InvalidLegacy")
         storage = storages.get(key)
         if storage is None:
             storage = storages[key] = _Storage(key, storage_type.dtype, numel)
         elif storage.dtype != storage_type.dtype or storage.numel != numel:
-            raise FormatError(f"{what}: storage {key!r} declared twice, differently")
+            raise FormatError(
+                f"{what}: storage {key!r} declared twice, differently", kind="InvalidLegacy"
+            )
         return storage
 
     storage_globals = {
@@ -478,33 +499,43 @@ def _parse_torch_legacy(data: bytes, loader: _Loader) -> _Storage:
     result = _load_one(stream, storage_globals, what, persistent_load)
     keys = _load_one(stream, {}, f"{what} (storage keys)")
     if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
-        raise FormatError(f"{what}: the storage key list is {keys!r}")
+        raise FormatError(f"{what}: the storage key list is {keys!r}", kind="InvalidLegacy")
     if sorted(keys) != sorted(storages):
-        raise FormatError(f"{what}: storage keys {keys} do not match the storages the pickle names")
+        raise FormatError(
+            f"{what}: storage keys {keys} do not match the storages the pickle names",
+            kind="InvalidLegacy",
+        )
     view = memoryview(data)
     at = stream.tell()
     for key in keys:
         storage = storages[key]
         if storage.data is not None:
-            raise FormatError(f"{what}: storage {key!r} listed twice")
+            raise FormatError(f"{what}: storage {key!r} listed twice", kind="InvalidLegacy")
         if at + 8 > len(data):
-            raise FormatError(f"{what}: storage {key!r}: the data is truncated")
+            raise FormatError(
+                f"{what}: storage {key!r}: the data is truncated", kind="InvalidLegacy"
+            )
         (numel,) = struct.unpack_from("<q", data, at)
         nbytes = storage.numel * storage.dtype.itemsize
         if numel != storage.numel or at + 8 + nbytes > len(data):
             raise FormatError(
                 f"{what}: storage {key!r} has {numel} elements at byte {at}, declared "
-                f"{storage.numel}, with {len(data) - at - 8} bytes left"
+                f"{storage.numel}, with {len(data) - at - 8} bytes left",
+                kind="InvalidLegacy",
             )
         tensor = torch.empty(storage.numel, dtype=storage.dtype)
         if nbytes:
-            _writable_bytes(tensor)[:] = view[at + 8 : at + 8 + nbytes]
+            writable_bytes(tensor)[:] = view[at + 8 : at + 8 + nbytes]
         storage.data = tensor
         at += 8 + nbytes
     if at != len(data):
-        raise FormatError(f"{what}: {len(data) - at} bytes after the last storage")
+        raise FormatError(
+            f"{what}: {len(data) - at} bytes after the last storage", kind="InvalidLegacy"
+        )
     if not isinstance(result, _Storage):
-        raise FormatError(f"{what}: holds a {type(result).__name__}, not a storage")
+        raise FormatError(
+            f"{what}: holds a {type(result).__name__}, not a storage", kind="InvalidLegacy"
+        )
     return result
 
 
@@ -573,17 +604,20 @@ def _read_metadata(zf: zipfile.ZipFile, path: str) -> dict[str, Any]:
     if info.file_size > MAX_METADATA_BYTES:
         raise FormatError(
             f"{path}: {METADATA_MEMBER} is {info.file_size} bytes, above the limit of "
-            f"{MAX_METADATA_BYTES}"
+            f"{MAX_METADATA_BYTES}",
+            kind="TooLarge",
         )
     with zf.open(info) as f:
         raw = f.read(MAX_METADATA_BYTES + 1)
     if len(raw) > MAX_METADATA_BYTES:
-        raise FormatError(f"{path}: {METADATA_MEMBER} is larger than {MAX_METADATA_BYTES} bytes")
+        raise FormatError(
+            f"{path}: {METADATA_MEMBER} is larger than {MAX_METADATA_BYTES} bytes", kind="TooLarge"
+        )
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         obj = dict(pairs)
         if len(obj) != len(pairs):
-            raise FormatError(f"{path}: {METADATA_MEMBER}: duplicate keys")
+            raise FormatError(f"{path}: {METADATA_MEMBER}: duplicate keys", kind="Json")
         return obj
 
     try:
@@ -593,9 +627,9 @@ def _read_metadata(zf: zipfile.ZipFile, path: str) -> dict[str, Any]:
     except FormatError:
         raise
     except (ValueError, RecursionError) as e:
-        raise FormatError(f"{path}: {METADATA_MEMBER}: not JSON: {e}") from None
+        raise FormatError(f"{path}: {METADATA_MEMBER}: not JSON: {e}", kind="Json") from None
     if not isinstance(metadata, dict):
-        raise FormatError(f"{path}: {METADATA_MEMBER}: top level is not a JSON object")
+        raise FormatError(f"{path}: {METADATA_MEMBER}: top level is not a JSON object", kind="Json")
     return metadata
 
 
@@ -603,12 +637,15 @@ def _check_members(zf: zipfile.ZipFile, path: str) -> None:
     names = [info.filename for info in zf.infolist()]
     for name in names:
         if name not in (METADATA_MEMBER, PICKLE_MEMBER):
-            raise FormatError(f"{path}: unexpected member {name!r} in a pytorch-saver 0.1 file")
+            raise FormatError(
+                f"{path}: unexpected member {name!r} in a pytorch-saver 0.1 file",
+                kind="UnexpectedMember",
+            )
     if len(set(names)) != len(names):
-        raise FormatError(f"{path}: a member appears twice")
+        raise FormatError(f"{path}: a member appears twice", kind="DuplicateMember")
     for name in (METADATA_MEMBER, PICKLE_MEMBER):
         if name not in names:
-            raise FormatError(f"{path}: missing member {name}")
+            raise FormatError(f"{path}: missing member {name}", kind="MissingMember")
 
 
 def read_legacy(path: str | os.PathLike[str]) -> LegacyCheckpoint:
@@ -631,11 +668,13 @@ def read_legacy(path: str | os.PathLike[str]) -> LegacyCheckpoint:
             with zf.open(PICKLE_MEMBER) as stream:
                 _scan(stream, allowed, what, persistent=False, nested=True)
                 if stream.read(1):
-                    raise FormatError(f"{what}: bytes after the pickle")
+                    raise FormatError(f"{what}: bytes after the pickle", kind="InvalidLegacy")
             with zf.open(PICKLE_MEMBER) as stream:
                 raw = _unpickle(_RestrictedUnpickler(stream, allowed, what), what)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise FormatError(f"{path_str}: not a valid ZIP archive: {e}") from None
+        raise FormatError(
+            f"{path_str}: not a valid ZIP archive: {e}", kind="InvalidLegacy"
+        ) from None
     if not isinstance(raw, dict):
         raise loader.error(f"holds a {type(raw).__name__}, not a dict of state dicts")
     for key in raw:

@@ -42,20 +42,24 @@ def _member_tensors(base: torch.Tensor, m: TensorMember, verify: bool) -> dict[s
     if _bytes_at(base, m.data_start, len(m.header)) != m.header:
         raise FormatError(
             f"{m.name}: the header changed while the file was loaded (the file was replaced or "
-            "written to); load it again"
+            "written to); load it again",
+            kind="Io",
         )
     if verify:
         computed = crc32_parallel(_bytes_at(base, m.data_start, m.size))
         if computed != m.crc:
             raise FormatError(
                 f"CRC-32 mismatch in {m.name} (bytes {m.data_start}..{m.data_start + m.size}): "
-                f"stored {m.crc:08x}, computed {computed:08x}"
+                f"stored {m.crc:08x}, computed {computed:08x}",
+                kind="CrcMismatch",
             )
     tensors: dict[str, torch.Tensor] = {}
     storage = base.untyped_storage()
+    data_base = m.data_start + len(m.header)
     for entry in m.tensors:
         data = base[entry.start : entry.end]
-        check_bool_bytes(m.name, entry, data)
+        # Checked by the scan too; again here, over the bytes handed out.
+        check_bool_bytes(m.name, entry, data, data_base)
         dtype = entry.dtype.torch_dtype
         if entry.start % entry.dtype.size:
             # Not aligned to its element size: cannot be viewed, copied.
@@ -93,7 +97,7 @@ def map_tensors(
             torch.UntypedStorage.from_file(scan.path, shared=False, nbytes=scan.file_size),
         )
     except RuntimeError as exc:
-        raise FormatError(f"{scan.path}: cannot map the file: {exc}") from exc
+        raise FormatError(f"{scan.path}: cannot map the file: {exc}", kind="Io") from exc
     base = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (scan.file_size,), (1,))
     model = _member_tensors(base, scan.model, verify)
     optimizer: dict[str, torch.Tensor] = {}

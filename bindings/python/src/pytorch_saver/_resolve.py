@@ -35,7 +35,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from . import models
-from ._errors import ClassResolutionError
+from ._errors import ArgumentTypeError, ClassResolutionError
 
 __all__ = ["Kind", "check_kind", "class_name", "register", "resolve"]
 
@@ -99,14 +99,18 @@ def register(cls: _T, name: str | None = None) -> _T:
 
     Raises :class:`ClassResolutionError` if ``cls`` is not a subclass of
     ``nn.Module``, ``torch.optim.Optimizer`` or an LR scheduler, or if
-    ``name`` is already registered for another class.
+    ``name`` is already registered for another class (kind
+    ``"DuplicateName"``), and :class:`ArgumentTypeError` (a ``TypeError``)
+    if ``cls`` is not a class or ``name`` not a non-empty str.
     """
     if not isinstance(cls, type):
-        raise TypeError(f"register() takes a class, not {type(cls).__name__}: {cls!r}")
+        raise ArgumentTypeError(f"register() takes a class, not {type(cls).__name__}: {cls!r}")
     if name is None:
         name = _default_name(cls)
     if not isinstance(name, str) or not name:
-        raise TypeError(f"the name to register {cls.__qualname__} under must be a non-empty str")
+        raise ArgumentTypeError(
+            f"the name to register {cls.__qualname__} under must be a non-empty str"
+        )
     if not _kinds_of(cls):
         raise ClassResolutionError(
             f"cannot register {_default_name(cls)}: it is not a subclass of torch.nn.Module, "
@@ -121,7 +125,8 @@ def register(cls: _T, name: str | None = None) -> _T:
         and _default_name(previous) != _default_name(cls)
     ):
         raise ClassResolutionError(
-            f"the name {name!r} is already registered for {_default_name(previous)}"
+            f"the name {name!r} is already registered for {_default_name(previous)}",
+            kind="DuplicateName",
         )
     if previous is not None and previous is not cls:
         _recorded.pop(previous, None)
@@ -241,7 +246,7 @@ def _allowed_set(allow: Iterable[str]) -> frozenset[str]:
     modules = frozenset(allow)
     for module in modules:
         if not isinstance(module, str):
-            raise TypeError(f"allow must hold module names (str), not {module!r}")
+            raise ArgumentTypeError(f"allow must hold module names (str), not {module!r}")
     return modules
 
 

@@ -1,8 +1,9 @@
 """Optimizer and scheduler state <-> the v1 layout (docs/FORMAT.md 3.4, 5, 6),
 and constructor kwargs <-> JSON.
 
-An optimizer's ``state_dict()`` becomes JSON internals (``class``,
-``param_groups``, ``param_names``, non-tensor ``state``) plus tensors named
+An optimizer's ``state_dict()`` becomes the internals of FORMAT.md 5 (an
+``OptimizerSection`` of ``_format.metadata``: ``class``, ``param_groups``,
+``param_names``, non-tensor ``state`` as JSON) plus tensors named
 ``state.<index>.<key>``; a scheduler's becomes a JSON object. Loading matches
 the optimizer state to parameters by *name*, not by position, and checks
 everything before the optimizer changes.
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import torch
 from torch import nn
 
 from ._errors import FormatError, InitializationError, MetadataError, StateMismatchError
+from ._format.metadata import OptimizerSection, ParamGroup
 
 __all__ = [
     "build_params",
@@ -92,7 +94,9 @@ def decode(value: Any) -> Any:
         if set(value) == {_FLOAT_KEY}:
             tag = value[_FLOAT_KEY]
             if tag not in ("inf", "-inf", "nan"):
-                raise FormatError(f"unknown non-finite float encoding {value!r}")
+                raise FormatError(
+                    f"unknown non-finite float encoding {value!r}", kind="InvalidState"
+                )
             return float(tag)
         return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -150,6 +154,10 @@ def kwargs_from_json(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _invalid_kwargs(message: str) -> InitializationError:
+    return InitializationError(message, kind="InvalidKwargs")
+
+
 def build_params(
     model: nn.Module, optim_kwargs: Mapping[str, Any]
 ) -> tuple[list[torch.Tensor] | list[dict[str, Any]], dict[str, Any]]:
@@ -168,7 +176,7 @@ def build_params(
         return params, kwargs
     named = dict(model.named_parameters())
     if not isinstance(spec, (list, tuple)) or not spec:
-        raise InitializationError(
+        raise _invalid_kwargs(
             "optim_kwargs['param_groups'] must be a non-empty list of "
             '{"params": [parameter names], ...} objects'
         )
@@ -176,22 +184,22 @@ def build_params(
     groups: list[dict[str, Any]] = []
     for g, item in enumerate(spec):
         if not isinstance(item, Mapping) or "params" not in item:
-            raise InitializationError(
+            raise _invalid_kwargs(
                 f"optim_kwargs['param_groups'][{g}] must be an object with a 'params' list"
             )
         names = item["params"]
         if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-            raise InitializationError(
+            raise _invalid_kwargs(
                 f"optim_kwargs['param_groups'][{g}]['params'] must be a list of parameter names"
             )
         for n in names:
             if n not in named:
-                raise InitializationError(
+                raise _invalid_kwargs(
                     f"optim_kwargs['param_groups'][{g}] names {n!r}, which is not a parameter "
                     f"of the model (its parameters: {', '.join(named)})"
                 )
             if n in seen:
-                raise InitializationError(
+                raise _invalid_kwargs(
                     f"parameter {n!r} is in optim_kwargs['param_groups'][{seen[n]}] and [{g}]"
                 )
             seen[n] = g
@@ -200,7 +208,7 @@ def build_params(
         groups.append(group)
     missing = [n for n in named if n not in seen]
     if missing:
-        raise InitializationError(
+        raise _invalid_kwargs(
             f"optim_kwargs['param_groups'] does not name the parameters {missing}: "
             "every parameter must be in exactly one group"
         )
@@ -225,40 +233,43 @@ def _parameter_names(
 
 def optimizer_layout(
     optimizer: torch.optim.Optimizer, model: nn.Module, class_name: str
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+) -> tuple[OptimizerSection, dict[str, torch.Tensor]]:
     """(``__pytorch_saver__.optimizer``, ``optimizer.safetensors`` tensors)
     of ``optimizer`` over ``model``'s parameters (FORMAT.md 5)."""
-    param_names = [name for _, name in _parameter_names(optimizer, model)]
+    param_names = tuple(name for _, name in _parameter_names(optimizer, model))
     sd = optimizer.state_dict()
-    internals_state: dict[str, Any] = {}
+    state: dict[int, dict[str, Any]] = {}
     tensors: dict[str, torch.Tensor] = {}
-    for index, state in sd["state"].items():
+    for index, entry in sd["state"].items():
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise MetadataError(f"optimizer state key {index!r} is not a parameter index")
         plain: dict[str, Any] = {}
-        for key, value in state.items():
+        for key, value in entry.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"state.{index}.{key}"] = value.detach()
             else:
                 plain[str(key)] = encode(value, f"optimizer state {index}[{key!r}]")
-        internals_state[str(index)] = plain
-    internals = {
-        "class": class_name,
-        "param_groups": encode(sd["param_groups"], "optimizer param_groups"),
-        "param_names": param_names,
-        "state": internals_state,
-    }
-    return internals, tensors
+        state[index] = plain
+    groups = encode(sd["param_groups"], "optimizer param_groups")
+    param_groups = tuple(
+        ParamGroup(tuple(group["params"]), {k: v for k, v in group.items() if k != "params"})
+        for group in groups
+    )
+    return OptimizerSection(class_name, param_groups, param_names, state), tensors
 
 
 def _saved_index(key: str) -> int:
     if not key.isdigit() or (len(key) > 1 and key[0] == "0"):
-        raise FormatError(f"optimizer state key {key!r} is not a parameter index")
+        raise FormatError(
+            f"optimizer state key {key!r} is not a parameter index", kind="InvalidState"
+        )
     return int(key)
 
 
 def optimizer_state_dict(
     optimizer: torch.optim.Optimizer,
     model: nn.Module,
-    internals: Mapping[str, Any],
+    saved: OptimizerSection,
     tensors: Mapping[str, torch.Tensor],
 ) -> dict[str, Any]:
     """A ``state_dict`` for ``optimizer.load_state_dict`` built from the saved
@@ -271,8 +282,8 @@ def optimizer_state_dict(
     """
     current = list(_parameter_names(optimizer, model))
     index_of = {name: i for i, (_, name) in enumerate(current)}
-    saved_groups: Sequence[Mapping[str, Any]] = internals["param_groups"]
-    saved_names: Sequence[str] = internals["param_names"]
+    saved_groups = saved.param_groups
+    saved_names = saved.param_names
     groups = optimizer.param_groups
     if len(saved_groups) != len(groups):
         raise StateMismatchError(
@@ -282,10 +293,10 @@ def optimizer_state_dict(
     remap: dict[int, int] = {}
     new_groups: list[dict[str, Any]] = []
     start = 0
-    for g, (saved, ours) in enumerate(zip(saved_groups, groups, strict=True)):
+    for g, (saved_group, ours) in enumerate(zip(saved_groups, groups, strict=True)):
         ours_indices = range(start, start + len(ours["params"]))
         start += len(ours["params"])
-        saved_params: Sequence[int] = saved["params"]
+        saved_params = saved_group.params
         if len(saved_params) != len(ours_indices):
             raise StateMismatchError(
                 f"saved param_groups[{g}] holds {len(saved_params)} parameters, "
@@ -293,7 +304,9 @@ def optimizer_state_dict(
             )
         for s in saved_params:
             if not 0 <= s < len(saved_names):
-                raise FormatError(f"optimizer param_groups[{g}] holds index {s} with no name")
+                raise FormatError(
+                    f"optimizer param_groups[{g}] holds index {s} with no name", kind="InvalidState"
+                )
             name = saved_names[s]
             j = index_of.get(name)
             if j is None:
@@ -307,29 +320,37 @@ def optimizer_state_dict(
                     "of the optimizer"
                 )
             if s in remap:
-                raise FormatError(f"optimizer parameter index {s} is in two groups")
+                raise FormatError(
+                    f"optimizer parameter index {s} is in two groups", kind="InvalidState"
+                )
             remap[s] = j
         # Saved hyperparameters win, as in PyTorch; a key the saved group
         # lacks keeps the constructor's value (FORMAT.md 5).
         merged = {k: v for k, v in ours.items() if k != "params"}
-        merged.update(_tuples(decode({k: v for k, v in saved.items() if k != "params"})))
+        merged.update(_tuples(decode(dict(saved_group.options))))
         merged["params"] = list(ours_indices)
         new_groups.append(merged)
 
     state: dict[int, dict[str, Any]] = {}
-    for key, plain in internals["state"].items():
-        s = _saved_index(key)
+    for s, plain in saved.state.items():
         if s not in remap:
-            raise FormatError(f"optimizer state {key} is for a parameter index no group holds")
-        state[remap[s]] = decode(plain)
+            raise FormatError(
+                f"optimizer state {s} is for a parameter index no group holds",
+                kind="InvalidState",
+            )
+        state[remap[s]] = decode(dict(plain))
     for tensor_name, value in tensors.items():
         prefix, _, key = tensor_name.partition(".")
         index, _, state_key = key.partition(".")
         if prefix != "state" or not state_key:
-            raise FormatError(f"optimizer.safetensors: unexpected tensor {tensor_name!r}")
+            raise FormatError(
+                f"optimizer.safetensors: unexpected tensor {tensor_name!r}", kind="InvalidState"
+            )
         s = _saved_index(index)
         if s not in remap or remap[s] not in state:
-            raise FormatError(f"optimizer.safetensors: {tensor_name!r} has no state entry")
+            raise FormatError(
+                f"optimizer.safetensors: {tensor_name!r} has no state entry", kind="InvalidState"
+            )
         j = remap[s]
         param, name = current[j]
         _check_state_shape(name, param, state_key, value)
@@ -357,22 +378,24 @@ def check_positional_state(
     original package), matched to ``optimizer``'s parameters by position as
     PyTorch does, with the checks of :func:`optimizer_state_dict`."""
     try:
-        saved_groups = list(state_dict["param_groups"])
+        saved_groups = [dict(g) for g in state_dict["param_groups"]]
         saved_state = dict(state_dict["state"])
-        saved_params = [int(i) for g in saved_groups for i in g["params"]]
+        param_groups = tuple(
+            ParamGroup(
+                tuple(int(i) for i in g["params"]), {k: v for k, v in g.items() if k != "params"}
+            )
+            for g in saved_groups
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise StateMismatchError(f"the saved optimizer state is not a state_dict: {exc}") from exc
-    names = [name for _, name in _parameter_names(optimizer, model)]
+    saved_params = [i for group in param_groups for i in group.params]
+    names = tuple(name for _, name in _parameter_names(optimizer, model))
     if sorted(saved_params) != list(range(len(names))):
         raise StateMismatchError(
             f"the saved optimizer state has {len(saved_params)} parameters, "
             f"the optimizer {len(names)}"
         )
-    internals: dict[str, Any] = {
-        "param_groups": saved_groups,
-        "param_names": names,
-        "state": {},
-    }
+    state: dict[int, dict[str, Any]] = {}
     tensors: dict[str, torch.Tensor] = {}
     for index, entry in saved_state.items():
         plain: dict[str, Any] = {}
@@ -381,8 +404,9 @@ def check_positional_state(
                 tensors[f"state.{index}.{key}"] = value
             else:
                 plain[str(key)] = value
-        internals["state"][str(index)] = plain
-    return optimizer_state_dict(optimizer, model, internals, tensors)
+        state[_saved_index(str(index))] = plain
+    saved = OptimizerSection("", param_groups, names, state)
+    return optimizer_state_dict(optimizer, model, saved, tensors)
 
 
 def scheduler_state_to_json(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -400,5 +424,7 @@ def scheduler_state_from_json(state: Mapping[str, Any]) -> dict[str, Any]:
         try:
             out["milestones"] = Counter({int(k): v for k, v in milestones.items()})
         except ValueError as exc:
-            raise FormatError(f"scheduler milestones {milestones!r} are not integers") from exc
+            raise FormatError(
+                f"scheduler milestones {milestones!r} are not integers", kind="InvalidState"
+            ) from exc
     return out

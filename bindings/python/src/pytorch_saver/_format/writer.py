@@ -1,0 +1,291 @@
+"""The streaming, atomic writer (``src/format/writer.rs``): tensor bytes go
+from their source to the file one tensor at a time (never a whole-file
+buffer), into a temporary file in the target directory that is fsynced and
+then published under a name that no existing file has."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import struct
+import sys
+import zlib
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+import torch
+
+from .._errors import FormatError, InvalidArgumentError, MetadataError
+from . import INTERNALS_KEY, METADATA_MEMBER, MODEL_MEMBER, OPTIMIZER_MEMBER
+from .json import MAX_JSON_DEPTH, SURROGATE, U64_LIMIT, JsonError, parse_object
+from .metadata import MAX_METADATA_BYTES, Metadata, parse, to_json
+from .tensors import PlannedTensor, build_header, writable_bytes
+from .zip import PlannedMember, dos_time_date, end_records
+
+__all__ = ["write_checkpoint"]
+
+_CHUNK: Final = 1 << 20
+_COPY_CHUNK: Final = 64 << 20
+
+
+def _json_path(path: str, key: Any) -> str:
+    return f"{path}[{key!r}]"
+
+
+def _check_json_value(value: Any, path: str) -> None:
+    """Refuses, naming where, anything ``json.dumps`` would not write as the
+    same value: non-JSON types, non-finite floats, keys that are not
+    strings (ints are written in decimal, as a Counter's keys are meant to
+    be), integers beyond 64 bits and nesting deeper than readers accept."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 1)]
+    while stack:
+        item, where, depth = stack.pop()
+        if item is None or isinstance(item, (bool, str)):
+            continue
+        if isinstance(item, int):
+            if not -(1 << 63) <= item < U64_LIMIT:
+                raise MetadataError(
+                    f"{where} is {item}, outside the 64-bit integers other languages read "
+                    "exactly; store it as a string"
+                )
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise MetadataError(
+                    f"{where} is {item!r}, which JSON cannot represent; store it as a string "
+                    "or leave it out"
+                )
+            continue
+        if isinstance(item, (dict, list, tuple)):
+            if depth > MAX_JSON_DEPTH:
+                raise MetadataError(
+                    f"{where} is nested deeper than {MAX_JSON_DEPTH} levels, more than "
+                    "readers accept"
+                )
+            if isinstance(item, dict):
+                for key, v in item.items():
+                    if isinstance(key, bool) or not isinstance(key, (str, int)):
+                        raise MetadataError(
+                            f"{where} has the key {key!r} of type {type(key).__name__}; JSON "
+                            "object keys are strings"
+                        )
+                    stack.append((v, _json_path(where, key), depth + 1))
+            else:
+                stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item))
+            continue
+        raise MetadataError(
+            f"{where} is a {type(item).__module__}.{type(item).__qualname__}, which is not "
+            "JSON (allowed: dict, list, tuple, str, int, float, bool, None)"
+        )
+
+
+def _encode_metadata(metadata: Metadata | Mapping[str, Any]) -> tuple[bytes, Metadata]:
+    """The bytes of ``metadata.json`` and what a reader will see in them,
+    parsed back from those bytes as a reader parses them. Raises
+    MetadataError for anything a reader would refuse."""
+    if isinstance(metadata, Metadata):
+        metadata = to_json(metadata)
+    if not isinstance(metadata, Mapping):
+        raise MetadataError(f"metadata must be a dict, not {type(metadata).__name__}")
+    _check_json_value(dict(metadata), "metadata")
+    try:
+        text = json.dumps(dict(metadata), allow_nan=False, indent=2, ensure_ascii=False)
+        data = text.encode("utf-8")
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
+        raise MetadataError(f"metadata is not JSON: {e}") from None
+    if len(data) > MAX_METADATA_BYTES:
+        raise MetadataError(
+            f"{METADATA_MEMBER} would be {len(data)} bytes, above the limit of {MAX_METADATA_BYTES}"
+        )
+    try:
+        parsed = parse_object(data)
+    except JsonError as e:
+        # Two keys that read the same once written (1 and "1").
+        raise MetadataError(f"metadata: {e}") from None
+    try:
+        return data, parse(parsed)
+    except FormatError as e:
+        raise MetadataError(str(e)) from None
+
+
+def _invalid(message: str) -> InvalidArgumentError:
+    return InvalidArgumentError(message, kind="InvalidInput")
+
+
+def _tensor_bytes(t: PlannedTensor, member: str) -> Iterator[memoryview]:
+    """The tensor's elements in C order, little-endian, in chunks; the
+    source is brought to the CPU and made contiguous one tensor at a time."""
+    tensor = t.tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.to("cpu")
+    tensor = tensor.resolve_conj().resolve_neg().contiguous()
+    if tensor.dtype != t.dtype.torch_dtype or tuple(tensor.shape) != t.shape:
+        raise _invalid(f"{member}: tensor {t.name!r} changed while it was being saved")
+    if t.nbytes == 0:
+        return
+    view = writable_bytes(tensor)
+    for at in range(0, len(view), _COPY_CHUNK):
+        yield view[at : at + _COPY_CHUNK]
+
+
+_temp_names = itertools.count(1)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _publish(tmp: str, directory: str, stem: str) -> str:
+    """Gives the finished temporary file its final name without ever
+    replacing a file: ``link(2)`` fails when the name is taken."""
+    for n in range(10_000):
+        target = os.path.join(directory, f"{stem}.zip" if n == 0 else f"{stem}-{n}.zip")
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            continue
+        return target
+    raise FileExistsError(f"10000 files named {stem}-N.zip already exist in {directory}")
+
+
+def _check_prefix(prefix: str | None) -> str:
+    if prefix is None or prefix == "":
+        return ""
+    if not isinstance(prefix, str):
+        raise _invalid(f"prefix must be a string, not {type(prefix).__name__}")
+    if "/" in prefix or "\0" in prefix:
+        raise _invalid(f"prefix {prefix!r} may not contain '/' or NUL")
+    if prefix.startswith("."):
+        raise _invalid(f"prefix {prefix!r} may not start with '.' (hidden files)")
+    if SURROGATE.search(prefix):
+        raise _invalid(f"prefix {prefix!r} is not valid Unicode text")
+    return prefix + "_"
+
+
+def write_checkpoint(
+    directory: str | os.PathLike[str],
+    prefix: str | None,
+    metadata: Metadata | Mapping[str, Any],
+    model: Mapping[str, torch.Tensor],
+    optimizer: Mapping[str, torch.Tensor] | None,
+) -> str:
+    """Writes a format-v1 file into ``directory`` and returns its path.
+
+    ``metadata`` is the complete ``metadata.json``: a :class:`Metadata`, or
+    the JSON object (``model_kwargs``, ``timestamp``, ``__pytorch_saver__``
+    with ``kind``, classes and producer, user keys); ``optimizer`` is the ``optimizer.safetensors``
+    tensors, given iff the metadata declares an optimizer. The file is named
+    ``{prefix}_{kind}_{timestamp}.zip`` (``{kind}_{timestamp}.zip`` without
+    a prefix), with ``-1``, ``-2``, ... when the name is taken: no existing
+    file is ever replaced.
+
+    Everything is checked before any file is created (MetadataError for the
+    metadata, InvalidArgumentError, a ValueError, for the tensors or the
+    prefix). The data goes to a temporary file in ``directory`` that is
+    fsynced, published with ``link(2)`` and then unlinked, and the
+    directory fsynced; on failure the temporary file is removed.
+    """
+    return _write_checkpoint(directory, prefix, metadata, model, optimizer)
+
+
+def _write_checkpoint(
+    directory: str | os.PathLike[str],
+    prefix: str | None,
+    metadata: Metadata | Mapping[str, Any],
+    model: Mapping[str, torch.Tensor],
+    optimizer: Mapping[str, torch.Tensor] | None,
+    *,
+    force_zip64: bool = False,
+) -> str:
+    """``write_checkpoint`` with a test knob: ``force_zip64`` writes ZIP64
+    records where the sizes do not need them."""
+    if sys.byteorder != "little":
+        raise NotImplementedError("writing format v1 on a big-endian machine is not supported")
+    stem_prefix = _check_prefix(prefix)
+    metadata_bytes, document = _encode_metadata(metadata)
+    optimizer_section = document.internals.optimizer
+    has_optimizer = optimizer_section is not None
+    if has_optimizer and optimizer is None:
+        raise _invalid(
+            "the metadata declares an optimizer but no optimizer tensors were given "
+            "(give {} for an optimizer without tensor state)"
+        )
+    if not has_optimizer and optimizer is not None:
+        raise _invalid(
+            "optimizer tensors were given but the metadata declares no optimizer "
+            f"({INTERNALS_KEY}.optimizer)"
+        )
+    members = [build_header(MODEL_MEMBER, model)]
+    if optimizer is not None:
+        assert optimizer_section is not None
+        planned = build_header(OPTIMIZER_MEMBER, optimizer)
+        for t in planned.tensors:
+            reason = optimizer_section.check_tensor_name(t.name)
+            if reason is not None:
+                raise _invalid(f"{OPTIMIZER_MEMBER}: tensor {t.name!r}: {reason}")
+        members.append(planned)
+
+    plan = [PlannedMember.plan(METADATA_MEMBER, 0, len(metadata_bytes), force_zip64)]
+    plan[0].crc = zlib.crc32(metadata_bytes)
+    for member in members:
+        plan.append(PlannedMember.plan(member.name, plan[-1].end, member.size, force_zip64))
+
+    dir_str = os.fspath(directory)
+    if not os.path.isdir(dir_str):
+        if not os.path.exists(dir_str):
+            raise FileNotFoundError(f"directory {dir_str!r} does not exist")
+        raise NotADirectoryError(f"{dir_str!r} is not a directory")
+    stem = f"{stem_prefix}{document.internals.kind}_{document.timestamp}"
+    tmp = os.path.join(dir_str, f".{stem}.zip.{os.getpid()}.{next(_temp_names)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, "wb", buffering=_CHUNK) as out:
+            dos_time, dos_date = dos_time_date(document.timestamp)
+            out.write(plan[0].local_header(dos_time, dos_date))
+            out.write(metadata_bytes)
+            for member, entry in zip(members, plan[1:], strict=True):
+                out.write(entry.local_header(dos_time, dos_date))
+                out.write(member.header)
+                crc = zlib.crc32(member.header)
+                for t in member.tensors:
+                    written = 0
+                    for chunk in _tensor_bytes(t, member.name):
+                        crc = zlib.crc32(chunk, crc)
+                        out.write(chunk)
+                        written += len(chunk)
+                    if written != t.nbytes:
+                        raise _invalid(
+                            f"{member.name}: tensor {t.name!r} gave {written} bytes, its dtype "
+                            f"and shape need {t.nbytes}"
+                        )
+                entry.crc = crc
+            out.flush()
+            # The CRCs of tensor members are known only now: patch them in.
+            for entry in plan[1:]:
+                _pwrite_all(fd, struct.pack("<I", entry.crc), entry.crc_field_offset)
+            cd_offset = plan[-1].end
+            central = b"".join(e.central_header(dos_time, dos_date) for e in plan)
+            _pwrite_all(
+                fd,
+                central + end_records(len(plan), cd_offset, len(central), force_zip64),
+                cd_offset,
+            )
+            os.fsync(fd)
+        path = _publish(tmp, dir_str, stem)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    dir_fd = os.open(dir_str, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
