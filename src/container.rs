@@ -17,7 +17,7 @@ use crate::format::{
 use crate::optim::{Optimizer, OptimizerState, ParamGroup, ParamState};
 use crate::registry::{BoxedModel, Forward, Registry, TensorSpec};
 use crate::sched::Scheduler;
-use crate::tensors::{check_fits, copy_into, kind_of, mapped, read_new, TchSource};
+use crate::tch_bridge::{check_fits, copy_into, kind_of, mapped, read_new, TchSource};
 
 /// How a load reads a file and where the loaded tensors live.
 ///

@@ -9,6 +9,8 @@
 //! - [`sched`]: torch.optim.lr_scheduler's schedulers, same math and state.
 //! - [`ModelContainer`]: initialize, save, save_inference, load, restore.
 //! - [`InferenceModel`]: a loaded model that many threads run at once.
+//! - [`tch_bridge`]: tch tensors to and from the format's tensors, and
+//!   tensors over a checkpoint's mapped memory (zero-copy loads).
 //! - [`capi`]: the C ABI (`include/pytorch_saver.h`) over all of it.
 
 // The C ABI gates itself on `torch` (an inner attribute), so that cbindgen
@@ -38,7 +40,7 @@ pub mod registry;
 pub mod sched;
 /// cbindgen:ignore
 #[cfg(feature = "torch")]
-pub mod tensors;
+pub mod tch_bridge;
 
 #[cfg(feature = "torch")]
 pub use container::{LoadOptions, MetadataValue, Model, ModelContainer, Parts, Spec, UserMetadata};

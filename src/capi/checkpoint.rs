@@ -254,7 +254,7 @@ pub unsafe extern "C" fn pts_checkpoint_tensor(
         let c = unsafe { arg_ref(checkpoint, "checkpoint") }?;
         let out = Out::new(out, "out")?;
         let (_, entry, _) = c.entry(member, name)?;
-        let tensor = crate::tensors::read_new(&c.ckpt, entry)?;
+        let tensor = crate::tch_bridge::read_new(&c.ckpt, entry)?;
         out.write(pts_tensor_t::boxed(tensor));
         Ok(())
     })

@@ -51,7 +51,7 @@ impl pts_container_t {
 
 unsafe fn kwargs_arg(json: *const c_char, name: &str) -> CResult<Map<String, Value>> {
     match unsafe { opt_str(json, name) }? {
-        Some(text) => parse_object(text, name),
+        Some(text) => json_object_arg(text, name),
         None => Ok(Map::new()),
     }
 }

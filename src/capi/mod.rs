@@ -192,9 +192,11 @@ pub(crate) fn owned_string(s: impl Into<String>) -> CResult<*mut c_char> {
         .map_err(|e| pts_error_t::new(PTS_ERROR_INVALID_ARGUMENT, format!("string with a NUL byte: {e}")))
 }
 
-/// A JSON object given as text (`what` names it in errors).
-pub(crate) fn parse_object(text: &str, what: &str) -> CResult<serde_json::Map<String, serde_json::Value>> {
-    match serde_json::from_str::<serde_json::Value>(text) {
+/// A JSON object given as text (`what` names it in errors), parsed by the
+/// format's strict parser: a duplicate key at any depth is refused, as in
+/// a file's JSON, so that one text never means two things.
+pub(crate) fn json_object_arg(text: &str, what: &str) -> CResult<serde_json::Map<String, serde_json::Value>> {
+    match crate::format::json::parse_value(text) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
         Ok(other) => Err(pts_error_t::new(
             PTS_ERROR_INVALID_JSON,
@@ -204,5 +206,108 @@ pub(crate) fn parse_object(text: &str, what: &str) -> CResult<serde_json::Map<St
             PTS_ERROR_INVALID_JSON,
             format!("{what} is not valid JSON: {e}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error's code and message, freeing it.
+    unsafe fn take(error: *mut pts_error_t) -> (pts_error_code_t, String) {
+        assert!(!error.is_null(), "the call succeeded");
+        let code = unsafe { pts_error_code(error) };
+        let message = unsafe { CStr::from_ptr(pts_error_message(error)) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { pts_error_free(error) };
+        (code, message)
+    }
+
+    #[test]
+    fn json_arguments_refuse_duplicate_keys_at_any_depth() {
+        let map =
+            json_object_arg(r#"{"a": 1, "b": {"c": [1, 2]}}"#, "kwargs").unwrap_or_else(|e| panic!("{}", e.message()));
+        assert_eq!(map.len(), 2);
+        for (text, key) in [(r#"{"a": 1, "a": 2}"#, "a"), (r#"{"x": [{"c": 1, "c": 1}]}"#, "c")] {
+            let e = json_object_arg(text, "model_kwargs_json").unwrap_err();
+            assert_eq!(e.code(), PTS_ERROR_INVALID_JSON);
+            let message = e.message();
+            assert!(message.contains("model_kwargs_json is not valid JSON"), "{message}");
+            assert!(message.contains(&format!("duplicate key {key:?}")), "{message}");
+        }
+        let e = json_object_arg("[1, 2]", "metadata_json").unwrap_err();
+        assert_eq!(e.code(), PTS_ERROR_INVALID_JSON);
+        assert!(e.message().contains("must be a JSON object"), "{}", e.message());
+    }
+
+    #[test]
+    fn c_calls_refuse_kwargs_and_metadata_with_a_duplicate_key() {
+        let mut c = ptr::null_mut();
+        assert!(unsafe { pts_container_new(ptr::null(), &mut c) }.is_null());
+        let linear = c"torch.nn.Linear";
+        let adam = c"torch.optim.Adam";
+        let duplicate = c"{\"in_features\": 2, \"out_features\": 1, \"in_features\": 3}";
+        let error = unsafe {
+            pts_container_initialize(
+                c,
+                linear.as_ptr(),
+                duplicate.as_ptr(),
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+            )
+        };
+        let (code, message) = unsafe { take(error) };
+        assert_eq!(code, PTS_ERROR_INVALID_JSON, "{message}");
+        assert!(message.contains("duplicate key \"in_features\""), "{message}");
+
+        let kwargs = c"{\"in_features\": 2, \"out_features\": 1}";
+        let duplicate = c"{\"lr\": 0.1, \"betas\": [0.9, 0.99], \"lr\": 0.2}";
+        let error = unsafe {
+            pts_container_initialize(
+                c,
+                linear.as_ptr(),
+                kwargs.as_ptr(),
+                adam.as_ptr(),
+                duplicate.as_ptr(),
+                ptr::null(),
+                ptr::null(),
+            )
+        };
+        let (code, message) = unsafe { take(error) };
+        assert_eq!(code, PTS_ERROR_INVALID_JSON, "{message}");
+        assert!(
+            message.contains("optim_kwargs_json") && message.contains("duplicate key \"lr\""),
+            "{message}"
+        );
+
+        let error = unsafe {
+            pts_container_initialize(
+                c,
+                linear.as_ptr(),
+                kwargs.as_ptr(),
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+            )
+        };
+        assert!(error.is_null(), "{}", unsafe { take(error) }.1);
+        let dir = tempfile::tempdir().unwrap();
+        let dir_c = CString::new(dir.path().to_str().unwrap()).unwrap();
+        let duplicate = c"{\"run\": {\"epoch\": 1, \"epoch\": 2}}";
+        let mut path = ptr::null_mut();
+        let error = unsafe { pts_container_save(c, dir_c.as_ptr(), ptr::null(), duplicate.as_ptr(), &mut path) };
+        let (code, message) = unsafe { take(error) };
+        assert_eq!(code, PTS_ERROR_INVALID_JSON, "{message}");
+        assert!(
+            message.contains("metadata_json") && message.contains("duplicate key \"epoch\""),
+            "{message}"
+        );
+        assert!(path.is_null());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was written");
+        unsafe { pts_container_free(c) };
     }
 }

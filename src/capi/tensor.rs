@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::*;
 use crate::format::{dtype_size, Dtype};
-use crate::tensors::{dtype_of, kind_of};
+use crate::tch_bridge::{dtype_of, kind_of};
 
 /// An element type (one of the `PTS_DTYPE_*` values): format v1's dtypes.
 pub type pts_dtype_t = u32;

@@ -70,11 +70,17 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
+/// Parses any JSON value, refusing duplicate keys anywhere in it; the
+/// error is serde_json's message (a duplicate names its key).
+pub(crate) fn parse_value(text: &str) -> Result<Value, String> {
+    let Strict(v) = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
 /// Parses a JSON object, refusing duplicate keys anywhere in it.
 pub(crate) fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
-    let Strict(v) = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    match v {
+    match parse_value(text)? {
         Value::Object(m) => Ok(m),
         _ => Err("top level is not a JSON object".into()),
     }
@@ -93,5 +99,16 @@ mod tests {
         assert!(e.contains("duplicate key \"c\""), "{e}");
         assert!(parse_object(b"[1]").is_err());
         assert!(parse_object(b"\xff").is_err());
+    }
+
+    #[test]
+    fn any_value_parses_with_the_same_rule() {
+        assert_eq!(
+            parse_value("[1, {\"a\": null}]").unwrap(),
+            serde_json::json!([1, {"a": null}])
+        );
+        let e = parse_value(r#"[{"k": 1, "k": 1}]"#).unwrap_err();
+        assert!(e.contains("duplicate key \"k\""), "{e}");
+        assert!(parse_value("{").is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! Nothing here depends on tch; `docs/FORMAT.md` is the normative text.
 
 mod error;
-mod json;
+pub(crate) mod json;
 pub mod metadata;
 mod reader;
 mod tensors;

@@ -1,6 +1,6 @@
 //! Safe wrappers over src/optim/kernels.cpp: the ATen ops with the scalar
 //! arguments (`alpha`, `value`) that tch 0.26 leaves out, and clearing a
-//! gradient. With `tensors` (tensors over a mapping) and `capi`, the only
+//! gradient. With `tch_bridge` (tensors over a mapping) and `capi`, the only
 //! FFI in the crate; see the C++ file for why these exist.
 
 use std::ffi::{c_char, CStr};

@@ -1,0 +1,172 @@
+//! A group's hyperparameters: the table entry each algorithm's file fills
+//! (`Hp`, `hp!`), the check of one value, kwargs parsed into a
+//! group's options (the `param_groups` kwarg included), and the checks of
+//! a group loaded from a file.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::algorithm::Algorithm;
+use super::ParamGroup;
+use crate::error::{Error, Result};
+use crate::kwargs::Kwargs;
+
+/// How a hyperparameter is checked.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Ty {
+    /// A float in `[min, max)` (`max` None: unbounded).
+    Float {
+        min: f64,
+        max: Option<f64>,
+    },
+    Bool,
+    /// `true`, `false` or `null` (foreach, fused).
+    OptBool,
+    /// Two floats in `[0, 1)` (betas).
+    Betas,
+}
+
+pub(super) const NON_NEG: Ty = Ty::Float { min: 0.0, max: None };
+
+/// One hyperparameter: PyTorch's key, check and default (as PyTorch
+/// writes it: `0` for an int default, `0.0` for a float one).
+pub(super) struct Hp {
+    pub(super) key: &'static str,
+    pub(super) ty: Ty,
+    pub(super) default: fn() -> Value,
+}
+
+/// `hp!("key", ty, json default)`: one entry of a hyperparameter table.
+macro_rules! hp {
+    ($key:literal, $ty:expr, $default:tt) => {
+        $crate::optim::options::Hp {
+            key: $key,
+            ty: $ty,
+            default: || serde_json::json!($default),
+        }
+    };
+}
+pub(super) use hp;
+
+/// Checks one hyperparameter value; the reason names what is wrong.
+fn check_value(hp: &Hp, v: &Value) -> std::result::Result<(), String> {
+    let in_range = |x: f64, min: f64, max: Option<f64>| {
+        if x.is_nan() || x < min || max.is_some_and(|m| x >= m) {
+            let upper = max.map_or(String::new(), |m| format!(" and below {m}"));
+            Err(format!("must be at least {min}{upper}, got {x}"))
+        } else {
+            Ok(())
+        }
+    };
+    match (hp.ty, v) {
+        (Ty::Float { min, max }, Value::Number(n)) => in_range(n.as_f64().unwrap_or(f64::NAN), min, max),
+        (Ty::Float { .. }, _) => Err(format!("must be a number, got {v}")),
+        (Ty::Bool, Value::Bool(_)) | (Ty::OptBool, Value::Bool(_) | Value::Null) => Ok(()),
+        (Ty::Bool, _) => Err(format!("must be a boolean, got {v}")),
+        (Ty::OptBool, _) => Err(format!("must be a boolean or null, got {v}")),
+        (Ty::Betas, Value::Array(a)) if a.len() == 2 => {
+            for (i, b) in a.iter().enumerate() {
+                let x = b
+                    .as_f64()
+                    .ok_or_else(|| format!("betas[{i}] must be a number, got {b}"))?;
+                in_range(x, 0.0, Some(1.0)).map_err(|e| format!("betas[{i}] {e}"))?;
+            }
+            Ok(())
+        }
+        (Ty::Betas, _) => Err(format!("must be a list of two numbers, got {v}")),
+    }
+}
+
+/// The hyperparameters of a group: `given` overrides `base` (the
+/// defaults, or the optimizer-wide values for a group of `param_groups`).
+/// Every key is checked; a kwarg nobody asked for is an error.
+pub(super) fn parse_options(alg: Algorithm, kw: &Kwargs<'_>, base: &Map<String, Value>) -> Result<Map<String, Value>> {
+    let mut options = Map::new();
+    for hp in alg.hyperparameters() {
+        let value = if alg.fixed(hp.key) {
+            alg.default(hp)
+        } else {
+            match kw.take(hp.key) {
+                Some(v) => v.clone(),
+                None => base.get(hp.key).cloned().unwrap_or_else(|| alg.default(hp)),
+            }
+        };
+        check_value(hp, &value).map_err(|reason| kw.error(format!("kwarg {:?} {reason}", hp.key)))?;
+        options.insert(hp.key.into(), value);
+    }
+    alg.check_group(&ParamGroup::new(Vec::new(), options.clone()))
+        .map_err(|e| kw.error(e.to_string()))?;
+    Ok(options)
+}
+
+/// A group's hyperparameters from a file or `load_state_dict`: every key
+/// this algorithm uses must be present and valid; other keys (a
+/// scheduler's `initial_lr`, ...) are kept as they are.
+pub(super) fn check_loaded_group(alg: Algorithm, group: &ParamGroup, index: usize) -> Result<()> {
+    for hp in alg.hyperparameters() {
+        let v = group.get(hp.key).ok_or_else(|| Error::InvalidState {
+            what: format!("param_groups[{index}].{}", hp.key),
+            reason: "missing".into(),
+        })?;
+        check_value(hp, v).map_err(|reason| Error::InvalidState {
+            what: format!("param_groups[{index}].{}", hp.key),
+            reason,
+        })?;
+    }
+    alg.check_group(group).map_err(|e| Error::InvalidState {
+        what: format!("param_groups[{index}]"),
+        reason: e.to_string(),
+    })
+}
+
+/// Builds the groups of the `param_groups` kwarg.
+pub(super) fn build_groups(
+    alg: Algorithm,
+    class: &str,
+    spec: &Value,
+    base: &Map<String, Value>,
+    index: &HashMap<&str, usize>,
+    kw: &Kwargs<'_>,
+) -> Result<Vec<ParamGroup>> {
+    let list = spec
+        .as_array()
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| kw.error("kwarg \"param_groups\" must be a non-empty list of objects"))?;
+    let mut seen = vec![false; index.len()];
+    let mut groups = Vec::new();
+    for (g, item) in list.iter().enumerate() {
+        let obj = item
+            .as_object()
+            .ok_or_else(|| kw.error(format!("param_groups[{g}] must be an object")))?;
+        let mut overrides = obj.clone();
+        let names = overrides
+            .remove("params")
+            .ok_or_else(|| kw.error(format!("param_groups[{g}] lacks \"params\"")))?;
+        let names = names
+            .as_array()
+            .ok_or_else(|| kw.error(format!("param_groups[{g}].params must be a list of parameter names")))?;
+        let mut params = Vec::new();
+        for n in names {
+            let n = n
+                .as_str()
+                .ok_or_else(|| kw.error(format!("param_groups[{g}].params: {n} is not a parameter name")))?;
+            let &i = index
+                .get(n)
+                .ok_or_else(|| kw.error(format!("param_groups[{g}] names {n:?}, which is not a parameter")))?;
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(kw.error(format!("parameter {n:?} is in more than one group")));
+            }
+            params.push(i);
+        }
+        let label = format!("{class} param_groups[{g}]");
+        let group_kw = Kwargs::new(&label, &overrides, false);
+        let options = parse_options(alg, &group_kw, base)?;
+        group_kw.finish()?;
+        groups.push(ParamGroup::new(params, options));
+    }
+    if let Some(missing) = index.iter().find(|(_, &i)| !seen[i]).map(|(n, _)| *n) {
+        return Err(kw.error(format!("parameter {missing:?} is in no group of param_groups")));
+    }
+    Ok(groups)
+}
