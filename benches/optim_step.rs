@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pytorch_saver::optim::{Optimizer, ADAM, SGD};
-use pytorch_saver::{models, ModelContainer, Spec};
+use pytorch_saver::{models, ContainerSpec, ModelContainer};
 use serde_json::{json, Map, Value};
 use tch::nn::OptimizerConfig;
 use tch::{nn, Kind, Tensor};
@@ -48,8 +48,11 @@ fn model() -> ModelContainer {
     tch::manual_seed(0);
     let mut c = ModelContainer::new();
     let kw = json!({"in_dim": IN, "hidden_dim": HIDDEN, "n_classes": OUT, "n_layers": 3});
-    c.initialize(Spec::model(models::MLP, kw.as_object().cloned().unwrap_or_default()))
-        .expect("MLP");
+    c.initialize(ContainerSpec::model(
+        models::MLP,
+        kw.as_object().cloned().unwrap_or_default(),
+    ))
+    .expect("MLP");
     let x = Tensor::randn([8, IN], (Kind::Float, tch::Device::Cpu));
     c.model()
         .unwrap()

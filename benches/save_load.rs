@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pytorch_saver::{models, ModelContainer, Spec, UserMetadata};
+use pytorch_saver::{models, ContainerSpec, ModelContainer, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::{nn, Kind, Tensor};
 
@@ -117,7 +117,7 @@ fn rss_child(phase: &str, dir: &Path, file: Option<&str>) {
     let mut c = ModelContainer::new();
     match phase {
         "save" => {
-            c.initialize(Spec::model(models::MLP, kwargs())).unwrap();
+            c.initialize(ContainerSpec::model(models::MLP, kwargs())).unwrap();
             c.save(dir, "rss", &UserMetadata::new()).unwrap();
         }
         "load" => {
@@ -125,7 +125,7 @@ fn rss_child(phase: &str, dir: &Path, file: Option<&str>) {
             assert!(metadata.contains_key("model_kwargs"));
         }
         "restore" => {
-            c.initialize(Spec::model(models::MLP, kwargs())).unwrap();
+            c.initialize(ContainerSpec::model(models::MLP, kwargs())).unwrap();
             c.restore(file.unwrap()).unwrap();
         }
         _ => panic!("unknown phase {phase}"),
@@ -186,7 +186,7 @@ fn main() {
 
     tch::manual_seed(0);
     let mut c = ModelContainer::new();
-    c.initialize(Spec::model(models::MLP, kwargs())).unwrap();
+    c.initialize(ContainerSpec::model(models::MLP, kwargs())).unwrap();
     let mut tensors = state_bytes(&c);
     let total: usize = tensors.iter().map(|(_, t)| tensor_slice(t).len()).sum();
     println!(

@@ -9,10 +9,10 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use pytorch_saver::format::{
-    dtype_name, write_checkpoint, BytesTensor, Checkpoint, Dtype, MemberName, TensorMember, TensorSource, WriteOptions,
-    DTYPES, FORMAT_VERSION,
+    dtype_name, write_checkpoint, BytesTensor, Checkpoint, ClassSpec, Dtype, FileKind, MemberName, Metadata,
+    TensorMember, TensorSource, WriteOptions, DTYPES, FORMAT_VERSION,
 };
-use pytorch_saver::{models, optim, sched, ModelContainer, Spec, UserMetadata};
+use pytorch_saver::{models, optim, sched, ContainerSpec, ModelContainer, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -35,7 +35,7 @@ fn sidecar(path: &Path, extra: Map<String, Value>) -> Value {
             .collect();
         members.insert(m.name.as_str().into(), Value::Object(tensors));
     }
-    let mut v = json!({"metadata": ckpt.metadata(), "tensors": members});
+    let mut v = json!({"metadata": ckpt.metadata().to_json(), "tensors": members});
     v.as_object_mut().expect("object").extend(extra);
     v
 }
@@ -119,7 +119,7 @@ fn matrix_checkpoint(
 ) -> (PathBuf, Map<String, Value>) {
     let (before, after) = (10, 5);
     tch::manual_seed(seed);
-    let mut spec = Spec::model(model.0, kwargs(model.1));
+    let mut spec = ContainerSpec::model(model.0, kwargs(model.1));
     if let Some((class, kw)) = optimizer {
         spec = spec.optimizer(class, kwargs(kw));
     }
@@ -182,7 +182,7 @@ fn main() {
     keep_or_write(&dir, "rust_mlp_inference.zip", |out| {
         tch::manual_seed(0);
         let mut c = ModelContainer::new();
-        c.initialize(Spec::model(
+        c.initialize(ContainerSpec::model(
             models::MLP,
             kwargs(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 3})),
         ))
@@ -201,7 +201,7 @@ fn main() {
     keep_or_write(&dir, "rust_linear_checkpoint.zip", |out| {
         tch::manual_seed(1);
         let mut c = ModelContainer::new();
-        c.initialize(Spec::model(
+        c.initialize(ContainerSpec::model(
             models::LINEAR,
             kwargs(json!({"in_features": 3, "out_features": 2})),
         ))
@@ -240,17 +240,12 @@ fn main() {
                 });
             }
         }
-        let mut meta = kwargs(json!({
-            "model_kwargs": {},
-            "timestamp": 1_795_000_000u64,
-            "__pytorch_saver__": {
-                "format_version": FORMAT_VERSION,
-                "kind": "inference",
-                "model": {"class": "tests.AllDtypes"},
-                "producer": pytorch_saver::format::Producer::this_library().to_json(),
-            }
-        }));
-        meta.insert(
+        let mut meta = Metadata::new(
+            FileKind::Inference,
+            ClassSpec::new("tests.AllDtypes", Map::new()),
+            1_795_000_000,
+        );
+        meta.user.insert(
             "description".into(),
             "every v1 dtype as matrix, rank-0 and empty tensors".into(),
         );

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use pytorch_saver::{models, optim, sched, ModelContainer, Spec, UserMetadata};
+use pytorch_saver::{models, optim, sched, ContainerSpec, ModelContainer, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -56,7 +56,7 @@ fn save(dir: &Path) -> pytorch_saver::Result<PathBuf> {
     let optim_kwargs = json!({"lr": 0.01, "weight_decay": 0.01});
     let scheduler_kwargs = json!({"T_0": 40, "eta_min": 0.001});
     container.initialize(
-        Spec::model(models::MLP, kwargs(model_kwargs.clone()))
+        ContainerSpec::model(models::MLP, kwargs(model_kwargs.clone()))
             .optimizer(optim::ADAMW, kwargs(optim_kwargs.clone()))
             .scheduler(sched::COSINE_ANNEALING_WARM_RESTARTS, kwargs(scheduler_kwargs.clone())),
     )?;

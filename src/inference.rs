@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use serde_json::{Map, Value};
 use tch::{Device, Tensor};
 
-use crate::container::{flat_metadata, LoadOptions, Model};
+use crate::container::{LoadOptions, Model};
 use crate::error::Result;
 use crate::format::Checkpoint;
 use crate::registry::Registry;
@@ -57,7 +57,7 @@ impl InferenceModel {
     ) -> Result<(Self, Map<String, Value>)> {
         let ckpt = Checkpoint::open_with(path, options.read_options())?;
         let model = Model::from_file(registry, &ckpt, Device::Cpu, options)?;
-        Ok((Self::new(model), flat_metadata(&ckpt)))
+        Ok((Self::new(model), ckpt.metadata().flat()))
     }
 
     /// Serves a model that was built or trained elsewhere.

@@ -43,7 +43,7 @@ pub mod sched;
 pub mod tch_bridge;
 
 #[cfg(feature = "torch")]
-pub use container::{LoadOptions, MetadataValue, Model, ModelContainer, Parts, Spec, UserMetadata};
+pub use container::{ClassSpec, ContainerSpec, LoadOptions, MetadataValue, Model, ModelContainer, Parts, UserMetadata};
 pub use error::{Error, Result};
 #[cfg(feature = "torch")]
 pub use inference::InferenceModel;

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use pytorch_saver::{models, ModelContainer, Spec, UserMetadata};
+use pytorch_saver::{models, ContainerSpec, ModelContainer, UserMetadata};
 use serde_json::{json, Value};
 
 fn cli() -> Command {
@@ -14,7 +14,7 @@ fn cli() -> Command {
 
 fn saved_mlp(dir: &std::path::Path) -> std::path::PathBuf {
     let mut c = ModelContainer::new();
-    c.initialize(Spec::model(
+    c.initialize(ContainerSpec::model(
         models::MLP,
         json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})
             .as_object()

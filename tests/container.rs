@@ -8,7 +8,7 @@ use std::path::Path;
 use common::{bytes_of, registry, ALL_DTYPES};
 
 use pytorch_saver::format::{Checkpoint, MemberName};
-use pytorch_saver::{models, Error, Kwargs, ModelContainer, Registry, Spec, UserMetadata};
+use pytorch_saver::{models, ContainerSpec, Error, Kwargs, ModelContainer, Registry, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::{nn, Kind, Tensor};
 
@@ -19,7 +19,7 @@ fn obj(v: Value) -> Map<String, Value> {
 /// A container holding `torch.nn.Linear(2, 2, bias)`.
 fn linear(bias: bool) -> ModelContainer {
     let mut c = ModelContainer::new();
-    c.initialize(Spec::model(
+    c.initialize(ContainerSpec::model(
         models::LINEAR,
         obj(json!({"in_features": 2, "out_features": 2, "bias": bias})),
     ))
@@ -44,7 +44,9 @@ fn every_dtype_and_user_metadata_round_trip_bit_exact() {
     tch::manual_seed(1);
     let dir = tempfile::tempdir().unwrap();
     let mut saved = ModelContainer::with_registry(registry());
-    saved.initialize(Spec::model(ALL_DTYPES, obj(json!({"n": 4})))).unwrap();
+    saved
+        .initialize(ContainerSpec::model(ALL_DTYPES, obj(json!({"n": 4}))))
+        .unwrap();
     let meta = UserMetadata::new()
         .with("loss", 0.55)
         .unwrap()
@@ -84,7 +86,7 @@ fn mlp_has_pytorch_state_dict_names_and_forward_survives_round_trip() {
     tch::manual_seed(3);
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::new();
-    c.initialize(Spec::model(
+    c.initialize(ContainerSpec::model(
         models::MLP,
         obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 3})),
     ))
@@ -116,20 +118,20 @@ fn mlp_has_pytorch_state_dict_names_and_forward_survives_round_trip() {
     l.load(&path).unwrap();
     let y2 = l.model().unwrap().forward(&x).unwrap();
     assert_eq!(bytes_of(&y), bytes_of(&y2));
-    assert_eq!(Checkpoint::open(&path).unwrap().manifest().kind.as_str(), "inference");
+    assert_eq!(Checkpoint::open(&path).unwrap().metadata().kind.as_str(), "inference");
 }
 
 #[test]
 fn linear_matches_pytorch_names_and_kwargs() {
     let mut c = ModelContainer::new();
-    c.initialize(Spec::model(
+    c.initialize(ContainerSpec::model(
         models::LINEAR,
         obj(json!({"in_features": 3, "out_features": 2})),
     ))
     .unwrap();
     let names: Vec<String> = c.model().unwrap().state_dict().into_keys().collect();
     assert_eq!(names, ["bias", "weight"]);
-    c.initialize(Spec::model(
+    c.initialize(ContainerSpec::model(
         models::LINEAR,
         obj(json!({"in_features": 3, "out_features": 2, "bias": false})),
     ))
@@ -143,10 +145,10 @@ fn restore_loads_into_the_existing_tensors() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::new();
     let kwargs = obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3}));
-    c.initialize(Spec::model(models::MLP, kwargs.clone())).unwrap();
+    c.initialize(ContainerSpec::model(models::MLP, kwargs.clone())).unwrap();
     let path = c.save(dir.path(), "r", &UserMetadata::new()).unwrap();
     let mut other = ModelContainer::new();
-    other.initialize(Spec::model(models::MLP, kwargs)).unwrap();
+    other.initialize(ContainerSpec::model(models::MLP, kwargs)).unwrap();
     let held = other.model().unwrap().state_dict()["fc1.weight"].shallow_clone();
     other.restore(&path).unwrap();
     assert_same_state(&c, &other);
@@ -161,7 +163,9 @@ fn restore_loads_into_the_existing_tensors() {
 #[test]
 fn unknown_model_name_is_a_typed_error() {
     let mut c = ModelContainer::new();
-    let e = c.initialize(Spec::model("my.Missing", Map::new())).unwrap_err();
+    let e = c
+        .initialize(ContainerSpec::model("my.Missing", Map::new()))
+        .unwrap_err();
     assert!(
         matches!(&e, Error::UnknownName { name, .. } if name == "my.Missing"),
         "{e}"
@@ -173,11 +177,11 @@ fn unknown_model_name_is_a_typed_error() {
 fn a_file_naming_an_unregistered_class_is_refused_and_nothing_changes() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::with_registry(registry());
-    c.initialize(Spec::model(ALL_DTYPES, Map::new())).unwrap();
+    c.initialize(ContainerSpec::model(ALL_DTYPES, Map::new())).unwrap();
     let path = c.save(dir.path(), "x", &UserMetadata::new()).unwrap();
     let mut plain = ModelContainer::new();
     plain
-        .initialize(Spec::model(
+        .initialize(ContainerSpec::model(
             models::LINEAR,
             obj(json!({"in_features": 1, "out_features": 1})),
         ))
@@ -216,7 +220,9 @@ fn bad_kwargs_are_typed_errors_naming_the_kwarg() {
         ),
     ];
     for (kwargs, needle) in cases {
-        let e = c.initialize(Spec::model(models::MLP, obj(kwargs))).unwrap_err();
+        let e = c
+            .initialize(ContainerSpec::model(models::MLP, obj(kwargs)))
+            .unwrap_err();
         assert!(matches!(e, Error::InvalidKwargs { .. }), "{e}");
         assert!(e.to_string().contains(needle), "{e} should contain {needle}");
     }
@@ -237,7 +243,9 @@ fn a_panicking_factory_is_a_typed_error() {
         .unwrap_err();
     assert!(matches!(e, Error::DuplicateName { .. }), "{e}");
     let mut c = ModelContainer::with_registry(r);
-    let e = c.initialize(Spec::model("tests.Panics", Map::new())).unwrap_err();
+    let e = c
+        .initialize(ContainerSpec::model("tests.Panics", Map::new()))
+        .unwrap_err();
     assert!(
         matches!(&e, Error::Factory { reason, .. } if reason.contains("boom in factory")),
         "{e}"
@@ -283,14 +291,14 @@ fn state_that_does_not_fit_is_refused_and_the_model_is_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let mut small = ModelContainer::new();
     small
-        .initialize(Spec::model(
+        .initialize(ContainerSpec::model(
             models::MLP,
             obj(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})),
         ))
         .unwrap();
     let path = small.save(dir.path(), "s", &UserMetadata::new()).unwrap();
     let mut big = ModelContainer::new();
-    big.initialize(Spec::model(
+    big.initialize(ContainerSpec::model(
         models::MLP,
         obj(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3})),
     ))
@@ -328,7 +336,7 @@ fn missing_and_unexpected_tensors_are_named() {
 fn model_tensors_are_in_model_safetensors_with_their_names() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::new();
-    c.initialize(Spec::model(
+    c.initialize(ContainerSpec::model(
         models::MLP,
         obj(json!({"in_dim": 2, "hidden_dim": 3, "n_classes": 1, "n_layers": 1})),
     ))
@@ -350,7 +358,7 @@ fn model_tensors_are_in_model_safetensors_with_their_names() {
             "hidden_layers.0.weight"
         ]
     );
-    assert_eq!(ckpt.manifest().model_class, models::MLP);
+    assert_eq!(ckpt.metadata().model.class, models::MLP);
 }
 
 #[test]
@@ -370,7 +378,7 @@ fn factories_learn_when_a_load_will_overwrite_their_init() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::with_registry(r.clone());
-    c.initialize(Spec::model("tests.Flag", Map::new())).unwrap();
+    c.initialize(ContainerSpec::model("tests.Flag", Map::new())).unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), 1);
     let path = c.save(dir.path(), "f", &UserMetadata::new()).unwrap();
     let mut l = ModelContainer::with_registry(r);
@@ -388,11 +396,14 @@ fn readme_registry_example_works() -> pytorch_saver::Result<()> {
         Ok(Box::new(tch::nn::linear(p / "fc", width, 2, Default::default())))
     })?;
     let mut container = ModelContainer::with_registry(registry);
-    container.initialize(Spec::model("mypkg.models.Net", obj(json!({"width": 3}))))?;
+    container.initialize(ContainerSpec::model("mypkg.models.Net", obj(json!({"width": 3}))))?;
     let names: Vec<String> = container.model()?.state_dict().into_keys().collect();
     assert_eq!(names, ["fc.bias", "fc.weight"]);
     let e = container
-        .initialize(Spec::model("mypkg.models.Net", obj(json!({"width": 3, "depth": 2}))))
+        .initialize(ContainerSpec::model(
+            "mypkg.models.Net",
+            obj(json!({"width": 3, "depth": 2})),
+        ))
         .unwrap_err();
     assert!(e.to_string().contains("unexpected kwarg \"depth\""), "{e}");
     Ok(())
@@ -425,7 +436,7 @@ fn the_producer_language_is_rust_unless_a_binding_names_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let language_of = |path: &std::path::Path| {
         let ckpt = Checkpoint::open(path).unwrap();
-        ckpt.metadata()["__pytorch_saver__"]["producer"]["language"].clone()
+        ckpt.metadata().producer.language.clone()
     };
     let mut c = linear(true);
     let rust = c.save_inference(dir.path(), "rust", &UserMetadata::new()).unwrap();
@@ -466,7 +477,7 @@ fn a_wrong_input_shape_on_a_builtin_model_is_an_error_not_a_panic() {
     let wrong = Tensor::zeros([2, 5], (Kind::Float, tch::Device::Cpu));
     for (class, kwargs) in models {
         let mut c = ModelContainer::new();
-        c.initialize(Spec::model(class, obj(kwargs))).unwrap();
+        c.initialize(ContainerSpec::model(class, obj(kwargs))).unwrap();
         let err = c.model().unwrap().forward(&wrong).unwrap_err();
         assert!(matches!(err, Error::Torch(_)), "{class}: {err:?}");
         assert!(err.to_string().contains("cannot be multiplied"), "{class}: {err}");

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pytorch_saver::format::Checkpoint;
-use pytorch_saver::{models, ModelContainer, Spec, UserMetadata};
+use pytorch_saver::{models, ContainerSpec, ModelContainer, UserMetadata};
 use serde_json::json;
 
 const ROLE: &str = "PTS_DURABILITY_ROLE";
@@ -16,7 +16,7 @@ const DIR: &str = "PTS_DURABILITY_DIR";
 fn mlp(hidden: i64) -> ModelContainer {
     let mut c = ModelContainer::new();
     let kwargs = json!({"in_dim": hidden, "hidden_dim": hidden, "n_classes": 4});
-    c.initialize(Spec::model(models::MLP, kwargs.as_object().unwrap().clone()))
+    c.initialize(ContainerSpec::model(models::MLP, kwargs.as_object().unwrap().clone()))
         .unwrap();
     c
 }

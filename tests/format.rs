@@ -8,7 +8,8 @@ mod common;
 
 use common::*;
 use pytorch_saver::format::{
-    write_checkpoint, Checkpoint, Dtype, FormatError, MemberName, TensorMember, TensorSource, WriteOptions, DTYPES,
+    write_checkpoint, Checkpoint, Dtype, FormatError, MemberName, Metadata, TensorMember, TensorSource, WriteOptions,
+    DTYPES,
 };
 use serde_json::{json, Value};
 
@@ -44,7 +45,7 @@ fn write(dir: &std::path::Path, tensors: &[RawTensor], options: &WriteOptions) -
     write_checkpoint(
         dir,
         "m_checkpoint_1700000000",
-        &metadata("checkpoint", "torch.nn.Linear"),
+        &document("checkpoint", "torch.nn.Linear"),
         &members,
         options,
     )
@@ -56,7 +57,7 @@ fn assert_round_trip(options: WriteOptions) {
     let tensors = every_dtype();
     let path = write(dir.path(), &tensors, &options);
     let ckpt = Checkpoint::open(&path).unwrap();
-    assert_eq!(ckpt.metadata(), &metadata("checkpoint", "torch.nn.Linear"));
+    assert_eq!(ckpt.metadata().to_json(), metadata("checkpoint", "torch.nn.Linear"));
     assert_eq!(ckpt.tensors(MemberName::Model).len(), tensors.len());
     for t in &tensors {
         let e = ckpt.tensor(MemberName::Model, &t.name).unwrap();
@@ -193,7 +194,7 @@ fn missing_directory_is_a_clear_error() {
     let e = write_checkpoint(
         &missing,
         "x",
-        &metadata("inference", "torch.nn.Linear"),
+        &document("inference", "torch.nn.Linear"),
         &members,
         &WriteOptions::default(),
     )
@@ -226,7 +227,7 @@ fn read_only_directory_is_a_clear_error_and_leaves_nothing() {
     let e = write_checkpoint(
         &ro,
         "x",
-        &metadata("inference", "torch.nn.Linear"),
+        &document("inference", "torch.nn.Linear"),
         &members,
         &WriteOptions::default(),
     )
@@ -281,7 +282,7 @@ fn failed_write_removes_its_temp_file() {
     let e = write_checkpoint(
         dir.path(),
         "x",
-        &metadata("inference", "torch.nn.Linear"),
+        &document("inference", "torch.nn.Linear"),
         &members,
         &WriteOptions::default(),
     )
@@ -297,15 +298,28 @@ fn failed_write_removes_its_temp_file() {
 #[test]
 fn invalid_metadata_is_refused_before_writing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut meta = metadata("inference", "torch.nn.Linear");
-    meta.remove("timestamp");
     let members = [TensorMember {
         name: MemberName::Model,
         tensors: vec![],
     }];
-    let e = write_checkpoint(dir.path(), "x", &meta, &members, &WriteOptions::default()).unwrap_err();
+    let write = |meta: &Metadata| write_checkpoint(dir.path(), "x", meta, &members, &WriteOptions::default());
+    // What the schema refuses, as the reader would.
+    let mut meta = document("inference", "torch.nn.Linear");
+    meta.model.class = String::new();
+    let e = write(&meta).unwrap_err();
     assert!(
-        matches!(&e, FormatError::Schema { field, .. } if field == "timestamp"),
+        matches!(&e, FormatError::Schema { field, .. } if field == "__pytorch_saver__.model.class"),
+        "{e}"
+    );
+    let mut meta = document("inference", "torch.nn.Linear");
+    meta.format_version = 99;
+    assert_eq!(write(&meta).unwrap_err().kind(), "UnsupportedVersion");
+    // A user key that would replace a reserved one.
+    let mut meta = document("inference", "torch.nn.Linear");
+    meta.user.insert("timestamp".into(), json!(5));
+    let e = write(&meta).unwrap_err();
+    assert!(
+        matches!(&e, FormatError::InvalidInput(m) if m.contains("\"timestamp\" is reserved")),
         "{e}"
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -502,8 +516,8 @@ fn optimizer_layout_of_a_valid_file_is_read() {
         ],
         Some(json!({"class": "torch.optim.lr_scheduler.StepLR", "state": {"last_epoch": 0}})),
     ));
-    let layout = ok.manifest().optimizer.clone().unwrap();
-    assert_eq!(layout.param_count, 2);
-    assert_eq!(layout.state[&1], ["note"]);
+    let optimizer = ok.metadata().optimizer.clone().unwrap();
+    assert_eq!(optimizer.param_names, ["weight", "bias"]);
+    assert_eq!(optimizer.state[&1], *json!({"note": 1}).as_object().unwrap());
     assert_eq!(ok.tensors(MemberName::Optimizer).len(), 3);
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{bytes_of, python, registry, ALL_DTYPES};
 use pytorch_saver::format::{dtype_name, Checkpoint, MemberName, WriteOptions};
-use pytorch_saver::{models, ModelContainer, Spec, UserMetadata};
+use pytorch_saver::{models, ContainerSpec, ModelContainer, UserMetadata};
 use serde_json::{json, Value};
 
 fn torch_dtype(safetensors_dtype: &str) -> &'static str {
@@ -34,8 +34,11 @@ fn hex(bytes: &[u8]) -> String {
 fn write_all_dtypes(dir: &std::path::Path, options: WriteOptions) -> std::path::PathBuf {
     tch::manual_seed(11);
     let mut c = ModelContainer::with_registry(registry()).with_write_options(options);
-    c.initialize(Spec::model(ALL_DTYPES, json!({"n": 3}).as_object().unwrap().clone()))
-        .unwrap();
+    c.initialize(ContainerSpec::model(
+        ALL_DTYPES,
+        json!({"n": 3}).as_object().unwrap().clone(),
+    ))
+    .unwrap();
     let meta = UserMetadata::new()
         .with("loss", 0.55)
         .unwrap()
@@ -70,7 +73,7 @@ fn check_with_python(path: &std::path::Path) {
             "member data 64-byte aligned as Python computes it"
         );
     }
-    assert_eq!(&seen["metadata"], &Value::Object(ckpt.metadata().clone()));
+    assert_eq!(&seen["metadata"], &Value::Object(ckpt.metadata().to_json()));
     assert_eq!(seen["metadata"]["loss"], json!(0.55));
 
     let model = seen["model"].as_object().unwrap();
@@ -98,8 +101,11 @@ fn python_zipfile_and_safetensors_read_what_rust_wrote() {
     // And the values are the model's, bit for bit.
     tch::manual_seed(11);
     let mut c = ModelContainer::with_registry(registry());
-    c.initialize(Spec::model(ALL_DTYPES, json!({"n": 3}).as_object().unwrap().clone()))
-        .unwrap();
+    c.initialize(ContainerSpec::model(
+        ALL_DTYPES,
+        json!({"n": 3}).as_object().unwrap().clone(),
+    ))
+    .unwrap();
     let ckpt = Checkpoint::open(&path).unwrap();
     for (name, t) in c.model().unwrap().state_dict() {
         let e = ckpt.tensor(MemberName::Model, &name).unwrap();
@@ -139,7 +145,7 @@ fn unzip_t_passes_on_every_kind_of_file_we_write() {
     unzip_t(&write_all_dtypes(dir.path(), WriteOptions::default()));
     unzip_t(&write_all_dtypes(dir.path(), WriteOptions { force_zip64: true }));
     let mut c = ModelContainer::new();
-    c.initialize(Spec::model(
+    c.initialize(ContainerSpec::model(
         models::MLP,
         json!({"in_dim": 3, "hidden_dim": 5, "n_classes": 2})
             .as_object()
@@ -157,7 +163,7 @@ fn checkpoint_above_4_gib_uses_zip64_and_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let n = (4u64 << 30) / 4 + 1024; // f32 elements: just over 4 GiB
     let mut c = ModelContainer::new();
-    c.initialize(Spec::model(
+    c.initialize(ContainerSpec::model(
         models::LINEAR,
         json!({"in_features": n / 2, "out_features": 2, "bias": false})
             .as_object()

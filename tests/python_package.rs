@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use common::{batch_data as data, train_batches as train};
-use pytorch_saver::{models, optim::ADAM, sched, ModelContainer, Spec, UserMetadata};
+use pytorch_saver::{models, optim::ADAM, sched, ContainerSpec, ModelContainer, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::Tensor;
 
@@ -78,8 +78,8 @@ fn assert_close(a: &Snapshot, b: &Snapshot, label: &str) -> f64 {
     worst
 }
 
-fn spec() -> Spec {
-    Spec::model(models::MLP, kw(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3})))
+fn spec() -> ContainerSpec {
+    ContainerSpec::model(models::MLP, kw(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3})))
         .optimizer(ADAM, kw(json!({"lr": 0.01})))
         .scheduler(
             sched::COSINE_ANNEALING_WARM_RESTARTS,

@@ -7,7 +7,7 @@
 mod common;
 
 use pytorch_saver::models::{Sequential, LAYER_TYPES, SEQUENTIAL};
-use pytorch_saver::{Error, ModelContainer, Spec};
+use pytorch_saver::{ContainerSpec, Error, ModelContainer};
 use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
 
@@ -17,7 +17,7 @@ fn kw(layers: Value) -> Map<String, Value> {
 
 fn build(layers: Value) -> pytorch_saver::Result<ModelContainer> {
     let mut c = ModelContainer::new();
-    c.initialize(Spec::model(SEQUENTIAL, kw(layers)))?;
+    c.initialize(ContainerSpec::model(SEQUENTIAL, kw(layers)))?;
     Ok(c)
 }
 
@@ -284,9 +284,9 @@ fn bad_layer_lists_are_refused_naming_the_layer() {
     let mut c = ModelContainer::new();
     let mut extra = kw(json!([{"type": "ReLU"}]));
     extra.insert("depth".into(), json!(3));
-    let err = c.initialize(Spec::model(SEQUENTIAL, extra)).unwrap_err();
+    let err = c.initialize(ContainerSpec::model(SEQUENTIAL, extra)).unwrap_err();
     assert!(err.to_string().contains("unexpected kwarg \"depth\""), "{err}");
-    let missing = c.initialize(Spec::model(SEQUENTIAL, Map::new())).unwrap_err();
+    let missing = c.initialize(ContainerSpec::model(SEQUENTIAL, Map::new())).unwrap_err();
     assert!(
         missing.to_string().contains("kwarg \"layers\" is required"),
         "{missing}"

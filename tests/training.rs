@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{batch_data as data, train_batches as train};
-use pytorch_saver::format::{self, BytesTensor, Checkpoint, MemberName, TensorMember, TensorSource, WriteOptions};
+use pytorch_saver::format::{
+    self, BytesTensor, Checkpoint, MemberName, Metadata, TensorMember, TensorSource, WriteOptions,
+};
 use pytorch_saver::optim::{ADAGRAD, ADAM, ADAMW, RMSPROP, SGD};
 use pytorch_saver::sched;
-use pytorch_saver::{models, Error, ModelContainer, Spec, UserMetadata};
+use pytorch_saver::{models, ContainerSpec, Error, ModelContainer, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::Tensor;
 
@@ -71,7 +73,7 @@ fn fresh(opt: &str, opt_kw: &Value, sched: &str, sched_kw: &Value) -> ModelConta
     tch::manual_seed(11);
     let mut c = ModelContainer::new();
     c.initialize(
-        Spec::model(models::MLP, mlp_kwargs())
+        ContainerSpec::model(models::MLP, mlp_kwargs())
             .optimizer(opt, kw(opt_kw.clone()))
             .scheduler(sched, kw(sched_kw.clone())),
     )
@@ -238,7 +240,7 @@ fn compare_with_torch(c: &ModelContainer, file: &Path, json: &Value, label: &str
 fn write_training_file(
     dir: &Path,
     stem: &str,
-    metadata: &Map<String, Value>,
+    metadata: &Metadata,
     model: &[BytesTensor<'_>],
     optim: &[BytesTensor<'_>],
 ) -> PathBuf {
@@ -292,7 +294,8 @@ fn checkpoint_from_torch(dir: &Path, state_file: &Path, state: &Value, opt_kw: &
             "producer": {"library": "tests/python/resume_torch.py", "version": "0", "language": "python", "torch_version": "2.13.0"},
         },
     });
-    write_training_file(dir, "from_torch", metadata.as_object().unwrap(), &model, &optim)
+    let metadata = Metadata::from_json(metadata.as_object().unwrap().clone()).unwrap();
+    write_training_file(dir, "from_torch", &metadata, &model, &optim)
 }
 
 #[test]
@@ -352,11 +355,7 @@ fn checkpoints_resume_across_languages_rust_to_pytorch_and_back() {
 }
 
 /// Rewrites a checkpoint through `edit(metadata, optimizer tensors)`.
-fn rewrite(
-    src: &Path,
-    dir: &Path,
-    edit: impl FnOnce(&mut Map<String, Value>, &mut Vec<BytesTensor<'static>>),
-) -> PathBuf {
+fn rewrite(src: &Path, dir: &Path, edit: impl FnOnce(&mut Metadata, &mut Vec<BytesTensor<'static>>)) -> PathBuf {
     let ckpt = Checkpoint::open(src).unwrap();
     let copy = |m: MemberName| -> Vec<BytesTensor<'static>> {
         ckpt.tensors(m)
@@ -396,14 +395,11 @@ fn optimizer_state_that_does_not_fit_is_refused_naming_the_parameter_with_nothin
     // Parameter names swapped: fc1.bias's state ([16]) now claims to be
     // the state of the last layer's bias ([3]).
     let swapped = rewrite(&src, dir.path(), |meta, _| {
-        let names = meta["__pytorch_saver__"]["optimizer"]["param_names"]
-            .as_array_mut()
-            .unwrap();
-        names.swap(1, 7);
+        meta.optimizer.as_mut().unwrap().param_names.swap(1, 7);
     });
     // A name the model does not have.
     let unknown = rewrite(&src, dir.path(), |meta, _| {
-        meta["__pytorch_saver__"]["optimizer"]["param_names"][2] = json!("fc9.weight");
+        meta.optimizer.as_mut().unwrap().param_names[2] = "fc9.weight".into();
     });
     // A state key Adam does not have.
     let foreign = rewrite(&src, dir.path(), |_, optim| {
@@ -479,7 +475,8 @@ fn checkpoint_holds_optimizer_and_scheduler_inference_file_only_the_model() {
             .unwrap(),
     )
     .unwrap();
-    let keys: Vec<&str> = ckpt.metadata().keys().map(String::as_str).collect();
+    let json = ckpt.metadata().to_json();
+    let keys: Vec<&str> = json.keys().map(String::as_str).collect();
     assert_eq!(
         keys,
         [
@@ -491,9 +488,9 @@ fn checkpoint_holds_optimizer_and_scheduler_inference_file_only_the_model() {
             "__pytorch_saver__"
         ]
     );
-    let m = ckpt.manifest();
-    assert_eq!(m.optimizer_class.as_deref(), Some(ADAM));
-    assert_eq!(m.scheduler_class.as_deref(), Some(sched::STEP_LR));
+    let m = ckpt.metadata();
+    assert_eq!(m.optimizer.as_ref().map(|o| o.class.as_str()), Some(ADAM));
+    assert_eq!(m.scheduler.as_ref().map(|s| s.class.as_str()), Some(sched::STEP_LR));
     let names: Vec<&str> = ckpt
         .tensors(MemberName::Optimizer)
         .iter()
@@ -512,12 +509,13 @@ fn checkpoint_holds_optimizer_and_scheduler_inference_file_only_the_model() {
         step.shape.is_empty() && step.dtype == format::Dtype::F32,
         "step is a rank-0 float32"
     );
-    let internals = &ckpt.metadata()["__pytorch_saver__"];
+    let internals = &json["__pytorch_saver__"];
     assert_eq!(internals["optimizer"]["param_names"][0], "fc1.weight");
     assert_eq!(internals["scheduler"]["state"]["last_epoch"], 5);
 
     let inference = Checkpoint::open(c.save_inference(dir.path(), "t", &UserMetadata::new()).unwrap()).unwrap();
-    let keys: Vec<&str> = inference.metadata().keys().map(String::as_str).collect();
+    let json = inference.metadata().to_json();
+    let keys: Vec<&str> = json.keys().map(String::as_str).collect();
     assert_eq!(keys, ["model_kwargs", "timestamp", "__pytorch_saver__"]);
     assert_eq!(inference.members().len(), 2);
 }
@@ -527,24 +525,29 @@ fn a_scheduler_needs_an_optimizer_and_a_failed_initialize_keeps_the_old_objects(
     let mut c = adam_container();
     let before = snapshot(&c);
     let err = c
-        .initialize(Spec::model(models::MLP, mlp_kwargs()).scheduler(sched::STEP_LR, kw(json!({"step_size": 1}))))
+        .initialize(
+            ContainerSpec::model(models::MLP, mlp_kwargs()).scheduler(sched::STEP_LR, kw(json!({"step_size": 1}))),
+        )
         .unwrap_err();
     assert!(
         matches!(err, Error::Usage(_)) && err.to_string().contains("optimizer"),
         "{err}"
     );
     let err = c
-        .initialize(Spec::model(models::MLP, mlp_kwargs()).optimizer(ADAM, kw(json!({"lr": 0.1, "momentum": 0.9}))))
+        .initialize(
+            ContainerSpec::model(models::MLP, mlp_kwargs()).optimizer(ADAM, kw(json!({"lr": 0.1, "momentum": 0.9}))),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("unexpected kwarg \"momentum\""), "{err}");
     let err = c
-        .initialize(Spec::model(models::MLP, mlp_kwargs()).optimizer("torch.optim.Lion", Map::new()))
+        .initialize(ContainerSpec::model(models::MLP, mlp_kwargs()).optimizer("torch.optim.Lion", Map::new()))
         .unwrap_err();
     assert!(matches!(err, Error::UnknownName { kind: "optimizer", .. }), "{err}");
     assert_bit_identical(&before, &snapshot(&c), "after failed initializes");
 
     let mut bare = ModelContainer::new();
-    bare.initialize(Spec::model(models::MLP, mlp_kwargs())).unwrap();
+    bare.initialize(ContainerSpec::model(models::MLP, mlp_kwargs()))
+        .unwrap();
     assert!(matches!(bare.step(), Err(Error::Usage(_))));
     assert!(matches!(bare.scheduler_step(), Err(Error::Usage(_))));
 }
@@ -557,7 +560,8 @@ fn scheduler_kwargs_that_need_the_saved_groups_rebuild_on_load() {
     let c = adam_container();
     let src = c.save(dir.path(), "a", &UserMetadata::new()).unwrap();
     let file = rewrite(&src, dir.path(), |meta, _| {
-        meta["scheduler_kwargs"]["last_epoch"] = json!(4);
+        let kwargs = &mut meta.scheduler.as_mut().unwrap().kwargs;
+        kwargs.insert("last_epoch".into(), json!(4));
     });
     let mut loaded = ModelContainer::new();
     let meta = loaded.load(&file).unwrap();

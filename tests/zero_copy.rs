@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use common::{batch_data, bit_equal, train_batches};
 use pytorch_saver::format::{Checkpoint, FormatError, MemberName};
-use pytorch_saver::{models, optim, sched, Error, InferenceModel, LoadOptions, ModelContainer, Registry, Spec};
+use pytorch_saver::{
+    models, optim, sched, ContainerSpec, Error, InferenceModel, LoadOptions, ModelContainer, Registry,
+};
 use pytorch_saver::{Forward, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
@@ -22,25 +24,25 @@ fn kw(v: Value) -> Map<String, Value> {
 /// A net with BatchNorm (buffers that a train-mode forward updates in
 /// place) and a Linear head, over the same 4 inputs and 3 outputs as
 /// `batch_data`.
-fn sequential_spec() -> Spec {
+fn sequential_spec() -> ContainerSpec {
     let layers = json!([
         {"type": "Linear", "in_features": 4, "out_features": 16},
         {"type": "BatchNorm1d", "num_features": 16},
         {"type": "ReLU"},
         {"type": "Linear", "in_features": 16, "out_features": 3},
     ]);
-    Spec::model(models::SEQUENTIAL, kw(json!({ "layers": layers })))
+    ContainerSpec::model(models::SEQUENTIAL, kw(json!({ "layers": layers })))
         .optimizer(optim::ADAM, kw(json!({"lr": 0.01})))
         .scheduler(sched::STEP_LR, kw(json!({"step_size": 3})))
 }
 
-fn mlp_spec() -> Spec {
-    Spec::model(models::MLP, kw(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3})))
+fn mlp_spec() -> ContainerSpec {
+    ContainerSpec::model(models::MLP, kw(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3})))
         .optimizer(optim::ADAMW, kw(json!({"lr": 0.01})))
 }
 
 /// A trained checkpoint of `spec` in `dir`.
-fn trained(dir: &Path, spec: Spec) -> PathBuf {
+fn trained(dir: &Path, spec: ContainerSpec) -> PathBuf {
     let data = batch_data();
     let mut c = ModelContainer::new();
     c.initialize(spec).unwrap();
@@ -272,7 +274,7 @@ fn an_inference_model_serializes_models_not_declared_thread_safe() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut c = ModelContainer::with_registry(r.clone());
-    c.initialize(Spec::model("tests.Plain", Map::new())).unwrap();
+    c.initialize(ContainerSpec::model("tests.Plain", Map::new())).unwrap();
     let path = c.save_inference(dir.path(), "plain", &UserMetadata::new()).unwrap();
     let (model, _) = InferenceModel::load(&path, &r, &LoadOptions::new()).unwrap();
     assert!(!model.is_concurrent());

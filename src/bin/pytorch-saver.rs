@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use pytorch_saver::format::{dtype_name, Checkpoint, Member};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 const USAGE: &str = "usage:
   pytorch-saver inspect FILE [--json]   show what a checkpoint holds
@@ -100,27 +100,27 @@ fn member_json(m: &Member) -> Value {
 }
 
 fn as_json(ckpt: &Checkpoint) -> Value {
-    let man = ckpt.manifest();
+    let meta = ckpt.metadata();
     json!({
         "path": ckpt.path(),
-        "format_version": man.format_version,
-        "kind": man.kind.as_str(),
-        "model_class": man.model_class,
-        "optimizer_class": man.optimizer_class,
-        "scheduler_class": man.scheduler_class,
-        "metadata": ckpt.metadata(),
+        "format_version": meta.format_version,
+        "kind": meta.kind.as_str(),
+        "model_class": meta.model.class,
+        "optimizer_class": meta.optimizer.as_ref().map(|o| &o.class),
+        "scheduler_class": meta.scheduler.as_ref().map(|s| &s.class),
+        "metadata": meta.to_json(),
         "members": ckpt.members().iter().map(member_json).collect::<Vec<_>>(),
     })
 }
 
 fn print_table(ckpt: &Checkpoint) {
-    let man = ckpt.manifest();
-    let p = &man.producer;
+    let meta = ckpt.metadata();
+    let p = &meta.producer;
     println!("file       {}", ckpt.path().display());
     println!(
         "format     v{} {}, written by {} {} ({}{})",
-        man.format_version,
-        man.kind.as_str(),
+        meta.format_version,
+        meta.kind.as_str(),
         p.library,
         p.version,
         p.language,
@@ -129,21 +129,16 @@ fn print_table(ckpt: &Checkpoint) {
             .map(|t| format!(", torch {t}"))
             .unwrap_or_default()
     );
-    println!("timestamp  {}", man.timestamp);
-    let kwargs = |key: &str| ckpt.metadata().get(key).map(|v| v.to_string()).unwrap_or_default();
-    println!("model      {} {}", man.model_class, kwargs("model_kwargs"));
-    if let Some(o) = &man.optimizer_class {
-        println!("optimizer  {o} {}", kwargs("optim_kwargs"));
+    println!("timestamp  {}", meta.timestamp);
+    let kwargs = |kwargs: &Map<String, Value>| Value::Object(kwargs.clone());
+    println!("model      {} {}", meta.model.class, kwargs(&meta.model.kwargs));
+    if let Some(o) = &meta.optimizer {
+        println!("optimizer  {} {}", o.class, kwargs(&o.kwargs));
     }
-    if let Some(s) = &man.scheduler_class {
-        println!("scheduler  {s} {}", kwargs("scheduler_kwargs"));
+    if let Some(s) = &meta.scheduler {
+        println!("scheduler  {} {}", s.class, kwargs(&s.kwargs));
     }
-    let user: Vec<String> = ckpt
-        .metadata()
-        .iter()
-        .filter(|(k, _)| !pytorch_saver::format::RESERVED_KEYS.contains(&k.as_str()))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let user: Vec<String> = meta.user.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !user.is_empty() {
         println!("metadata   {}", user.join(" "));
     }

@@ -89,7 +89,7 @@ pub unsafe extern "C" fn pts_checkpoint_open_ex(
         let path = unsafe { arg_str(path, "path") }?;
         let out = Out::new(out, "out")?;
         let ckpt = Checkpoint::open_with(path, super::load_options::options_or_default(options).read_options())?;
-        let json = serde_json::to_string(ckpt.metadata()).expect("a JSON map serializes");
+        let json = serde_json::to_string(&ckpt.metadata().to_json()).expect("a JSON map serializes");
         let handle = pts_checkpoint_t {
             metadata_json: CString::new(json).expect("serde_json escapes NUL"),
             model: index(&ckpt, MemberName::Model)?,

@@ -10,7 +10,7 @@ use tch::Tensor;
 use super::load_options::options_or_default;
 use super::registry::instance_of;
 use super::*;
-use crate::container::{ModelContainer, Spec, UserMetadata};
+use crate::container::{ContainerSpec, ModelContainer, UserMetadata};
 use crate::registry::Registry;
 
 /// A container: a model built by name through the registry, with an
@@ -113,7 +113,7 @@ pub unsafe extern "C" fn pts_container_initialize(
     boundary(|| {
         let c = unsafe { arg_mut(container, "container") }?;
         let model_class = unsafe { arg_str(model_class, "model_class") }?;
-        let mut spec = Spec::model(model_class, unsafe {
+        let mut spec = ContainerSpec::model(model_class, unsafe {
             kwargs_arg(model_kwargs_json, "model_kwargs_json")
         }?);
         if let Some(class) = unsafe { opt_str(optim_class, "optim_class") }? {

@@ -11,7 +11,10 @@ mod writer;
 mod zip;
 
 pub use error::FormatError;
-pub use metadata::{FileKind, Manifest, OptimizerLayout, Producer, FORMAT_VERSION, INTERNALS_KEY, RESERVED_KEYS};
+pub use metadata::{
+    ClassSpec, FileKind, Metadata, OptimizerMetadata, Producer, SchedulerMetadata, FORMAT_VERSION, INTERNALS_KEY,
+    RESERVED_KEYS,
+};
 #[cfg(feature = "torch")]
 pub(crate) use reader::threads_for;
 pub use reader::{Checkpoint, Member, PrivateMapping, ReadOptions};

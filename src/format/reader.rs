@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions};
-use serde_json::{Map, Value};
 
-use super::metadata::{self, Manifest, MAX_METADATA_BYTES};
+use super::metadata::{Metadata, MAX_METADATA_BYTES};
 use super::tensors::{index_by_name, validate_member, TensorEntry};
 use super::zip::*;
-use super::{json, FormatError, MemberName};
+use super::{FormatError, MemberName};
 
 /// More entries than this is not a v1 file; the bound keeps a hostile
 /// entry count from driving the parser.
@@ -143,8 +142,7 @@ pub struct Checkpoint {
     path: PathBuf,
     file: File,
     map: PrivateMapping,
-    metadata: Map<String, Value>,
-    manifest: Manifest,
+    metadata: Metadata,
     members: Vec<Member>,
 }
 
@@ -152,7 +150,7 @@ impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Checkpoint")
             .field("path", &self.path)
-            .field("manifest", &self.manifest)
+            .field("metadata", &self.metadata)
             .finish_non_exhaustive()
     }
 }
@@ -267,10 +265,8 @@ impl Checkpoint {
             }
         }
         let (meta_entry, meta_start) = &layout[0];
-        let metadata = json::parse_object(&buf[*meta_start as usize..(*meta_start + meta_entry.size) as usize])
-            .map_err(FormatError::Json)?;
-        let manifest = metadata::validate(&metadata)?;
-        let expected = manifest.members();
+        let metadata = Metadata::parse(&buf[*meta_start as usize..(*meta_start + meta_entry.size) as usize])?;
+        let expected = metadata.members();
         for m in &expected {
             if !layout.iter().any(|(e, _)| e.name == m.as_str()) {
                 return Err(FormatError::MissingMember(m.as_str().into()));
@@ -291,9 +287,9 @@ impl Checkpoint {
                 let bytes = &buf[*data_start as usize..(*data_start + entry.size) as usize];
                 validate_member(&entry.name, *data_start, bytes)?
             };
-            if let (MemberName::Optimizer, Some(layout)) = (name, &manifest.optimizer) {
+            if let (MemberName::Optimizer, Some(optimizer)) = (name, &metadata.optimizer) {
                 for t in &tensors {
-                    layout
+                    optimizer
                         .check_tensor_name(&t.name)
                         .map_err(|reason| FormatError::TensorHeader {
                             member: entry.name.clone(),
@@ -315,7 +311,6 @@ impl Checkpoint {
             file,
             map,
             metadata,
-            manifest,
             members,
         })
     }
@@ -324,14 +319,10 @@ impl Checkpoint {
         &self.path
     }
 
-    /// The whole `metadata.json` object.
-    pub fn metadata(&self) -> &Map<String, Value> {
+    /// The validated `metadata.json`, typed; [`Metadata::to_json`] gives
+    /// the JSON object.
+    pub fn metadata(&self) -> &Metadata {
         &self.metadata
-    }
-
-    /// The validated format internals.
-    pub fn manifest(&self) -> &Manifest {
-        &self.manifest
     }
 
     /// The members in file order.

@@ -10,9 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::{Map, Value};
-
-use super::metadata::{self, MAX_METADATA_BYTES};
+use super::metadata::{Metadata, MAX_METADATA_BYTES, RESERVED_KEYS};
 use super::tensors::{build_header, dtype_size, Dtype};
 use super::zip::{dos_time_date, end_records, PlannedMember};
 use super::{FormatError, MemberName};
@@ -86,17 +84,33 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Writes a checkpoint into `dir` as `{stem}.zip`, or `{stem}-{n}.zip` with
 /// the smallest n >= 1 that no existing file has, and returns its path.
 ///
-/// `metadata` is the whole `metadata.json` object and must pass the v1
-/// schema; `members` are the tensor members it implies, in order.
+/// `metadata` is written as [`Metadata::to_json`] serializes it, and must
+/// pass the v1 schema: the writer parses the bytes it is about to write
+/// as the reader will, before it creates any file. `members` are the
+/// tensor members the metadata implies, in order.
 pub fn write_checkpoint(
     dir: &Path,
     stem: &str,
-    metadata: &Map<String, Value>,
+    metadata: &Metadata,
     members: &[TensorMember<'_>],
     options: &WriteOptions,
 ) -> Result<PathBuf, FormatError> {
-    let manifest = metadata::validate(metadata)?;
-    let expected: Vec<MemberName> = manifest.members().into_iter().skip(1).collect();
+    if let Some(key) = metadata.user.keys().find(|k| RESERVED_KEYS.contains(&k.as_str())) {
+        return Err(FormatError::InvalidInput(format!(
+            "user metadata key {key:?} is reserved"
+        )));
+    }
+    let metadata_bytes =
+        serde_json::to_vec_pretty(&metadata.to_json()).map_err(|e| FormatError::InvalidInput(e.to_string()))?;
+    if metadata_bytes.len() as u64 > MAX_METADATA_BYTES {
+        return Err(FormatError::TooLarge {
+            what: "metadata.json".into(),
+            len: metadata_bytes.len() as u64,
+            max: MAX_METADATA_BYTES,
+        });
+    }
+    Metadata::parse(&metadata_bytes)?;
+    let expected: Vec<MemberName> = metadata.members().into_iter().skip(1).collect();
     let given: Vec<MemberName> = members.iter().map(|m| m.name).collect();
     if expected != given {
         return Err(FormatError::InvalidInput(format!(
@@ -105,14 +119,6 @@ pub fn write_checkpoint(
     }
     if stem.is_empty() || stem.contains('/') || stem.starts_with('.') {
         return Err(FormatError::InvalidInput(format!("file name stem {stem:?}")));
-    }
-    let metadata_bytes = serde_json::to_vec_pretty(metadata).map_err(|e| FormatError::InvalidInput(e.to_string()))?;
-    if metadata_bytes.len() as u64 > MAX_METADATA_BYTES {
-        return Err(FormatError::TooLarge {
-            what: "metadata.json".into(),
-            len: metadata_bytes.len() as u64,
-            max: MAX_METADATA_BYTES,
-        });
     }
 
     // Plan the whole layout first: every size is known before a byte is written.
@@ -172,7 +178,7 @@ pub fn write_checkpoint(
         .map_err(|e| FormatError::io("cannot create", &tmp_path, e))?;
     let tmp = TempFile { path: tmp_path.clone() };
     let werr = |e: std::io::Error| FormatError::io("cannot write", &tmp_path, e);
-    let (dos_time, dos_date) = dos_time_date(manifest.timestamp);
+    let (dos_time, dos_date) = dos_time_date(metadata.timestamp);
 
     let mut out = BufWriter::with_capacity(1 << 20, &file);
     out.write_all(&plan[0].local_header(dos_time, dos_date)).map_err(werr)?;

@@ -81,33 +81,11 @@ impl ParamGroup {
         self.set_f64("lr", lr);
     }
 
-    /// PyTorch's dict: the options, then `params`.
+    /// PyTorch's dict: the options, then `params` (as `metadata.json`
+    /// holds it).
     pub fn to_json(&self) -> Value {
         let mut m = self.options.clone();
         m.insert("params".into(), self.params.iter().map(|&i| Value::from(i)).collect());
         Value::Object(m)
-    }
-
-    /// Parses PyTorch's dict; `params` must be a list of non-negative
-    /// integers. Hyperparameters are checked by the optimizer that uses them.
-    pub fn from_json(v: &Value) -> Result<Self> {
-        let obj = v.as_object().ok_or_else(|| Error::InvalidState {
-            what: "param_groups".into(),
-            reason: format!("each group must be an object, got {v}"),
-        })?;
-        let params = match obj.get("params") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| {
-                    x.as_u64()
-                        .and_then(|n| usize::try_from(n).ok())
-                        .ok_or_else(|| Self::invalid("params", format!("{x} is not a parameter index")))
-                })
-                .collect::<Result<Vec<_>>>()?,
-            _ => return Err(Self::invalid("params", "must be a list of parameter indices")),
-        };
-        let mut options = obj.clone();
-        options.remove("params");
-        Ok(ParamGroup { params, options })
     }
 }

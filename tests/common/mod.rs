@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use pytorch_saver::format::{BytesTensor, Dtype};
+use pytorch_saver::format::{BytesTensor, Dtype, Metadata};
 use serde_json::{json, Map, Value};
 
 /// A tensor given as raw little-endian bytes.
@@ -36,6 +36,11 @@ pub fn metadata(kind: &str, class: &str) -> Map<String, Value> {
         }
     });
     v.as_object().unwrap().clone()
+}
+
+/// [`metadata`], typed, as the writer takes it.
+pub fn document(kind: &str, class: &str) -> Metadata {
+    Metadata::from_json(metadata(kind, class)).unwrap()
 }
 
 /// A valid `__pytorch_saver__.optimizer` for the small Linear of

@@ -1,0 +1,339 @@
+//! The validation of `metadata.json` (FORMAT.md sections 3, 5, 6 and 9)
+//! into the typed [`Metadata`]. The format version is checked first, so
+//! that a newer file is reported as such and not as a schema violation;
+//! the other checks run in a fixed order, so that a file with several
+//! defects always gets the same error.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::{Map, Value};
+
+use super::{
+    ClassSpec, FileKind, Metadata, OptimizerMetadata, Producer, SchedulerMetadata, INTERNALS_KEY, SUPPORTED_VERSIONS,
+};
+use crate::format::{json, FormatError};
+use crate::optim::ParamGroup;
+
+impl Metadata {
+    /// Parses and validates the bytes of a `metadata.json`: UTF-8 JSON
+    /// with no duplicate key, whose top level is an object matching the
+    /// v1 schema.
+    pub fn parse(bytes: &[u8]) -> Result<Self, FormatError> {
+        Self::from_json(json::parse_object(bytes).map_err(FormatError::Json)?)
+    }
+
+    /// Validates a `metadata.json` object against the v1 schema. Keys of
+    /// `__pytorch_saver__` that v1 does not define are ignored, as the
+    /// format requires.
+    pub fn from_json(meta: Map<String, Value>) -> Result<Self, FormatError> {
+        let mut top = TopLevel::default();
+        for (key, value) in meta {
+            match key.as_str() {
+                INTERNALS_KEY => top.internals = Some(value),
+                "model_kwargs" => top.model_kwargs = Some(value),
+                "optim_kwargs" => top.optim_kwargs = Some(value),
+                "scheduler_kwargs" => top.scheduler_kwargs = Some(value),
+                "timestamp" => top.timestamp = Some(value),
+                _ => {
+                    top.user.insert(key, value);
+                }
+            }
+        }
+        let mut internals = match top.internals {
+            Some(Value::Object(o)) => o,
+            Some(_) => return Err(schema(INTERNALS_KEY, "must be an object")),
+            None => {
+                return Err(schema(
+                    INTERNALS_KEY,
+                    "missing: not a pytorch-saver format file (a file of the original \
+                     pytorch-saver 0.1 package must be upgraded first)",
+                ))
+            }
+        };
+        let format_version = format_version(internals.get("format_version"))?;
+        let kind = match internals.get("kind").and_then(Value::as_str) {
+            Some("checkpoint") => FileKind::Checkpoint,
+            Some("inference") => FileKind::Inference,
+            _ => {
+                return Err(schema(
+                    &format!("{INTERNALS_KEY}.kind"),
+                    "must be \"checkpoint\" or \"inference\"",
+                ))
+            }
+        };
+        let Some(ClassObject { class: model_class, .. }) = class_object(internals.remove("model"), "model")? else {
+            return Err(schema(&format!("{INTERNALS_KEY}.model"), "missing"));
+        };
+        let optimizer = class_object(internals.remove("optimizer"), "optimizer")?;
+        let scheduler = class_object(internals.remove("scheduler"), "scheduler")?;
+        let optimizer = optimizer.map(optimizer_internals).transpose()?;
+        let scheduler = match scheduler {
+            Some(ClassObject { class, mut rest }) => match rest.remove("state") {
+                Some(Value::Object(state)) => Some((class, state)),
+                _ => return Err(schema(&format!("{INTERNALS_KEY}.scheduler.state"), "must be an object")),
+            },
+            None => None,
+        };
+        if kind == FileKind::Inference && (optimizer.is_some() || scheduler.is_some()) {
+            return Err(schema(
+                INTERNALS_KEY,
+                "an inference file holds no optimizer or scheduler",
+            ));
+        }
+        if scheduler.is_some() && optimizer.is_none() {
+            return Err(schema(INTERNALS_KEY, "a scheduler needs an optimizer"));
+        }
+        let producer = producer(internals.remove("producer"))?;
+        let model_kwargs = kwargs(top.model_kwargs, "model_kwargs")?;
+        let optim_kwargs = part_kwargs(top.optim_kwargs, "optim_kwargs", optimizer.is_some())?;
+        let scheduler_kwargs = part_kwargs(top.scheduler_kwargs, "scheduler_kwargs", scheduler.is_some())?;
+        let timestamp = match top.timestamp {
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .ok_or_else(|| schema("timestamp", "must be a non-negative integer (Unix seconds)"))?,
+            Some(_) => return Err(schema("timestamp", "must be a non-negative integer (Unix seconds)")),
+            None => return Err(schema("timestamp", "missing")),
+        };
+        Ok(Metadata {
+            format_version,
+            kind,
+            model: ClassSpec::new(model_class, model_kwargs),
+            // Each part has its kwargs: checked above.
+            optimizer: optimizer
+                .zip(optim_kwargs)
+                .map(|(o, kwargs)| OptimizerMetadata { kwargs, ..o }),
+            scheduler: scheduler
+                .zip(scheduler_kwargs)
+                .map(|((class, state), kwargs)| SchedulerMetadata { class, kwargs, state }),
+            producer,
+            timestamp,
+            user: top.user,
+        })
+    }
+}
+
+/// The top-level object, split by key.
+#[derive(Default)]
+struct TopLevel {
+    internals: Option<Value>,
+    model_kwargs: Option<Value>,
+    optim_kwargs: Option<Value>,
+    scheduler_kwargs: Option<Value>,
+    timestamp: Option<Value>,
+    user: Map<String, Value>,
+}
+
+fn schema(field: &str, reason: impl Into<String>) -> FormatError {
+    FormatError::Schema {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn supported_list() -> String {
+    SUPPORTED_VERSIONS
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn format_version(value: Option<&Value>) -> Result<u64, FormatError> {
+    let unsupported = |found: String| FormatError::UnsupportedVersion {
+        found,
+        supported: supported_list(),
+    };
+    let version = match value {
+        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| unsupported(n.to_string()))?,
+        Some(_) => return Err(schema(&format!("{INTERNALS_KEY}.format_version"), "must be an integer")),
+        None => return Err(schema(&format!("{INTERNALS_KEY}.format_version"), "missing")),
+    };
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(unsupported(version.to_string()));
+    }
+    Ok(version)
+}
+
+/// A non-empty string under `field` of `obj`, taken out of it.
+fn take_str(obj: &mut Map<String, Value>, field: &str, path: &str) -> Result<String, FormatError> {
+    match obj.remove(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(_) => Err(schema(&format!("{path}.{field}"), "must be a non-empty string")),
+        None => Err(schema(&format!("{path}.{field}"), "missing")),
+    }
+}
+
+/// `__pytorch_saver__.<part>`: an object with a `class`.
+struct ClassObject {
+    class: String,
+    /// The object's other keys.
+    rest: Map<String, Value>,
+}
+
+fn class_object(value: Option<Value>, part: &str) -> Result<Option<ClassObject>, FormatError> {
+    let path = format!("{INTERNALS_KEY}.{part}");
+    match value {
+        None => Ok(None),
+        Some(Value::Object(mut rest)) => Ok(Some(ClassObject {
+            class: take_str(&mut rest, "class", &path)?,
+            rest,
+        })),
+        Some(_) => Err(schema(&path, "must be an object")),
+    }
+}
+
+/// `__pytorch_saver__.optimizer` without its class (FORMAT.md section 5);
+/// the kwargs are filled in once the top level is checked.
+fn optimizer_internals(ClassObject { class, rest: mut opt }: ClassObject) -> Result<OptimizerMetadata, FormatError> {
+    let field = |f: &str| format!("{INTERNALS_KEY}.optimizer.{f}");
+    let param_names = param_names(opt.remove("param_names"), &field("param_names"))?;
+    let param_groups = param_groups(opt.remove("param_groups"), &field("param_groups"), param_names.len())?;
+    let state = state(opt.remove("state"), &field("state"), param_names.len())?;
+    Ok(OptimizerMetadata {
+        class,
+        kwargs: Map::new(),
+        param_groups,
+        param_names,
+        state,
+    })
+}
+
+/// `param_names`: non-empty strings, no two equal.
+fn param_names(value: Option<Value>, path: &str) -> Result<Vec<String>, FormatError> {
+    let names = match value {
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(schema(path, "must be a list of parameter names")),
+        None => return Err(schema(path, "missing")),
+    };
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(names.len());
+    for (i, n) in names.into_iter().enumerate() {
+        match n {
+            Value::String(s) if !s.is_empty() => {
+                if !seen.insert(s.clone()) {
+                    return Err(schema(&format!("{path}[{i}]"), format!("{s:?} appears twice")));
+                }
+                out.push(s);
+            }
+            _ => return Err(schema(&format!("{path}[{i}]"), "must be a non-empty string")),
+        }
+    }
+    Ok(out)
+}
+
+/// `param_groups`: objects whose `params` put every index `0..count` in
+/// exactly one group.
+fn param_groups(value: Option<Value>, path: &str, count: usize) -> Result<Vec<ParamGroup>, FormatError> {
+    let groups = match value {
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(schema(path, "must be a list of objects")),
+        None => return Err(schema(path, "missing")),
+    };
+    let mut in_group = vec![false; count];
+    let mut out = Vec::with_capacity(groups.len());
+    for (g, group) in groups.into_iter().enumerate() {
+        let gpath = format!("{path}[{g}]");
+        let Value::Object(group) = group else {
+            return Err(schema(&gpath, "must be an object"));
+        };
+        let mut params = None;
+        let mut options = Map::new();
+        for (k, v) in group {
+            match k.as_str() {
+                "params" => params = Some(v),
+                _ => {
+                    options.insert(k, v);
+                }
+            }
+        }
+        let Some(Value::Array(params)) = params else {
+            return Err(schema(
+                &format!("{gpath}.params"),
+                "must be a list of parameter indices",
+            ));
+        };
+        let mut indices = Vec::with_capacity(params.len());
+        for p in &params {
+            let i = p
+                .as_u64()
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|&i| i < count)
+                .ok_or_else(|| {
+                    schema(
+                        &format!("{gpath}.params"),
+                        format!("{p} is not an index into param_names (0..{count})"),
+                    )
+                })?;
+            if std::mem::replace(&mut in_group[i], true) {
+                return Err(schema(
+                    &format!("{gpath}.params"),
+                    format!("parameter {i} is in more than one group"),
+                ));
+            }
+            indices.push(i);
+        }
+        out.push(ParamGroup::new(indices, options));
+    }
+    if let Some(i) = in_group.iter().position(|&x| !x) {
+        return Err(schema(path, format!("parameter {i} is in no group")));
+    }
+    Ok(out)
+}
+
+/// `state`: canonical decimal indices below `count`, each to an object.
+fn state(value: Option<Value>, path: &str, count: usize) -> Result<BTreeMap<usize, Map<String, Value>>, FormatError> {
+    let entries = match value {
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(schema(path, "must be an object")),
+        None => return Err(schema(path, "missing")),
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in entries {
+        let index = k
+            .parse::<usize>()
+            .ok()
+            .filter(|i| i.to_string() == k && *i < count)
+            .ok_or_else(|| schema(path, format!("key {k:?} is not a parameter index (0..{count})")))?;
+        let Value::Object(plain) = v else {
+            return Err(schema(&format!("{path}.{k}"), "must be an object"));
+        };
+        out.insert(index, plain);
+    }
+    Ok(out)
+}
+
+fn producer(value: Option<Value>) -> Result<Producer, FormatError> {
+    let path = format!("{INTERNALS_KEY}.producer");
+    let mut p = match value {
+        Some(Value::Object(p)) => p,
+        Some(_) => return Err(schema(&path, "must be an object")),
+        None => return Err(schema(&path, "missing")),
+    };
+    Ok(Producer {
+        library: take_str(&mut p, "library", &path)?,
+        version: take_str(&mut p, "version", &path)?,
+        language: take_str(&mut p, "language", &path)?,
+        torch_version: match p.contains_key("torch_version") {
+            false => None,
+            true => Some(take_str(&mut p, "torch_version", &path)?),
+        },
+    })
+}
+
+/// The top-level kwargs object of a part the file has.
+fn kwargs(value: Option<Value>, key: &str) -> Result<Map<String, Value>, FormatError> {
+    match value {
+        Some(Value::Object(o)) => Ok(o),
+        Some(_) => Err(schema(key, "must be an object")),
+        None => Err(schema(key, "missing")),
+    }
+}
+
+/// The kwargs of an optional part: an object iff the file has the part.
+fn part_kwargs(value: Option<Value>, key: &str, present: bool) -> Result<Option<Map<String, Value>>, FormatError> {
+    match (value, present) {
+        (value, true) => kwargs(value, key).map(Some),
+        (None, false) => Ok(None),
+        (Some(_), false) => Err(schema(key, "present although the file has no such part")),
+    }
+}
