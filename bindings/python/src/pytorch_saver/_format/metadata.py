@@ -1,4 +1,4 @@
-"""The ``metadata.json`` schema of format v1 (``src/format/metadata.rs``;
+"""The ``metadata.json`` schema of format v1 (``src/format/metadata/``;
 docs/FORMAT.md sections 3, 5 and 6): the original package's flat top-level
 keys, plus the format internals under one reserved key.
 
