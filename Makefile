@@ -123,11 +123,13 @@ demo: build python-package go-serve
 # example: vet, gofmt, the race detector, and the race detector again under
 # GC stress (GOGC=1, and a build tag that collects before every C call) to
 # expose a missing runtime.KeepAlive. Nothing is downloaded.
-# Go's build cache does not see PKG_CONFIG_PATH: the SDK's paths also go
-# into CGO_CFLAGS and CGO_LDFLAGS, which it does see, so that a package
-# built against another SDK is never reused.
+# Go's build cache does not see PKG_CONFIG_PATH, nor the contents of a
+# header outside the package: the SDK's paths and a digest of the header
+# go into CGO_CFLAGS and CGO_LDFLAGS, which it does see, so that a package
+# built against another SDK or an older header is never reused.
+HEADER_DIGEST := $(shell sha256sum include/pytorch_saver.h | cut -c1-16)
 GO_ENV := PKG_CONFIG_PATH=$(SDK)/lib/pkgconfig GOTOOLCHAIN=local \
-  CGO_CFLAGS="-g -O2 -I$(SDK)/include" CGO_LDFLAGS="-L$(SDK)/lib -Wl,-rpath,$(SDK)/lib"
+  CGO_CFLAGS="-g -O2 -I$(SDK)/include -DPTS_HEADER_DIGEST=$(HEADER_DIGEST)" CGO_LDFLAGS="-L$(SDK)/lib -Wl,-rpath,$(SDK)/lib"
 go-test: install
 	@test -z "$$(gofmt -l bindings/go examples/go)" || { gofmt -l bindings/go examples/go; exit 1; }
 	cd bindings/go && $(GO_ENV) go vet ./...
