@@ -18,25 +18,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::Rng;
 use pytorch_saver::format::Checkpoint;
 use serde_json::json;
-
-/// A small deterministic generator (xorshift64*): the same files on every
-/// run and machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 fn u16_at(b: &[u8], at: usize) -> Option<usize> {
     Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize)
@@ -85,7 +69,7 @@ fn fix_crcs(b: &mut [u8]) {
 /// header of a safetensors member (after its 8-byte length).
 fn json_range(b: &[u8], rng: &mut Rng) -> Option<(usize, usize)> {
     let list = members(b)?;
-    let (_, _, start, size) = *list.get(rng.below(list.len()))?;
+    let (_, _, start, size) = *list.get(rng.index(list.len()))?;
     if b.get(start) == Some(&b'{') {
         return Some((start, start + size));
     }
@@ -107,30 +91,30 @@ fn boundary(len: usize, rng: &mut Rng) -> u64 {
         u64::MAX,
         1 << 40,
     ];
-    choices[rng.below(choices.len())]
+    choices[rng.index(choices.len())]
 }
 
 fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
     let mut b = seed.to_vec();
-    let rounds = 1 + rng.below(3) / 2; // one edit, sometimes two
+    let rounds = 1 + rng.index(3) / 2; // one edit, sometimes two
     for _ in 0..rounds {
         let len = b.len();
-        let at = rng.below(len);
-        match rng.below(8) {
-            0 => b[at] ^= 1 << rng.below(8),
-            1 => b[at] = [0x00, 0x01, 0x7f, 0x80, 0xff, b'"', b'{', b'0'][rng.below(8)],
+        let at = rng.index(len);
+        match rng.index(8) {
+            0 => b[at] ^= 1 << rng.index(8),
+            1 => b[at] = [0x00, 0x01, 0x7f, 0x80, 0xff, b'"', b'{', b'0'][rng.index(8)],
             2 => b.truncate(at),
             3 => {
-                let n = 1 + rng.below(64);
+                let n = 1 + rng.index(64);
                 let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
                 b.splice(at..at, bytes);
             }
             4 => {
-                let end = (at + 1 + rng.below(64)).min(len);
+                let end = (at + 1 + rng.index(64)).min(len);
                 b.drain(at..end);
             }
             5 => {
-                let width = [2, 4, 8][rng.below(3)];
+                let width = [2, 4, 8][rng.index(3)];
                 if at + width <= len {
                     let v = boundary(len, rng).to_le_bytes();
                     b[at..at + width].copy_from_slice(&v[..width]);
@@ -138,18 +122,18 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
             }
             _ => {
                 if let Some((start, end)) = json_range(&b, rng).filter(|(s, e)| s < e && *e <= len) {
-                    let at = start + rng.below(end - start);
+                    let at = start + rng.index(end - start);
                     let c = b[at];
                     b[at] = match c {
-                        b'0'..=b'9' => b'0' + rng.below(10) as u8,
-                        b'a'..=b'z' => b'a' + rng.below(26) as u8,
-                        _ => [b'"', b',', b':', b'}', b']', b' ', b'-', b'e'][rng.below(8)],
+                        b'0'..=b'9' => b'0' + rng.index(10) as u8,
+                        b'a'..=b'z' => b'a' + rng.index(26) as u8,
+                        _ => [b'"', b',', b':', b'}', b']', b' ', b'-', b'e'][rng.index(8)],
                     };
                 }
             }
         }
     }
-    if rng.below(2) == 0 {
+    if rng.index(2) == 0 {
         fix_crcs(&mut b);
     }
     b
@@ -194,7 +178,7 @@ fn rust_and_python_readers_agree_on_mutated_files() {
     let mut names = Vec::with_capacity(count);
     let mut origins = Vec::with_capacity(count);
     for i in 0..count {
-        let (seed_name, seed) = &seeds[rng.below(seeds.len())];
+        let (seed_name, seed) = &seeds[rng.index(seeds.len())];
         let name = format!("{i:05}.zip");
         std::fs::write(tmp.path().join(&name), mutate(seed, &mut rng)).unwrap();
         names.push(name);

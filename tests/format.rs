@@ -338,20 +338,6 @@ fn directories_and_fifos_are_refused_without_blocking() {
     assert!(e.to_string().contains("not a regular file"), "{e}");
 }
 
-/// xorshift64*: a deterministic stream for the randomized tests below.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Random safetensors headers (plausible and hostile offsets, shapes and
 /// dtypes): the reader never panics, and whatever it accepts satisfies
 /// every invariant FORMAT.md section 4 states.
@@ -363,7 +349,7 @@ fn random_tensor_headers_are_refused_or_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.zip");
     let meta = metadata("inference", "torch.nn.Linear");
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = common::Rng(0x9e37_79b9_7f4a_7c15);
     let mut accepted = 0;
     for _ in 0..1500 {
         let n = rng.below(4) as usize;
@@ -428,7 +414,7 @@ fn random_tensor_headers_are_refused_or_consistent() {
 #[test]
 fn random_tensor_sets_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = common::Rng(0x1234_5678_9abc_def1);
     for round in 0..60 {
         let n = rng.below(12) as usize;
         let tensors: Vec<RawTensor> = (0..n)
