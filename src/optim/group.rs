@@ -1,32 +1,15 @@
-//! A parameter group: PyTorch's `optimizer.param_groups[i]`, which
-//! schedulers read and write as much as optimizers do. No tch here.
+//! Typed access to a parameter group's hyperparameters, which schedulers
+//! read and write as much as optimizers do. The type itself belongs to
+//! the metadata schema (`format::metadata::ParamGroup`), where a file's
+//! `param_groups` are parsed and written. No tch here.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
+pub use crate::format::metadata::ParamGroup;
 use crate::format::metadata::{decode_float, encode_float};
 
-/// One parameter group: the indices of its parameters (into the
-/// optimizer's parameter list) and its hyperparameters, keyed and ordered
-/// as PyTorch's dict (`lr`, `betas`, `momentum`, ..., and what schedulers
-/// add: `initial_lr`, `max_lr`, ...).
-///
-/// Floats are stored as JSON numbers, or in the format's encoding of a
-/// non-finite float (`{"__float__": "inf"}`), so that a group serializes
-/// as it is. Read them with [`f64`](Self::f64), which understands both.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamGroup {
-    /// Indices of the group's parameters, in the group's order.
-    pub params: Vec<usize>,
-    /// Every other key of PyTorch's group dict, in PyTorch's order.
-    pub options: Map<String, Value>,
-}
-
 impl ParamGroup {
-    pub fn new(params: Vec<usize>, options: Map<String, Value>) -> Self {
-        ParamGroup { params, options }
-    }
-
     fn invalid(key: &str, reason: impl Into<String>) -> Error {
         Error::InvalidState {
             what: format!("param_groups key {key:?}"),
@@ -79,13 +62,5 @@ impl ParamGroup {
 
     pub fn set_lr(&mut self, lr: f64) {
         self.set_f64("lr", lr);
-    }
-
-    /// PyTorch's dict: the options, then `params` (as `metadata.json`
-    /// holds it).
-    pub fn to_json(&self) -> Value {
-        let mut m = self.options.clone();
-        m.insert("params".into(), self.params.iter().map(|&i| Value::from(i)).collect());
-        Value::Object(m)
     }
 }

@@ -11,6 +11,7 @@
 //! - `float.rs`: the internals' encoding of non-finite floats.
 
 mod float;
+mod param_group;
 mod parse;
 mod serialize;
 
@@ -19,9 +20,9 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::MemberName;
-use crate::optim::ParamGroup;
 
 pub use float::{decode_float, encode_float};
+pub use param_group::ParamGroup;
 
 /// The format version this library writes.
 pub const FORMAT_VERSION: u64 = 1;

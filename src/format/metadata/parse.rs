@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{Map, Value};
 
+use super::ParamGroup;
 use super::{
     ClassSpec, FileKind, Metadata, OptimizerMetadata, Producer, SchedulerMetadata, INTERNALS_KEY, SUPPORTED_VERSIONS,
 };
 use crate::format::{json, FormatError};
-use crate::optim::ParamGroup;
 
 impl Metadata {
     /// Parses and validates the bytes of a `metadata.json`: UTF-8 JSON

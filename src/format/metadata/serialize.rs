@@ -5,8 +5,8 @@
 
 use serde_json::{Map, Value};
 
+use super::ParamGroup;
 use super::{Metadata, OptimizerMetadata, Producer, SchedulerMetadata, INTERNALS_KEY};
-use crate::optim::ParamGroup;
 
 impl Metadata {
     /// The whole `metadata.json` object.
