@@ -85,27 +85,20 @@ func TestErrorKinds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	write := func(name string, data []byte) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
 	flipped := bytes.Clone(good)
 	flipped[len(flipped)/2] ^= 0x55
-	_, err = OpenCheckpoint(write("flipped.zip", flipped))
+	_, err = OpenCheckpoint(writeFile(t, dir, "flipped.zip", flipped))
 	mustKind(t, err, CodeFormat, "CrcMismatch")
-	_, _, err = LoadModel(write("flipped.zip", flipped), LoadOptions{})
+	_, _, err = LoadModel(writeFile(t, dir, "flipped.zip", flipped), LoadOptions{})
 	mustKind(t, err, CodeFormat, "CrcMismatch")
-	_, err = OpenCheckpoint(write("trailing.zip", append(bytes.Clone(good), 0)))
+	_, err = OpenCheckpoint(writeFile(t, dir, "trailing.zip", append(bytes.Clone(good), 0)))
 	mustKind(t, err, CodeFormat, "TrailingBytes")
-	newer := write("v2.zip", rewriteMetadata(t, good, `"format_version": 1`, `"format_version": 9`))
+	newer := writeFile(t, dir, "v2.zip", rewriteMetadata(t, good, `"format_version": 1`, `"format_version": 9`))
 	_, err = OpenCheckpoint(newer)
 	mustKind(t, err, CodeUnsupportedVersion, "UnsupportedVersion")
 	_, _, err = LoadContainer(newer)
 	mustKind(t, err, CodeUnsupportedVersion, "UnsupportedVersion")
-	badKind := write("kind.zip", rewriteMetadata(t, good, `"kind": "inference"`, `"kind": "inferencX"`))
+	badKind := writeFile(t, dir, "kind.zip", rewriteMetadata(t, good, `"kind": "inference"`, `"kind": "inferencX"`))
 	_, err = OpenCheckpoint(badKind)
 	mustKind(t, err, CodeFormat, "Schema")
 	_, err = OpenCheckpoint("nul\x00.zip")
@@ -185,14 +178,7 @@ func TestFileErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	write := func(name string, data []byte) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	truncated := write("truncated.zip", good[:len(good)/2])
+	truncated := writeFile(t, dir, "truncated.zip", good[:len(good)/2])
 	_, err = OpenCheckpoint(truncated)
 	mustCode(t, err, ErrFormat, "")
 	_, _, err = LoadContainer(truncated)
@@ -200,21 +186,21 @@ func TestFileErrors(t *testing.T) {
 
 	flipped := bytes.Clone(good)
 	flipped[len(flipped)/2] ^= 0x55
-	_, err = OpenCheckpoint(write("flipped.zip", flipped))
+	_, err = OpenCheckpoint(writeFile(t, dir, "flipped.zip", flipped))
 	mustCode(t, err, ErrFormat, "CRC-32 mismatch")
 
-	_, err = OpenCheckpoint(write("garbage.zip", []byte("definitely not a zip archive, just text")))
+	_, err = OpenCheckpoint(writeFile(t, dir, "garbage.zip", []byte("definitely not a zip archive, just text")))
 	mustCode(t, err, ErrFormat, "")
-	_, err = OpenCheckpoint(write("empty.zip", nil))
+	_, err = OpenCheckpoint(writeFile(t, dir, "empty.zip", nil))
 	mustCode(t, err, ErrFormat, "")
 
-	newer := write("v2.zip", rewriteMetadata(t, good, `"format_version": 1`, `"format_version": 9`))
+	newer := writeFile(t, dir, "v2.zip", rewriteMetadata(t, good, `"format_version": 1`, `"format_version": 9`))
 	_, err = OpenCheckpoint(newer)
 	mustCode(t, err, ErrUnsupportedVersion, "9")
 	_, _, err = LoadContainer(newer)
 	mustCode(t, err, ErrUnsupportedVersion, "9")
 	// The rewriting itself keeps a file valid.
-	same := write("v1.zip", rewriteMetadata(t, good, `"format_version": 1`, `"format_version": 1`))
+	same := writeFile(t, dir, "v1.zip", rewriteMetadata(t, good, `"format_version": 1`, `"format_version": 1`))
 	if c, err := OpenCheckpoint(same); err != nil {
 		t.Fatal(err)
 	} else {

@@ -17,6 +17,16 @@ import (
 // package's directory (bindings/go).
 const goldenRoot = "../../tests/golden"
 
+// writeFile writes data to dir/name and returns the path.
+func writeFile(t testing.TB, dir, name string, data []byte) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // goldenFile is one golden file of tests/golden/v1.
 func goldenFile(t testing.TB, name string) string {
 	t.Helper()

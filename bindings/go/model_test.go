@@ -481,11 +481,7 @@ func corruptCopy(t *testing.T, golden, name string) (string, int) {
 	}
 	const flipped = 9 // element 2, its second byte (mantissa)
 	data[at+flipped] ^= 0x10
-	path := filepath.Join(t.TempDir(), "corrupt.zip")
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path, flipped / 4
+	return writeFile(t, t.TempDir(), "corrupt.zip", data), flipped / 4
 }
 
 // A flipped bit in tensor data is refused by default (ErrFormat) and
@@ -613,10 +609,7 @@ func TestLoadOptionsCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "model.zip")
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	path := writeFile(t, t.TempDir(), "model.zip", data)
 	ref, _, err := LoadModel(golden, LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
