@@ -358,7 +358,7 @@ fn model_tensors_are_in_model_safetensors_with_their_names() {
             "hidden_layers.0.weight"
         ]
     );
-    assert_eq!(ckpt.metadata().model.class, models::MLP);
+    assert_eq!(ckpt.metadata().model.as_ref().unwrap().class, models::MLP);
 }
 
 #[test]

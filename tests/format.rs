@@ -305,7 +305,7 @@ fn invalid_metadata_is_refused_before_writing() {
     let write = |meta: &Metadata| write_checkpoint(dir.path(), "x", meta, &members, &WriteOptions::default());
     // What the schema refuses, as the reader would.
     let mut meta = document("inference", "torch.nn.Linear");
-    meta.model.class = String::new();
+    meta.model.as_mut().unwrap().class = String::new();
     let e = write(&meta).unwrap_err();
     assert!(
         matches!(&e, FormatError::Schema { field, .. } if field == "__pytorch_saver__.model.class"),

@@ -105,7 +105,7 @@ fn as_json(ckpt: &Checkpoint) -> Value {
         "path": ckpt.path(),
         "format_version": meta.format_version,
         "kind": meta.kind.as_str(),
-        "model_class": meta.model.class,
+        "model_class": meta.model.as_ref().map(|m| &m.class),
         "optimizer_class": meta.optimizer.as_ref().map(|o| &o.class),
         "scheduler_class": meta.scheduler.as_ref().map(|s| &s.class),
         "metadata": meta.to_json(),
@@ -131,7 +131,10 @@ fn print_table(ckpt: &Checkpoint) {
     );
     println!("timestamp  {}", meta.timestamp);
     let kwargs = |kwargs: &Map<String, Value>| Value::Object(kwargs.clone());
-    println!("model      {} {}", meta.model.class, kwargs(&meta.model.kwargs));
+    match &meta.model {
+        Some(m) => println!("model      {} {}", m.class, kwargs(&m.kwargs)),
+        None => println!("model      none (a weights file: tensors only)"),
+    }
     if let Some(o) = &meta.optimizer {
         println!("optimizer  {} {}", o.class, kwargs(&o.kwargs));
     }

@@ -139,7 +139,7 @@ impl Model {
     /// it is built; any model is built into uninitialized memory and
     /// compared again before a byte of it is written.
     pub(super) fn for_file(registry: &Registry, ckpt: &Checkpoint, device: Device) -> Result<Model> {
-        let spec = &ckpt.metadata().model;
+        let spec = ckpt.metadata().model_spec()?;
         let file_tensors = ckpt.tensors(MemberName::Model);
         if let Some(specs) = registry.describe_model(&spec.class, &spec.kwargs, file_tensors.len())? {
             check_layout(&spec.class, &specs, ckpt)?;

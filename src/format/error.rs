@@ -114,6 +114,11 @@ pub enum FormatError {
     /// A requested tensor does not exist in the member.
     #[error("{member}: no tensor named {tensor:?}")]
     TensorNotFound { member: String, tensor: String },
+    /// A typed value (FORMAT.md 11.2) is malformed: an unknown tag, a
+    /// payload of the wrong type, a class name of the wrong form, a tag
+    /// where the format does not allow it.
+    #[error("metadata.json: typed value at {path}: {reason}")]
+    TypedValue { path: String, reason: String },
     /// The caller asked the writer for something v1 cannot represent.
     #[error("cannot write: {0}")]
     InvalidInput(String),
@@ -149,6 +154,7 @@ impl FormatError {
             FormatError::TensorData { .. } => "TensorData",
             FormatError::UnsupportedDtype { .. } => "UnsupportedDtype",
             FormatError::TensorNotFound { .. } => "TensorNotFound",
+            FormatError::TypedValue { .. } => "TypedValue",
             FormatError::InvalidInput(_) => "InvalidInput",
         }
     }

@@ -12,7 +12,7 @@ mod zip;
 
 pub use error::FormatError;
 pub use metadata::{
-    ClassSpec, FileKind, Metadata, OptimizerMetadata, Producer, SchedulerMetadata, FORMAT_VERSION, INTERNALS_KEY,
+    ClassSpec, ExtraEntry, FileKind, ManagerRecord, Metadata, OptimizerMetadata, Producer, SchedulerMetadata, FORMAT_VERSION, INTERNALS_KEY,
     RESERVED_KEYS,
 };
 #[cfg(feature = "torch")]
@@ -31,16 +31,25 @@ pub enum MemberName {
     Model,
     /// `optimizer.safetensors`: per-parameter optimizer state tensors.
     Optimizer,
+    /// `extra.safetensors`: the tensors of the extra training state
+    /// (version 2).
+    Extra,
 }
 
 impl MemberName {
-    pub const ALL: [MemberName; 3] = [MemberName::Metadata, MemberName::Model, MemberName::Optimizer];
+    pub const ALL: [MemberName; 4] = [
+        MemberName::Metadata,
+        MemberName::Model,
+        MemberName::Optimizer,
+        MemberName::Extra,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             MemberName::Metadata => "metadata.json",
             MemberName::Model => "model.safetensors",
             MemberName::Optimizer => "optimizer.safetensors",
+            MemberName::Extra => "extra.safetensors",
         }
     }
 

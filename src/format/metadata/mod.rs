@@ -19,15 +19,15 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::MemberName;
+use super::{FormatError, MemberName};
 
 pub use float::{decode_float, encode_float};
 pub use param_group::ParamGroup;
 
 /// The format version this library writes.
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 /// The versions this library reads.
-pub const SUPPORTED_VERSIONS: &[u64] = &[1];
+pub const SUPPORTED_VERSIONS: &[u64] = &[1, 2];
 /// The top-level key that holds every format internal.
 pub const INTERNALS_KEY: &str = "__pytorch_saver__";
 /// Top-level keys that user metadata may not use.
@@ -48,6 +48,8 @@ pub enum FileKind {
     Checkpoint,
     /// Model only.
     Inference,
+    /// Tensors and user metadata, no class (version 2, FORMAT.md 11.1).
+    Weights,
 }
 
 impl FileKind {
@@ -55,6 +57,7 @@ impl FileKind {
         match self {
             FileKind::Checkpoint => "checkpoint",
             FileKind::Inference => "inference",
+            FileKind::Weights => "weights",
         }
     }
 }
@@ -148,6 +151,28 @@ pub struct SchedulerMetadata {
     pub state: Map<String, Value>,
 }
 
+/// One entry of `__pytorch_saver__.extra` (FORMAT.md 11.3): the state of
+/// a stateful object saved with a checkpoint, by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtraEntry {
+    /// The entry's name (`rng`, `scaler`).
+    pub name: String,
+    /// The kind of object whose state this is (`pytorch_saver.RNG`).
+    pub class: String,
+    /// The object's state: a typed value (FORMAT.md 11.2) whose `tensor`
+    /// tags name tensors of `extra.safetensors`.
+    pub state: Value,
+}
+
+/// `__pytorch_saver__.manager` (FORMAT.md 11.4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManagerRecord {
+    pub id: String,
+    pub step: u64,
+    /// Names to finite numbers.
+    pub metrics: Map<String, Value>,
+}
+
 /// The whole `metadata.json` of a file, typed: the reserved top-level
 /// keys, the format internals and the user's keys.
 ///
@@ -161,12 +186,18 @@ pub struct Metadata {
     pub format_version: u64,
     /// `__pytorch_saver__.kind`.
     pub kind: FileKind,
-    /// `__pytorch_saver__.model.class` and `model_kwargs`.
-    pub model: ClassSpec,
+    /// `__pytorch_saver__.model.class` and `model_kwargs`; `None` in a
+    /// weights file (FORMAT.md 11.1) only.
+    pub model: Option<ClassSpec>,
     /// `__pytorch_saver__.optimizer` and `optim_kwargs`.
     pub optimizer: Option<OptimizerMetadata>,
     /// `__pytorch_saver__.scheduler` and `scheduler_kwargs`.
     pub scheduler: Option<SchedulerMetadata>,
+    /// `__pytorch_saver__.extra`, in file order; `None` when the file has
+    /// none (a present but empty object is `Some` of nothing).
+    pub extra: Option<Vec<ExtraEntry>>,
+    /// `__pytorch_saver__.manager`.
+    pub manager: Option<ManagerRecord>,
     /// `__pytorch_saver__.producer`.
     pub producer: Producer,
     /// Save time, Unix seconds (UTC).
@@ -182,13 +213,24 @@ impl Metadata {
         Metadata {
             format_version: FORMAT_VERSION,
             kind,
-            model,
+            model: Some(model),
             optimizer: None,
             scheduler: None,
+            extra: None,
+            manager: None,
             producer: Producer::this_library(),
             timestamp,
             user: Map::new(),
         }
+    }
+
+    /// The model's class and kwargs; an error naming what is missing for
+    /// a weights file, which names no class.
+    pub fn model_spec(&self) -> Result<&ClassSpec, FormatError> {
+        self.model.as_ref().ok_or_else(|| FormatError::Schema {
+            field: format!("{INTERNALS_KEY}.model"),
+            reason: "a weights file names no model class: give the class to build, or read its tensors".into(),
+        })
     }
 
     /// The members a file with this metadata has, in their required order.
@@ -196,6 +238,9 @@ impl Metadata {
         let mut m = vec![MemberName::Metadata, MemberName::Model];
         if self.optimizer.is_some() {
             m.push(MemberName::Optimizer);
+        }
+        if self.extra.is_some() {
+            m.push(MemberName::Extra);
         }
         m
     }

@@ -97,7 +97,7 @@ impl Metadata {
         Ok(Metadata {
             format_version,
             kind,
-            model: ClassSpec::new(model_class, model_kwargs),
+            model: Some(ClassSpec::new(model_class, model_kwargs)),
             // Each part has its kwargs: checked above.
             optimizer: optimizer
                 .zip(optim_kwargs)
@@ -105,6 +105,8 @@ impl Metadata {
             scheduler: scheduler
                 .zip(scheduler_kwargs)
                 .map(|((class, state), kwargs)| SchedulerMetadata { class, kwargs, state }),
+            extra: None,
+            manager: None,
             producer,
             timestamp,
             user: top.user,

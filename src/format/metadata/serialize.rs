@@ -21,7 +21,9 @@ impl Metadata {
     /// `scheduler_kwargs`, `timestamp` and the user's keys).
     pub fn flat(&self) -> Map<String, Value> {
         let mut m = Map::new();
-        m.insert("model_kwargs".into(), Value::Object(self.model.kwargs.clone()));
+        if let Some(model) = &self.model {
+            m.insert("model_kwargs".into(), Value::Object(model.kwargs.clone()));
+        }
         if let Some(o) = &self.optimizer {
             m.insert("optim_kwargs".into(), Value::Object(o.kwargs.clone()));
         }
@@ -40,7 +42,9 @@ impl Metadata {
         let mut m = Map::new();
         m.insert("format_version".into(), self.format_version.into());
         m.insert("kind".into(), self.kind.as_str().into());
-        m.insert("model".into(), class_object(&self.model.class));
+        if let Some(model) = &self.model {
+            m.insert("model".into(), class_object(&model.class));
+        }
         if let Some(o) = &self.optimizer {
             m.insert("optimizer".into(), Value::Object(o.to_json()));
         }
