@@ -112,7 +112,11 @@ impl ModelContainer {
     fn match_parts(&self, meta: &Metadata) -> Result<&Model> {
         let model = self.model()?;
         let parts = [
-            ("model", Some(model.class()), meta.model.as_ref().map(|m| m.class.as_str())),
+            (
+                "model",
+                Some(model.class()),
+                meta.model.as_ref().map(|m| m.class.as_str()),
+            ),
             (
                 "optimizer",
                 self.optimizer.as_ref().map(Optimizer::class),

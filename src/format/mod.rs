@@ -12,8 +12,8 @@ mod zip;
 
 pub use error::FormatError;
 pub use metadata::{
-    ClassSpec, ExtraEntry, FileKind, ManagerRecord, Metadata, OptimizerMetadata, Producer, SchedulerMetadata, FORMAT_VERSION, INTERNALS_KEY,
-    RESERVED_KEYS,
+    ClassSpec, ExtraEntry, FileKind, ManagerRecord, Metadata, OptimizerMetadata, Producer, SchedulerMetadata,
+    FORMAT_VERSION, INTERNALS_KEY, RESERVED_KEYS,
 };
 #[cfg(feature = "torch")]
 pub(crate) use reader::threads_for;

@@ -276,8 +276,12 @@ impl Checkpoint {
         for (entry, data_start) in &layout {
             let name = MemberName::from_name(&entry.name).expect("names checked by parse_layout");
             if !expected.contains(&name) {
+                let missing = match name {
+                    MemberName::Extra => "extra state",
+                    _ => "optimizer",
+                };
                 return Err(FormatError::UnexpectedMember(format!(
-                    "{} (the metadata declares no optimizer)",
+                    "{} (the metadata declares no {missing})",
                     entry.name
                 )));
             }
@@ -612,7 +616,7 @@ fn parse_layout(buf: &[u8]) -> Result<Vec<(CentralEntry, u64)>, FormatError> {
             return Err(FormatError::MemberOrder {
                 member: e.name.clone(),
                 position,
-                expected: "metadata.json, model.safetensors, optimizer.safetensors".into(),
+                expected: "metadata.json, model.safetensors, optimizer.safetensors, extra.safetensors".into(),
             });
         }
         last_rank = rank;

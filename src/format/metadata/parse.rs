@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 
 use super::ParamGroup;
 use super::{
-    ClassSpec, FileKind, Metadata, OptimizerMetadata, Producer, SchedulerMetadata, INTERNALS_KEY, SUPPORTED_VERSIONS,
+    ClassSpec, ExtraEntry, FileKind, ManagerRecord, Metadata, OptimizerMetadata, Producer, SchedulerMetadata,
+    INTERNALS_KEY, SUPPORTED_VERSIONS,
 };
 use crate::format::{json, FormatError};
 
@@ -105,8 +106,14 @@ impl Metadata {
             scheduler: scheduler
                 .zip(scheduler_kwargs)
                 .map(|((class, state), kwargs)| SchedulerMetadata { class, kwargs, state }),
-            extra: None,
-            manager: None,
+            extra: match format_version {
+                1 => None,
+                _ => extra(internals.remove("extra"))?,
+            },
+            manager: match format_version {
+                1 => None,
+                _ => manager(internals.remove("manager"))?,
+            },
             producer,
             timestamp,
             user: top.user,
@@ -338,4 +345,55 @@ fn part_kwargs(value: Option<Value>, key: &str, present: bool) -> Result<Option<
         (None, false) => Ok(None),
         (Some(_), false) => Err(schema(key, "present although the file has no such part")),
     }
+}
+
+/// `__pytorch_saver__.extra` (FORMAT.md 11.3): names to `{class, state}`.
+fn extra(value: Option<Value>) -> Result<Option<Vec<ExtraEntry>>, FormatError> {
+    let path = format!("{INTERNALS_KEY}.extra");
+    let entries = match value {
+        None => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(schema(&path, "must be an object")),
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, entry) in entries {
+        let epath = format!("{path}.{name}");
+        if name.is_empty() {
+            return Err(schema(&path, "an entry name is empty"));
+        }
+        let Value::Object(mut entry) = entry else {
+            return Err(schema(&epath, "must be an object"));
+        };
+        let class = take_str(&mut entry, "class", &epath)?;
+        let state = entry
+            .remove("state")
+            .ok_or_else(|| schema(&format!("{epath}.state"), "missing"))?;
+        out.push(ExtraEntry { name, class, state });
+    }
+    Ok(Some(out))
+}
+
+/// `__pytorch_saver__.manager` (FORMAT.md 11.4).
+fn manager(value: Option<Value>) -> Result<Option<ManagerRecord>, FormatError> {
+    let path = format!("{INTERNALS_KEY}.manager");
+    let mut m = match value {
+        None => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(schema(&path, "must be an object")),
+    };
+    let id = take_str(&mut m, "id", &path)?;
+    let step = match m.remove("step") {
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or_default(),
+        Some(_) => return Err(schema(&format!("{path}.step"), "must be an integer >= 0")),
+        None => return Err(schema(&format!("{path}.step"), "missing")),
+    };
+    let metrics = match m.remove("metrics") {
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(schema(&format!("{path}.metrics"), "must be an object of numbers")),
+        None => return Err(schema(&format!("{path}.metrics"), "missing")),
+    };
+    if let Some((k, _)) = metrics.iter().find(|(_, v)| !v.is_number()) {
+        return Err(schema(&format!("{path}.metrics.{k}"), "must be a finite number"));
+    }
+    Ok(Some(ManagerRecord { id, step, metrics }))
 }

@@ -51,6 +51,25 @@ impl Metadata {
         if let Some(s) = &self.scheduler {
             m.insert("scheduler".into(), Value::Object(s.to_json()));
         }
+        if let Some(extra) = &self.extra {
+            let entries: Map<String, Value> = extra
+                .iter()
+                .map(|e| {
+                    let mut o = Map::new();
+                    o.insert("class".into(), e.class.clone().into());
+                    o.insert("state".into(), e.state.clone());
+                    (e.name.clone(), Value::Object(o))
+                })
+                .collect();
+            m.insert("extra".into(), Value::Object(entries));
+        }
+        if let Some(r) = &self.manager {
+            let mut o = Map::new();
+            o.insert("id".into(), r.id.clone().into());
+            o.insert("step".into(), r.step.into());
+            o.insert("metrics".into(), Value::Object(r.metrics.clone()));
+            m.insert("manager".into(), Value::Object(o));
+        }
         m.insert("producer".into(), Value::Object(self.producer.to_json()));
         m
     }
