@@ -44,7 +44,7 @@
 /**
  * The newest checkpoint format version this library writes and reads.
  */
-#define PTS_FORMAT_VERSION 1
+#define PTS_FORMAT_VERSION 2
 
 /**
  * An open, fully validated checkpoint (every CRC and header checked at
@@ -186,6 +186,14 @@ typedef void (*pts_finalizer_t)(void *data);
  * (`state.<index>.<key>`); absent from inference files.
  */
 #define PTS_MEMBER_OPTIMIZER 2
+
+/**
+ * `extra.safetensors` (format version 2): the tensors of the extra
+ * training state, each named by a `tensor` tag of an entry of the
+ * metadata's `__pytorch_saver__.extra`; absent from files without extra
+ * state.
+ */
+#define PTS_MEMBER_EXTRA 3
 
 /**
  * An argument that must not be NULL was NULL.
@@ -387,7 +395,8 @@ pts_error_t *pts_checkpoint_open_ex(const char *path,
 pts_error_t *pts_checkpoint_metadata(const pts_checkpoint_t *checkpoint, const char **out);
 
 /**
- * The number of tensors in a member (0 for an absent optimizer member).
+ * The number of tensors in a member (0 for an absent optimizer or extra
+ * member).
  */
 pts_error_t *pts_checkpoint_tensor_count(const pts_checkpoint_t *checkpoint,
                                          pts_member_t member,

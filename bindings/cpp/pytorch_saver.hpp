@@ -84,6 +84,10 @@ enum class Member : pts_member_t {
   /// optimizer.safetensors: the optimizer's per-parameter state
   /// (`state.<index>.<key>`); absent from inference files.
   Optimizer = PTS_MEMBER_OPTIMIZER,
+  /// extra.safetensors (format version 2): the tensors of the extra
+  /// training state, named by the `tensor` tags of the metadata's
+  /// `__pytorch_saver__.extra`; empty in files without extra state.
+  Extra = PTS_MEMBER_EXTRA,
 };
 
 /// The library's version, "MAJOR.MINOR.PATCH" (compare with PTS_VERSION

@@ -118,17 +118,19 @@ func (c *Checkpoint) TypedMetadata() *Metadata { return c.meta.clone() }
 // scheduler_kwargs, timestamp and __pytorch_saver__.
 func (c *Checkpoint) UserMetadata() map[string]any { return copyObject(c.meta.User) }
 
-// FormatVersion returns the file's format version (1).
+// FormatVersion returns the file's format version (1 or 2).
 func (c *Checkpoint) FormatVersion() int { return c.meta.Internals.FormatVersion }
 
-// Kind tells a training checkpoint from an inference file.
+// Kind tells a training checkpoint from an inference or weights file.
 func (c *Checkpoint) Kind() Kind { return c.meta.Internals.Kind }
 
 // ModelClass returns the model's class name, such as
-// "pytorch_saver.models.MLP" or "torch.nn.Linear".
+// "pytorch_saver.models.MLP" or "torch.nn.Linear"; "" for a weights
+// file.
 func (c *Checkpoint) ModelClass() string { return c.meta.Internals.ModelClass }
 
-// ModelKwargs returns the model's constructor kwargs.
+// ModelKwargs returns the model's constructor kwargs (typed values in a
+// version 2 file, see Metadata), or nil for a weights file.
 func (c *Checkpoint) ModelKwargs() map[string]any { return copyObject(c.meta.ModelKwargs) }
 
 // OptimizerClass returns the optimizer's class name, such as
@@ -156,6 +158,22 @@ func (c *Checkpoint) SchedulerClass() string {
 // SchedulerKwargs returns the scheduler's constructor kwargs, or nil when
 // the file has no scheduler.
 func (c *Checkpoint) SchedulerKwargs() map[string]any { return copyObject(c.meta.SchedulerKwargs) }
+
+// Extra returns the extra training state in file order (format version
+// 2: RNG states, a gradient scaler, counters, ...), nil when the file has
+// none. Its tensors are read from MemberExtra by the names of the
+// TensorRef values in each State.
+func (c *Checkpoint) Extra() []ExtraEntry {
+	extra := c.meta.Internals.Extra
+	if extra == nil {
+		return nil
+	}
+	out := make([]ExtraEntry, len(extra))
+	for i, e := range extra {
+		out[i] = ExtraEntry{Name: e.Name, Class: e.Class, State: cloneTyped(e.State)}
+	}
+	return out
+}
 
 // Timestamp returns the time the file was saved (whole seconds, UTC).
 func (c *Checkpoint) Timestamp() time.Time { return time.Unix(c.meta.Timestamp, 0).UTC() }
@@ -190,7 +208,8 @@ func (c *Checkpoint) withName(name string, f func(ptr *C.pts_checkpoint_t, cname
 }
 
 // TensorNames returns the names of a member's tensors in file order (none
-// for the optimizer member of an inference file).
+// for the optimizer member of an inference file, nor for the extra member
+// of a file without extra state).
 func (c *Checkpoint) TensorNames(member Member) ([]string, error) {
 	var names []string
 	err := c.with(func(ptr *C.pts_checkpoint_t) error {

@@ -47,6 +47,10 @@
 // optimizer and scheduler state). Checkpoint.TypedMetadata returns a
 // file's; MetadataFromMap types the flat metadata map that LoadContainer,
 // LoadModel and Container.Restore return; ParseMetadata reads JSON text.
+// In format version 2 the kwargs and the extra training state
+// (Checkpoint.Extra, whose tensors are in MemberExtra) are typed values:
+// tags decoded to Tuple, TorchDtype, ClassRef and the other types of
+// docs/FORMAT.md section 11.2.
 //
 // # Errors
 //

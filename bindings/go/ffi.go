@@ -16,7 +16,7 @@ import (
 
 // FormatVersion is the newest checkpoint format version the library reads
 // and writes (PTS_FORMAT_VERSION).
-const FormatVersion = 1
+const FormatVersion = 2
 
 // HeaderVersion is the version of the C library whose header the package
 // was built against, "MAJOR.MINOR.PATCH": the header's PTS_VERSION.
@@ -38,6 +38,7 @@ var (
 
 	_ [MemberModel - C.PTS_MEMBER_MODEL]struct{}         = [0]struct{}{}
 	_ [MemberOptimizer - C.PTS_MEMBER_OPTIMIZER]struct{} = [0]struct{}{}
+	_ [MemberExtra - C.PTS_MEMBER_EXTRA]struct{}         = [0]struct{}{}
 
 	_ [Float64 - C.PTS_DTYPE_F64]struct{}   = [0]struct{}{}
 	_ [Float32 - C.PTS_DTYPE_F32]struct{}   = [0]struct{}{}

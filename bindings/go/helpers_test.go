@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -35,6 +36,16 @@ func goldenFile(t testing.TB, name string) string {
 		t.Fatalf("golden file: %v", err)
 	}
 	return path
+}
+
+// goldenVersion is the format version of a golden file: that of its
+// directory, tests/golden/vN.
+func goldenVersion(path string) int {
+	v, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(filepath.Dir(path)), "v"))
+	if err != nil {
+		panic("a golden file outside a vN directory: " + path)
+	}
+	return v
 }
 
 // goldenFiles lists every golden checkpoint of every format version.

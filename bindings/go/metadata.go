@@ -11,8 +11,9 @@ import (
 )
 
 // This file owns metadata.json in Go: the types of the whole document
-// (docs/FORMAT.md sections 3, 5 and 6) and ParseMetadata, the one
-// function that reads it. Every metadata the package hands out, from a
+// (docs/FORMAT.md sections 3, 5, 6 and, for version 2, 11) and
+// ParseMetadata, the one function that reads it (typed values are
+// decoded by typed_value.go). Every metadata the package hands out, from a
 // Checkpoint or from a load, goes through it.
 
 // The metadata keys that belong to the format, not to the user
@@ -42,6 +43,10 @@ const (
 	KindCheckpoint Kind = "checkpoint"
 	// KindInference is a model alone (Container.SaveInference).
 	KindInference Kind = "inference"
+	// KindWeights is tensors and user metadata without a class (format
+	// version 2): no model class or kwargs, no optimizer, scheduler or
+	// extra state. Tensors read as from any file; no model loads from it.
+	KindWeights Kind = "weights"
 )
 
 // Metadata is a metadata.json document, typed (docs/FORMAT.md section 3):
@@ -54,9 +59,17 @@ const (
 // scheduler state) are as encoding/json decodes them: numbers are
 // float64, objects map[string]any, arrays []any. Inside the internals, a
 // non-finite float written as {"__float__": "inf"} (section 3.4) is
-// decoded to the float64 it stands for.
+// decoded to the float64 it stands for. In a version 2 document the
+// kwargs and the extra state are typed values (section 11.2): their tags
+// are decoded to Tuple, TorchDtype, ClassRef and the other types of
+// typed_value.go, so that optim_kwargs["betas"] is a Tuple. User metadata
+// is plain JSON in every version, and so are the kwargs of a version 1
+// document, where "__type__" means nothing (section 11.7). A document
+// without internals (the flat metadata a load returns) is in the
+// library's form, version 2: its tags are decoded.
 type Metadata struct {
-	// ModelKwargs are the model's constructor kwargs (always present).
+	// ModelKwargs are the model's constructor kwargs; nil in a weights
+	// file, which names no model.
 	ModelKwargs map[string]any
 	// OptimizerKwargs are the optimizer's constructor kwargs
 	// (optim_kwargs), nil when the file has no optimizer.
@@ -77,22 +90,60 @@ type Metadata struct {
 	object map[string]any
 }
 
+// tagsDecoded reports whether the document's kwargs are typed values:
+// version 2 and later, and the flat metadata of a load.
+func (m *Metadata) tagsDecoded() bool {
+	return m.Internals == nil || m.Internals.FormatVersion >= 2
+}
+
 // Internals is __pytorch_saver__ (docs/FORMAT.md section 3.2). Keys it
 // does not define are ignored, as the format requires of readers.
 type Internals struct {
-	// FormatVersion is the file's format version (1).
+	// FormatVersion is the file's format version (1 or 2).
 	FormatVersion int
-	// Kind tells a training checkpoint from an inference file.
+	// Kind tells a training checkpoint from an inference or weights file.
 	Kind Kind
 	// ModelClass is the model's class name, such as
-	// "pytorch_saver.models.MLP".
+	// "pytorch_saver.models.MLP"; "" in a weights file.
 	ModelClass string
 	// Optimizer is the optimizer's class and state, nil when none.
 	Optimizer *OptimizerInternals
 	// Scheduler is the LR scheduler's class and state, nil when none.
 	Scheduler *SchedulerInternals
+	// Extra is the extra training state (format version 2, section
+	// 11.3): RNG states, a gradient scaler, counters, user objects, in
+	// file order; nil when the file has none.
+	Extra []ExtraEntry
+	// Manager is the checkpoint manager's record (format version 2,
+	// section 11.4), nil when none wrote the file.
+	Manager *ManagerRecord
 	// Producer says which implementation wrote the file.
 	Producer Producer
+}
+
+// ExtraEntry is one entry of __pytorch_saver__.extra: the state of a named
+// object besides the model, optimizer and scheduler.
+type ExtraEntry struct {
+	// Name is the entry's name, such as "rng".
+	Name string
+	// Class names the kind of object whose state this is, such as
+	// "pytorch_saver.RNG", "torch.amp.GradScaler" or
+	// "pytorch_saver.Counters".
+	Class string
+	// State is the object's state_dict() as a typed value: its tensors
+	// are TensorRef values naming tensors of MemberExtra.
+	State any
+}
+
+// ManagerRecord is __pytorch_saver__.manager: the checkpoint manager that
+// wrote the file, its step and its metrics.
+type ManagerRecord struct {
+	// ID identifies the manager's series of checkpoints.
+	ID string
+	// Step is the training step the file was saved at.
+	Step int64
+	// Metrics are the metrics recorded with it (empty when none).
+	Metrics map[string]float64
 }
 
 // Producer says which implementation wrote a file.
@@ -149,7 +200,8 @@ type SchedulerInternals struct {
 // (kind "Json": also a key twice in one object, a number out of float64's
 // range, nesting deeper than 127 levels, anything after the object) and
 // an object whose keys do not have the types of docs/FORMAT.md sections
-// 3, 5 and 6 (kind "Schema"). The checks between keys that the library
+// 3, 5, 6 and 11 (kind "Schema"), and, in a version 2 document, a tag
+// that section 11.2 does not allow (kind "TypedValue"). The checks between keys that the library
 // makes when it opens a file (an optimizer's kwargs present iff its
 // internals are, indices in range, a supported format version) are not
 // repeated here.
@@ -158,7 +210,7 @@ func ParseMetadata(text string) (*Metadata, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newMetadata(object)
+	return newMetadata(object, extraKeyOrder(text))
 }
 
 // MetadataFromMap types the flat metadata that LoadContainer, LoadModel
@@ -169,7 +221,7 @@ func MetadataFromMap(m map[string]any) (*Metadata, error) {
 	if m == nil {
 		return nil, schemaError("(top level)", "not an object")
 	}
-	return newMetadata(copyObject(m))
+	return newMetadata(copyObject(m), nil)
 }
 
 // flatMetadata parses the flat metadata a load returned into the map
@@ -184,7 +236,13 @@ func flatMetadata(text string) (map[string]any, error) {
 
 // clone returns a deep copy of a parsed m, sharing nothing with it.
 func (m *Metadata) clone() *Metadata {
-	c, err := newMetadata(m.objectCopy())
+	var order []string
+	if m.Internals != nil {
+		for _, e := range m.Internals.Extra {
+			order = append(order, e.Name)
+		}
+	}
+	c, err := newMetadata(m.objectCopy(), order)
 	if err != nil {
 		panic("pytorchsaver: a parsed metadata object no longer types: " + err.Error())
 	}
@@ -194,13 +252,9 @@ func (m *Metadata) clone() *Metadata {
 // objectCopy returns a deep copy of the object m was parsed from.
 func (m *Metadata) objectCopy() map[string]any { return copyObject(m.object) }
 
-// copyObject deep-copies a decoded JSON object; nil stays nil.
-func copyObject(m map[string]any) map[string]any {
-	if m == nil {
-		return nil
-	}
-	return cloneJSON(m).(map[string]any)
-}
+// copyObject deep-copies a decoded JSON object, typed values included;
+// nil stays nil.
+func copyObject(m map[string]any) map[string]any { return cloneTypedObject(m) }
 
 // decodeMetadataObject decodes JSON text into the object encoding/json
 // would give, refusing what docs/FORMAT.md section 3 forbids and
@@ -275,11 +329,17 @@ func decodeJSONValue(dec *json.Decoder, depth int) (any, error) {
 	return tok, nil // a string, a bool or nil
 }
 
-// newMetadata types a decoded metadata object, which it keeps.
-func newMetadata(object map[string]any) (*Metadata, error) {
+// newMetadata types a decoded metadata object, which it keeps;
+// extraOrder lists the names of __pytorch_saver__.extra in file order
+// (nil: sorted).
+func newMetadata(object map[string]any, extraOrder []string) (*Metadata, error) {
 	m := &Metadata{object: object, User: map[string]any{}}
 	var err error
-	if m.ModelKwargs, err = objectField(object, keyModelKwargs, keyModelKwargs, true); err != nil {
+	if weightsDocument(object) {
+		if _, ok := object[keyModelKwargs]; ok {
+			return nil, schemaError(keyModelKwargs, "present in a weights file, which names no model")
+		}
+	} else if m.ModelKwargs, err = objectField(object, keyModelKwargs, keyModelKwargs, true); err != nil {
 		return nil, err
 	}
 	if m.OptimizerKwargs, err = objectField(object, keyOptimKwargs, keyOptimKwargs, false); err != nil {
@@ -294,7 +354,12 @@ func newMetadata(object map[string]any) (*Metadata, error) {
 		}
 	}
 	if v, ok := object[keyInternals]; ok {
-		if m.Internals, err = newInternals(v); err != nil {
+		if m.Internals, err = newInternals(v, extraOrder); err != nil {
+			return nil, err
+		}
+	}
+	if m.tagsDecoded() {
+		if err := m.decodeTypedValues(); err != nil {
 			return nil, err
 		}
 	}
@@ -306,6 +371,89 @@ func newMetadata(object map[string]any) (*Metadata, error) {
 	return m, nil
 }
 
+// decodeTypedValues replaces the tags of the kwargs and the extra state
+// by their Go values, in docs/FORMAT.md section 11.6's order: the
+// kwargs, then each extra entry's state in file order.
+func (m *Metadata) decodeTypedValues() error {
+	d := &typedDecoder{tensors: map[string]string{}}
+	var err error
+	for _, part := range []struct {
+		kwargs *map[string]any
+		path   string
+		place  typedPlace
+	}{
+		{&m.ModelKwargs, keyModelKwargs, placeKwargs},
+		{&m.OptimizerKwargs, keyOptimKwargs, placeKwargs},
+		{&m.SchedulerKwargs, keySchedulerKwargs, placeSchedulerKwargs},
+	} {
+		if *part.kwargs, err = d.object(*part.kwargs, part.path, part.place); err != nil {
+			return err
+		}
+	}
+	if m.Internals != nil {
+		for i := range m.Internals.Extra {
+			e := &m.Internals.Extra[i]
+			if e.State, err = d.value(e.State, keyInternals+".extra."+e.Name+".state", placeExtraState); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// weightsDocument reports whether object's internals say kind "weights".
+func weightsDocument(object map[string]any) bool {
+	internals, _ := object[keyInternals].(map[string]any)
+	return internals != nil && internals["kind"] == string(KindWeights)
+}
+
+// extraKeyOrder lists the keys of __pytorch_saver__.extra in the order
+// the text writes them (Go maps keep none); nil when it has none. The
+// text was decoded before, so a token error only ends the walk.
+func extraKeyOrder(text string) []string {
+	dec := json.NewDecoder(strings.NewReader(text))
+	// enter moves into the object value of key, at the current object's
+	// level; false when the key is absent or not an object.
+	enter := func(key string) bool {
+		if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+			return false
+		}
+		for dec.More() {
+			k, err := dec.Token()
+			if err != nil {
+				return false
+			}
+			if k == key {
+				return true
+			}
+			var skip json.RawMessage
+			if dec.Decode(&skip) != nil {
+				return false
+			}
+		}
+		return false
+	}
+	if !enter(keyInternals) || !enter("extra") {
+		return nil
+	}
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	var order []string
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			return order
+		}
+		order = append(order, k.(string))
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return order
+		}
+	}
+	return order
+}
+
 func isReserved(key string) bool {
 	for _, r := range reservedKeys {
 		if key == r {
@@ -315,7 +463,7 @@ func isReserved(key string) bool {
 	return false
 }
 
-func newInternals(v any) (*Internals, error) {
+func newInternals(v any, extraOrder []string) (*Internals, error) {
 	const path = keyInternals
 	object, ok := v.(map[string]any)
 	if !ok {
@@ -332,12 +480,18 @@ func newInternals(v any) (*Internals, error) {
 		return nil, err
 	}
 	in.Kind = Kind(kind)
-	model, err := objectField(object, "model", path+".model", true)
-	if err != nil {
-		return nil, err
-	}
-	if in.ModelClass, err = stringField(model, "class", path+".model"); err != nil {
-		return nil, err
+	if in.Kind == KindWeights {
+		if _, ok := object["model"]; ok {
+			return nil, schemaError(path+".model", "present in a weights file, which names no model")
+		}
+	} else {
+		model, err := objectField(object, "model", path+".model", true)
+		if err != nil {
+			return nil, err
+		}
+		if in.ModelClass, err = stringField(model, "class", path+".model"); err != nil {
+			return nil, err
+		}
 	}
 	if raw, ok := object["optimizer"]; ok {
 		if in.Optimizer, err = newOptimizerInternals(raw, path+".optimizer"); err != nil {
@@ -367,7 +521,94 @@ func newInternals(v any) (*Internals, error) {
 			return nil, err
 		}
 	}
+	if in.FormatVersion >= 2 { // a version 1 reader ignores these keys
+		if raw, ok := object["extra"]; ok {
+			if in.Extra, err = newExtra(raw, path+".extra", extraOrder); err != nil {
+				return nil, err
+			}
+		}
+		if raw, ok := object["manager"]; ok {
+			if in.Manager, err = newManagerRecord(raw, path+".manager"); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return in, nil
+}
+
+// newExtra reads __pytorch_saver__.extra, entries in the order given
+// (the names the object has, the others sorted after them); the states
+// stay as decoded JSON until decodeTypedValues.
+func newExtra(v any, path string, order []string) ([]ExtraEntry, error) {
+	object, ok := v.(map[string]any)
+	if !ok {
+		return nil, schemaError(path, "must be an object")
+	}
+	names := make([]string, 0, len(object))
+	seen := map[string]bool{}
+	for _, k := range append(order, sortedKeys(object)...) {
+		if _, ok := object[k]; ok && !seen[k] {
+			seen[k] = true
+			names = append(names, k)
+		}
+	}
+	entries := make([]ExtraEntry, 0, len(names))
+	for _, name := range names {
+		epath := path + "." + name
+		if name == "" {
+			return nil, schemaError(path, "an entry with an empty name")
+		}
+		entry, ok := object[name].(map[string]any)
+		if !ok {
+			return nil, schemaError(epath, "must be an object")
+		}
+		class, err := stringField(entry, "class", epath)
+		if err != nil {
+			return nil, err
+		}
+		state, ok := entry["state"]
+		if !ok {
+			return nil, schemaError(epath+".state", "missing")
+		}
+		entries = append(entries, ExtraEntry{Name: name, Class: class, State: state})
+	}
+	return entries, nil
+}
+
+// newManagerRecord reads __pytorch_saver__.manager.
+func newManagerRecord(v any, path string) (*ManagerRecord, error) {
+	object, ok := v.(map[string]any)
+	if !ok {
+		return nil, schemaError(path, "must be an object")
+	}
+	r := &ManagerRecord{Metrics: map[string]float64{}}
+	var err error
+	if r.ID, err = stringField(object, "id", path); err != nil {
+		return nil, err
+	}
+	if _, ok := object["step"]; !ok {
+		return nil, schemaError(path+".step", "missing")
+	}
+	if r.Step, err = integer(object["step"], path+".step", 0, 1<<53); err != nil {
+		return nil, err
+	}
+	metrics, err := objectField(object, "metrics", path+".metrics", true)
+	if err != nil {
+		return nil, err
+	}
+	for k, x := range metrics {
+		f, ok := x.(float64)
+		if n, isNumber := x.(json.Number); isNumber {
+			var err error
+			f, err = n.Float64()
+			ok = err == nil
+		}
+		if !ok || math.IsInf(f, 0) || math.IsNaN(f) {
+			return nil, schemaError(path+".metrics."+k, "must be a finite number")
+		}
+		r.Metrics[k] = f
+	}
+	return r, nil
 }
 
 func newOptimizerInternals(v any, path string) (*OptimizerInternals, error) {
@@ -556,23 +797,4 @@ func integer(v any, path string, lo, hi int64) (int64, error) {
 // library reports one (FormatError::Schema).
 func schemaError(field, reason string) *Error {
 	return &Error{Code: CodeFormat, Kind: "Schema", Message: "metadata.json: field " + field + ": " + reason}
-}
-
-// cloneJSON deep-copies a decoded JSON value.
-func cloneJSON(v any) any {
-	switch v := v.(type) {
-	case map[string]any:
-		out := make(map[string]any, len(v))
-		for k, x := range v {
-			out[k] = cloneJSON(x)
-		}
-		return out
-	case []any:
-		out := make([]any, len(v))
-		for i, x := range v {
-			out[i] = cloneJSON(x)
-		}
-		return out
-	}
-	return v
 }

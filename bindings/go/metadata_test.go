@@ -231,12 +231,12 @@ func TestGoldenTypedMetadata(t *testing.T) {
 		}
 		m := ckpt.TypedMetadata()
 		in := m.Internals
-		if in == nil || m.ModelKwargs == nil || m.Timestamp <= 0 {
+		if in == nil || (m.ModelKwargs == nil) != (in.Kind == KindWeights) || m.Timestamp <= 0 {
 			t.Fatalf("%s: %+v", path, m)
 		}
 		// Every top-level key is typed: the reserved ones, the rest user metadata.
-		reserved := 2 // model_kwargs and __pytorch_saver__
-		for _, present := range []bool{m.OptimizerKwargs != nil, m.SchedulerKwargs != nil, true} {
+		reserved := 1 // __pytorch_saver__
+		for _, present := range []bool{m.ModelKwargs != nil, m.OptimizerKwargs != nil, m.SchedulerKwargs != nil, true} {
 			if present {
 				reserved++
 			}

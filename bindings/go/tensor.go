@@ -100,6 +100,10 @@ const (
 	// per-parameter state tensors (state.<index>.<key>); empty in an
 	// inference file.
 	MemberOptimizer Member = 2
+	// MemberExtra is extra.safetensors (format version 2): the tensors of
+	// the extra training state, each named by a TensorRef in the State of
+	// an entry of Internals.Extra; empty when the file has no extra state.
+	MemberExtra Member = 3
 )
 
 // String returns the member's file name, such as "model.safetensors".
@@ -109,6 +113,8 @@ func (m Member) String() string {
 		return "model.safetensors"
 	case MemberOptimizer:
 		return "optimizer.safetensors"
+	case MemberExtra:
+		return "extra.safetensors"
 	}
 	return fmt.Sprintf("Member(%d)", uint32(m))
 }

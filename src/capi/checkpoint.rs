@@ -14,6 +14,11 @@ pub const PTS_MEMBER_MODEL: pts_member_t = 1;
 /// `optimizer.safetensors`: the optimizer's per-parameter state tensors
 /// (`state.<index>.<key>`); absent from inference files.
 pub const PTS_MEMBER_OPTIMIZER: pts_member_t = 2;
+/// `extra.safetensors` (format version 2): the tensors of the extra
+/// training state, each named by a `tensor` tag of an entry of the
+/// metadata's `__pytorch_saver__.extra`; absent from files without extra
+/// state.
+pub const PTS_MEMBER_EXTRA: pts_member_t = 3;
 
 /// One member's tensor names and shapes, kept C-ready for borrowing.
 struct MemberIndex {
@@ -30,6 +35,7 @@ pub struct pts_checkpoint_t {
     metadata_json: CString,
     model: MemberIndex,
     optimizer: MemberIndex,
+    extra: MemberIndex,
 }
 
 impl pts_checkpoint_t {
@@ -37,9 +43,10 @@ impl pts_checkpoint_t {
         match member {
             PTS_MEMBER_MODEL => Ok((MemberName::Model, &self.model)),
             PTS_MEMBER_OPTIMIZER => Ok((MemberName::Optimizer, &self.optimizer)),
+            PTS_MEMBER_EXTRA => Ok((MemberName::Extra, &self.extra)),
             _ => Err(pts_error_t::new(
                 PTS_ERROR_INVALID_ARGUMENT,
-                format!("unknown member code {member} (PTS_MEMBER_MODEL or PTS_MEMBER_OPTIMIZER)"),
+                format!("unknown member code {member} (PTS_MEMBER_MODEL, PTS_MEMBER_OPTIMIZER or PTS_MEMBER_EXTRA)"),
             )),
         }
     }
@@ -94,6 +101,7 @@ pub unsafe extern "C" fn pts_checkpoint_open_ex(
             metadata_json: CString::new(json).expect("serde_json escapes NUL"),
             model: index(&ckpt, MemberName::Model)?,
             optimizer: index(&ckpt, MemberName::Optimizer)?,
+            extra: index(&ckpt, MemberName::Extra)?,
             ckpt,
         };
         out.write(Box::into_raw(Box::new(handle)));
@@ -117,7 +125,8 @@ pub unsafe extern "C" fn pts_checkpoint_metadata(
     })
 }
 
-/// The number of tensors in a member (0 for an absent optimizer member).
+/// The number of tensors in a member (0 for an absent optimizer or extra
+/// member).
 #[no_mangle]
 pub unsafe extern "C" fn pts_checkpoint_tensor_count(
     checkpoint: *const pts_checkpoint_t,

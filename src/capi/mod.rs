@@ -46,7 +46,7 @@ pub const PTS_VERSION_MINOR: u32 = 2;
 /// Patch version of the library.
 pub const PTS_VERSION_PATCH: u32 = 0;
 /// The newest checkpoint format version this library writes and reads.
-pub const PTS_FORMAT_VERSION: u32 = 1;
+pub const PTS_FORMAT_VERSION: u32 = 2;
 
 /// The library's version as `"MAJOR.MINOR.PATCH"`: compare it with the
 /// header's `PTS_VERSION_*` macros to detect a header/library mismatch.

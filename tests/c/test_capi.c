@@ -5,7 +5,8 @@
  * the boundary. Built and run under AddressSanitizer (leaks included) and
  * UBSan, then under valgrind, by `make c-test`.
  *
- * Usage: test_capi GOLDEN_DIR SCRATCH_DIR
+ * Usage: test_capi GOLDEN_DIR SCRATCH_DIR (GOLDEN_DIR is tests/golden/v1; the
+ * version 2 files are read from its sibling v2).
  */
 #define _POSIX_C_SOURCE 200809L /* pthreads under -std=c99 */
 
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cases_json.h"
 #include "pytorch_saver.h"
 
 static int failures = 0;
@@ -126,7 +128,7 @@ static size_t json_floats(const char *text, const char *key, float *out, size_t 
 
 static void test_version(void) {
   CHECK(strcmp(pts_version(), PTS_VERSION) == 0);
-  CHECK(PTS_FORMAT_VERSION == 1);
+  CHECK(PTS_FORMAT_VERSION == 2);
 }
 
 static void test_checkpoint_reading(void) {
@@ -197,13 +199,170 @@ static void test_checkpoint_reading(void) {
   FAILS(pts_checkpoint_tensor_name(ckpt, PTS_MEMBER_MODEL, count, &name),
         PTS_ERROR_INVALID_ARGUMENT, "past the 30 tensors");
   FAILS(pts_checkpoint_tensor_count(ckpt, 7, &count), PTS_ERROR_INVALID_ARGUMENT,
-        "unknown member code 7");
+        "unknown member code 7 (PTS_MEMBER_MODEL, PTS_MEMBER_OPTIMIZER or PTS_MEMBER_EXTRA)");
+  /* A file without extra state: an empty extra member. */
+  size_t extra_count = 99;
+  OK(pts_checkpoint_tensor_count(ckpt, PTS_MEMBER_EXTRA, &extra_count));
+  CHECK(extra_count == 0);
+
   char buf[8];
   FAILS(pts_checkpoint_tensor_read(ckpt, PTS_MEMBER_MODEL, "no.such", buf, sizeof buf),
         PTS_ERROR_NOT_FOUND, "no.such");
   FAILS(pts_checkpoint_tensor_read(ckpt, PTS_MEMBER_MODEL, "f32.matrix", buf, sizeof buf),
         PTS_ERROR_INVALID_ARGUMENT, "has 24 bytes, the buffer 8");
+  FAILS(pts_checkpoint_tensor_read(ckpt, PTS_MEMBER_EXTRA, "rng.torch.cpu", buf, sizeof buf),
+        PTS_ERROR_NOT_FOUND, "rng.torch.cpu");
   pts_checkpoint_free(ckpt);
+}
+
+/* ---- format version 2 -------------------------------------------------- */
+
+/* A golden file of tests/golden/v2, the sibling of GOLDEN_DIR (v1). */
+static const char *golden_v2(const char *name) {
+  static char path[2048];
+  snprintf(path, sizeof path, "%s/../v2/%s", golden_dir, name);
+  return path;
+}
+
+/* Whether the string member `key` of the object at `object` is `want`. */
+static bool string_member_is(const char *object, const char *key, const char *want) {
+  char *s = object == NULL ? NULL : cj_string_member(object, key);
+  bool same = s != NULL && strcmp(s, want) == 0;
+  free(s);
+  return same;
+}
+
+/* Checks the extra tensor that the extra entry `entry`'s tag
+ * state.torch.cpu names (a pytorch_saver.RNG's CPU generator state, uint8)
+ * against the sidecar: dtype, shape and bytes, copied and borrowed. */
+static void check_rng_cpu_tensor(pts_checkpoint_t *ckpt, const char *entry, const char *sidecar) {
+  const char *state = entry == NULL ? NULL : cj_member(entry, "state");
+  const char *torch = state == NULL ? NULL : cj_member(state, "torch");
+  const char *cpu = torch == NULL ? NULL : cj_member(torch, "cpu");
+  CHECK(cpu != NULL && string_member_is(cpu, "__type__", "tensor"));
+  char *name = cpu == NULL ? NULL : cj_string_member(cpu, "name");
+  CHECK(name != NULL);
+  if (name == NULL) return;
+
+  size_t count = 0, found = 0;
+  OK(pts_checkpoint_tensor_count(ckpt, PTS_MEMBER_EXTRA, &count));
+  for (size_t i = 0; i < count; i++) {
+    const char *listed = NULL;
+    OK(pts_checkpoint_tensor_name(ckpt, PTS_MEMBER_EXTRA, i, &listed));
+    found += listed != NULL && strcmp(listed, name) == 0;
+  }
+  CHECK(found == 1);
+
+  pts_dtype_t dtype = 0;
+  const int64_t *shape = NULL;
+  size_t ndim = 0, nbytes = 0;
+  OK(pts_checkpoint_tensor_info(ckpt, PTS_MEMBER_EXTRA, name, &dtype, &shape, &ndim, &nbytes));
+  CHECK(dtype == PTS_DTYPE_U8 && ndim == 1 && nbytes > 0 && shape != NULL &&
+        (size_t)shape[0] == nbytes);
+
+  /* The sidecar's record of the tensor: tensors["extra.safetensors"][name]. */
+  const char *tensors = cj_member(sidecar, "tensors");
+  const char *member = tensors == NULL ? NULL : cj_member(tensors, "extra.safetensors");
+  const char *record = member == NULL ? NULL : cj_member(member, name);
+  char *hex = record == NULL ? NULL : cj_string_member(record, "hex");
+  CHECK(record != NULL && string_member_is(record, "dtype", "U8"));
+  CHECK(hex != NULL && strlen(hex) == 2 * nbytes);
+  unsigned char *bytes = malloc(nbytes);
+  const uint8_t *borrowed = NULL;
+  size_t borrowed_len = 0;
+  OK(pts_checkpoint_tensor_read(ckpt, PTS_MEMBER_EXTRA, name, bytes, nbytes));
+  OK(pts_checkpoint_tensor_borrow(ckpt, PTS_MEMBER_EXTRA, name, &borrowed, &borrowed_len));
+  CHECK(borrowed_len == nbytes && memcmp(bytes, borrowed, nbytes) == 0);
+  if (hex != NULL && strlen(hex) == 2 * nbytes) {
+    size_t differ = 0;
+    for (size_t i = 0; i < nbytes; i++) {
+      char two[3] = {hex[2 * i], hex[2 * i + 1], '\0'};
+      differ += (unsigned long)bytes[i] != strtoul(two, NULL, 16);
+    }
+    CHECK(differ == 0);
+  }
+  pts_tensor_t *t = NULL;
+  size_t t_bytes = 0;
+  OK(pts_checkpoint_tensor(ckpt, PTS_MEMBER_EXTRA, name, &t));
+  OK(pts_tensor_nbytes(t, &t_bytes));
+  CHECK(t_bytes == nbytes);
+  pts_tensor_free(t);
+  free(bytes);
+  free(hex);
+  free(name);
+}
+
+/* Opens a version 2 golden file; NULL (a failed check naming the file)
+ * when it or its sidecar is missing. `*sidecar` is the sidecar's text. */
+static pts_checkpoint_t *open_v2_golden(const char *name, char **sidecar, const char **meta) {
+  char sidecar_path[2100];
+  snprintf(sidecar_path, sizeof sidecar_path, "%s.json", golden_v2(name));
+  *sidecar = cj_read_file(sidecar_path);
+  if (*sidecar == NULL) {
+    fprintf(stderr, "version 2 golden file %s (and its sidecar) is missing\n", golden_v2(name));
+    CHECK(*sidecar != NULL);
+    return NULL;
+  }
+  pts_checkpoint_t *ckpt = NULL;
+  OK(pts_checkpoint_open(golden_v2(name), &ckpt));
+  if (ckpt != NULL) OK(pts_checkpoint_metadata(ckpt, meta));
+  return ckpt;
+}
+
+/* The Python package's version 2 file: the metadata JSON carries the
+ * typed kwargs' tags (a dtype, Adam's betas as a tuple) and the extra
+ * state, whose RNG tensor reads from PTS_MEMBER_EXTRA with the sidecar's
+ * bytes. */
+static void test_golden_v2_typed_kwargs_and_extra(void) {
+  char *sidecar = NULL;
+  const char *meta = NULL;
+  pts_checkpoint_t *ckpt = open_v2_golden("python_v2_typed_extra_checkpoint.zip", &sidecar, &meta);
+  if (ckpt == NULL || meta == NULL) {
+    free(sidecar);
+    pts_checkpoint_free(ckpt);
+    return;
+  }
+  const char *internals = cj_member(meta, "__pytorch_saver__");
+  const char *version = internals == NULL ? NULL : cj_member(internals, "format_version");
+  CHECK(version != NULL && strtol(version, NULL, 10) == 2);
+
+  const char *model_kwargs = cj_member(meta, "model_kwargs");
+  const char *dtype = model_kwargs == NULL ? NULL : cj_member(model_kwargs, "dtype");
+  CHECK(string_member_is(dtype, "__type__", "dtype") && string_member_is(dtype, "name", "float64"));
+
+  const char *optim_kwargs = cj_member(meta, "optim_kwargs");
+  const char *betas = optim_kwargs == NULL ? NULL : cj_member(optim_kwargs, "betas");
+  CHECK(string_member_is(betas, "__type__", "tuple"));
+  const char *items[4];
+  const char *list = betas == NULL ? NULL : cj_member(betas, "items");
+  int n = list == NULL ? -1 : cj_elements(list, items, 4);
+  CHECK(n == 2 && strtod(items[0], NULL) == 0.9 && strtod(items[1], NULL) == 0.99);
+
+  const char *extra = internals == NULL ? NULL : cj_member(internals, "extra");
+  const char *rng = extra == NULL ? NULL : cj_member(extra, "rng");
+  CHECK(string_member_is(rng, "class", "pytorch_saver.RNG"));
+  CHECK(extra != NULL &&
+        string_member_is(cj_member(extra, "scaler"), "class", "torch.amp.GradScaler") &&
+        string_member_is(cj_member(extra, "counters"), "class", "pytorch_saver.Counters"));
+  check_rng_cpu_tensor(ckpt, rng, sidecar);
+  pts_checkpoint_free(ckpt);
+  free(sidecar);
+}
+
+/* The Rust writer's version 2 MLP checkpoint: its RNG tensor, likewise. */
+static void test_golden_v2_rust_extra(void) {
+  char *sidecar = NULL;
+  const char *meta = NULL;
+  pts_checkpoint_t *ckpt = open_v2_golden("rust_v2_mlp_extra_checkpoint.zip", &sidecar, &meta);
+  if (ckpt != NULL && meta != NULL) {
+    const char *internals = cj_member(meta, "__pytorch_saver__");
+    const char *extra = internals == NULL ? NULL : cj_member(internals, "extra");
+    const char *rng = extra == NULL ? NULL : cj_member(extra, "rng");
+    CHECK(string_member_is(rng, "class", "pytorch_saver.RNG"));
+    check_rng_cpu_tensor(ckpt, rng, sidecar);
+  }
+  pts_checkpoint_free(ckpt);
+  free(sidecar);
 }
 
 static void test_bad_files(void) {
@@ -1240,6 +1399,8 @@ int main(int argc, char **argv) {
 
   test_version();
   test_checkpoint_reading();
+  test_golden_v2_typed_kwargs_and_extra();
+  test_golden_v2_rust_extra();
   test_bad_files();
   test_mlp_forward_matches_rust();
   test_container_life_cycle();

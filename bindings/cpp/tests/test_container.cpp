@@ -14,6 +14,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -377,6 +378,50 @@ TEST(ContainerGolden, RustMlpInferenceGivesRustsOutput) {
   EXPECT_EQ(info.shape, (std::vector<int64_t>{8, 4}));
   EXPECT_EQ(info.nbytes, 8u * 4u * 4u);
   EXPECT_TRUE(contains(checkpoint.metadata_json(), "pytorch_saver.models.MLP"));
+}
+
+// Format version 2's extra member, through Member::Extra: empty in a file
+// without extra state; in the Python package's v2 golden file, the RNG
+// state tensor with the sidecar's bytes, and the typed kwargs' tags in the
+// metadata JSON.
+TEST(CheckpointGolden, ExtraMemberHoldsTheRecordedRngState) {
+  std::string root = std::string(PTS_REPO_ROOT) + "/tests/golden/";
+  EXPECT_TRUE(
+      Checkpoint::open(root + "v1/rust_mlp_inference.zip").tensor_names(Member::Extra).empty());
+
+  std::string golden = root + "v2/python_v2_typed_extra_checkpoint.zip";
+  ASSERT_TRUE(fs::exists(golden) && fs::exists(golden + ".json"))
+      << "version 2 golden file " << golden << " (or its sidecar) is missing";
+  std::string sidecar = read_file(golden + ".json");
+  Checkpoint checkpoint = Checkpoint::open(golden);
+  std::string meta = checkpoint.metadata_json();
+  EXPECT_TRUE(contains(meta, R"("betas":{)") && contains(meta, R"("__type__":"tuple")")) << meta;
+  EXPECT_TRUE(contains(meta, R"("dtype":{)") && contains(meta, R"("__type__":"dtype")") &&
+              contains(meta, R"("name":"float64")"))
+      << meta;
+
+  std::vector<std::string> names = checkpoint.tensor_names(Member::Extra);
+  ASSERT_NE(std::find(names.begin(), names.end(), "rng.torch.cpu"), names.end());
+  torch::Tensor cpu = checkpoint.tensor(Member::Extra, "rng.torch.cpu");
+  EXPECT_EQ(cpu.scalar_type(), torch::kUInt8);
+  EXPECT_EQ(cpu.dim(), 1);
+  EXPECT_EQ(checkpoint.info(Member::Extra, "rng.torch.cpu").nbytes,
+            static_cast<size_t>(cpu.numel()));
+
+  // The sidecar's record: tensors["extra.safetensors"]["rng.torch.cpu"].hex.
+  size_t at = sidecar.find("\"extra.safetensors\"");
+  ASSERT_NE(at, std::string::npos);
+  at = sidecar.find("\"rng.torch.cpu\"", at);
+  ASSERT_NE(at, std::string::npos);
+  at = sidecar.find("\"hex\"", at);
+  ASSERT_NE(at, std::string::npos);
+  size_t begin = sidecar.find('"', sidecar.find(':', at)) + 1;
+  std::string hex = sidecar.substr(begin, sidecar.find('"', begin) - begin);
+  ASSERT_EQ(hex.size(), 2 * static_cast<size_t>(cpu.numel()));
+  const uint8_t* bytes = cpu.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < cpu.numel(); i++) {
+    ASSERT_EQ(bytes[i], std::stoul(hex.substr(2 * i, 2), nullptr, 16)) << "byte " << i;
+  }
 }
 
 // The issue's bar for C++: a portable Sequential (Conv2d, BatchNorm2d, ReLU,
