@@ -2,8 +2,9 @@
 //! artifact's rpath, so that tests, examples and binaries run without
 //! LD_LIBRARY_PATH (torch-sys exports the directory only to crates that
 //! depend on it directly: links = "tch"), and compiles the C++ shims (the
-//! optimizers' ATen kernels, src/optim/kernels.cpp, and tensors over
-//! borrowed memory, src/borrowed_memory.cpp) against the same libtorch.
+//! optimizers' ATen kernels, src/optim/kernels.cpp, tensors over borrowed
+//! memory, src/borrowed_memory.cpp, and the default generators' state,
+//! src/rng.cpp) against the same libtorch.
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if std::env::var_os("CARGO_FEATURE_TORCH").is_none() {
@@ -19,6 +20,7 @@ fn torch_kernels(lib: &std::path::Path) {
     let include = lib.parent().expect("libtorch lib dir has a parent").join("include");
     println!("cargo:rerun-if-changed=src/optim/kernels.cpp");
     println!("cargo:rerun-if-changed=src/borrowed_memory.cpp");
+    println!("cargo:rerun-if-changed=src/rng.cpp");
     println!("cargo:rerun-if-changed=src/shim_guard.h");
     cc::Build::new()
         .cpp(true)
@@ -31,6 +33,7 @@ fn torch_kernels(lib: &std::path::Path) {
         .flag_if_supported("-Wno-unused-parameter")
         .file("src/optim/kernels.cpp")
         .file("src/borrowed_memory.cpp")
+        .file("src/rng.cpp")
         .compile("pytorch_saver_kernels");
 }
 

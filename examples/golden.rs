@@ -1,16 +1,18 @@
-//! Writes the Rust-side golden files of the current format version into
+//! Writes the Rust-side golden files of every format version into
 //! tests/golden/v<N>/, each with a sidecar `<file>.json` holding what a
 //! reader must find in it. It only ever adds: a file that exists is kept
-//! as it is (golden files are never regenerated).
+//! as it is (golden files are never regenerated). Version 1 files are
+//! written as version 1 (`with_format_version(1)`), should one be missing.
 //!
 //!     cargo run --release --example golden
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
+use pytorch_saver::extra_state::{Counters, Rng};
 use pytorch_saver::format::{
     dtype_name, write_checkpoint, BytesTensor, Checkpoint, ClassSpec, Dtype, FileKind, MemberName, Metadata,
-    TensorMember, TensorSource, WriteOptions, DTYPES, FORMAT_VERSION,
+    TensorMember, TensorSource, WriteOptions, DTYPES,
 };
 use pytorch_saver::{models, optim, sched, ContainerSpec, ModelContainer, UserMetadata};
 use serde_json::{json, Map, Value};
@@ -53,6 +55,21 @@ fn keep_or_write(dir: &Path, name: &str, write: impl FnOnce(&Path) -> (PathBuf, 
     let json = serde_json::to_string_pretty(&expected).expect("JSON") + "\n";
     std::fs::write(dir.join(format!("{name}.json")), json).expect("write sidecar");
     println!("added   {}", target.display());
+}
+
+/// The golden files of format version `version` are written as it.
+fn container(version: u64) -> ModelContainer {
+    ModelContainer::new()
+        .with_format_version(version)
+        .expect("a version this library writes")
+}
+
+/// The objects a version 2 golden checkpoint tracks as extra state.
+#[derive(Clone, Copy, PartialEq)]
+enum Extra {
+    None,
+    /// `rng` (the global generator) and `counters` {step, epoch: 1}.
+    RngAndCounters,
 }
 
 fn kwargs(v: Value) -> Map<String, Value> {
@@ -101,21 +118,23 @@ fn training_checkpoint(
         models::MLP,
         json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2}),
     );
-    matrix_checkpoint(out, seed, model, &[4], Some(optimizer), Some(scheduler), step_scheduler)
+    let parts = (Some(optimizer), Some(scheduler));
+    matrix_checkpoint(out, seed, model, &[4], parts, step_scheduler, Extra::None)
 }
 
 /// A checkpoint of `model` (inputs of shape `[batch, in_shape..]`, 3
 /// outputs), with an optimizer and scheduler when given, trained 10 steps,
 /// and its sidecar extras: the `forward` of a fixed input, and with an
-/// optimizer the `resume` of [`training_checkpoint`].
+/// optimizer the `resume` of [`training_checkpoint`]. Written as version
+/// 1 unless it tracks extra state.
 fn matrix_checkpoint(
     out: &Path,
     seed: i64,
     model: (&str, Value),
     in_shape: &[i64],
-    optimizer: Option<(&str, Value)>,
-    scheduler: Option<(&str, Value)>,
+    (optimizer, scheduler): Training<'_>,
     step_scheduler: bool,
+    extra: Extra,
 ) -> (PathBuf, Map<String, Value>) {
     let (before, after) = (10, 5);
     tch::manual_seed(seed);
@@ -126,7 +145,7 @@ fn matrix_checkpoint(
     if let Some((class, kw)) = scheduler {
         spec = spec.scheduler(class, kwargs(kw));
     }
-    let mut c = ModelContainer::new();
+    let mut c = container(if extra == Extra::None { 1 } else { 2 });
     c.initialize(spec).expect("initialize");
     let batch = |n: i64| [&[n], in_shape].concat();
     let x = Tensor::randn(batch(6), (Kind::Float, Device::Cpu));
@@ -134,6 +153,11 @@ fn matrix_checkpoint(
     let trains = c.optimizer().is_some();
     if trains {
         train(&mut c, &x, &y, before, step_scheduler);
+    }
+    if extra == Extra::RngAndCounters {
+        c.track("rng", Rng::new()).expect("track");
+        let counters = Counters::new().with("step", before as i64).with("epoch", 1);
+        c.track("counters", counters).expect("track");
     }
     let path = c
         .save(
@@ -176,12 +200,35 @@ fn matrix_checkpoint(
 }
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/v{FORMAT_VERSION}"));
-    std::fs::create_dir_all(&dir).expect("golden dir");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    version_1(&golden.join("v1"));
+    version_2(&golden.join("v2"));
+}
 
-    keep_or_write(&dir, "rust_mlp_inference.zip", |out| {
+/// Version 2 (FORMAT.md 11): extra training state.
+fn version_2(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("golden dir");
+    // The v1 matrix's MLP with Adam and StepLR, trained 10 steps, with the
+    // RNG and the counters tracked.
+    keep_or_write(dir, "rust_v2_mlp_extra_checkpoint.zip", |out| {
+        let model = (
+            models::MLP,
+            json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2}),
+        );
+        let parts = (
+            Some((optim::ADAM, json!({"lr": 0.01}))),
+            Some((sched::STEP_LR, json!({"step_size": 3, "gamma": 0.5}))),
+        );
+        matrix_checkpoint(out, 40, model, &[4], parts, true, Extra::RngAndCounters)
+    });
+}
+
+fn version_1(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("golden dir");
+
+    keep_or_write(dir, "rust_mlp_inference.zip", |out| {
         tch::manual_seed(0);
-        let mut c = ModelContainer::new();
+        let mut c = container(1);
         c.initialize(ContainerSpec::model(
             models::MLP,
             kwargs(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 3})),
@@ -198,9 +245,9 @@ fn main() {
         )
     });
 
-    keep_or_write(&dir, "rust_linear_checkpoint.zip", |out| {
+    keep_or_write(dir, "rust_linear_checkpoint.zip", |out| {
         tch::manual_seed(1);
-        let mut c = ModelContainer::new();
+        let mut c = container(1);
         c.initialize(ContainerSpec::model(
             models::LINEAR,
             kwargs(json!({"in_features": 3, "out_features": 2})),
@@ -214,7 +261,7 @@ fn main() {
         (c.save(out, "golden", &meta).expect("save"), Map::new())
     });
 
-    keep_or_write(&dir, "rust_all_dtypes_inference.zip", |out| {
+    keep_or_write(dir, "rust_all_dtypes_inference.zip", |out| {
         let mut tensors = Vec::new();
         for (i, &d) in DTYPES.iter().enumerate() {
             let size = d.bitsize() / 8;
@@ -245,6 +292,7 @@ fn main() {
             ClassSpec::new("tests.AllDtypes", Map::new()),
             1_795_000_000,
         );
+        meta.format_version = 1;
         meta.user.insert(
             "description".into(),
             "every v1 dtype as matrix, rank-0 and empty tensors".into(),
@@ -265,7 +313,7 @@ fn main() {
     });
 
     // Optimizer and scheduler state (FORMAT.md sections 5 and 6).
-    keep_or_write(&dir, "rust_mlp_adam_warm_restarts_checkpoint.zip", |out| {
+    keep_or_write(dir, "rust_mlp_adam_warm_restarts_checkpoint.zip", |out| {
         training_checkpoint(
             out,
             2,
@@ -276,7 +324,7 @@ fn main() {
     });
     // ReduceLROnPlateau never stepped: its `best` is inf, the non-finite
     // float encoding of 3.4.
-    keep_or_write(&dir, "rust_mlp_sgd_plateau_checkpoint.zip", |out| {
+    keep_or_write(dir, "rust_mlp_sgd_plateau_checkpoint.zip", |out| {
         training_checkpoint(
             out,
             3,
@@ -301,8 +349,9 @@ fn main() {
         ("linear", (models::LINEAR, json!({"in_features": 4, "out_features": 3}))),
     ] {
         for (i, (combo, optimizer, scheduler)) in matrix_combos().into_iter().enumerate() {
-            keep_or_write(&dir, &format!("rust_matrix_{model_name}_{combo}.zip"), |out| {
-                matrix_checkpoint(out, 10 + i as i64, model.clone(), &[4], optimizer, scheduler, true)
+            keep_or_write(dir, &format!("rust_matrix_{model_name}_{combo}.zip"), |out| {
+                let parts = (optimizer, scheduler);
+                matrix_checkpoint(out, 10 + i as i64, model.clone(), &[4], parts, true, Extra::None)
             });
         }
     }
@@ -313,9 +362,9 @@ fn main() {
     let combos = matrix_combos();
     for (name, layers, in_shape, combo) in sequential_nets() {
         let (combo_name, optimizer, scheduler) = combos.iter().find(|c| c.0 == combo).expect("a combo").clone();
-        keep_or_write(&dir, &format!("rust_sequential_{name}_{combo_name}.zip"), |out| {
+        keep_or_write(dir, &format!("rust_sequential_{name}_{combo_name}.zip"), |out| {
             let model = (models::SEQUENTIAL, json!({ "layers": layers }));
-            matrix_checkpoint(out, 30, model, &in_shape, optimizer, scheduler, true)
+            matrix_checkpoint(out, 30, model, &in_shape, (optimizer, scheduler), true, Extra::None)
         });
     }
 }
@@ -358,6 +407,9 @@ fn sequential_nets() -> Vec<(&'static str, Value, Vec<i64>, &'static str)> {
 }
 
 type Part = Option<(&'static str, Value)>;
+
+/// An optimizer and a scheduler, each a class name and kwargs, if any.
+type Training<'a> = (Option<(&'a str, Value)>, Option<(&'a str, Value)>);
 
 /// The optimizer + scheduler pairs of the golden matrix.
 fn matrix_combos() -> Vec<(&'static str, Part, Part)> {

@@ -22,6 +22,9 @@ pub mod container;
 /// cbindgen:ignore
 pub mod error;
 /// cbindgen:ignore
+#[cfg(feature = "torch")]
+pub mod extra_state;
+/// cbindgen:ignore
 pub mod format;
 /// cbindgen:ignore
 #[cfg(feature = "torch")]

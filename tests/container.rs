@@ -486,3 +486,265 @@ fn a_wrong_input_shape_on_a_builtin_model_is_an_error_not_a_panic() {
     let me = std::thread::current().id();
     assert!(!panicked.lock().unwrap().contains(&me), "a forward panicked");
 }
+
+// Extra training state (FORMAT.md 11.3): tracked objects.
+
+mod extra {
+    use super::*;
+    use pytorch_saver::extra_state::{Counters, ExtraState, Rng, Stateful};
+    use pytorch_saver::format::FORMAT_VERSION;
+
+    /// A user object with a tensor and a non-JSON-native value in its
+    /// state: a moving average of the weights, and its decay.
+    struct Ema {
+        shadow: Tensor,
+        decay: f64,
+        /// Refuse every state (to test all-or-nothing loading).
+        refuse: bool,
+    }
+
+    impl Ema {
+        fn new(value: f32) -> Self {
+            Ema {
+                shadow: Tensor::from_slice(&[value; 4]).reshape([2, 2]),
+                decay: 0.99,
+                refuse: false,
+            }
+        }
+    }
+
+    impl Stateful for Ema {
+        fn class_name(&self) -> &str {
+            "tests.Ema"
+        }
+        fn state(&self) -> pytorch_saver::Result<ExtraState> {
+            let mut s = ExtraState::new(Value::Null);
+            let tag = s.add_tensor("shadow", self.shadow.copy());
+            s.value = json!({"shadow": tag, "decay": self.decay, "dims": {"__type__": "tuple", "items": [2, 2]}});
+            Ok(s)
+        }
+        fn check_state(&self, state: &ExtraState) -> pytorch_saver::Result<()> {
+            if self.refuse {
+                return Err(state.invalid("shadow", "refused by the test".into()));
+            }
+            state.tensor_of(&state.value["shadow"], "shadow", Kind::Float, &[2, 2])?;
+            state.value["decay"]
+                .as_f64()
+                .ok_or_else(|| state.invalid("decay", "not a number".into()))?;
+            Ok(())
+        }
+        fn load_state(&mut self, state: &ExtraState) -> pytorch_saver::Result<()> {
+            self.shadow = state.tensor(&state.value["shadow"], "shadow")?.copy();
+            self.decay = state.value["decay"].as_f64().unwrap();
+            Ok(())
+        }
+    }
+
+    fn counters(c: &ModelContainer) -> Vec<(String, i64)> {
+        let counters = c.tracked::<Counters>("counters").unwrap();
+        counters.iter().map(|(n, v)| (n.to_owned(), v)).collect()
+    }
+
+    fn tracking(step: i64) -> ModelContainer {
+        let mut c = linear(true);
+        c.track("counters", Counters::new().with("step", step).with("epoch", 1))
+            .unwrap();
+        c.track("ema", Ema::new(step as f32)).unwrap();
+        c
+    }
+
+    #[test]
+    fn tracked_names_are_non_empty_and_unique() {
+        let mut c = linear(true);
+        let e = c.track("", Counters::new()).unwrap_err();
+        assert_eq!(e.kind(), "Usage", "{e}");
+        c.track("counters", Counters::new()).unwrap();
+        let e = c.track("counters", Rng::new()).unwrap_err();
+        assert!(
+            matches!(&e, Error::DuplicateName { name, .. } if name == "counters"),
+            "{e}"
+        );
+        assert_eq!(c.tracked_names(), ["counters"]);
+        let e = c.tracked::<Rng>("counters").unwrap_err();
+        assert!(
+            e.to_string().contains("pytorch_saver.Counters") && e.to_string().contains("Rng"),
+            "{e}"
+        );
+        let e = c.tracked::<Counters>("missing").unwrap_err();
+        assert!(e.to_string().contains("\"missing\""), "{e}");
+        c.tracked_mut::<Counters>("counters").unwrap().increment("step");
+        assert_eq!(c.tracked::<Counters>("counters").unwrap().get("step"), Some(1));
+        assert!(c.untrack("counters").is_some());
+        assert!(c.tracked_names().is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_carries_every_tracked_entry_and_an_inference_file_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = tracking(10);
+        c.track("rng", Rng::new()).unwrap();
+        let path = c.save(dir.path(), "x", &UserMetadata::new()).unwrap();
+        let ckpt = Checkpoint::open(&path).unwrap();
+        let meta = ckpt.metadata();
+        assert_eq!(meta.format_version, FORMAT_VERSION);
+        let extra = meta.extra.as_ref().unwrap();
+        let names: Vec<(&str, &str)> = extra.iter().map(|e| (e.name.as_str(), e.class.as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                ("counters", "pytorch_saver.Counters"),
+                ("ema", "tests.Ema"),
+                ("rng", "pytorch_saver.RNG")
+            ]
+        );
+        assert_eq!(extra[0].state, json!({"step": 10, "epoch": 1}));
+        assert_eq!(
+            extra[1].state,
+            json!({"shadow": {"__type__": "tensor", "name": "ema.shadow"}, "decay": 0.99,
+                   "dims": {"__type__": "tuple", "items": [2, 2]}})
+        );
+        assert_eq!(
+            extra[2].state,
+            json!({"torch": {"cpu": {"__type__": "tensor", "name": "rng.torch.cpu"}}})
+        );
+        let members: Vec<MemberName> = ckpt.members().iter().map(|m| m.name).collect();
+        assert_eq!(members.last(), Some(&MemberName::Extra));
+        let tensors: Vec<&str> = ckpt
+            .tensors(MemberName::Extra)
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(tensors, ["ema.shadow", "rng.torch.cpu"]);
+        let shadow = ckpt.tensor(MemberName::Extra, "ema.shadow").unwrap();
+        assert_eq!(ckpt.tensor_bytes(shadow), bytes_of(&Tensor::from_slice(&[10f32; 4])));
+
+        let inference = c.save_inference(dir.path(), "x", &UserMetadata::new()).unwrap();
+        let ckpt = Checkpoint::open(&inference).unwrap();
+        assert!(ckpt.metadata().extra.is_none());
+        assert!(ckpt.member(MemberName::Extra).is_none());
+    }
+
+    #[test]
+    fn load_and_restore_fill_the_tracked_objects_and_leave_untracked_entries_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tracking(30).save(dir.path(), "x", &UserMetadata::new()).unwrap();
+        for restore in [false, true] {
+            let mut c = linear(true);
+            c.track("counters", Counters::new().with("stale", 5)).unwrap();
+            match restore {
+                true => c.restore(&path).unwrap(),
+                false => c.load(&path).unwrap(),
+            };
+            assert_eq!(counters(&c), [("step".into(), 30), ("epoch".into(), 1)]);
+            // "ema" is not tracked here: left in the file, visible there.
+            let meta = Checkpoint::open(&path).unwrap().metadata().clone();
+            assert_eq!(meta.extra.unwrap()[1].name, "ema");
+        }
+        let mut c = tracking(0);
+        c.load(&path).unwrap();
+        let ema = c.tracked::<Ema>("ema").unwrap();
+        assert_eq!(
+            bytes_of(&ema.shadow),
+            bytes_of(&Tensor::from_slice(&[30f32; 4]).reshape([2, 2]))
+        );
+    }
+
+    #[test]
+    fn a_tracked_name_the_file_lacks_is_refused_before_anything_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut saver = linear(true);
+        saver.track("counters", Counters::new().with("step", 3)).unwrap();
+        let path = saver.save(dir.path(), "x", &UserMetadata::new()).unwrap();
+        let inference = saver.save_inference(dir.path(), "x", &UserMetadata::new()).unwrap();
+
+        let mut c = tracking(7);
+        let before = c.model().unwrap().state_dict()["weight"].copy();
+        // The checkpoint lacks "ema"; the inference file has no extra state.
+        for (file, missing) in [(&path, "ema"), (&inference, "counters")] {
+            let e = c.load(file).unwrap_err();
+            assert_eq!(e.kind(), "StateMismatch", "{e}");
+            assert!(
+                e.to_string().contains(&format!("__pytorch_saver__.extra.{missing}")),
+                "{e}"
+            );
+            assert!(e.to_string().contains("untrack"), "{e}");
+        }
+        assert!(c.restore(&path).is_err());
+        assert_eq!(counters(&c), [("step".into(), 7), ("epoch".into(), 1)], "untouched");
+        assert_eq!(bytes_of(&c.model().unwrap().state_dict()["weight"]), bytes_of(&before));
+        // Untracked, the file loads.
+        c.untrack("ema").unwrap();
+        c.load(&path).unwrap();
+        assert_eq!(counters(&c), [("step".into(), 3)]);
+    }
+
+    #[test]
+    fn a_class_mismatch_names_the_entry_and_both_classes_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tracking(30).save(dir.path(), "x", &UserMetadata::new()).unwrap();
+        let mut c = linear(true);
+        c.track("counters", Counters::new().with("step", 1)).unwrap();
+        c.track("ema", Rng::new()).unwrap();
+        let before = c.model().unwrap().state_dict()["weight"].copy();
+        let e = c.load(&path).unwrap_err();
+        assert!(matches!(e, Error::StateMismatch { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains("__pytorch_saver__.extra.ema")
+                && text.contains("tests.Ema")
+                && text.contains("pytorch_saver.RNG"),
+            "{text}"
+        );
+        assert_eq!(
+            counters(&c),
+            [("step".into(), 1)],
+            "the entry checked first is untouched"
+        );
+        assert_eq!(bytes_of(&c.model().unwrap().state_dict()["weight"]), bytes_of(&before));
+    }
+
+    #[test]
+    fn an_object_refusing_its_state_leaves_every_object_and_the_model_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tracking(30).save(dir.path(), "x", &UserMetadata::new()).unwrap();
+        let mut c = tracking(2);
+        c.tracked_mut::<Ema>("ema").unwrap().refuse = true;
+        let held = c.model().unwrap().state_dict()["weight"].shallow_clone();
+        let before = bytes_of(&held);
+        let e = c.restore(&path).unwrap_err();
+        assert!(
+            e.to_string().contains("__pytorch_saver__.extra.ema.state.shadow"),
+            "{e}"
+        );
+        assert_eq!(counters(&c), [("step".into(), 2), ("epoch".into(), 1)]);
+        assert_eq!(bytes_of(&held), before);
+        assert_eq!(
+            bytes_of(&c.tracked::<Ema>("ema").unwrap().shadow),
+            bytes_of(&Ema::new(2.0).shadow)
+        );
+    }
+
+    #[test]
+    fn format_version_1_is_written_on_request_and_refuses_extra_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = linear(true).with_format_version(3).err().unwrap();
+        assert_eq!(e.kind(), "Usage", "{e}");
+        let plain = linear(true).with_format_version(1).unwrap();
+        let path = plain.save(dir.path(), "v1", &UserMetadata::new()).unwrap();
+        assert_eq!(Checkpoint::open(&path).unwrap().metadata().format_version, 1);
+
+        let mut c = linear(true).with_format_version(1).unwrap();
+        c.track("counters", Counters::new().with("step", 1)).unwrap();
+        let e = c.save(dir.path(), "refused", &UserMetadata::new()).unwrap_err();
+        assert_eq!(e.kind(), "InvalidInput", "{e}");
+        assert!(
+            e.to_string().contains("version 1") && e.to_string().contains("counters"),
+            "{e}"
+        );
+        let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(written.len(), 1, "no file created for the refused save");
+        // An inference file carries no extra state: version 1 holds it.
+        let inference = c.save_inference(dir.path(), "v1", &UserMetadata::new()).unwrap();
+        assert_eq!(Checkpoint::open(&inference).unwrap().metadata().format_version, 1);
+    }
+}

@@ -1,15 +1,28 @@
 //! Every golden file of every format version still reads, with exactly the
 //! metadata and tensor bytes its sidecar records; model files also rebuild
-//! through the registry and give the recorded forward output.
+//! through the registry and give the recorded forward output. Version 2
+//! files also restore their extra state (RNG, counters) into tracked
+//! objects.
 
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
+use pytorch_saver::extra_state::{tag_name, Counters, Rng};
 use pytorch_saver::format::{dtype_name, Checkpoint, MemberName};
 use pytorch_saver::ModelContainer;
 use serde_json::Value;
 use tch::Tensor;
+
+/// Building a model may draw from the process's generator, which the
+/// extra-state tests restore and compare: the tests that build models
+/// take turns.
+static RNG: Mutex<()> = Mutex::new(());
+
+fn rng_lock() -> MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn golden_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
@@ -84,6 +97,7 @@ fn every_golden_file_reads_with_the_recorded_values() {
 
 #[test]
 fn golden_models_rebuild_and_compute_the_recorded_output() {
+    let _rng = rng_lock();
     let mut checked = 0;
     for path in golden_files() {
         let want = expected(&path);
@@ -124,6 +138,7 @@ fn tensor(v: &Value, shape: &Value) -> Tensor {
 /// parameters and learning rates.
 #[test]
 fn golden_training_checkpoints_resume_to_the_recorded_state() {
+    let _rng = rng_lock();
     let mut checked = 0;
     for path in golden_files() {
         let want = expected(&path);
@@ -167,6 +182,7 @@ fn golden_training_checkpoints_resume_to_the_recorded_state() {
 /// whose model and optimizer state are the file's bytes exactly.
 #[test]
 fn every_builtin_golden_file_loads_into_a_container_with_its_bytes() {
+    let _rng = rng_lock();
     let mut by_language = std::collections::BTreeMap::<String, usize>::new();
     for path in golden_files() {
         let want = expected(&path);
@@ -225,4 +241,127 @@ fn every_builtin_golden_file_loads_into_a_container_with_its_bytes() {
         by_language.get("python").copied().unwrap_or(0) >= 8,
         "Python-written files: {by_language:?}"
     );
+}
+
+fn v2_golden_files() -> Vec<PathBuf> {
+    let v2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v2");
+    golden_files()
+        .into_iter()
+        .filter(|p| p.parent() == Some(v2.as_path()))
+        .collect()
+}
+
+/// The tensor names of the `tensor` tags in a typed value, depth first.
+fn tags(value: &Value, out: &mut Vec<String>) {
+    if let Some(name) = tag_name(value) {
+        out.push(name.to_owned());
+    } else if let Some(m) = value.as_object() {
+        m.values().for_each(|v| tags(v, out));
+    } else if let Some(items) = value.as_array() {
+        items.iter().for_each(|v| tags(v, out));
+    }
+}
+
+/// Every version 2 golden file, whichever language wrote it: version 2,
+/// its extra entries and `extra.safetensors` as the sidecar records them
+/// (each tag naming one recorded tensor, each tensor named once), and,
+/// for a built-in model, a load that restores the entries of the built-in
+/// classes (the CPU generator's state bytes, the counters) into tracked
+/// objects.
+#[test]
+fn every_v2_golden_file_restores_its_extra_state_as_recorded() {
+    let _rng = rng_lock();
+    let files = v2_golden_files();
+    assert!(!files.is_empty(), "no version 2 golden file");
+    for path in files {
+        let label = path.display().to_string();
+        let want = expected(&path);
+        let ckpt = Checkpoint::open(&path).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let meta = ckpt.metadata();
+        assert_eq!(meta.format_version, 2, "{label}");
+        let recorded = &want["tensors"]["extra.safetensors"];
+        let entries = meta.extra.clone().unwrap_or_default();
+        let mut named = Vec::new();
+        for e in &entries {
+            tags(&e.state, &mut named);
+        }
+        let mut sorted = named.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), named.len(), "{label}: a tensor named twice");
+        let held: Vec<String> = recorded
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(
+            sorted,
+            {
+                let mut h = held;
+                h.sort();
+                h
+            },
+            "{label}: tags and tensors"
+        );
+
+        let class = meta.model.as_ref().map(|m| m.class.as_str()).unwrap_or("");
+        if !ModelContainer::new().registry().has_model(class) {
+            continue;
+        }
+        let mut c = ModelContainer::new();
+        for e in &entries {
+            match e.class.as_str() {
+                "pytorch_saver.RNG" => c.track(&e.name, Rng::new()).unwrap(),
+                "pytorch_saver.Counters" => c.track(&e.name, Counters::new()).unwrap(),
+                _ => {}
+            }
+        }
+        c.load(&path).unwrap_or_else(|e| panic!("{label}: {e}"));
+        for e in &entries {
+            match e.class.as_str() {
+                "pytorch_saver.RNG" => {
+                    if let Some(cpu) = e.state.get("torch").and_then(|t| t.get("cpu")) {
+                        let name = tag_name(cpu).unwrap();
+                        let state = common::bytes_of(&Rng::cpu_state().unwrap());
+                        assert_eq!(hex(&state), recorded[name]["hex"].as_str().unwrap(), "{label}: {name}");
+                    }
+                }
+                "pytorch_saver.Counters" => {
+                    let counters = c.tracked::<Counters>(&e.name).unwrap();
+                    let got: serde_json::Map<String, Value> =
+                        counters.iter().map(|(n, v)| (n.to_owned(), v.into())).collect();
+                    assert_eq!(Value::Object(got), e.state, "{label}: {}", e.name);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Rust's version 2 golden checkpoint: a tracked `Rng` gets the recorded
+/// CPU generator state, whatever the process had drawn, and replays the
+/// same numbers after each restore; the counters are {step: 10, epoch: 1}.
+#[test]
+fn the_rust_v2_golden_restores_its_rng_state_into_rng() {
+    let _rng = rng_lock();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v2/rust_v2_mlp_extra_checkpoint.zip");
+    let want = expected(&path);
+    let recorded = want["tensors"]["extra.safetensors"]["rng.torch.cpu"]["hex"]
+        .as_str()
+        .unwrap();
+    let mut c = ModelContainer::new();
+    c.track("rng", Rng::new()).unwrap();
+    c.track("counters", Counters::new()).unwrap();
+    tch::manual_seed(123);
+    assert_ne!(hex(&common::bytes_of(&Rng::cpu_state().unwrap())), recorded);
+    c.load(&path).unwrap();
+    assert_eq!(hex(&common::bytes_of(&Rng::cpu_state().unwrap())), recorded);
+    let first = Tensor::randn([6], (tch::Kind::Float, tch::Device::Cpu));
+    c.restore(&path).unwrap();
+    assert_eq!(hex(&common::bytes_of(&Rng::cpu_state().unwrap())), recorded);
+    assert!(Tensor::randn([6], (tch::Kind::Float, tch::Device::Cpu)).equal(&first));
+    let counters = c.tracked::<Counters>("counters").unwrap();
+    assert_eq!(counters.iter().collect::<Vec<_>>(), [("step", 10), ("epoch", 1)]);
+    assert_eq!(c.model().unwrap().class(), "pytorch_saver.models.MLP");
+    assert_eq!(c.optimizer().unwrap().class(), "torch.optim.Adam");
+    assert_eq!(c.scheduler().unwrap().class(), "torch.optim.lr_scheduler.StepLR");
 }

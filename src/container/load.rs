@@ -1,8 +1,8 @@
 //! The one flow of [`ModelContainer::load`] and [`ModelContainer::restore`]:
 //! open and validate the file; build the objects it names (load) or match
 //! the container's own against it (restore); check every part and prepare
-//! its state; only then fill the model and commit, so that an error at
-//! any step leaves the container as it was.
+//! its state, the tracked objects' too; only then fill the model and
+//! commit, so that an error at any step leaves the container as it was.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -84,6 +84,9 @@ impl ModelContainer {
             _ => None,
         };
 
+        // The tracked objects' state, read and checked.
+        let extra = self.prepare_extra(&ckpt)?;
+
         // Every check has passed: fill the model and commit.
         let (model, optimizer) = match &mut fresh {
             Some((model, optimizer)) => (model, optimizer.as_mut()),
@@ -104,6 +107,7 @@ impl ModelContainer {
             }),
             None => self.scheduler = scheduler,
         }
+        self.commit_extra(extra)?;
         Ok(meta.flat())
     }
 

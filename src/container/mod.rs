@@ -8,7 +8,9 @@
 //!   file's model state reaches it;
 //! - `built.rs`: the three objects built from a spec;
 //! - `save.rs`: the metadata document and tensor members of a save;
-//! - `load.rs`: the one flow of `load` and `restore`.
+//! - `load.rs`: the one flow of `load` and `restore`;
+//! - `tracked.rs`: the extra state objects tracked by name (FORMAT.md
+//!   11.3), and how a save writes and a load restores them.
 
 mod built;
 mod load;
@@ -16,6 +18,7 @@ mod model;
 mod options;
 mod save;
 mod spec;
+mod tracked;
 mod user_metadata;
 
 use std::path::{Path, PathBuf};
@@ -25,7 +28,8 @@ use serde_json::{Map, Value};
 use tch::Device;
 
 use crate::error::{Error, Result};
-use crate::format::{FileKind, WriteOptions};
+use crate::extra_state::Stateful;
+use crate::format::{FileKind, WriteOptions, FORMAT_VERSION};
 use crate::optim::Optimizer;
 use crate::registry::Registry;
 use crate::sched::Scheduler;
@@ -75,6 +79,12 @@ pub struct ModelContainer {
     optimizer: Option<Optimizer>,
     scheduler: Option<Scheduler>,
     write_options: WriteOptions,
+    /// Extra state objects saved with every checkpoint, by name, in the
+    /// order they were tracked.
+    tracked: Vec<(String, Box<dyn Stateful>)>,
+    /// The format version `save` writes (FORMAT_VERSION, or 1 for old
+    /// readers).
+    format_version: u64,
     /// The language recorded as the files' producer (`"rust"`; a binding
     /// records its own).
     language: String,
@@ -101,6 +111,8 @@ impl ModelContainer {
             optimizer: None,
             scheduler: None,
             write_options: WriteOptions::default(),
+            tracked: Vec::new(),
+            format_version: FORMAT_VERSION,
             language: "rust".into(),
         }
     }
@@ -130,6 +142,20 @@ impl ModelContainer {
     pub fn with_write_options(mut self, options: WriteOptions) -> Self {
         self.write_options = options;
         self
+    }
+
+    /// Writes format version `version` (1 or the current one, 2): version
+    /// 1 for readers that know only it. A version 1 save refuses
+    /// (`InvalidInput`, before creating a file) what version 1 cannot
+    /// hold: tracked extra state, tagged kwargs.
+    pub fn with_format_version(mut self, version: u64) -> Result<Self> {
+        if !(1..=FORMAT_VERSION).contains(&version) {
+            return Err(Error::Usage(format!(
+                "format version {version} cannot be written: 1 to {FORMAT_VERSION}"
+            )));
+        }
+        self.format_version = version;
+        Ok(self)
     }
 
     pub fn registry(&self) -> &Registry {
@@ -231,8 +257,9 @@ impl ModelContainer {
         }
     }
 
-    /// Saves a training checkpoint (model, optimizer and scheduler) into
-    /// `dir` as `{prefix}_checkpoint_{unix seconds}.zip` and returns its path.
+    /// Saves a training checkpoint (model, optimizer and scheduler, and
+    /// the state of every tracked object) into `dir` as
+    /// `{prefix}_checkpoint_{unix seconds}.zip` and returns its path.
     pub fn save(&self, dir: impl AsRef<Path>, prefix: &str, metadata: &UserMetadata) -> Result<PathBuf> {
         self.write(dir.as_ref(), prefix, metadata, FileKind::Checkpoint)
     }
@@ -243,9 +270,11 @@ impl ModelContainer {
     }
 
     /// Loads a file: validates it completely, rebuilds the model, optimizer
-    /// and scheduler it names through the registry, and loads their state,
-    /// with the default [`LoadOptions`] (verified, zero-copy from a private
-    /// mapping of the file). Returns the flat metadata (`model_kwargs`,
+    /// and scheduler it names through the registry, and loads their state
+    /// and the file's extra state (into the objects tracked under the same
+    /// names; file entries not tracked are left alone, and every tracked
+    /// name must have one), with the default [`LoadOptions`] (verified,
+    /// zero-copy from a private mapping of the file). Returns the flat metadata (`model_kwargs`,
     /// `optim_kwargs`, `scheduler_kwargs`, `timestamp`, the user's
     /// keys...). All or nothing: on any error the container keeps what it
     /// held before.
@@ -266,7 +295,7 @@ impl ModelContainer {
     /// restores a container that has a model only). Every check runs, and
     /// the optimizer and scheduler state is prepared, before any byte of
     /// the model is copied; constructor kwargs are not compared: state
-    /// that fits is loaded.
+    /// that fits is loaded. Tracked objects are restored as by a load.
     pub fn restore(&mut self, path: impl AsRef<Path>) -> Result<Map<String, Value>> {
         self.restore_with(path, &LoadOptions::default())
     }

@@ -1,5 +1,6 @@
 //! Writing a container's objects: the typed metadata document of
-//! what it holds, and the tensor members, handed to the format's writer.
+//! what it holds (its tracked extra state included), and the tensor
+//! members, handed to the format's writer.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,14 +10,14 @@ use serde_json::Map;
 use super::{ModelContainer, UserMetadata};
 use crate::error::{Error, Result};
 use crate::format::{
-    self, FileKind, MemberName, Metadata, OptimizerMetadata, SchedulerMetadata, TensorMember, TensorSource,
+    self, FileKind, FormatError, MemberName, Metadata, OptimizerMetadata, SchedulerMetadata, TensorMember, TensorSource,
 };
 use crate::optim::OptimizerState;
 use crate::tch_bridge::TchSource;
 
 impl ModelContainer {
-    /// Writes `kind` (a checkpoint holds the optimizer and scheduler, an
-    /// inference file the model alone) into `dir` as
+    /// Writes `kind` (a checkpoint holds the optimizer, scheduler and
+    /// tracked extra state, an inference file the model alone) into `dir` as
     /// `{prefix}_{kind}_{unix seconds}.zip`.
     pub(super) fn write(&self, dir: &Path, prefix: &str, user: &UserMetadata, kind: FileKind) -> Result<PathBuf> {
         let model = self.model()?;
@@ -35,7 +36,21 @@ impl ModelContainer {
         let optimizer = self.optimizer.as_ref().filter(|_| training);
         let scheduler = self.scheduler.as_ref().filter(|_| training);
 
+        let extra = match training && !self.tracked.is_empty() {
+            true => Some(self.saved_extra()?),
+            false => None,
+        };
+        if let (1, Some(extra)) = (self.format_version, &extra) {
+            let names: Vec<&str> = extra.entries.iter().map(|e| e.name.as_str()).collect();
+            return Err(FormatError::InvalidInput(format!(
+                "format version 1 cannot hold extra state, and the container tracks {names:?}: \
+                 save version 2, or untrack them"
+            ))
+            .into());
+        }
+
         let mut metadata = Metadata::new(kind, model.spec().clone(), timestamp);
+        metadata.format_version = self.format_version;
         metadata.producer.language = self.language.clone();
         let mut opt_tensors = None;
         if let Some(opt) = optimizer {
@@ -60,6 +75,7 @@ impl ModelContainer {
                 state: sched.state_dict(),
             });
         }
+        metadata.extra = extra.as_ref().map(|e| e.entries.clone());
         metadata.user = user.as_map().clone();
 
         let model_state = model.state_dict();
@@ -83,6 +99,21 @@ impl ModelContainer {
             members.push(TensorMember {
                 name: MemberName::Optimizer,
                 tensors: opt_sources.iter().map(|s| s as &dyn TensorSource).collect(),
+            });
+        }
+        let extra_sources = match &extra {
+            Some(extra) => extra
+                .states
+                .iter()
+                .flat_map(|s| s.tensors.iter())
+                .map(|(name, t)| TchSource::new(name.clone(), t))
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        if extra.is_some() {
+            members.push(TensorMember {
+                name: MemberName::Extra,
+                tensors: extra_sources.iter().map(|s| s as &dyn TensorSource).collect(),
             });
         }
         let stem = match prefix {
