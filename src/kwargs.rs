@@ -2,18 +2,28 @@
 //! name the class and the kwarg, and a check that every kwarg given was
 //! used (PyTorch raises TypeError on an unexpected kwarg). Models,
 //! optimizers and schedulers all read their kwargs through this.
+//!
+//! Kwargs are typed values (docs/FORMAT.md 11.2). The getters read them
+//! as Python code does: a `tuple` tag wherever a list is accepted (Adam's
+//! `betas`), a `float` tag wherever a float is (`inf`), and
+//! [`class_name`](Kwargs::class_name) and [`dtype`](Kwargs::dtype) give a
+//! `class` or `dtype` tag's name.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::format::typed;
 
 /// Constructor kwargs of one class.
 pub struct Kwargs<'a> {
     class: &'a str,
     map: &'a Map<String, Value>,
+    /// `map` with every tuple read as a list: what the getters read.
+    plain: Cow<'a, Map<String, Value>>,
     used: Mutex<HashSet<String>>,
     loading: bool,
 }
@@ -25,6 +35,7 @@ impl<'a> Kwargs<'a> {
         Kwargs {
             class,
             map,
+            plain: typed::plain_map(map),
             used: Mutex::new(HashSet::new()),
             loading,
         }
@@ -42,7 +53,7 @@ impl<'a> Kwargs<'a> {
         self.class
     }
 
-    /// The raw JSON object.
+    /// The JSON object as given, tags included (typed values).
     pub fn as_map(&self) -> &Map<String, Value> {
         self.map
     }
@@ -54,9 +65,11 @@ impl<'a> Kwargs<'a> {
         }
     }
 
-    pub(crate) fn take(&self, key: &str) -> Option<&'a Value> {
+    /// The kwarg `key`, `tuple` tags read as lists (None: absent or null),
+    /// marked as used.
+    pub(crate) fn take(&self, key: &str) -> Option<&Value> {
         self.used.lock().expect("kwargs lock").insert(key.to_owned());
-        self.map.get(key).filter(|v| !v.is_null())
+        self.plain.get(key).filter(|v| !v.is_null())
     }
 
     /// An integer kwarg that must be present.
@@ -90,13 +103,34 @@ impl<'a> Kwargs<'a> {
         Ok(v)
     }
 
-    /// A float kwarg with a default (integers are accepted, as in Python).
+    /// A float kwarg with a default (integers are accepted, as in Python,
+    /// and a `float` tag's infinity or NaN).
     pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.take(key) {
             None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| self.error(format!("kwarg {key:?} must be a number, got {v}"))),
+            Some(v) => typed::as_float(v).ok_or_else(|| self.error(format!("kwarg {key:?} must be a number, got {v}"))),
+        }
+    }
+
+    /// A class reference kwarg (a `class` tag, FORMAT.md 11.2): the class
+    /// name, for the factory to look up; None when absent or null.
+    pub fn class_name(&self, key: &str) -> Result<Option<&str>> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => typed::as_class_ref(v)
+                .map(Some)
+                .ok_or_else(|| self.error(format!("kwarg {key:?} must be a class reference, got {v}"))),
+        }
+    }
+
+    /// A `torch.dtype` kwarg (a `dtype` tag): its name (`float32`); None
+    /// when absent or null.
+    pub fn dtype(&self, key: &str) -> Result<Option<&str>> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => typed::as_dtype(v)
+                .map(Some)
+                .ok_or_else(|| self.error(format!("kwarg {key:?} must be a torch dtype, got {v}"))),
         }
     }
 

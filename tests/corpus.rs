@@ -101,3 +101,45 @@ fn the_directory_and_the_manifest_list_the_same_files() {
         "files not in manifest.json: {unlisted:?}; listed but missing: {missing:?}"
     );
 }
+
+/// The valid version 2 files that the v2 cases break (written by
+/// generate.py, not part of the corpus) open, so that each case's defects
+/// are the ones it names; and they hold what generate.py put in them.
+#[test]
+fn the_valid_version_2_files_the_cases_break_open() {
+    use pytorch_saver::format::{typed, FileKind, MemberName};
+    let tmp = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("python3")
+        .arg(corpus_dir().join("generate.py"))
+        .arg("--write-valid")
+        .arg(tmp.path())
+        .status()
+        .expect("python3 runs generate.py");
+    assert!(status.success(), "generate.py --write-valid failed");
+    let open = |name: &str| Checkpoint::open(tmp.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+
+    let ckpt = open("v2_checkpoint.zip");
+    let meta = ckpt.metadata();
+    assert_eq!((meta.format_version, meta.kind), (2, FileKind::Checkpoint));
+    let kwargs = &meta.model_spec().unwrap().kwargs;
+    assert_eq!(typed::as_class_ref(&kwargs["act"]), Some("torch.nn.ReLU"));
+    assert_eq!(typed::as_dtype(&kwargs["dtype"]), Some("float32"));
+    let betas = &meta.optimizer.as_ref().unwrap().kwargs["betas"];
+    assert_eq!(typed::as_tuple(betas).map(<[Value]>::len), Some(2));
+    let extra = meta.extra.as_ref().unwrap();
+    assert_eq!(
+        extra.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["rng", "counters"]
+    );
+    let cpu = ckpt.tensor(MemberName::Extra, "rng.torch.cpu").unwrap();
+    assert_eq!(ckpt.tensor_bytes(cpu), [1, 2, 3, 4]);
+    assert_eq!(meta.manager.as_ref().unwrap().id, "run-1");
+
+    let inference = open("v2_inference.zip");
+    assert_eq!(inference.metadata().kind, FileKind::Inference);
+    assert!(inference.metadata().extra.is_none());
+    let weights = open("v2_weights.zip");
+    assert_eq!(weights.metadata().kind, FileKind::Weights);
+    assert!(weights.metadata().model.is_none());
+    assert_eq!(weights.tensors(MemberName::Model).len(), 2);
+}

@@ -1,4 +1,6 @@
-//! Format v1 without tch: round trips through the writer and reader, the
+//! Formats v1 and v2 without tch (one test needs it): round trips through
+//! the writer and reader (v2's typed values, extra state and weights kind,
+//! v1 on request and its refusals), the kwargs getters' view of tags, the
 //! writer's durability rules (no overwrite, no temp file left, clear
 //! errors), and randomized and byte-by-byte corruption of hand-built files.
 //! Each malformed file the reader must refuse is a file of the shared corpus
@@ -506,4 +508,408 @@ fn optimizer_layout_of_a_valid_file_is_read() {
     assert_eq!(optimizer.param_names, ["weight", "bias"]);
     assert_eq!(optimizer.state[&1], *json!({"note": 1}).as_object().unwrap());
     assert_eq!(ok.tensors(MemberName::Optimizer).len(), 3);
+}
+
+// ---------------------------------------------------------------------------
+// Format version 2 (FORMAT.md section 11)
+
+use pytorch_saver::format::{typed, ExtraEntry, FileKind, ManagerRecord};
+use pytorch_saver::Kwargs;
+use serde_json::Map;
+
+/// A version 2 checkpoint document that uses every tag where the format
+/// allows it, extra state with two tensors, and a manager block.
+fn v2_document() -> Map<String, Value> {
+    let v = json!({
+        "model_kwargs": {
+            "block": {"__type__": "class", "name": "torchvision.models.resnet.BasicBlock"},
+            "dtype": {"__type__": "dtype", "name": "bfloat16"},
+            "shape": {"__type__": "tuple", "items": [3, {"__type__": "tuple", "items": []}]},
+            "table": {"__type__": "dict", "items": [[1, "one"], ["__type__", {"__type__": "float", "value": "nan"}]]},
+            "cfg": {"__type__": "object", "codec": "dataclass", "class": "mypkg.Cfg", "fields": {"n": 2, "eps": {"__type__": "float", "value": "-inf"}}},
+            "ns": {"__type__": "object", "codec": "namespace", "class": null, "fields": {}},
+            "plain": {"a": [1, 2.5, null, true, "x"]}
+        },
+        "optim_kwargs": {"lr": 0.01, "betas": {"__type__": "tuple", "items": [0.9, 0.999]}},
+        "scheduler_kwargs": {
+            "schedulers": [{"__type__": "spec", "class": "torch.optim.lr_scheduler.StepLR", "kwargs": {"step_size": 2}}],
+            "lr_lambda": {"__type__": "callable", "name": "train.warmup"}
+        },
+        "timestamp": 1_800_000_000u64,
+        "note": {"__type__": "not interpreted in user metadata"},
+        "__pytorch_saver__": {
+            "format_version": 2,
+            "kind": "checkpoint",
+            "model": {"class": "mypkg.Net"},
+            "optimizer": {
+                "class": "torch.optim.Adam",
+                "param_groups": [{"lr": 0.01, "betas": [0.9, 0.999], "params": [0, 1]}],
+                "param_names": ["weight", "bias"],
+                "state": {}
+            },
+            "scheduler": {"class": "torch.optim.lr_scheduler.SequentialLR", "state": {"last_epoch": 0}},
+            "extra": {
+                "rng": {"class": "pytorch_saver.RNG", "state": {"torch": {"cpu": {"__type__": "tensor", "name": "rng.torch.cpu"}, "cuda": []}}},
+                "gen": {"class": "torch.Generator", "state": {"state": {"__type__": "tensor", "name": "gen.state"}}},
+                "counters": {"class": "pytorch_saver.Counters", "state": {"step": 30, "epoch": 2}}
+            },
+            "manager": {"id": "run-1", "step": 30, "metrics": {"loss": 0.5, "acc": 1}},
+            "producer": {"library": "pytorch-saver", "version": "0.2.0", "language": "rust"}
+        }
+    });
+    v.as_object().unwrap().clone()
+}
+
+fn pretty(m: &Map<String, Value>) -> String {
+    serde_json::to_string_pretty(m).unwrap()
+}
+
+#[test]
+fn a_v2_document_with_every_tag_round_trips() {
+    let original = v2_document();
+    let parsed = Metadata::from_json(original.clone()).unwrap();
+    assert_eq!(pretty(&parsed.to_json()), pretty(&original));
+    assert_eq!(Metadata::from_json(parsed.to_json()).unwrap(), parsed);
+    assert_eq!(parsed.format_version, 2);
+    let model = parsed.model_spec().unwrap();
+    assert_eq!(
+        typed::as_class_ref(&model.kwargs["block"]),
+        Some("torchvision.models.resnet.BasicBlock")
+    );
+    let extra = parsed.extra.as_ref().unwrap();
+    assert_eq!(
+        extra.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["rng", "gen", "counters"]
+    );
+    let refs: Vec<String> = parsed.extra_tensor_refs().into_iter().map(|r| r.name).collect();
+    assert_eq!(refs, ["rng.torch.cpu", "gen.state"]);
+    assert_eq!(parsed.manager.as_ref().unwrap().step, 30);
+    assert_eq!(parsed.members().last(), Some(&MemberName::Extra));
+    // User metadata stays plain JSON: "__type__" means nothing there.
+    assert_eq!(
+        parsed.user["note"],
+        json!({"__type__": "not interpreted in user metadata"})
+    );
+}
+
+/// The extra state's tensors of [`v2_document`].
+fn extra_tensors() -> Vec<RawTensor> {
+    vec![
+        raw("rng.torch.cpu", Dtype::U8, vec![5], vec![1, 2, 3, 4, 5]),
+        raw("gen.state", Dtype::U8, vec![2], vec![9, 8]),
+    ]
+}
+
+fn model_tensors() -> Vec<RawTensor> {
+    vec![
+        raw("weight", Dtype::F32, vec![1, 2], pattern(8, 1)),
+        raw("bias", Dtype::F32, vec![1], pattern(4, 2)),
+    ]
+}
+
+fn sources(tensors: &[RawTensor]) -> Vec<&dyn TensorSource> {
+    tensors.iter().map(|t| t as &dyn TensorSource).collect()
+}
+
+#[test]
+fn extra_state_and_its_member_round_trip_through_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Metadata::from_json(v2_document()).unwrap();
+    let (model, extra) = (model_tensors(), extra_tensors());
+    let optimizer: Vec<RawTensor> = vec![];
+    let members = [
+        TensorMember {
+            name: MemberName::Model,
+            tensors: sources(&model),
+        },
+        TensorMember {
+            name: MemberName::Optimizer,
+            tensors: sources(&optimizer),
+        },
+        TensorMember {
+            name: MemberName::Extra,
+            tensors: sources(&extra),
+        },
+    ];
+    let path = write_checkpoint(dir.path(), "v2", &meta, &members, &WriteOptions::default()).unwrap();
+    let ckpt = Checkpoint::open(&path).unwrap();
+    assert_eq!(ckpt.metadata(), &meta);
+    let names: Vec<MemberName> = ckpt.members().iter().map(|m| m.name).collect();
+    assert_eq!(names, MemberName::ALL);
+    assert_eq!(ckpt.tensors(MemberName::Extra).len(), 2);
+    for t in &extra {
+        let e = ckpt.tensor(MemberName::Extra, &t.name).unwrap();
+        assert_eq!((e.dtype, &e.shape), (t.dtype, &t.shape));
+        assert_eq!(ckpt.tensor_bytes(e), &t.data[..]);
+    }
+    // The writer refuses a member that does not match the tags, as the
+    // reader would, and leaves no file.
+    let wrong = vec![raw("rng.torch.cpu", Dtype::U8, vec![1], vec![0])];
+    let members = [
+        TensorMember {
+            name: MemberName::Model,
+            tensors: sources(&model),
+        },
+        TensorMember {
+            name: MemberName::Optimizer,
+            tensors: sources(&optimizer),
+        },
+        TensorMember {
+            name: MemberName::Extra,
+            tensors: sources(&wrong),
+        },
+    ];
+    let e = write_checkpoint(dir.path(), "bad", &meta, &members, &WriteOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), "TensorHeader", "{e}");
+    assert!(e.to_string().contains("names tensor \"gen.state\""), "{e}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_weights_file_holds_tensors_and_names_no_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut meta = document("inference", "torch.nn.Linear");
+    meta.format_version = 2;
+    meta.kind = FileKind::Weights;
+    meta.model = None;
+    let model = model_tensors();
+    let members = [TensorMember {
+        name: MemberName::Model,
+        tensors: sources(&model),
+    }];
+    let path = write_checkpoint(dir.path(), "w", &meta, &members, &WriteOptions::default()).unwrap();
+    let ckpt = Checkpoint::open(&path).unwrap();
+    assert_eq!(ckpt.metadata(), &meta);
+    let json = ckpt.metadata().to_json();
+    assert!(!json.contains_key("model_kwargs"));
+    assert_eq!(json["__pytorch_saver__"]["kind"], "weights");
+    assert!(json["__pytorch_saver__"].get("model").is_none());
+    let e = ckpt.metadata().model_spec().unwrap_err();
+    assert!(e.to_string().contains("names no model class"), "{e}");
+    assert_eq!(ckpt.tensors(MemberName::Model).len(), 2);
+}
+
+#[test]
+fn version_1_is_written_on_request_when_nothing_needs_version_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = document("inference", "torch.nn.Linear");
+    assert_eq!(meta.format_version, 1);
+    let model = model_tensors();
+    let members = [TensorMember {
+        name: MemberName::Model,
+        tensors: sources(&model),
+    }];
+    let path = write_checkpoint(dir.path(), "v1", &meta, &members, &WriteOptions::default()).unwrap();
+    let ckpt = Checkpoint::open(&path).unwrap();
+    assert_eq!(ckpt.metadata().format_version, 1);
+    assert_eq!(ckpt.metadata().to_json(), metadata("inference", "torch.nn.Linear"));
+}
+
+#[test]
+fn version_1_refuses_what_needs_version_2_before_creating_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_tensors();
+    let v1 = || document("checkpoint", "torch.nn.Linear");
+    let mut weights = v1();
+    weights.kind = FileKind::Weights;
+    weights.model = None;
+    let mut extra = v1();
+    extra.extra = Some(vec![ExtraEntry {
+        name: "counters".into(),
+        class: "pytorch_saver.Counters".into(),
+        state: json!({"step": 1}),
+    }]);
+    let mut manager = v1();
+    manager.manager = Some(ManagerRecord {
+        id: "run".into(),
+        step: 1,
+        metrics: Map::new(),
+    });
+    let mut class_tag = v1();
+    class_tag
+        .model
+        .as_mut()
+        .unwrap()
+        .kwargs
+        .insert("act".into(), json!([typed::class_ref("torch.nn.ReLU")]));
+    let mut int_keys = v1();
+    int_keys
+        .model
+        .as_mut()
+        .unwrap()
+        .kwargs
+        .insert("map".into(), typed::dict([(json!(1), json!(2))]));
+    for (meta, fragment) in [
+        (weights, "the weights kind (__pytorch_saver__.kind)"),
+        (extra, "extra training state (__pytorch_saver__.extra)"),
+        (manager, "a manager block (__pytorch_saver__.manager)"),
+        (class_tag, "a \"class\" tag at model_kwargs.act[0] needs version 2"),
+        (int_keys, "non-string key 1 at model_kwargs.map.items[0]"),
+    ] {
+        let tensors = match meta.extra {
+            Some(_) => vec![
+                TensorMember {
+                    name: MemberName::Model,
+                    tensors: sources(&model),
+                },
+                TensorMember {
+                    name: MemberName::Extra,
+                    tensors: vec![],
+                },
+            ],
+            None => vec![TensorMember {
+                name: MemberName::Model,
+                tensors: sources(&model),
+            }],
+        };
+        let e = write_checkpoint(dir.path(), "v1", &meta, &tensors, &WriteOptions::default()).unwrap_err();
+        assert!(
+            matches!(&e, FormatError::InvalidInput(m) if m.contains(fragment) && m.contains("format version 1")),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no file, not even a temporary one"
+    );
+}
+
+#[test]
+fn a_version_1_kwargs_object_with_the_type_key_is_a_dict_tag_and_written_back_plain() {
+    let mut v1 = metadata("inference", "torch.nn.Linear");
+    let odd = json!({"__type__": "user's own key", "nested": [{"__type__": 1}]});
+    v1["model_kwargs"]["cfg"] = odd.clone();
+    let meta = Metadata::from_json(v1.clone()).unwrap();
+    let cfg = &meta.model_spec().unwrap().kwargs["cfg"];
+    assert_eq!(typed::tag(cfg), Some("dict"));
+    let pairs = typed::as_dict(cfg).unwrap();
+    assert_eq!(pairs[0], (&json!("__type__"), &json!("user's own key")));
+    assert_eq!(
+        typed::tag(pairs[1].1[0].as_object().map(|_| &pairs[1].1[0]).unwrap()),
+        Some("dict")
+    );
+    assert_eq!(meta.to_json(), v1);
+    // Written as version 1: the file holds the plain object again.
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_tensors();
+    let members = [TensorMember {
+        name: MemberName::Model,
+        tensors: sources(&model),
+    }];
+    let path = write_checkpoint(dir.path(), "v1", &meta, &members, &WriteOptions::default()).unwrap();
+    let ckpt = Checkpoint::open(&path).unwrap();
+    assert_eq!(ckpt.metadata(), &meta);
+    let m = ckpt.member(MemberName::Metadata).unwrap();
+    let file = std::fs::read(&path).unwrap();
+    let text: Map<String, Value> =
+        serde_json::from_slice(&file[m.data_start as usize..(m.data_start + m.size) as usize]).unwrap();
+    assert_eq!(text["model_kwargs"]["cfg"], odd);
+    // The same document as version 2 keeps the dict tag in the file.
+    let mut v2 = meta.clone();
+    v2.format_version = 2;
+    assert_eq!(typed::tag(&v2.to_json()["model_kwargs"]["cfg"]), Some("dict"));
+    assert_eq!(Metadata::from_json(v2.to_json()).unwrap(), v2);
+}
+
+#[test]
+fn in_a_version_1_file_extra_and_manager_keys_are_ignored_and_weights_is_no_kind() {
+    let mut v1 = metadata("checkpoint", "torch.nn.Linear");
+    v1["__pytorch_saver__"]["extra"] = json!(5);
+    v1["__pytorch_saver__"]["manager"] = json!("x");
+    let meta = Metadata::from_json(v1).unwrap();
+    assert_eq!((meta.extra, meta.manager), (None, None));
+    let mut v1 = metadata("weights", "torch.nn.Linear");
+    v1["__pytorch_saver__"].as_object_mut().unwrap().remove("model");
+    let e = Metadata::from_json(v1).unwrap_err();
+    assert!(
+        matches!(&e, FormatError::Schema { field, reason } if field == "__pytorch_saver__.kind" && reason.contains("needs format version 2")),
+        "{e}"
+    );
+}
+
+#[test]
+fn kwargs_getters_read_tuple_float_class_and_dtype_tags() {
+    let kwargs = json!({
+        "betas": typed::tuple([json!(0.9), json!(0.999)]),
+        "max_norm": typed::nonfinite(f64::INFINITY),
+        "eps": 1e-8,
+        "act": typed::class_ref("torch.nn.GELU"),
+        "dtype": typed::dtype("float16"),
+        "n": 3
+    });
+    let map = kwargs.as_object().unwrap();
+    let kw = Kwargs::new("mypkg.Net", map, false);
+    assert_eq!(kw.as_map(), map, "the raw map keeps its tags");
+    assert_eq!(kw.f64_or("max_norm", 0.0).unwrap(), f64::INFINITY);
+    assert_eq!(kw.f64_or("eps", 0.0).unwrap(), 1e-8);
+    assert_eq!(kw.class_name("act").unwrap(), Some("torch.nn.GELU"));
+    assert_eq!(kw.class_name("absent").unwrap(), None);
+    assert_eq!(kw.dtype("dtype").unwrap(), Some("float16"));
+    let e = kw.class_name("n").unwrap_err().to_string();
+    assert!(e.contains("kwarg \"n\" must be a class reference"), "{e}");
+    let e = kw.dtype("act").unwrap_err().to_string();
+    assert!(e.contains("kwarg \"act\" must be a torch dtype"), "{e}");
+    let e = kw.f64_or("act", 0.0).unwrap_err().to_string();
+    assert!(e.contains("kwarg \"act\" must be a number"), "{e}");
+    assert!(kw.finish().is_err(), "betas and n were not read");
+    assert_eq!(kw.required_i64("n").unwrap(), 3);
+}
+
+#[test]
+fn schedulers_read_tuples_where_pytorch_takes_a_list_or_tuple() {
+    use pytorch_saver::format::metadata::ParamGroup;
+    use pytorch_saver::sched::Scheduler;
+    let group = || ParamGroup::new(vec![0], json!({"lr": 0.1}).as_object().unwrap().clone());
+    let as_list = json!({"milestones": [2, 4], "gamma": 0.5});
+    let as_tuple = json!({"milestones": typed::tuple([json!(2), json!(4)]), "gamma": 0.5});
+    let mut a = vec![group()];
+    let mut b = vec![group()];
+    let sa = Scheduler::new(
+        "torch.optim.lr_scheduler.MultiStepLR",
+        as_list.as_object().unwrap(),
+        &mut a,
+    )
+    .unwrap();
+    let sb = Scheduler::new(
+        "torch.optim.lr_scheduler.MultiStepLR",
+        as_tuple.as_object().unwrap(),
+        &mut b,
+    )
+    .unwrap();
+    assert_eq!(sa.state_dict(), sb.state_dict());
+    let one_cycle = json!({"max_lr": typed::tuple([json!(0.5)]), "total_steps": 10, "cycle_momentum": false});
+    let mut c = vec![group()];
+    Scheduler::new(
+        "torch.optim.lr_scheduler.OneCycleLR",
+        one_cycle.as_object().unwrap(),
+        &mut c,
+    )
+    .unwrap();
+    assert_eq!(c[0].options.get("max_lr"), Some(&json!(0.5)));
+}
+
+#[cfg(feature = "torch")]
+#[test]
+fn adam_takes_betas_as_a_tuple_and_records_them_as_a_list() {
+    use pytorch_saver::optim::Optimizer;
+    let params = || {
+        vec![
+            (
+                "weight".to_string(),
+                tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu)),
+            ),
+            (
+                "bias".to_string(),
+                tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu)),
+            ),
+        ]
+    };
+    let kwargs = json!({"lr": 0.01, "betas": typed::tuple([json!(0.8), json!(0.99)])});
+    let opt = Optimizer::new("torch.optim.Adam", kwargs.as_object().unwrap(), params()).unwrap();
+    assert_eq!(opt.param_groups()[0].get("betas"), Some(&json!([0.8, 0.99])));
+    assert_eq!(opt.kwargs(), kwargs.as_object().unwrap(), "the kwargs keep their tuple");
+    let bad = json!({"betas": typed::tuple([json!(0.8), json!(1.5)])});
+    let e = Optimizer::new("torch.optim.Adam", bad.as_object().unwrap(), params()).unwrap_err();
+    assert!(e.to_string().contains("betas[1]"), "{e}");
 }

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use pytorch_saver::format::{dtype_name, Checkpoint, Member};
+use pytorch_saver::format::{dtype_name, typed, Checkpoint, ExtraEntry, Member};
 use serde_json::{json, Map, Value};
 
 const USAGE: &str = "usage:
@@ -99,6 +99,13 @@ fn member_json(m: &Member) -> Value {
     })
 }
 
+/// How many tensors of `extra.safetensors` an extra entry's state names.
+fn extra_tensor_count(entry: &ExtraEntry) -> usize {
+    let mut refs = Vec::new();
+    typed::tensor_refs(&entry.state, &entry.name, &mut refs);
+    refs.len()
+}
+
 fn as_json(ckpt: &Checkpoint) -> Value {
     let meta = ckpt.metadata();
     json!({
@@ -108,6 +115,13 @@ fn as_json(ckpt: &Checkpoint) -> Value {
         "model_class": meta.model.as_ref().map(|m| &m.class),
         "optimizer_class": meta.optimizer.as_ref().map(|o| &o.class),
         "scheduler_class": meta.scheduler.as_ref().map(|s| &s.class),
+        "extra": meta.extra.as_ref().map(|entries| {
+            entries
+                .iter()
+                .map(|e| json!({"name": e.name, "class": e.class, "tensors": extra_tensor_count(e)}))
+                .collect::<Vec<_>>()
+        }),
+        "manager": meta.manager.as_ref().map(|r| json!({"id": r.id, "step": r.step, "metrics": r.metrics})),
         "metadata": meta.to_json(),
         "members": ckpt.members().iter().map(member_json).collect::<Vec<_>>(),
     })
@@ -140,6 +154,19 @@ fn print_table(ckpt: &Checkpoint) {
     }
     if let Some(s) = &meta.scheduler {
         println!("scheduler  {} {}", s.class, kwargs(&s.kwargs));
+    }
+    for e in meta.extra.iter().flatten() {
+        let n = extra_tensor_count(e);
+        let plural = if n == 1 { "" } else { "s" };
+        println!("extra      {} {} ({n} tensor{plural})", e.name, e.class);
+    }
+    if let Some(r) = &meta.manager {
+        println!(
+            "manager    {} step {} metrics {}",
+            r.id,
+            r.step,
+            Value::Object(r.metrics.clone())
+        );
     }
     let user: Vec<String> = meta.user.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !user.is_empty() {

@@ -1,6 +1,8 @@
-//! Format v1 alone: the ZIP layout, the `metadata.json` schema, the
-//! safetensors members, a validating reader and a streaming atomic writer.
-//! Nothing here depends on tch; `docs/FORMAT.md` is the normative text.
+//! Format versions 1 and 2: the ZIP layout, the `metadata.json` schema
+//! (with version 2's typed values, extra state, weights kind and manager
+//! block), the safetensors members, a validating reader of both versions
+//! and a streaming atomic writer of either. Nothing here depends on tch;
+//! `docs/FORMAT.md` is the normative text.
 
 mod error;
 pub(crate) mod json;
@@ -11,6 +13,7 @@ mod writer;
 mod zip;
 
 pub use error::FormatError;
+pub use metadata::typed;
 pub use metadata::{
     ClassSpec, ExtraEntry, FileKind, ManagerRecord, Metadata, OptimizerMetadata, Producer, SchedulerMetadata,
     FORMAT_VERSION, INTERNALS_KEY, RESERVED_KEYS,
@@ -22,7 +25,7 @@ pub use tensors::{dtype_name, dtype_size, Dtype, TensorEntry, DTYPES};
 pub use writer::{write_checkpoint, BytesTensor, TensorMember, TensorSource, WriteOptions};
 pub use zip::ALIGNMENT;
 
-/// The members a v1 file may hold, in the order they must appear.
+/// The members a file may hold, in the order they must appear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MemberName {
     /// `metadata.json`: every non-tensor value.

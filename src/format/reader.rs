@@ -17,7 +17,7 @@ use super::tensors::{index_by_name, validate_member, TensorEntry};
 use super::zip::*;
 use super::{FormatError, MemberName};
 
-/// More entries than this is not a v1 file; the bound keeps a hostile
+/// More entries than this is not a pytorch-saver file; the bound keeps a hostile
 /// entry count from driving the parser.
 const MAX_ENTRIES: u64 = 16;
 /// How far back from the end to look for a misplaced end record, to tell
@@ -225,7 +225,8 @@ fn zip64_fields(member: &str, extra: &[u8], wanted: &mut [&mut u64]) -> Result<(
 
 impl Checkpoint {
     /// Opens and fully validates a checkpoint: ZIP layout, every CRC-32,
-    /// `metadata.json` against the v1 schema, and every tensor header.
+    /// `metadata.json` against its version's schema, every tensor header,
+    /// and the extra state's tensors against its `tensor` tags.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, FormatError> {
         Self::open_with(path, ReadOptions::default())
     }
@@ -276,14 +277,12 @@ impl Checkpoint {
         for (entry, data_start) in &layout {
             let name = MemberName::from_name(&entry.name).expect("names checked by parse_layout");
             if !expected.contains(&name) {
-                let missing = match name {
-                    MemberName::Extra => "extra state",
-                    _ => "optimizer",
+                let why = match name {
+                    MemberName::Extra if metadata.format_version == 1 => "a version 1 file has no extra state",
+                    MemberName::Extra => "the metadata declares no extra state",
+                    _ => "the metadata declares no optimizer",
                 };
-                return Err(FormatError::UnexpectedMember(format!(
-                    "{} (the metadata declares no {missing})",
-                    entry.name
-                )));
+                return Err(FormatError::UnexpectedMember(format!("{} ({why})", entry.name)));
             }
             let tensors = if name == MemberName::Metadata {
                 Vec::new()
@@ -300,6 +299,10 @@ impl Checkpoint {
                             reason: format!("tensor {:?}: {reason}", t.name),
                         })?;
                 }
+            }
+            if name == MemberName::Extra {
+                let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+                check_extra_tensors(&entry.name, &metadata, &names)?;
             }
             members.push(Member {
                 name,
@@ -401,6 +404,32 @@ impl Checkpoint {
         }
         Ok(())
     }
+}
+
+/// Step 21 (FORMAT.md 11.6): every tensor of `extra.safetensors`, in
+/// data order, is named by a `tensor` tag of the extra state; then every
+/// tag, in the order of step 16.14, names a tensor of the member. The
+/// writer runs the same check on the tensors it is given.
+pub(super) fn check_extra_tensors(member: &str, metadata: &Metadata, tensors: &[&str]) -> Result<(), FormatError> {
+    let refs = metadata.extra_tensor_refs();
+    let named: HashSet<&str> = refs.iter().map(|r| r.name.as_str()).collect();
+    let header = |reason: String| FormatError::TensorHeader {
+        member: member.into(),
+        reason,
+    };
+    if let Some(t) = tensors.iter().find(|t| !named.contains(**t)) {
+        return Err(header(format!(
+            "tensor {t:?} is named by no \"tensor\" tag of the extra state"
+        )));
+    }
+    let held: HashSet<&str> = tensors.iter().copied().collect();
+    if let Some(r) = refs.iter().find(|r| !held.contains(r.name.as_str())) {
+        return Err(header(format!(
+            "the \"tensor\" tag at {} names tensor {:?}, which the member does not hold",
+            r.path, r.name
+        )));
+    }
+    Ok(())
 }
 
 fn verify_crc(buf: &[u8], entry: &CentralEntry, data_start: u64) -> Result<(), FormatError> {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::metadata::{Metadata, MAX_METADATA_BYTES, RESERVED_KEYS};
+use super::reader::check_extra_tensors;
 use super::tensors::{build_header, dtype_size, Dtype};
 use super::zip::{dos_time_date, end_records, PlannedMember};
 use super::{FormatError, MemberName};
@@ -84,9 +85,11 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Writes a checkpoint into `dir` as `{stem}.zip`, or `{stem}-{n}.zip` with
 /// the smallest n >= 1 that no existing file has, and returns its path.
 ///
-/// `metadata` is written as [`Metadata::to_json`] serializes it, and must
-/// pass the v1 schema: the writer parses the bytes it is about to write
-/// as the reader will, before it creates any file. `members` are the
+/// `metadata` is written as [`Metadata::to_json`] serializes it, in its
+/// `format_version` (version 1 only when the document needs nothing of
+/// version 2: [`Metadata::check_version_features`]), and must pass that
+/// version's schema: the writer parses the bytes it is about to write as
+/// the reader will, before it creates any file. `members` are the
 /// tensor members the metadata implies, in order.
 pub fn write_checkpoint(
     dir: &Path,
@@ -95,6 +98,7 @@ pub fn write_checkpoint(
     members: &[TensorMember<'_>],
     options: &WriteOptions,
 ) -> Result<PathBuf, FormatError> {
+    metadata.check_version_features()?;
     if let Some(key) = metadata.user.keys().find(|k| RESERVED_KEYS.contains(&k.as_str())) {
         return Err(FormatError::InvalidInput(format!(
             "user metadata key {key:?} is reserved"
@@ -136,6 +140,10 @@ pub fn write_checkpoint(
             .map(|t| (t.name().to_owned(), t.dtype(), t.shape()))
             .collect();
         let (header, order) = build_header(m.name.as_str(), &shapes)?;
+        if m.name == MemberName::Extra {
+            let names: Vec<&str> = order.iter().map(|&i| shapes[i].0.as_str()).collect();
+            check_extra_tensors(m.name.as_str(), metadata, &names)?;
+        }
         let sizes = shapes
             .iter()
             .map(|(_, d, s)| s.iter().product::<usize>() * dtype_size(*d))

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::pymath::Num;
 use crate::error::Result;
+use crate::format::typed;
 use crate::kwargs::Kwargs;
 
 /// A kwarg that PyTorch's `_format_param` accepts as one value for every
@@ -34,7 +35,9 @@ impl PerGroup {
 }
 
 fn num(kw: &Kwargs<'_>, key: &str, v: &Value) -> Result<Num> {
-    Num::from_json(v).ok_or_else(|| kw.error(format!("kwarg {key:?} must be a number, got {v}")))
+    Num::from_json(v)
+        .or_else(|| typed::as_float(v).map(Num::Float))
+        .ok_or_else(|| kw.error(format!("kwarg {key:?} must be a number, got {v}")))
 }
 
 impl Kwargs<'_> {

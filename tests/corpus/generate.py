@@ -1094,7 +1094,7 @@ def metadata_cases() -> list[Case]:
         put("format_version", True),
     )
     for file, value, found in [
-        ("version_2.zip", 2, "2"),
+        ("version_3.zip", 3, "3"),
         ("version_0.zip", 0, "0"),
         ("version_negative.zip", -1, "-1"),
     ]:
@@ -1843,9 +1843,11 @@ def two_defect_cases() -> list[Case]:
     bad.pop("timestamp")
     add(
         "two_version_2_and_no_model.zip",
-        "UnsupportedVersion",
-        "format version 2 is not supported",
-        "format_version 2, no model class, no timestamp: the version is checked first",
+        "Schema",
+        "field __pytorch_saver__.model: missing",
+        "a version 2 inference file without a model class and without a timestamp: the "
+        "model before the timestamp (written when version 2 was unknown, and refused then "
+        "as UnsupportedVersion)",
         with_metadata(bad),
     )
     bad = metadata()
@@ -2040,8 +2042,538 @@ def two_defect_cases() -> list[Case]:
     return cases
 
 
+# ---------------------------------------------------------------------------
+# Version 2 (FORMAT.md section 11)
+
+EXTRA = safetensors([Tensor("rng.torch.cpu", "U8", [4], bytes([1, 2, 3, 4]))])
+
+
+def tag(type_: str, **payload: Any) -> dict[str, Any]:
+    return {"__type__": type_, **payload}
+
+
+def v2_metadata(kind: str = "checkpoint") -> Any:
+    """Valid version 2 metadata: a checkpoint (SGD, StepLR) whose kwargs
+    hold class, tuple, dtype, dict, float and spec tags and a callable,
+    with extra state (an RNG whose CPU state is a tensor of
+    extra.safetensors, and counters) and a manager block; an inference or
+    weights file has the model part alone (a weights file no class)."""
+    part = kind == "checkpoint"
+    meta = metadata(kind, optimizer=part, scheduler=part)
+    meta["model_kwargs"].update(
+        {
+            "act": tag("class", name="torch.nn.ReLU"),
+            "shape": tag("tuple", items=[2, tag("tuple", items=[])]),
+            "dtype": tag("dtype", name="float32"),
+            "table": tag("dict", items=[[1, "one"], ["__type__", tag("float", value="nan")]]),
+            "cfg": tag(
+                "object",
+                **{
+                    "codec": "dataclass",
+                    "class": "mypkg.Config",
+                    "fields": {"width": 4, "scale": tag("float", value="-inf")},
+                },
+            ),
+        }
+    )
+    if part:
+        meta["optim_kwargs"]["betas"] = tag("tuple", items=[0.9, 0.999])
+        meta["scheduler_kwargs"]["lr_lambda"] = tag("callable", name="train.warmup")
+        meta["scheduler_kwargs"]["then"] = tag(
+            "spec", **{"class": "torch.optim.lr_scheduler.ConstantLR", "kwargs": {"factor": 0.5}}
+        )
+    inner = internals(meta)
+    inner["format_version"] = 2
+    producer = inner.pop("producer")
+    if part:
+        inner["extra"] = {
+            "rng": {
+                "class": "pytorch_saver.RNG",
+                "state": {"torch": {"cpu": tag("tensor", name="rng.torch.cpu"), "cuda": []}},
+            },
+            "counters": {"class": "pytorch_saver.Counters", "state": {"step": 3, "epoch": 1}},
+        }
+    inner["manager"] = {"id": "run-1", "step": 3, "metrics": {"loss": 0.25}}
+    inner["producer"] = producer
+    if kind == "weights":
+        inner.pop("model")
+        meta.pop("model_kwargs")
+    return meta
+
+
+def v2_file(
+    meta: Any = None,
+    *,
+    optimizer: bytes | None = OPTIMIZER,
+    extra: bytes | None = EXTRA,
+) -> bytes:
+    """A file of ``meta`` (the version 2 checkpoint by default) with the
+    given optimizer and extra members (None: absent)."""
+    ms = [Member("metadata.json", meta_bytes(v2_metadata() if meta is None else meta))]
+    ms.append(Member("model.safetensors", MODEL))
+    if optimizer is not None:
+        ms.append(Member("optimizer.safetensors", optimizer))
+    if extra is not None:
+        ms.append(Member("extra.safetensors", extra))
+    return bytes(build(ms).data)
+
+
+def valid_v2_files() -> dict[str, bytes]:
+    """Valid version 2 files the cases below break (tests/corpus.rs opens
+    them, to show that each case's defects are the only ones)."""
+    return {
+        "v2_checkpoint.zip": v2_file(),
+        "v2_inference.zip": v2_file(v2_metadata("inference"), optimizer=None, extra=None),
+        "v2_weights.zip": v2_file(v2_metadata("weights"), optimizer=None, extra=None),
+    }
+
+
+def v2_edited(edit: Callable[[Any], Any], kind: str = "checkpoint") -> Any:
+    meta = v2_metadata(kind)
+    edit(meta)
+    return meta
+
+
+def v2_cases() -> list[Case]:
+    cases = []
+
+    def add(file: str, kind: str, message: str, what: str, data: bytes) -> None:
+        cases.append(Case(file, kind, message, what, data))
+
+    def model_kwarg(key: str, value: Any) -> Callable[[Any], Any]:
+        return lambda m: m["model_kwargs"].__setitem__(key, value)
+
+    def typed(file: str, message: str, what: str, edit: Callable[[Any], Any]) -> None:
+        add(file, "TypedValue", message, what, v2_file(v2_edited(edit)))
+
+    def schema(file: str, message: str, what: str, meta: Any, **members: Any) -> None:
+        add(file, "Schema", message, what, v2_file(meta, **members))
+
+    at = "metadata.json: typed value at "
+    # Step 16.14: the typed values.
+    typed(
+        "typed_unknown_tag.zip",
+        at + 'model_kwargs.block: unknown type tag "set"',
+        'model_kwargs.block is {"__type__": "set", "items": []}',
+        model_kwarg("block", tag("set", items=[])),
+    )
+    typed(
+        "typed_type_not_a_string.zip",
+        at + 'model_kwargs.block: "__type__" must be a string naming a type',
+        'model_kwargs.block is {"__type__": 1, "name": "torch.nn.ReLU"}',
+        model_kwarg("block", {"__type__": 1, "name": "torch.nn.ReLU"}),
+    )
+    typed(
+        "typed_tag_missing_key.zip",
+        at + 'model_kwargs.block: "class" tag: needs the key "name"',
+        'model_kwargs.block is a class tag without "name"',
+        model_kwarg("block", tag("class")),
+    )
+    typed(
+        "typed_tag_extra_key.zip",
+        at + 'model_kwargs.block: "class" tag: has no key "module"',
+        'model_kwargs.block is a class tag with an extra key "module"',
+        model_kwarg("block", tag("class", name="torch.nn.ReLU", module="torch.nn")),
+    )
+    typed(
+        "typed_tuple_items_not_a_list.zip",
+        at + 'model_kwargs.shape: "tuple" tag: "items" must be a list',
+        "model_kwargs.shape is a tuple tag whose items are an object",
+        model_kwarg("shape", tag("tuple", items={"0": 2})),
+    )
+    typed(
+        "typed_dict_item_not_a_pair.zip",
+        at + 'model_kwargs.table.items[1]: "dict" tag: items must be two-element lists',
+        "the second item of model_kwargs.table's dict tag is a three-element list",
+        model_kwarg("table", tag("dict", items=[[1, "one"], [2, "two", 3]])),
+    )
+    for file, name, what in [
+        ("typed_class_name_call.zip", "os.system('x')", "is os.system('x')"),
+        ("typed_class_name_double_dot.zip", "a..b", "is a..b (an empty identifier)"),
+        ("typed_class_name_leading_dot.zip", ".a", "is .a"),
+        ("typed_class_name_empty.zip", "", "is empty"),
+        (
+            "typed_class_name_digit_first.zip",
+            "torch.1nn.ReLU",
+            "has an identifier starting with a digit",
+        ),
+        ("typed_class_name_non_ascii.zip", "torch.nn.Relü", "has a non-ASCII letter"),
+        ("typed_class_name_600_bytes.zip", "a" * 600, "is 600 bytes (the limit is 512)"),
+    ]:
+        typed(
+            file,
+            at + 'model_kwargs.act: "class" tag: "name"',
+            "model_kwargs.act is a class tag whose name " + what,
+            model_kwarg("act", tag("class", name=name)),
+        )
+    typed(
+        "typed_class_name_513_bytes.zip",
+        "is not a class name",
+        "model_kwargs.act is a class tag whose name is 513 bytes: identifiers of 256 and "
+        "256 bytes joined by a dot",
+        model_kwarg("act", tag("class", name="a" * 256 + "." + "b" * 256)),
+    )
+    typed(
+        "typed_dtype_unknown.zip",
+        at + 'model_kwargs.dtype: "dtype" tag: name "float128" is not one of',
+        'model_kwargs.dtype is the dtype "float128"',
+        model_kwarg("dtype", tag("dtype", name="float128")),
+    )
+    typed(
+        "typed_dtype_torch_prefix.zip",
+        '"dtype" tag: name "torch.float32" is not one of',
+        'model_kwargs.dtype is the dtype "torch.float32" (names carry no torch. prefix)',
+        model_kwarg("dtype", tag("dtype", name="torch.float32")),
+    )
+    typed(
+        "typed_float_infinity.zip",
+        '"float" tag: value "infinity" is not "inf", "-inf" or "nan"',
+        'a float tag in model_kwargs.cfg\'s fields has the value "infinity"',
+        lambda m: m["model_kwargs"]["cfg"]["fields"].__setitem__(
+            "scale", tag("float", value="infinity")
+        ),
+    )
+    typed(
+        "typed_float_value_number.zip",
+        '"float" tag: "value" must be the string',
+        "a float tag whose value is the number 1.5",
+        model_kwarg("x", tag("float", value=1.5)),
+    )
+    typed(
+        "typed_object_fields_not_an_object.zip",
+        at + 'model_kwargs.cfg: "object" tag: "fields" must be an object',
+        "model_kwargs.cfg is an object tag whose fields are a list",
+        lambda m: m["model_kwargs"]["cfg"].__setitem__("fields", [4]),
+    )
+    typed(
+        "typed_object_class_a_number.zip",
+        '"object" tag: "class" must be a class name or null',
+        "model_kwargs.cfg is an object tag whose class is the number 5",
+        lambda m: m["model_kwargs"]["cfg"].__setitem__("class", 5),
+    )
+    typed(
+        "typed_object_codec_empty.zip",
+        '"object" tag: "codec" must be a non-empty string',
+        "model_kwargs.cfg is an object tag whose codec is empty",
+        lambda m: m["model_kwargs"]["cfg"].__setitem__("codec", ""),
+    )
+    typed(
+        "typed_spec_without_kwargs.zip",
+        at + 'scheduler_kwargs.then: "spec" tag: needs the key "kwargs"',
+        "scheduler_kwargs.then is a spec tag without kwargs",
+        lambda m: m["scheduler_kwargs"]["then"].pop("kwargs"),
+    )
+    typed(
+        "typed_spec_class_null.zip",
+        at + 'scheduler_kwargs.then: "spec" tag: "class" must be a class name, got null',
+        "scheduler_kwargs.then is a spec tag whose class is null",
+        lambda m: m["scheduler_kwargs"]["then"].__setitem__("class", None),
+    )
+    typed(
+        "typed_callable_in_model_kwargs.zip",
+        at + 'model_kwargs.init: "callable" tag: may only appear in scheduler_kwargs',
+        "model_kwargs.init is a callable tag",
+        model_kwarg("init", tag("callable", name="mypkg.init")),
+    )
+    typed(
+        "typed_callable_in_extra_state.zip",
+        at + '__pytorch_saver__.extra.counters.state.hook: "callable" tag: may only appear',
+        "the counters' extra state holds a callable tag",
+        lambda m: internals(m)["extra"]["counters"]["state"].__setitem__(
+            "hook", tag("callable", name="f")
+        ),
+    )
+    typed(
+        "typed_tensor_in_kwargs.zip",
+        at + 'optim_kwargs.buf: "tensor" tag: may only appear in extra state',
+        "optim_kwargs.buf is a tensor tag naming rng.torch.cpu",
+        lambda m: m["optim_kwargs"].__setitem__("buf", tag("tensor", name="rng.torch.cpu")),
+    )
+    typed(
+        "typed_tensor_named_twice.zip",
+        at + '__pytorch_saver__.extra.counters.state.copy: "tensor" tag: names tensor '
+        '"rng.torch.cpu", which the tag at __pytorch_saver__.extra.rng.state.torch.cpu names too',
+        "two tensor tags of the extra state name rng.torch.cpu",
+        lambda m: internals(m)["extra"]["counters"]["state"].__setitem__(
+            "copy", tag("tensor", name="rng.torch.cpu")
+        ),
+    )
+    typed(
+        "typed_nested_in_tuple.zip",
+        at + 'model_kwargs.shape.items[1].items[0]: unknown type tag "complex"',
+        "an unknown tag two tuples deep in model_kwargs.shape",
+        model_kwarg("shape", tag("tuple", items=[2, tag("tuple", items=[tag("complex", re=1)])])),
+    )
+    # Step 21: the extra state's tensors against its tags.
+    meta = v2_metadata()
+    internals(meta)["extra"]["counters"]["state"]["t"] = tag("tensor", name="counters.t")
+    add(
+        "extra_tag_names_missing_tensor.zip",
+        "TensorHeader",
+        'extra.safetensors: header: the "tensor" tag at __pytorch_saver__.extra.counters.state.t '
+        'names tensor "counters.t", which the member does not hold',
+        "a tensor tag of the extra state names a tensor extra.safetensors does not hold",
+        v2_file(meta),
+    )
+    stray = safetensors(
+        [
+            Tensor("rng.torch.cpu", "U8", [4], bytes([1, 2, 3, 4])),
+            Tensor("stray", "F32", [1], f32(1.0)),
+        ]
+    )
+    add(
+        "extra_tensor_not_referenced.zip",
+        "TensorHeader",
+        'extra.safetensors: header: tensor "stray" is named by no "tensor" tag of the extra state',
+        "extra.safetensors holds a tensor stray that no tensor tag names",
+        v2_file(extra=stray),
+    )
+    # Steps 17 and 18: the extra member.
+    add(
+        "extra_member_missing.zip",
+        "MissingMember",
+        "missing member extra.safetensors",
+        "the metadata declares extra state and the file has no extra.safetensors",
+        v2_file(extra=None),
+    )
+    meta = v2_metadata()
+    internals(meta).pop("extra")
+    add(
+        "extra_member_without_extra.zip",
+        "UnexpectedMember",
+        "extra.safetensors (the metadata declares no extra state)",
+        "extra.safetensors in a version 2 checkpoint without extra state",
+        v2_file(meta),
+    )
+    meta = metadata("checkpoint", optimizer=True, scheduler=True)
+    internals(meta)["extra"] = v2_metadata()["__pytorch_saver__"]["extra"]
+    add(
+        "extra_member_in_version_1.zip",
+        "UnexpectedMember",
+        "extra.safetensors (a version 1 file has no extra state)",
+        "a version 1 checkpoint with extra.safetensors (its internals' extra key, unknown to "
+        "version 1, is ignored)",
+        v2_file(meta),
+    )
+    # Step 16: kinds, model, extra entries, manager.
+    meta = v2_metadata("inference")
+    internals(meta)["extra"] = v2_metadata()["__pytorch_saver__"]["extra"]
+    schema(
+        "extra_in_inference_file.zip",
+        "an inference file holds no optimizer, scheduler or extra state",
+        "a version 2 inference file with extra state (and extra.safetensors)",
+        meta,
+        optimizer=None,
+    )
+    meta = v2_metadata("weights")
+    internals(meta)["model"] = {"class": "torch.nn.Linear"}
+    schema(
+        "kind_weights_with_model.zip",
+        "field __pytorch_saver__.model: a weights file names no model class",
+        "a weights file with __pytorch_saver__.model",
+        meta,
+        optimizer=None,
+        extra=None,
+    )
+    meta = v2_metadata("weights")
+    meta["model_kwargs"] = {"in_features": 2}
+    schema(
+        "kind_weights_with_model_kwargs.zip",
+        "field model_kwargs: present in a weights file",
+        "a weights file with model_kwargs",
+        meta,
+        optimizer=None,
+        extra=None,
+    )
+    meta = v2_metadata()
+    internals(meta).pop("model")
+    schema(
+        "kind_checkpoint_without_model.zip",
+        "field __pytorch_saver__.model: missing",
+        "a version 2 checkpoint without __pytorch_saver__.model",
+        meta,
+    )
+    meta = metadata("inference")
+    internals(meta)["kind"] = "weights"
+    internals(meta).pop("model")
+    meta.pop("model_kwargs")
+    schema(
+        "kind_weights_in_version_1.zip",
+        '"weights" needs format version 2',
+        "a version 1 file of kind weights (otherwise a valid weights file)",
+        meta,
+        optimizer=None,
+        extra=None,
+    )
+    for file, message, what, edit in [
+        (
+            "extra_not_an_object.zip",
+            "field __pytorch_saver__.extra: must be an object",
+            "__pytorch_saver__.extra is a list",
+            lambda m: internals(m).__setitem__("extra", []),
+        ),
+        (
+            "extra_entry_without_class.zip",
+            "field __pytorch_saver__.extra.rng.class: missing",
+            "the extra entry rng has no class",
+            lambda m: internals(m)["extra"]["rng"].pop("class"),
+        ),
+        (
+            "extra_entry_without_state.zip",
+            "field __pytorch_saver__.extra.counters.state: missing",
+            "the extra entry counters has no state",
+            lambda m: internals(m)["extra"]["counters"].pop("state"),
+        ),
+        (
+            "extra_entry_name_empty.zip",
+            "field __pytorch_saver__.extra: an entry name is empty",
+            'an extra entry named ""',
+            lambda m: internals(m)["extra"].__setitem__("", {"class": "x", "state": {}}),
+        ),
+        (
+            "manager_not_an_object.zip",
+            "field __pytorch_saver__.manager: must be an object",
+            "__pytorch_saver__.manager is a string",
+            lambda m: internals(m).__setitem__("manager", "run-1"),
+        ),
+        (
+            "manager_step_negative.zip",
+            "field __pytorch_saver__.manager.step: must be an integer >= 0",
+            "manager.step is -1",
+            lambda m: internals(m)["manager"].__setitem__("step", -1),
+        ),
+        (
+            "manager_metric_a_string.zip",
+            "field __pytorch_saver__.manager.metrics.loss: must be a finite number",
+            'manager.metrics.loss is the string "0.25"',
+            lambda m: internals(m)["manager"]["metrics"].__setitem__("loss", "0.25"),
+        ),
+        (
+            "manager_id_empty.zip",
+            "field __pytorch_saver__.manager.id: must be a non-empty string",
+            "manager.id is empty",
+            lambda m: internals(m)["manager"].__setitem__("id", ""),
+        ),
+    ]:
+        schema(file, message, what, v2_edited(edit))
+    # Two defects: the order of section 9 and 11.6.
+    meta = v2_metadata()
+    meta["model_kwargs"]["block"] = tag("set", items=[])
+    add(
+        "two_typed_and_extra_tensor_not_referenced.zip",
+        "TypedValue",
+        at + 'model_kwargs.block: unknown type tag "set"',
+        "an unknown tag in model_kwargs, and a tensor of extra.safetensors no tag names: the "
+        "typed values (step 16) before the extra tensors (step 21)",
+        v2_file(meta, extra=stray),
+    )
+    meta = v2_metadata()
+    meta["model_kwargs"]["block"] = tag("set", items=[])
+    add(
+        "two_typed_and_extra_member_missing.zip",
+        "TypedValue",
+        at + "model_kwargs.block",
+        "an unknown tag in model_kwargs, and no extra.safetensors: the schema before the members",
+        v2_file(meta, extra=None),
+    )
+    meta = v2_metadata()
+    internals(meta)["manager"]["step"] = -1
+    meta["model_kwargs"]["block"] = tag("set", items=[])
+    schema(
+        "two_manager_and_typed.zip",
+        "field __pytorch_saver__.manager.step",
+        "manager.step is -1 and model_kwargs holds an unknown tag: the manager (16.13) before "
+        "the typed values (16.14)",
+        meta,
+    )
+    meta = v2_metadata()
+    internals(meta)["extra"]["rng"].pop("class")
+    internals(meta)["manager"]["step"] = -1
+    schema(
+        "two_extra_entry_and_manager.zip",
+        "field __pytorch_saver__.extra.rng.class: missing",
+        "the extra entry rng has no class and manager.step is -1: extra (16.12) before the "
+        "manager (16.13)",
+        meta,
+    )
+    meta = v2_metadata()
+    meta.pop("timestamp")
+    internals(meta).__setitem__("extra", [])
+    schema(
+        "two_timestamp_and_extra.zip",
+        "field timestamp: missing",
+        "no timestamp and __pytorch_saver__.extra is a list: the timestamp (16.11) before "
+        "extra (16.12)",
+        meta,
+    )
+    meta = v2_metadata()
+    meta["model_kwargs"]["block"] = tag("class", name="a..b")
+    meta["optim_kwargs"]["block"] = tag("set")
+    add(
+        "two_tags_in_model_and_optim_kwargs.zip",
+        "TypedValue",
+        at + "model_kwargs.block",
+        "a bad class name in model_kwargs and an unknown tag in optim_kwargs: model_kwargs first",
+        v2_file(meta),
+    )
+    meta = v2_metadata()
+    meta["scheduler_kwargs"]["x"] = tag("dtype", name="float128")
+    internals(meta)["extra"]["counters"]["state"]["x"] = tag("set")
+    add(
+        "two_tags_in_scheduler_kwargs_and_extra_state.zip",
+        "TypedValue",
+        at + "scheduler_kwargs.x",
+        "an unknown dtype in scheduler_kwargs and an unknown tag in the extra state: the kwargs "
+        "before the extra state",
+        v2_file(meta),
+    )
+    meta = v2_metadata()
+    meta["model_kwargs"]["x"] = [tag("class", name=""), tag("set")]
+    add(
+        "two_tags_in_one_list.zip",
+        "TypedValue",
+        at + "model_kwargs.x[0]",
+        "a list whose first item is a class tag with an empty name and whose second is an "
+        "unknown tag: document order",
+        v2_file(meta),
+    )
+    meta = v2_metadata()
+    internals(meta)["extra"]["counters"]["state"]["t"] = tag("tensor", name="counters.t")
+    add(
+        "two_extra_tensor_not_referenced_and_tag_missing.zip",
+        "TensorHeader",
+        'tensor "stray" is named by no "tensor" tag',
+        "extra.safetensors holds a tensor no tag names, and a tag names a tensor it does not "
+        "hold: the member's tensors first",
+        v2_file(meta, extra=stray),
+    )
+    meta = v2_metadata("weights")
+    internals(meta)["model"] = {"class": "torch.nn.Linear"}
+    internals(meta)["extra"] = v2_metadata()["__pytorch_saver__"]["extra"]
+    schema(
+        "two_weights_model_and_extra.zip",
+        "field __pytorch_saver__.model: a weights file names no model class",
+        "a weights file with a model class and extra state: the model (16.4) before the parts "
+        "(16.7)",
+        meta,
+        optimizer=None,
+    )
+    meta = v2_metadata()
+    meta["model_kwargs"]["block"] = tag("set")
+    extra_bad = header_member({"rng.torch.cpu": entry("U8", [4], 0, 8)}, bytes(8))
+    add(
+        "two_typed_and_extra_header.zip",
+        "TypedValue",
+        at + "model_kwargs.block",
+        "an unknown tag in model_kwargs, and an extra.safetensors tensor whose size does not "
+        "match its shape: the metadata before the members",
+        v2_file(meta, extra=extra_bad),
+    )
+    return cases
+
+
 def all_cases() -> list[Case]:
-    cases = zip_cases() + metadata_cases() + tensor_cases() + two_defect_cases()
+    cases = zip_cases() + metadata_cases() + tensor_cases() + two_defect_cases() + v2_cases()
     names = [c.file for c in cases]
     duplicates = {n for n in names if names.count(n) > 1}
     assert not duplicates, f"file names used twice: {sorted(duplicates)}"
@@ -2082,5 +2614,15 @@ def main() -> int:
     return 0
 
 
+def write_valid(directory: str) -> int:
+    """Writes the valid version 2 files the cases break into ``directory``
+    (for tests/corpus.rs; not part of the corpus)."""
+    for name, data in valid_v2_files().items():
+        (Path(directory) / name).write_bytes(data)
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--write-valid":
+        sys.exit(write_valid(sys.argv[2]))
     sys.exit(main())

@@ -1,4 +1,5 @@
-//! `metadata.json` of format v1 (docs/FORMAT.md sections 3, 5 and 6): the
+//! `metadata.json` of format versions 1 and 2 (docs/FORMAT.md sections 3,
+//! 5, 6 and 11): the
 //! one owner of the document. [`Metadata::parse`] validates the bytes the
 //! reader found into the typed [`Metadata`]; [`Metadata::to_json`] is the
 //! one serialization, which the writer writes. Everything else (the
@@ -8,12 +9,15 @@
 //!   decides which error a file with several defects gets);
 //! - `serialize.rs`: the JSON object, with the original package's flat
 //!   top-level keys and the format internals under one reserved key;
-//! - `float.rs`: the internals' encoding of non-finite floats.
+//! - `float.rs`: the internals' encoding of non-finite floats;
+//! - `typed.rs`: the typed values of version 2's kwargs and extra state
+//!   (tags), their checks and the conversions from and to version 1.
 
 mod float;
 mod param_group;
 mod parse;
 mod serialize;
+pub mod typed;
 
 use std::collections::BTreeMap;
 
@@ -231,6 +235,16 @@ impl Metadata {
             field: format!("{INTERNALS_KEY}.model"),
             reason: "a weights file names no model class: give the class to build, or read its tensors".into(),
         })
+    }
+
+    /// The `tensor` tags of the extra state (FORMAT.md 11.3), in the order
+    /// of step 16.14: each entry's `state` in file order, depth first.
+    pub fn extra_tensor_refs(&self) -> Vec<typed::TensorRef> {
+        let mut refs = Vec::new();
+        for e in self.extra.iter().flatten() {
+            typed::tensor_refs(&e.state, &format!("{INTERNALS_KEY}.extra.{}.state", e.name), &mut refs);
+        }
+        refs
     }
 
     /// The members a file with this metadata has, in their required order.

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{Map, Value};
 
+use super::typed::{self, Place, TensorRefs};
 use super::ParamGroup;
 use super::{
     ClassSpec, ExtraEntry, FileKind, ManagerRecord, Metadata, OptimizerMetadata, Producer, SchedulerMetadata,
@@ -18,14 +19,17 @@ use crate::format::{json, FormatError};
 impl Metadata {
     /// Parses and validates the bytes of a `metadata.json`: UTF-8 JSON
     /// with no duplicate key, whose top level is an object matching the
-    /// v1 schema.
+    /// schema of its format version (1 or 2).
     pub fn parse(bytes: &[u8]) -> Result<Self, FormatError> {
         Self::from_json(json::parse_object(bytes).map_err(FormatError::Json)?)
     }
 
-    /// Validates a `metadata.json` object against the v1 schema. Keys of
-    /// `__pytorch_saver__` that v1 does not define are ignored, as the
-    /// format requires.
+    /// Validates a `metadata.json` object against the schema of its format
+    /// version, in the order of FORMAT.md section 9 step 16 (and 11.6).
+    /// Keys of `__pytorch_saver__` that the version does not define are
+    /// ignored, as the format requires (in a version 1 file, `extra` and
+    /// `manager` among them). A version 1 file's kwargs are returned in
+    /// the typed form of version 2 (FORMAT.md 11.7).
     pub fn from_json(meta: Map<String, Value>) -> Result<Self, FormatError> {
         let mut top = TopLevel::default();
         for (key, value) in meta {
@@ -52,18 +56,30 @@ impl Metadata {
             }
         };
         let format_version = format_version(internals.get("format_version"))?;
+        let v2 = format_version >= 2;
         let kind = match internals.get("kind").and_then(Value::as_str) {
             Some("checkpoint") => FileKind::Checkpoint,
             Some("inference") => FileKind::Inference,
+            Some("weights") if v2 => FileKind::Weights,
             _ => {
-                return Err(schema(
-                    &format!("{INTERNALS_KEY}.kind"),
-                    "must be \"checkpoint\" or \"inference\"",
-                ))
+                let allowed = match v2 {
+                    true => "\"checkpoint\", \"inference\" or \"weights\"",
+                    false => "\"checkpoint\" or \"inference\" (\"weights\" needs format version 2)",
+                };
+                return Err(schema(&format!("{INTERNALS_KEY}.kind"), format!("must be {allowed}")));
             }
         };
-        let Some(ClassObject { class: model_class, .. }) = class_object(internals.remove("model"), "model")? else {
-            return Err(schema(&format!("{INTERNALS_KEY}.model"), "missing"));
+        let model = class_object(internals.remove("model"), "model")?;
+        let model_class = match (model, kind) {
+            (Some(_), FileKind::Weights) => {
+                return Err(schema(
+                    &format!("{INTERNALS_KEY}.model"),
+                    "a weights file names no model class",
+                ))
+            }
+            (None, FileKind::Weights) => None,
+            (Some(ClassObject { class, .. }), _) => Some(class),
+            (None, _) => return Err(schema(&format!("{INTERNALS_KEY}.model"), "missing")),
         };
         let optimizer = class_object(internals.remove("optimizer"), "optimizer")?;
         let scheduler = class_object(internals.remove("scheduler"), "scheduler")?;
@@ -75,17 +91,35 @@ impl Metadata {
             },
             None => None,
         };
-        if kind == FileKind::Inference && (optimizer.is_some() || scheduler.is_some()) {
-            return Err(schema(
-                INTERNALS_KEY,
-                "an inference file holds no optimizer or scheduler",
-            ));
+        // Version 1 ignores the keys it does not define, these among them.
+        let (extra, manager) = match v2 {
+            true => (internals.remove("extra"), internals.remove("manager")),
+            false => (None, None),
+        };
+        if kind != FileKind::Checkpoint && (optimizer.is_some() || scheduler.is_some() || extra.is_some()) {
+            let reason = match kind {
+                FileKind::Weights => "a weights file holds no optimizer, scheduler or extra state",
+                _ if v2 => "an inference file holds no optimizer, scheduler or extra state",
+                _ => "an inference file holds no optimizer or scheduler",
+            };
+            return Err(schema(INTERNALS_KEY, reason));
         }
         if scheduler.is_some() && optimizer.is_none() {
             return Err(schema(INTERNALS_KEY, "a scheduler needs an optimizer"));
         }
         let producer = producer(internals.remove("producer"))?;
-        let model_kwargs = kwargs(top.model_kwargs, "model_kwargs")?;
+        let model_kwargs = match kind {
+            FileKind::Weights => match top.model_kwargs {
+                None => None,
+                Some(_) => {
+                    return Err(schema(
+                        "model_kwargs",
+                        "present in a weights file, which names no model",
+                    ))
+                }
+            },
+            _ => Some(kwargs(top.model_kwargs, "model_kwargs")?),
+        };
         let optim_kwargs = part_kwargs(top.optim_kwargs, "optim_kwargs", optimizer.is_some())?;
         let scheduler_kwargs = part_kwargs(top.scheduler_kwargs, "scheduler_kwargs", scheduler.is_some())?;
         let timestamp = match top.timestamp {
@@ -95,10 +129,38 @@ impl Metadata {
             Some(_) => return Err(schema("timestamp", "must be a non-negative integer (Unix seconds)")),
             None => return Err(schema("timestamp", "missing")),
         };
+        let extra = extra_entries(extra)?;
+        let manager = manager_record(manager)?;
+        let (model_kwargs, optim_kwargs, scheduler_kwargs) = match v2 {
+            true => {
+                for (kwargs, key, place) in [
+                    (&model_kwargs, "model_kwargs", Place::ModelKwargs),
+                    (&optim_kwargs, "optim_kwargs", Place::OptimKwargs),
+                    (&scheduler_kwargs, "scheduler_kwargs", Place::SchedulerKwargs),
+                ] {
+                    if let Some(kwargs) = kwargs {
+                        typed::check_kwargs(kwargs, key, place)?;
+                    }
+                }
+                let mut tensors = TensorRefs::default();
+                for e in extra.iter().flatten() {
+                    let path = format!("{INTERNALS_KEY}.extra.{}.state", e.name);
+                    typed::check(&e.state, &path, Place::ExtraState, &mut tensors)?;
+                }
+                (model_kwargs, optim_kwargs, scheduler_kwargs)
+            }
+            false => (
+                model_kwargs.map(typed::escape_v1),
+                optim_kwargs.map(typed::escape_v1),
+                scheduler_kwargs.map(typed::escape_v1),
+            ),
+        };
         Ok(Metadata {
             format_version,
             kind,
-            model: Some(ClassSpec::new(model_class, model_kwargs)),
+            model: model_class
+                .zip(model_kwargs)
+                .map(|(class, kwargs)| ClassSpec::new(class, kwargs)),
             // Each part has its kwargs: checked above.
             optimizer: optimizer
                 .zip(optim_kwargs)
@@ -106,14 +168,8 @@ impl Metadata {
             scheduler: scheduler
                 .zip(scheduler_kwargs)
                 .map(|((class, state), kwargs)| SchedulerMetadata { class, kwargs, state }),
-            extra: match format_version {
-                1 => None,
-                _ => extra(internals.remove("extra"))?,
-            },
-            manager: match format_version {
-                1 => None,
-                _ => manager(internals.remove("manager"))?,
-            },
+            extra,
+            manager,
             producer,
             timestamp,
             user: top.user,
@@ -348,7 +404,7 @@ fn part_kwargs(value: Option<Value>, key: &str, present: bool) -> Result<Option<
 }
 
 /// `__pytorch_saver__.extra` (FORMAT.md 11.3): names to `{class, state}`.
-fn extra(value: Option<Value>) -> Result<Option<Vec<ExtraEntry>>, FormatError> {
+fn extra_entries(value: Option<Value>) -> Result<Option<Vec<ExtraEntry>>, FormatError> {
     let path = format!("{INTERNALS_KEY}.extra");
     let entries = match value {
         None => return Ok(None),
@@ -374,7 +430,7 @@ fn extra(value: Option<Value>) -> Result<Option<Vec<ExtraEntry>>, FormatError> {
 }
 
 /// `__pytorch_saver__.manager` (FORMAT.md 11.4).
-fn manager(value: Option<Value>) -> Result<Option<ManagerRecord>, FormatError> {
+fn manager_record(value: Option<Value>) -> Result<Option<ManagerRecord>, FormatError> {
     let path = format!("{INTERNALS_KEY}.manager");
     let mut m = match value {
         None => return Ok(None),
@@ -384,7 +440,12 @@ fn manager(value: Option<Value>) -> Result<Option<ManagerRecord>, FormatError> {
     let id = take_str(&mut m, "id", &path)?;
     let step = match m.remove("step") {
         Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or_default(),
-        Some(_) => return Err(schema(&format!("{path}.step"), "must be an integer >= 0")),
+        Some(v) => {
+            return Err(schema(
+                &format!("{path}.step"),
+                format!("must be an integer >= 0, got {v}"),
+            ))
+        }
         None => return Err(schema(&format!("{path}.step"), "missing")),
     };
     let metrics = match m.remove("metrics") {
@@ -393,7 +454,10 @@ fn manager(value: Option<Value>) -> Result<Option<ManagerRecord>, FormatError> {
         None => return Err(schema(&format!("{path}.metrics"), "missing")),
     };
     if let Some((k, _)) = metrics.iter().find(|(_, v)| !v.is_number()) {
-        return Err(schema(&format!("{path}.metrics.{k}"), "must be a finite number"));
+        return Err(schema(
+            &format!("{path}.metrics.{k}"),
+            "must be a finite number (a metric's value)",
+        ));
     }
     Ok(Some(ManagerRecord { id, step, metrics }))
 }

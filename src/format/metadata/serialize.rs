@@ -5,11 +5,58 @@
 
 use serde_json::{Map, Value};
 
+use super::typed;
 use super::ParamGroup;
-use super::{Metadata, OptimizerMetadata, Producer, SchedulerMetadata, INTERNALS_KEY};
+use super::{FileKind, Metadata, OptimizerMetadata, Producer, SchedulerMetadata, INTERNALS_KEY};
+use crate::format::FormatError;
 
 impl Metadata {
-    /// The whole `metadata.json` object.
+    /// Refuses, with [`FormatError::InvalidInput`] naming the feature and
+    /// where it is, what [`format_version`](Self::format_version) cannot
+    /// hold: version 1 has no weights kind, extra state, manager block or
+    /// tags in the kwargs other than `dict` tags with string keys
+    /// (FORMAT.md 11.8). The writer asks before it creates a file.
+    pub fn check_version_features(&self) -> Result<(), FormatError> {
+        if self.format_version != 1 {
+            return Ok(());
+        }
+        let refuse = |feature: &str| {
+            Err(FormatError::InvalidInput(format!(
+                "format version 1 cannot hold {feature}: write format version 2"
+            )))
+        };
+        if self.kind == FileKind::Weights {
+            return refuse(&format!("the weights kind ({INTERNALS_KEY}.kind)"));
+        }
+        if self.extra.is_some() {
+            return refuse(&format!("extra training state ({INTERNALS_KEY}.extra)"));
+        }
+        if self.manager.is_some() {
+            return refuse(&format!("a manager block ({INTERNALS_KEY}.manager)"));
+        }
+        for (kwargs, key) in self.kwargs_parts() {
+            typed::to_v1(kwargs, key)?;
+        }
+        Ok(())
+    }
+
+    /// Each kwargs object the document has, under its top-level key.
+    fn kwargs_parts(&self) -> Vec<(&Map<String, Value>, &'static str)> {
+        let mut parts = Vec::new();
+        if let Some(model) = &self.model {
+            parts.push((&model.kwargs, "model_kwargs"));
+        }
+        if let Some(o) = &self.optimizer {
+            parts.push((&o.kwargs, "optim_kwargs"));
+        }
+        if let Some(s) = &self.scheduler {
+            parts.push((&s.kwargs, "scheduler_kwargs"));
+        }
+        parts
+    }
+
+    /// The whole `metadata.json` object, in the document's format version
+    /// (version 1: kwargs as plain JSON, FORMAT.md 11.7).
     pub fn to_json(&self) -> Map<String, Value> {
         let mut m = self.flat();
         m.insert(INTERNALS_KEY.into(), Value::Object(self.internals()));
@@ -18,17 +65,16 @@ impl Metadata {
 
     /// The top level without the format internals: what a load returns as
     /// the file's metadata (`model_kwargs`, `optim_kwargs`,
-    /// `scheduler_kwargs`, `timestamp` and the user's keys).
+    /// `scheduler_kwargs`, `timestamp` and the user's keys), in the
+    /// document's format version.
     pub fn flat(&self) -> Map<String, Value> {
         let mut m = Map::new();
-        if let Some(model) = &self.model {
-            m.insert("model_kwargs".into(), Value::Object(model.kwargs.clone()));
-        }
-        if let Some(o) = &self.optimizer {
-            m.insert("optim_kwargs".into(), Value::Object(o.kwargs.clone()));
-        }
-        if let Some(s) = &self.scheduler {
-            m.insert("scheduler_kwargs".into(), Value::Object(s.kwargs.clone()));
+        for (kwargs, key) in self.kwargs_parts() {
+            let kwargs = match self.format_version {
+                1 => typed::to_v1_or_same(kwargs),
+                _ => kwargs.clone(),
+            };
+            m.insert(key.into(), Value::Object(kwargs));
         }
         m.insert("timestamp".into(), self.timestamp.into());
         for (k, v) in &self.user {
