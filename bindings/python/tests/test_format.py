@@ -1,7 +1,11 @@
-"""Format v1 in Python: files round-trip every dtype, the Rust core accepts
+"""The format in Python: files round-trip every dtype, the Rust core accepts
 what Python writes and Python reads what Rust wrote, and the writer never
-replaces a file nor leaves one behind when it fails. The malformed files the
-reader must refuse are the shared corpus (tests/corpus), not tests here."""
+replaces a file nor leaves one behind when it fails. Version 2 (FORMAT.md
+section 11): every typed-value tag, extra state and its member, the weights
+kind and the manager block round-trip; version 1 is written on request or
+refused; and a few malformed version 2 files are refused with the kind of
+the check that fails first. The other malformed files the reader must
+refuse are the shared corpus (tests/corpus)."""
 
 from __future__ import annotations
 
@@ -20,14 +24,23 @@ import safetensors.torch
 import support
 import torch
 from pytorch_saver import _format
-from pytorch_saver._errors import FormatError, MetadataError
+from pytorch_saver._errors import FormatError, InvalidArgumentError, MetadataError
 from pytorch_saver._format import (
+    EXTRA_MEMBER,
     FORMAT_VERSION,
     INTERNALS_KEY,
     RESERVED_KEYS,
+    SUPPORTED_VERSIONS,
+    CheckpointReader,
+    ExtraEntry,
+    ManagerRecord,
+    Metadata,
     read_checkpoint,
     write_checkpoint,
+    writer,
 )
+from pytorch_saver._format.metadata import Internals, Producer
+from pytorch_saver._format.typed import check_typed, kwargs_from_v1, kwargs_to_v1
 
 REPO = Path(__file__).resolve().parents[3]
 GOLDEN = REPO / "tests" / "golden" / "v1"
@@ -150,7 +163,9 @@ def good(tmp_path: Path) -> Path:
 
 
 def test_public_constants() -> None:
-    assert FORMAT_VERSION == 1
+    assert FORMAT_VERSION == 2
+    assert SUPPORTED_VERSIONS == (1, 2)
+    assert EXTRA_MEMBER == "extra.safetensors"
     assert INTERNALS_KEY == "__pytorch_saver__"
     assert RESERVED_KEYS == {
         "model_kwargs",
@@ -339,9 +354,9 @@ def test_metadata_error_names_the_value(tmp_path: Path) -> None:
         lambda m: m[INTERNALS_KEY].update(kind="training"),
         lambda m: m[INTERNALS_KEY].pop("producer"),
         lambda m: m.update(optim_kwargs={}),
-        lambda m: m[INTERNALS_KEY].update(format_version=2),
+        lambda m: m[INTERNALS_KEY].update(format_version=3),
     ],
-    ids=["no-model-kwargs", "negative-ts", "bool-ts", "kind", "producer", "stray-optim", "v2"],
+    ids=["no-model-kwargs", "negative-ts", "bool-ts", "kind", "producer", "stray-optim", "v3"],
 )
 def test_metadata_breaking_the_schema_is_refused(tmp_path: Path, edit: Any) -> None:
     meta = metadata()
@@ -586,3 +601,644 @@ def test_dos_time_and_date_are_ignored(tmp_path: Path, good: Path) -> None:
     path = tmp_path / "time.zip"
     path.write_bytes(bytes(data))
     assert set(read_checkpoint(path).optimizer) == set(optimizer_tensors())
+
+
+# ---------------------------------------------------------------------------
+# version 2: typed values, extra state, the weights kind, the manager block
+
+PRODUCER = Producer("pytorch-saver", "0.1.0", "python")
+
+EVERY_TAG_KWARGS: dict[str, Any] = {
+    "block": {"__type__": "class", "name": "torchvision.models.resnet.BasicBlock"},
+    "betas": {"__type__": "tuple", "items": [0.9, 0.999]},
+    "by_id": {"__type__": "dict", "items": [[1, "one"], [{"__type__": "tuple", "items": []}, 2]]},
+    "escaped": {"__type__": "dict", "items": [["__type__", "a key, not a tag"]]},
+    "dtype": {"__type__": "dtype", "name": "bfloat16"},
+    "floats": [{"__type__": "float", "value": v} for v in ("inf", "-inf", "nan")],
+    "config": {
+        "__type__": "object",
+        "codec": "dataclass",
+        "class": "mypkg.Config",
+        "fields": {"width": 3, "act": {"__type__": "class", "name": "torch.nn.ReLU"}},
+    },
+    "args": {"__type__": "object", "codec": "namespace", "class": None, "fields": {}},
+    "plain": {"nested": [1, "two", None, True, 2.5]},
+}
+
+SCHEDULER_KWARGS: dict[str, Any] = {
+    "schedulers": [
+        {
+            "__type__": "spec",
+            "class": "torch.optim.lr_scheduler.LambdaLR",
+            "kwargs": {
+                "lr_lambda": {"__type__": "callable", "name": "train.warmup"},
+            },
+        },
+        {
+            "__type__": "spec",
+            "class": "torch.optim.lr_scheduler.StepLR",
+            "kwargs": {"step_size": 3},
+        },
+    ],
+    "milestones": [2],
+}
+
+EXTRA = (
+    ExtraEntry(
+        "rng",
+        "pytorch_saver.RNG",
+        {
+            "torch": {
+                "cpu": {"__type__": "tensor", "name": "rng.torch.cpu"},
+                "cuda": [{"__type__": "tensor", "name": "rng.torch.cuda.0"}],
+            },
+            "python": {
+                "__type__": "tuple",
+                "items": [3, {"__type__": "tuple", "items": [1, 2]}, None],
+            },
+        },
+    ),
+    ExtraEntry("counters", "pytorch_saver.Counters", {"step": 30, "epoch": 2}),
+    ExtraEntry("gen", "torch.Generator", {"state": {"__type__": "tensor", "name": "gen.state"}}),
+)
+
+
+def extra_tensors() -> dict[str, torch.Tensor]:
+    return {
+        "rng.torch.cpu": torch.get_rng_state(),
+        "rng.torch.cuda.0": torch.arange(16, dtype=torch.uint8),
+        "gen.state": torch.Generator().manual_seed(3).get_state(),
+    }
+
+
+def v2_checkpoint(**changes: Any) -> Metadata:
+    """A version 2 training checkpoint holding every tag, extra state and a
+    manager block."""
+    internals = Internals(
+        kind="checkpoint",
+        model_class="tests.AllDtypes",
+        producer=PRODUCER,
+        optimizer=_format.metadata.parse(checkpoint_metadata()).internals.optimizer,
+        scheduler=_format.metadata.SchedulerSection("torch.optim.lr_scheduler.SequentialLR", {}),
+        extra=EXTRA,
+        manager=ManagerRecord("run-7", 30, {"loss": 0.25, "top1": 1}),
+    )
+    fields: dict[str, Any] = {
+        "model_kwargs": EVERY_TAG_KWARGS,
+        "timestamp": TIMESTAMP,
+        "internals": internals,
+        "optim_kwargs": {"lr": 0.001, "betas": {"__type__": "tuple", "items": [0.9, 0.999]}},
+        "scheduler_kwargs": SCHEDULER_KWARGS,
+        "user": {"note": {"__type__": "tuple"}},
+    }
+    fields.update(changes)
+    return Metadata(**fields)
+
+
+def test_every_tag_and_the_extra_state_round_trip(tmp_path: Path) -> None:
+    meta = v2_checkpoint()
+    model, extra = every_dtype(), extra_tensors()
+    path = write_checkpoint(tmp_path, "v2", meta, model, optimizer_tensors(), extra)
+    assert [name for name, _ in members_of(path)] == [
+        "metadata.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "extra.safetensors",
+    ]
+    ckpt = read_checkpoint(path)
+    assert ckpt.metadata == _format.metadata.to_json(meta)
+    assert ckpt.metadata[INTERNALS_KEY]["format_version"] == 2
+    assert_same_tensors(ckpt.model, model)
+    assert_same_tensors(ckpt.optimizer, optimizer_tensors())
+    assert_same_tensors(ckpt.extra, extra)
+    with CheckpointReader(path) as reader:
+        assert reader.scan.metadata == meta
+        assert reader.scan.extra is not None
+        assert [t.name for t in reader.scan.extra.tensors] == sorted(extra)
+        assert_same_tensors(reader.read_extra_tensors(), extra)
+    # User metadata is plain JSON: "__type__" there is no tag.
+    assert reader.scan.metadata.flat()["note"] == {"__type__": "tuple"}
+    assert reader.scan.metadata.extra_tensor_names() == [
+        "rng.torch.cpu",
+        "rng.torch.cuda.0",
+        "gen.state",
+    ]
+
+
+@needs_rust
+def test_rust_cli_verifies_a_version_2_file_python_writes(tmp_path: Path) -> None:
+    path = write_checkpoint(
+        tmp_path, "py", v2_checkpoint(), every_dtype(), optimizer_tensors(), extra_tensors()
+    )
+    result = rust_verify(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("OK")
+
+
+def test_extra_state_without_tensors_has_an_empty_member(tmp_path: Path) -> None:
+    meta = v2_checkpoint(
+        internals=Internals(
+            "checkpoint",
+            "tests.AllDtypes",
+            PRODUCER,
+            extra=(ExtraEntry("counters", "pytorch_saver.Counters", {"step": 1}),),
+        ),
+        optim_kwargs=None,
+        scheduler_kwargs=None,
+    )
+    ckpt = read_checkpoint(write_checkpoint(tmp_path, None, meta, {}, None, {}))
+    assert ckpt.extra == {}
+    assert [n for n, _ in members_of(ckpt.path)][-1] == EXTRA_MEMBER
+
+
+def test_a_weights_file_holds_tensors_and_no_class(tmp_path: Path) -> None:
+    meta = Metadata(
+        model_kwargs=None,
+        timestamp=TIMESTAMP,
+        internals=Internals("weights", None, PRODUCER, manager=ManagerRecord("s", 0, {})),
+        user={"source": "consolidated"},
+    )
+    model = every_dtype()
+    path = write_checkpoint(tmp_path, None, meta, model, None)
+    assert os.path.basename(path) == f"weights_{TIMESTAMP}.zip"
+    ckpt = read_checkpoint(path)
+    block = ckpt.metadata[INTERNALS_KEY]
+    assert block["kind"] == "weights" and "model" not in block
+    assert "model_kwargs" not in ckpt.metadata
+    assert_same_tensors(ckpt.model, model)
+    with CheckpointReader(path) as reader:
+        assert reader.scan.metadata == meta
+        assert reader.scan.metadata.flat() == {"timestamp": TIMESTAMP, "source": "consolidated"}
+
+
+@pytest.mark.parametrize(
+    ("model_kwargs", "extra", "match"),
+    [
+        ({"b": {"__type__": "set", "items": []}}, None, r'model_kwargs\.b: unknown type tag "set"'),
+        (
+            {"b": {"__type__": "class", "name": "x..y"}},
+            None,
+            r'model_kwargs\.b: "class" tag: "name" "x\.\.y" is not a class name',
+        ),
+        ({"b": {"__type__": "tensor", "name": "t"}}, None, "only appear in extra state"),
+        ({"b": {"__type__": "callable", "name": "f"}}, None, "only appear in scheduler_kwargs"),
+        (
+            {},
+            {"a": {"__type__": "tensor", "name": "t"}, "b": {"__type__": "tensor", "name": "t"}},
+            "which the tag at __pytorch_saver__.extra.e.state.a names too",
+        ),
+    ],
+    ids=["unknown-tag", "class-name", "tensor-in-kwargs", "callable-in-kwargs", "shared-tensor"],
+)
+def test_the_writer_refuses_malformed_typed_values_before_any_file_exists(
+    tmp_path: Path, model_kwargs: dict[str, Any], extra: Any, match: str
+) -> None:
+    entries = None if extra is None else (ExtraEntry("e", "mypkg.E", extra),)
+    meta = Metadata(
+        model_kwargs=model_kwargs,
+        timestamp=TIMESTAMP,
+        internals=Internals("checkpoint", "m.M", PRODUCER, extra=entries),
+    )
+    with pytest.raises(MetadataError, match=match) as info:
+        write_checkpoint(tmp_path, None, meta, {}, None, None if extra is None else {})
+    assert info.value.kind == "TypedValue"
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_writer_checks_extra_tensors_against_their_tags(tmp_path: Path) -> None:
+    meta = v2_checkpoint()
+    cases = [
+        ({**extra_tensors(), "stray": torch.ones(1)}, "'stray' is named by no tensor tag"),
+        ({"rng.torch.cpu": torch.ones(1)}, "names 'rng.torch.cuda.0'"),
+        (None, "no extra tensors were given"),
+    ]
+    for extra, match in cases:
+        with pytest.raises(InvalidArgumentError, match=match):
+            write_checkpoint(tmp_path, None, meta, {}, optimizer_tensors(), extra)
+    with pytest.raises(InvalidArgumentError, match="declares no extra state"):
+        write_checkpoint(tmp_path, None, metadata(), {}, None, {})
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# version 1, written on request (FORMAT.md 11.7, 11.8)
+
+
+def test_version_1_is_written_on_request_with_plain_kwargs(tmp_path: Path) -> None:
+    kwargs = {
+        "escaped": {"__type__": "dict", "items": [["__type__", "x"], ["k", [1, 2]]]},
+        "nested": [{"__type__": "dict", "items": [["a", {"__type__": "dict", "items": []}]]}],
+        "plain": {"a": 1},
+    }
+    meta = Metadata(
+        model_kwargs=kwargs,
+        timestamp=TIMESTAMP,
+        internals=Internals("inference", "m.M", PRODUCER, format_version=1),
+    )
+    path = write_checkpoint(tmp_path, None, meta, {"w": torch.ones(2)}, None)
+    ckpt = read_checkpoint(path)
+    assert ckpt.metadata[INTERNALS_KEY]["format_version"] == 1
+    # In the file, plain JSON: "__type__" is just a key in version 1 ...
+    assert ckpt.metadata["model_kwargs"] == {
+        "escaped": {"__type__": "x", "k": [1, 2]},
+        "nested": [{"a": {}}],
+        "plain": {"a": 1},
+    }
+    # ... which a reader holds as a dict tag (11.7), the value written.
+    with CheckpointReader(path) as reader:
+        assert reader.scan.metadata.model_kwargs == {
+            "escaped": {"__type__": "dict", "items": [["__type__", "x"], ["k", [1, 2]]]},
+            "nested": [{"a": {}}],
+            "plain": {"a": 1},
+        }
+    if RUST_CLI.exists():
+        result = rust_verify(path)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+V1_REFUSALS: dict[str, dict[str, Any]] = {
+    "weights": {"kind": "weights", "model_class": None, "model_kwargs": None},
+    "extra": {"extra": (ExtraEntry("c", "pytorch_saver.Counters", {}),)},
+    "manager": {"manager": ManagerRecord("run", 1, {})},
+    "tuple": {"model_kwargs": {"betas": {"__type__": "tuple", "items": [0.9, 0.99]}}},
+    "int-key": {"model_kwargs": {"d": {"__type__": "dict", "items": [[1, "a"]]}}},
+    "deep-dtype": {"model_kwargs": {"l": [{"x": {"__type__": "dtype", "name": "float32"}}]}},
+    "float": {"model_kwargs": {"f": {"__type__": "float", "value": "inf"}}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(V1_REFUSALS))
+def test_version_1_refuses_what_needs_version_2_before_any_file_exists(
+    tmp_path: Path, case: str
+) -> None:
+    change = V1_REFUSALS[case]
+    extra = change.get("extra")
+    meta = Metadata(
+        model_kwargs=change.get("model_kwargs", {"w": 1}),
+        timestamp=TIMESTAMP,
+        internals=Internals(
+            change.get("kind", "checkpoint"),
+            change.get("model_class", "m.M"),
+            PRODUCER,
+            format_version=1,
+            extra=extra,
+            manager=change.get("manager"),
+        ),
+    )
+    with pytest.raises(InvalidArgumentError, match="format version 1 cannot hold") as info:
+        write_checkpoint(tmp_path, None, meta, {}, None, None if extra is None else {})
+    assert info.value.kind == "InvalidInput"
+    assert os.listdir(tmp_path) == []
+
+
+def test_version_1_conversions_are_inverse() -> None:
+    v1 = {"a": {"__type__": 1, "b": [{"__type__": "tuple"}]}, "__type__": "kwarg"}
+    typed = kwargs_from_v1(v1)
+    assert typed == {
+        "a": {
+            "__type__": "dict",
+            "items": [
+                ["__type__", 1],
+                ["b", [{"__type__": "dict", "items": [["__type__", "tuple"]]}]],
+            ],
+        },
+        "__type__": "kwarg",
+    }
+    assert check_typed(typed["a"], "model_kwargs.a", where="model_kwargs") == []
+    assert kwargs_to_v1(typed, "model_kwargs") == v1
+
+
+def test_a_version_1_file_ignores_extra_and_manager_keys(tmp_path: Path) -> None:
+    meta = metadata(model_kwargs={"d": {"__type__": "x"}})
+    meta[INTERNALS_KEY].update(format_version=1, extra="not an object", manager=[1])
+    path = write_checkpoint(tmp_path, None, meta, {}, None)
+    with CheckpointReader(path) as reader:
+        internals = reader.scan.metadata.internals
+        assert internals.extra is None and internals.manager is None
+        assert reader.scan.metadata.model_kwargs == {
+            "d": {"__type__": "dict", "items": [["__type__", "x"]]}
+        }
+
+
+# ---------------------------------------------------------------------------
+# malformed version 2 files: the kind of the first check that fails
+# (FORMAT.md section 9 step 16 and 11.6), until the shared corpus holds them
+
+
+def v2_json(kind: str = "checkpoint", **internals: Any) -> dict[str, Any]:
+    """``metadata.json`` of a version 2 file (``format_version`` may be
+    changed), with ``internals`` added to ``__pytorch_saver__``."""
+    meta = metadata(kind)
+    meta[INTERNALS_KEY].update({"format_version": 2, **internals})
+    return meta
+
+
+def write_unchecked(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    meta: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
+    version: int = 2,
+) -> Path:
+    """Writes ``meta`` as it is, past the writer's checks, with a model
+    member and ``extra`` as ``extra.safetensors``."""
+    lenient = Metadata(
+        model_kwargs={},
+        timestamp=TIMESTAMP,
+        internals=Internals(
+            "checkpoint", "m.M", PRODUCER, extra=None if extra is None else (), format_version=2
+        ),
+    )
+    with monkeypatch.context() as m:
+        m.setattr(writer, "parse", lambda _: lenient)
+        m.setattr(writer, "_check_extra_tensors", lambda *_: None)
+        return Path(write_checkpoint(tmp_path, None, meta, {"w": torch.ones(2)}, None, extra))
+
+
+RNG_STATE = {"cpu": {"__type__": "tensor", "name": "rng.cpu"}}
+RNG = {"rng": {"class": "pytorch_saver.RNG", "state": RNG_STATE}}
+ONE = {"rng.cpu": torch.ones(3, dtype=torch.uint8)}
+
+
+def _with(meta: dict[str, Any], **top: Any) -> dict[str, Any]:
+    meta.update(top)
+    return meta
+
+
+def _without(meta: dict[str, Any], *keys: str) -> dict[str, Any]:
+    for key in keys:
+        meta.pop(key, None)
+        meta[INTERNALS_KEY].pop(key, None)
+    return meta
+
+
+MALFORMED_V2: list[tuple[str, dict[str, Any], dict[str, torch.Tensor] | None, str, str]] = [
+    (
+        "weights-in-v1",
+        _without(v2_json("weights", format_version=1), "model", "model_kwargs"),
+        None,
+        "Schema",
+        'kind: must be "checkpoint" or "inference"',
+    ),
+    (
+        "weights-with-model",
+        v2_json("weights"),
+        None,
+        "Schema",
+        "a weights file names no model class",
+    ),
+    ("checkpoint-without-model", _without(v2_json(), "model"), None, "Schema", "model: missing"),
+    (
+        "weights-with-model-kwargs",
+        _without(v2_json("weights"), "model"),
+        None,
+        "Schema",
+        "model_kwargs: present in a weights file",
+    ),
+    (
+        "inference-with-extra",
+        v2_json("inference", extra=RNG),
+        ONE,
+        "Schema",
+        "an inference file holds no optimizer, scheduler or extra state",
+    ),
+    (
+        "weights-with-optimizer-and-bad-tag",
+        _with(
+            _without(v2_json("weights", optimizer=ADAM), "model", "model_kwargs"),
+            optim_kwargs={"x": {"__type__": "?"}},
+        ),
+        None,
+        "Schema",
+        "holds no optimizer",
+    ),
+    ("extra-not-object", v2_json(extra=[]), None, "Schema", "extra: must be an object"),
+    (
+        "extra-empty-name",
+        v2_json(extra={"": {"class": "c", "state": 1}}),
+        ONE,
+        "Schema",
+        "an entry name is empty",
+    ),
+    (
+        "extra-empty-class",
+        v2_json(extra={"rng": {"class": "", "state": 1}}),
+        ONE,
+        "Schema",
+        "extra.rng.class: must be a non-empty string",
+    ),
+    (
+        "extra-no-state",
+        v2_json(extra={"rng": {"class": "c"}}),
+        ONE,
+        "Schema",
+        "extra.rng.state: missing",
+    ),
+    (
+        "manager-step",
+        v2_json(manager={"id": "a", "step": -1, "metrics": {}}),
+        None,
+        "Schema",
+        "manager.step",
+    ),
+    (
+        "manager-metric-and-bad-tag",
+        _with(
+            v2_json(manager={"id": "a", "step": 1, "metrics": {"m": "x"}}),
+            model_kwargs={"x": {"__type__": "?"}},
+        ),
+        None,
+        "Schema",
+        "manager.metrics.m: must be a finite number",
+    ),
+    (
+        "manager-no-id",
+        v2_json(manager={"step": 1, "metrics": {}}),
+        None,
+        "Schema",
+        "manager.id: missing",
+    ),
+    (
+        "unknown-tag",
+        _with(v2_json(), model_kwargs={"a": [{"__type__": 3}]}),
+        None,
+        "TypedValue",
+        'typed value at model_kwargs.a[0]: "__type__" must be a string naming a type, got 3',
+    ),
+    (
+        "tag-extra-key",
+        _with(v2_json(), model_kwargs={"a": {"__type__": "tuple", "items": [], "len": 0}}),
+        None,
+        "TypedValue",
+        '"tuple" tag: has no key "len"',
+    ),
+    (
+        "tag-missing-key",
+        _with(v2_json(), model_kwargs={"a": {"__type__": "spec", "class": "a"}}),
+        None,
+        "TypedValue",
+        '"spec" tag: needs the key "kwargs"',
+    ),
+    (
+        "dict-item",
+        _with(v2_json(), model_kwargs={"a": {"__type__": "dict", "items": [[1]]}}),
+        None,
+        "TypedValue",
+        'model_kwargs.a.items[0]: "dict" tag: items must be two-element lists',
+    ),
+    (
+        "spec-null-class",
+        _with(v2_json(), model_kwargs={"a": {"__type__": "spec", "class": None, "kwargs": {}}}),
+        None,
+        "TypedValue",
+        '"spec" tag: "class" must be a class name, got null',
+    ),
+    (
+        "object-fields",
+        _with(
+            v2_json(),
+            model_kwargs={
+                "a": {"__type__": "object", "codec": "dataclass", "class": "a.B", "fields": []}
+            },
+        ),
+        None,
+        "TypedValue",
+        '"object" tag: "fields" must be an object, got []',
+    ),
+    (
+        "class-name",
+        _with(v2_json(), model_kwargs={"a": {"__type__": "class", "name": "a-b"}}),
+        None,
+        "TypedValue",
+        'model_kwargs.a: "class" tag: "name" "a-b" is not a class name',
+    ),
+    (
+        "long-class-name",
+        _with(v2_json(), model_kwargs={"a": {"__type__": "class", "name": "a" * 513}}),
+        None,
+        "TypedValue",
+        "(513 bytes) is not a class name",
+    ),
+    (
+        "dtype",
+        _with(v2_json(), model_kwargs={"a": {"__type__": "dtype", "name": "float128"}}),
+        None,
+        "TypedValue",
+        '"dtype" tag: name "float128" is not one of',
+    ),
+    (
+        "float",
+        _with(v2_json(), model_kwargs={"a": {"__type__": "float", "value": "Infinity"}}),
+        None,
+        "TypedValue",
+        '"float" tag: value "Infinity" is not "inf", "-inf" or "nan"',
+    ),
+    (
+        "callable-in-optim-kwargs",
+        _with(v2_json(optimizer=ADAM), optim_kwargs={"f": {"__type__": "callable", "name": "f"}}),
+        None,
+        "TypedValue",
+        'optim_kwargs.f: "callable" tag: may only appear in scheduler_kwargs',
+    ),
+    (
+        "tensor-in-kwargs-before-extra",
+        _with(
+            v2_json(extra={"rng": {"class": "c", "state": {"__type__": "?"}}}),
+            model_kwargs={"t": {"__type__": "tensor", "name": "rng.cpu"}},
+        ),
+        ONE,
+        "TypedValue",
+        'model_kwargs.t: "tensor" tag: may only appear in extra state',
+    ),
+    (
+        "shared-tensor",
+        v2_json(extra={**RNG, "again": {"class": "c", "state": [RNG_STATE["cpu"]]}}),
+        ONE,
+        "TypedValue",
+        'extra.again.state[0]: "tensor" tag: names tensor "rng.cpu", which the tag at '
+        "__pytorch_saver__.extra.rng.state.cpu names too",
+    ),
+    (
+        "typed-value-before-missing-member",
+        _with(v2_json(extra=RNG), model_kwargs={"a": {"__type__": "x"}}),
+        None,
+        "TypedValue",
+        "model_kwargs.a",
+    ),
+    (
+        "missing-extra-member",
+        v2_json(extra=RNG),
+        None,
+        "MissingMember",
+        "missing member extra.safetensors",
+    ),
+    (
+        "extra-member-without-extra",
+        v2_json(),
+        ONE,
+        "UnexpectedMember",
+        '"extra.safetensors (the metadata declares no extra state)"',
+    ),
+    (
+        "extra-member-in-v1",
+        v2_json(format_version=1, extra=RNG),
+        ONE,
+        "UnexpectedMember",
+        '"extra.safetensors (a version 1 file has no extra state)"',
+    ),
+    (
+        "untagged-extra-tensor",
+        v2_json(extra=RNG),
+        {**ONE, "stray": torch.ones(1)},
+        "TensorHeader",
+        'tensor "stray" is named by no "tensor" tag of the extra state',
+    ),
+    (
+        "tag-without-tensor",
+        v2_json(extra=RNG),
+        {"other": torch.ones(1)},
+        "TensorHeader",
+        'tensor "other" is named by no "tensor" tag',
+    ),
+    (
+        "tag-naming-absent-tensor",
+        v2_json(
+            extra={
+                "rng": {
+                    "class": "c",
+                    "state": [RNG_STATE["cpu"], {"__type__": "tensor", "name": "gone"}],
+                }
+            }
+        ),
+        ONE,
+        "TensorHeader",
+        'the "tensor" tag at __pytorch_saver__.extra.rng.state[1] names tensor "gone", which',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("meta", "extra", "kind", "message"),
+    [case[1:] for case in MALFORMED_V2],
+    ids=[case[0] for case in MALFORMED_V2],
+)
+def test_a_malformed_version_2_file_is_refused_at_the_first_failing_check(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    meta: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None,
+    kind: str,
+    message: str,
+) -> None:
+    path = write_unchecked(monkeypatch, tmp_path, meta, extra)
+    with pytest.raises(FormatError) as info:
+        read_checkpoint(path)
+    assert (info.value.kind, message in str(info.value)) == (kind, True), str(info.value)
+
+
+def test_a_well_formed_unchecked_file_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The helper above writes what a reader accepts when nothing is wrong.
+    path = write_unchecked(monkeypatch, tmp_path, v2_json(extra=RNG), ONE)
+    assert_same_tensors(read_checkpoint(path).extra, ONE)

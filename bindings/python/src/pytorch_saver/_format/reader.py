@@ -8,18 +8,19 @@ checked against the file's size."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import torch
 
 from .._crc import crc32
 from .._errors import FormatError
-from . import MEMBER_ORDER, METADATA_MEMBER, MODEL_MEMBER, OPTIMIZER_MEMBER
+from . import EXTRA_MEMBER, MEMBER_ORDER, METADATA_MEMBER, MODEL_MEMBER, OPTIMIZER_MEMBER
 from .json import JsonError, parse_object
 from .metadata import MAX_METADATA_BYTES, Metadata, OptimizerSection, parse
 from .tensors import TensorEntry, parse_header, writable_bytes
@@ -44,7 +45,7 @@ from .zip import (
 __all__ = ["Checkpoint", "CheckpointReader", "Scan", "TensorMember", "read_checkpoint"]
 
 _MAX_ENTRIES: Final = 16
-"""More entries than this is not a v1 file; the bound keeps a hostile entry
+"""More entries than this is not a valid file; the bound keeps a hostile entry
 count from driving the parser."""
 _TAIL_SEARCH: Final = (1 << 20) + 65_557
 """How far back from the end to look for a misplaced end record, to tell
@@ -55,7 +56,7 @@ _COPY_CHUNK: Final = 64 << 20
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A validated format-v1 file, read completely into memory."""
+    """A validated file, read completely into memory."""
 
     path: str
     metadata: dict[str, Any]
@@ -64,6 +65,9 @@ class Checkpoint:
     """``model.safetensors``: CPU tensors, in the file's data order."""
     optimizer: dict[str, torch.Tensor]
     """``optimizer.safetensors`` (``state.<index>.<key>``); empty when absent."""
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    """``extra.safetensors``, named by the extra state's ``tensor`` tags
+    (version 2); empty when absent."""
 
 
 class _File:
@@ -460,8 +464,9 @@ class TensorMember:
 class Scan:
     """A file whose structure is validated (ZIP layout, alignment,
     ``metadata.json`` and its CRC, the schema, the safetensors headers, the
-    BOOL tensors' bytes and the optimizer's tensor names); no other tensor
-    data is read, and none CRC'd."""
+    BOOL tensors' bytes, the optimizer's tensor names and the extra
+    tensors against the extra state's tags); no other tensor data is read,
+    and none CRC'd."""
 
     path: str
     file_size: int
@@ -471,6 +476,8 @@ class Scan:
     """``metadata.json`` as parsed, for :attr:`Checkpoint.metadata`."""
     model: TensorMember
     optimizer: TensorMember | None
+    extra: TensorMember | None = None
+    """``extra.safetensors`` (version 2), when the file has extra state."""
 
 
 def _scan_tensor_member(f: _File, m: _Member, optimizer: OptimizerSection | None) -> TensorMember:
@@ -487,12 +494,36 @@ def _scan_tensor_member(f: _File, m: _Member, optimizer: OptimizerSection | None
     return TensorMember(m.name, m.crc, m.data_start, m.size, header, entries)
 
 
+def _check_extra_tensors(member: TensorMember, metadata: Metadata) -> None:
+    """Step 21 (FORMAT.md 11.6): the tensors of ``extra.safetensors`` in data
+    order, each named by a ``tensor`` tag; then each tag, in the order of
+    step 16.14, naming a tensor of the member."""
+    refs = metadata.extra_tensor_refs()
+    named = {name for name, _ in refs}
+    for t in member.tensors:
+        if t.name not in named:
+            raise FormatError(
+                f"{member.name}: header: tensor {json.dumps(t.name)} is named by no "
+                '"tensor" tag of the extra state',
+                kind="TensorHeader",
+            )
+    held = {t.name for t in member.tensors}
+    for name, path in refs:
+        if name not in held:
+            raise FormatError(
+                f'{member.name}: header: the "tensor" tag at {path} names tensor '
+                f"{json.dumps(name)}, which the member does not hold",
+                kind="TensorHeader",
+            )
+
+
 def _scan(f: _File, path: str, verify: bool) -> Scan:
     """The checks of FORMAT.md section 9, in the Rust reader's order, so
     that a file with two faults is refused for the same one (the same
     ``kind``) by both: the ZIP structure, ``metadata.json``'s CRC-32, its
     JSON and schema, the members it declares, then each tensor member in
-    file order (header, BOOL bytes, tensor names). The Rust reader checks
+    file order (header, BOOL bytes, tensor names, the extra tensors against
+    their tags). The Rust reader checks
     every member's CRC-32 right after the structure; the tensor members'
     are computed here when their tensors are read, in the same pass, and
     first only when a later check fails, so that the mismatch is what is
@@ -519,12 +550,21 @@ def _scan(f: _File, path: str, verify: bool) -> Scan:
         tensor_members: dict[str, TensorMember] = {}
         for m in members[1:]:
             if m.name not in expected:
+                if m.name != EXTRA_MEMBER:
+                    why = "the metadata declares no optimizer"
+                elif metadata.internals.format_version == 1:
+                    why = "a version 1 file has no extra state"
+                else:
+                    why = "the metadata declares no extra state"
+                # Quoted whole, as the Rust reader's message has it.
                 raise FormatError(
-                    f"unexpected member {m.name!r} (the metadata declares no optimizer)",
+                    f"unexpected member {json.dumps(f'{m.name} ({why})')}",
                     kind="UnexpectedMember",
                 )
             optimizer = metadata.internals.optimizer if m.name == OPTIMIZER_MEMBER else None
             tensor_members[m.name] = _scan_tensor_member(f, m, optimizer)
+            if m.name == EXTRA_MEMBER:
+                _check_extra_tensors(tensor_members[m.name], metadata)
     except FormatError:
         if verify:
             for m in members[1:]:
@@ -537,6 +577,7 @@ def _scan(f: _File, path: str, verify: bool) -> Scan:
         metadata_json,
         tensor_members[MODEL_MEMBER],
         tensor_members.get(OPTIMIZER_MEMBER),
+        tensor_members.get(EXTRA_MEMBER),
     )
 
 
@@ -567,8 +608,9 @@ def _read_tensor_member(f: _File, m: TensorMember) -> dict[str, torch.Tensor]:
 
 
 class CheckpointReader:
-    """An open format-v1 file whose structure is validated (:class:`Scan`);
-    :meth:`read_tensors` copies the tensors out. Use as a context manager.
+    """An open file whose structure is validated (:class:`Scan`);
+    :meth:`read_tensors` and :meth:`read_extra_tensors` copy the tensors
+    out. Use as a context manager.
     ``verify=False`` (FORMAT.md 9.1) is for a caller that will not check
     the tensor members' CRC-32 either: a structural fault is then reported
     as such even when a CRC mismatch precedes it."""
@@ -607,11 +649,21 @@ class CheckpointReader:
             optimizer = _read_tensor_member(self._file, self.scan.optimizer)
         return model, optimizer
 
+    def read_extra_tensors(self) -> dict[str, torch.Tensor]:
+        """The extra state's tensors (``extra.safetensors``, version 2),
+        copied into memory with the member's CRC-32 checked; empty when the
+        file has no extra state."""
+        if self.scan.extra is None:
+            return {}
+        return _read_tensor_member(self._file, self.scan.extra)
+
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Reads and completely validates a format-v1 file (FORMAT.md section 9):
-    ZIP layout, alignment, every CRC-32, ``metadata.json`` against the
-    schema, the safetensors headers and the optimizer's tensor names.
+    """Reads and completely validates a file of format version 2 or 1
+    (FORMAT.md section 9): ZIP layout, alignment, every CRC-32,
+    ``metadata.json`` against the schema of its version (typed values
+    included), the safetensors headers, the optimizer's tensor names and
+    the extra tensors against the extra state's tags.
 
     Raises :class:`FormatError` naming the member, tensor or byte range at
     fault, with the ``kind`` of the check that failed
@@ -620,5 +672,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """
     with CheckpointReader(path) as reader:
         model, optimizer = reader.read_tensors()
+        extra = reader.read_extra_tensors()
         scan = reader.scan
-    return Checkpoint(path=scan.path, metadata=scan.metadata_json, model=model, optimizer=optimizer)
+    return Checkpoint(
+        path=scan.path,
+        metadata=scan.metadata_json,
+        model=model,
+        optimizer=optimizer,
+        extra=extra,
+    )

@@ -18,7 +18,7 @@ from typing import Any, Final
 import torch
 
 from .._errors import FormatError, InvalidArgumentError, MetadataError
-from . import INTERNALS_KEY, METADATA_MEMBER, MODEL_MEMBER, OPTIMIZER_MEMBER
+from . import EXTRA_MEMBER, INTERNALS_KEY, METADATA_MEMBER, MODEL_MEMBER, OPTIMIZER_MEMBER
 from .json import MAX_JSON_DEPTH, SURROGATE, U64_LIMIT, JsonError, parse_object
 from .metadata import MAX_METADATA_BYTES, Metadata, parse, to_json
 from .tensors import PlannedTensor, build_header, writable_bytes
@@ -107,7 +107,9 @@ def _encode_metadata(metadata: Metadata | Mapping[str, Any]) -> tuple[bytes, Met
     try:
         return data, parse(parsed)
     except FormatError as e:
-        raise MetadataError(str(e)) from None
+        # A malformed typed value keeps the reader's kind, as in Rust.
+        kind = "TypedValue" if e.kind == "TypedValue" else None
+        raise MetadataError(str(e), kind=kind) from None
 
 
 def _invalid(message: str) -> InvalidArgumentError:
@@ -172,26 +174,53 @@ def write_checkpoint(
     directory: str | os.PathLike[str],
     prefix: str | None,
     metadata: Metadata | Mapping[str, Any],
-    model: Mapping[str, torch.Tensor],
-    optimizer: Mapping[str, torch.Tensor] | None,
+    model_tensors: Mapping[str, torch.Tensor],
+    optimizer_tensors: Mapping[str, torch.Tensor] | None,
+    extra_tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> str:
-    """Writes a format-v1 file into ``directory`` and returns its path.
+    """Writes a file into ``directory`` and returns its path.
 
     ``metadata`` is the complete ``metadata.json``: a :class:`Metadata`, or
     the JSON object (``model_kwargs``, ``timestamp``, ``__pytorch_saver__``
-    with ``kind``, classes and producer, user keys); ``optimizer`` is the ``optimizer.safetensors``
-    tensors, given iff the metadata declares an optimizer. The file is named
+    with ``kind``, classes and producer, user keys). Its
+    ``format_version`` decides what is written: version 2 (the default of
+    :class:`Metadata`), or version 1 for readers that know only that,
+    refused (:class:`InvalidArgumentError` of kind ``"InvalidInput"``) when
+    the file needs version 2 (FORMAT.md 11.8). ``optimizer_tensors`` is the
+    ``optimizer.safetensors`` tensors, given iff the metadata declares an
+    optimizer; ``extra_tensors`` the ``extra.safetensors`` tensors, given
+    iff it declares extra state, each named by exactly one ``tensor`` tag
+    of that state. The file is named
     ``{prefix}_{kind}_{timestamp}.zip`` (``{kind}_{timestamp}.zip`` without
     a prefix), with ``-1``, ``-2``, ... when the name is taken: no existing
     file is ever replaced.
 
     Everything is checked before any file is created (MetadataError for the
-    metadata, InvalidArgumentError, a ValueError, for the tensors or the
-    prefix). The data goes to a temporary file in ``directory`` that is
+    metadata, of kind ``"TypedValue"`` for a malformed typed value;
+    InvalidArgumentError, a ValueError, for the tensors, the prefix or a
+    version that cannot hold the file). The data goes to a temporary file in ``directory`` that is
     fsynced, published with ``link(2)`` and then unlinked, and the
     directory fsynced; on failure the temporary file is removed.
     """
-    return _write_checkpoint(directory, prefix, metadata, model, optimizer)
+    return _write_checkpoint(
+        directory, prefix, metadata, model_tensors, optimizer_tensors, extra_tensors
+    )
+
+
+def _check_extra_tensors(document: Metadata, extra: Mapping[str, torch.Tensor]) -> None:
+    """The tensors of ``extra.safetensors`` against the ``tensor`` tags of
+    the extra state, as a reader checks them (FORMAT.md 11.6, step 21)."""
+    tagged = document.extra_tensor_names()
+    named = set(tagged)
+    for name in extra:
+        if name not in named:
+            raise _invalid(f"{EXTRA_MEMBER}: tensor {name!r} is named by no tensor tag")
+    for name in tagged:
+        if name not in extra:
+            raise _invalid(
+                f"{EXTRA_MEMBER}: a tensor tag of the extra state names {name!r}, which is not "
+                "among the extra tensors given"
+            )
 
 
 def _write_checkpoint(
@@ -200,13 +229,14 @@ def _write_checkpoint(
     metadata: Metadata | Mapping[str, Any],
     model: Mapping[str, torch.Tensor],
     optimizer: Mapping[str, torch.Tensor] | None,
+    extra: Mapping[str, torch.Tensor] | None = None,
     *,
     force_zip64: bool = False,
 ) -> str:
     """``write_checkpoint`` with a test knob: ``force_zip64`` writes ZIP64
     records where the sizes do not need them."""
     if sys.byteorder != "little":
-        raise NotImplementedError("writing format v1 on a big-endian machine is not supported")
+        raise NotImplementedError("writing the format on a big-endian machine is not supported")
     stem_prefix = _check_prefix(prefix)
     metadata_bytes, document = _encode_metadata(metadata)
     optimizer_section = document.internals.optimizer
@@ -229,6 +259,21 @@ def _write_checkpoint(
             reason = optimizer_section.check_tensor_name(t.name)
             if reason is not None:
                 raise _invalid(f"{OPTIMIZER_MEMBER}: tensor {t.name!r}: {reason}")
+        members.append(planned)
+    has_extra = document.internals.extra is not None
+    if has_extra and extra is None:
+        raise _invalid(
+            "the metadata declares extra state but no extra tensors were given "
+            "(give {} for extra state without tensors)"
+        )
+    if not has_extra and extra is not None:
+        raise _invalid(
+            "extra tensors were given but the metadata declares no extra state "
+            f"({INTERNALS_KEY}.extra)"
+        )
+    if extra is not None:
+        planned = build_header(EXTRA_MEMBER, extra)
+        _check_extra_tensors(document, extra)
         members.append(planned)
 
     plan = [PlannedMember.plan(METADATA_MEMBER, 0, len(metadata_bytes), force_zip64)]
