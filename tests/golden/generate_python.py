@@ -1,31 +1,40 @@
-"""Writes the Python-side golden files of the current format version into
-tests/golden/v<N>/, each with a sidecar `<file>.json` holding what a reader
-must find in it (the same schema as examples/golden.rs writes for Rust).
-It only ever adds: a file that exists is kept as it is.
+"""Writes the Python-side golden files into tests/golden/v<N>/, each with a
+sidecar `<file>.json` holding what a reader must find in it (the same schema
+as examples/golden.rs writes for Rust). It only ever adds: a file that
+exists is kept as it is.
 
     .venv/bin/python tests/golden/generate_python.py
 
 The matrix (tests/golden/README.md): the built-in MLP and torch.nn.Linear,
 each with no optimizer, SGD + StepLR, Adam + CosineAnnealingWarmRestarts
 and AdamW + OneCycleLR, trained 10 steps; plus every dtype; plus two
-portable Sequentials (docs/MODELS.md) trained the same way.
+portable Sequentials (docs/MODELS.md) trained the same way (all in v1/,
+written by version 1 of the format). Version 2 (v2/): a checkpoint with typed
+kwargs (a dtype, a tuple) and extra state (RNG, GradScaler, Counters), and a
+weights file.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
-from pytorch_saver import ModelContainer, read_checkpoint
-from pytorch_saver._format import FORMAT_VERSION, write_checkpoint
+from pytorch_saver import RNG, Counters, ModelContainer, read_checkpoint
+from pytorch_saver._format import write_checkpoint
 from pytorch_saver.models import MLP, Sequential
 
-GOLDEN = Path(__file__).resolve().parent / f"v{FORMAT_VERSION}"
+GOLDEN_ROOT = Path(__file__).resolve().parent
+GOLDEN = GOLDEN_ROOT / "v1"
+GOLDEN_V2 = GOLDEN_ROOT / "v2"
+FORMAT_VERSION = 1
+"""The version of the v1 matrix files (written once, kept forever)."""
 BEFORE, AFTER = 10, 5
 
 MODELS: dict[str, tuple[type[torch.nn.Module], dict[str, Any]]] = {
@@ -111,12 +120,15 @@ def sidecar(path: str, extra: dict[str, Any]) -> dict[str, Any]:
     """The file's whole metadata and every tensor's dtype, shape and bytes."""
     ckpt = read_checkpoint(path)
     members: dict[str, Any] = {}
-    has_optimizer = "optimizer" in ckpt.metadata["__pytorch_saver__"]
+    internals = ckpt.metadata["__pytorch_saver__"]
     for member, tensors in (
         ("model.safetensors", ckpt.model),
         ("optimizer.safetensors", ckpt.optimizer),
+        ("extra.safetensors", ckpt.extra),
     ):
-        if member == "optimizer.safetensors" and not has_optimizer:
+        if member == "optimizer.safetensors" and "optimizer" not in internals:
+            continue
+        if member == "extra.safetensors" and "extra" not in internals:
             continue
         members[member] = {
             name: {
@@ -143,8 +155,8 @@ DTYPE_NAMES = {
 }
 
 
-def keep_or_write(name: str, write: Any) -> None:
-    target = GOLDEN / name
+def keep_or_write(name: str, write: Any, golden: Path = GOLDEN) -> None:
+    target = golden / name
     if target.exists():
         print(f"kept    {target}")
         return
@@ -152,7 +164,7 @@ def keep_or_write(name: str, write: Any) -> None:
         written, extra = write(scratch)
         expected = sidecar(written, extra)
         shutil.copyfile(written, target)
-    (GOLDEN / f"{name}.json").write_text(json.dumps(expected, indent=2, ensure_ascii=False) + "\n")
+    (golden / f"{name}.json").write_text(json.dumps(expected, indent=2, ensure_ascii=False) + "\n")
     print(f"added   {target}")
 
 
@@ -256,9 +268,65 @@ def all_dtypes(scratch: str) -> tuple[str, dict[str, Any]]:
     return write_checkpoint(scratch, "golden", metadata, tensors, None), {}
 
 
+def v2_typed_extra_checkpoint(scratch: str) -> tuple[str, dict[str, Any]]:
+    """Version 2: torch.nn.Linear with a dtype kwarg, Adam with a betas
+    tuple, StepLR, trained 10 steps as the matrix is, with the extra state
+    "rng" (pytorch_saver.RNG), "scaler" (torch.amp.GradScaler("cpu")) and
+    "counters" (Counters(step=10, epoch=1))."""
+    torch.manual_seed(200)
+    random.seed(200)
+    numpy.random.seed(200)
+    container = ModelContainer()
+    objs = container.initialize(
+        torch.nn.Linear,
+        {"in_features": 4, "out_features": 3, "dtype": torch.float64},
+        torch.optim.Adam,
+        {"lr": 0.01, "betas": (0.9, 0.99)},
+        torch.optim.lr_scheduler.StepLR,
+        {"step_size": 3, "gamma": 0.5},
+    )
+    x = torch.randn(6, 4, dtype=torch.float64)
+    y = torch.randn(6, 3, dtype=torch.float64)
+    train(objs, x, y, BEFORE)
+    loss = float((objs.model(x) - y).square().mean())
+    container.track("rng", RNG())
+    container.track("scaler", torch.amp.GradScaler("cpu"))
+    container.track("counters", Counters(step=BEFORE, epoch=1))
+    return container.save(scratch, "golden", loss=loss, note="golden"), {}
+
+
+def v2_weights(scratch: str) -> tuple[str, dict[str, Any]]:
+    """Version 2's weights kind: a few tensors and user metadata, no class,
+    written through the format layer."""
+    gen = torch.Generator().manual_seed(201)
+    tensors = {
+        "embed.weight": torch.randn(5, 3, generator=gen),
+        "head.bias": torch.randn(2, generator=gen).to(torch.bfloat16),
+        "steps": torch.tensor(7, dtype=torch.int64),
+    }
+    metadata = {
+        "timestamp": 1_797_000_000,
+        "description": "a weights file (no class), written by Python",
+        "__pytorch_saver__": {
+            "format_version": 2,
+            "kind": "weights",
+            "producer": {
+                "library": "pytorch-saver",
+                "version": "0.2.0",
+                "language": "python",
+                "torch_version": torch.__version__,
+            },
+        },
+    }
+    return write_checkpoint(scratch, "golden", metadata, tensors, None), {}
+
+
 def main() -> None:
     GOLDEN.mkdir(parents=True, exist_ok=True)
+    GOLDEN_V2.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
+    keep_or_write("python_v2_typed_extra_checkpoint.zip", v2_typed_extra_checkpoint, GOLDEN_V2)
+    keep_or_write("python_v2_weights.zip", v2_weights, GOLDEN_V2)
     keep_or_write("python_all_dtypes_inference.zip", all_dtypes)
     for m, model in enumerate(MODELS):
         for c, combo in enumerate(COMBOS):

@@ -231,7 +231,7 @@ def test_saved_metadata_is_flat_with_internals_under_one_key(tmp_path: Path) -> 
     assert metadata["scheduler_kwargs"] == SCHEDULER_KWARGS
     assert isinstance(metadata["timestamp"], int)
     internals = metadata["__pytorch_saver__"]
-    assert internals["format_version"] == 1
+    assert internals["format_version"] == 2
     assert internals["kind"] == "checkpoint"
     assert internals["model"] == {"class": "support.Model"}
     assert internals["optimizer"]["class"] == "torch.optim.Adam"
@@ -305,17 +305,50 @@ def test_a_bad_file_name_prefix_is_an_invalid_argument(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_kwargs_that_are_not_json_are_refused_naming_the_kwarg(tmp_path: Path) -> None:
+def test_kwargs_without_a_typed_form_are_refused_at_initialize_naming_the_kwarg(
+    tmp_path: Path,
+) -> None:
     container = ModelContainer()
-    container.initialize(nn.Linear, {"in_features": 2, "out_features": 2, "dtype": torch.float64})
-    with pytest.raises(MetadataError, match=r"model_kwargs\['dtype'\]"):
-        container.save(tmp_path)
-    container.initialize(
-        nn.Linear, {"in_features": 2, "out_features": 2}, torch.optim.SGD, {"lr": torch.tensor(0.1)}
-    )
-    with pytest.raises(MetadataError, match=r"optim_kwargs\['lr'\]"):
-        container.save(tmp_path)
+    with pytest.raises(MetadataError, match=r"optim_kwargs\['lr'\]") as info:
+        container.initialize(
+            nn.Linear,
+            {"in_features": 2, "out_features": 2},
+            torch.optim.SGD,
+            {"lr": torch.tensor(0.1)},
+        )
+    assert isinstance(info.value, ValueError)
+    assert container.model is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_version_1_container_refuses_typed_kwargs_at_initialize(tmp_path: Path) -> None:
+    container = ModelContainer(format_version=1)
+    assert container.format_version == 1
+    with pytest.raises(MetadataError, match=r"model_kwargs\['dtype'\].*format version 1"):
+        container.initialize(
+            nn.Linear, {"in_features": 2, "out_features": 2, "dtype": torch.float64}
+        )
+    assert container.model is None
+    with pytest.raises(pytorch_saver.InvalidArgumentError, match="format version 1"):
+        container.track("counters", pytorch_saver.Counters(step=1))
+    with pytest.raises(pytorch_saver.InvalidArgumentError, match="1 or 2"):
+        ModelContainer(format_version=3)
+
+
+def test_a_version_1_container_writes_version_1_with_pairs_as_lists(tmp_path: Path) -> None:
+    container = ModelContainer(format_version=1)
+    objs = container.initialize(
+        Model, MODEL_KWARGS, torch.optim.Adam, {"lr": 1e-3, "betas": (0.8, 0.9)}
+    )
+    path = container.save(tmp_path)
+    raw = raw_metadata(path)
+    assert raw["__pytorch_saver__"]["format_version"] == 1
+    assert raw["optim_kwargs"]["betas"] == [0.8, 0.9]
+    metadata, loaded = ModelContainer().load(path)
+    assert metadata["optim_kwargs"]["betas"] == [0.8, 0.9]
+    assert loaded.optimizer is not None
+    assert loaded.optimizer.param_groups[0]["betas"] == (0.8, 0.9)
+    assert_same_model(objs.model, loaded.model)
 
 
 def test_tuples_in_user_metadata_are_saved_as_lists(tmp_path: Path) -> None:
@@ -463,11 +496,14 @@ def test_betas_come_back_as_a_tuple(tmp_path: Path) -> None:
     container = ModelContainer()
     container.initialize(Model, MODEL_KWARGS, torch.optim.Adam, {"lr": 1e-3, "betas": (0.8, 0.9)})
     path = container.save(tmp_path)
-    assert raw_metadata(path)["optim_kwargs"]["betas"] == [0.8, 0.9]
+    assert raw_metadata(path)["optim_kwargs"]["betas"] == {
+        "__type__": "tuple",
+        "items": [0.8, 0.9],
+    }
     metadata, loaded = ModelContainer().load(path)
     assert loaded.optimizer is not None
     assert loaded.optimizer.param_groups[0]["betas"] == (0.8, 0.9)
-    assert metadata["optim_kwargs"]["betas"] == [0.8, 0.9]
+    assert metadata["optim_kwargs"]["betas"] == (0.8, 0.9)
 
 
 def test_readme_example(tmp_path: Path) -> None:

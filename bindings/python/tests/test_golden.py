@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from pytorch_saver import ModelContainer, read_checkpoint
+from pytorch_saver import RNG, ClassResolutionError, Counters, ModelContainer, read_checkpoint
 
 GOLDEN = Path(__file__).resolve().parents[3] / "tests" / "golden"
 FILES = sorted(GOLDEN.glob("v*/*.zip"))
@@ -44,7 +44,14 @@ def test_reads_with_the_recorded_values(path: Path) -> None:
     want = sidecar(path)
     ckpt = read_checkpoint(path)
     assert ckpt.metadata == want["metadata"]
-    members = {"model.safetensors": ckpt.model, "optimizer.safetensors": ckpt.optimizer}
+    members = {
+        "model.safetensors": ckpt.model,
+        "optimizer.safetensors": ckpt.optimizer,
+        "extra.safetensors": ckpt.extra,
+    }
+    assert set(want["tensors"]) == {m for m, tensors in members.items() if tensors} | (
+        {"optimizer.safetensors"} if "optimizer" in want["metadata"]["__pytorch_saver__"] else set()
+    )
     for member, tensors in want["tensors"].items():
         got = members[member]
         assert set(got) == set(tensors), member
@@ -53,10 +60,14 @@ def test_reads_with_the_recorded_values(path: Path) -> None:
             assert hex_of(got[name]) == t["hex"], f"{member}: {name}"
 
 
+# The files of built-in models whose kwargs are plain JSON (v1's matrix):
+# their metadata loads back as the sidecar records it. The v2 files have
+# tests of their own below.
 BUILTIN_FILES = [
     p
     for p in FILES
-    if sidecar(p)["metadata"]["__pytorch_saver__"]["model"]["class"] in BUILTIN_MODELS
+    if p.parent.name == "v1"
+    and sidecar(p)["metadata"]["__pytorch_saver__"]["model"]["class"] in BUILTIN_MODELS
 ]
 
 
@@ -107,3 +118,65 @@ def test_loads_by_name_with_its_bytes_forward_and_resume(path: Path) -> None:
             assert torch.allclose(t.reshape(-1), recorded, rtol=1e-5, atol=1e-6), name
         lrs = [g["lr"] for g in objs.optimizer.param_groups]
         assert lrs == pytest.approx(resume["lrs_after"], rel=1e-12)
+
+
+V2 = GOLDEN / "v2"
+
+
+def test_the_python_v2_checkpoint_loads_its_typed_kwargs_and_extra_state() -> None:
+    path = V2 / "python_v2_typed_extra_checkpoint.zip"
+    want = sidecar(path)
+    extra = want["tensors"]["extra.safetensors"]
+    rng, counters = RNG(), Counters()
+    scaler = torch.amp.GradScaler("cpu")
+    metadata, objs = ModelContainer().load(
+        path, track={"rng": rng, "scaler": scaler, "counters": counters}
+    )
+    assert metadata["model_kwargs"] == {"in_features": 4, "out_features": 3, "dtype": torch.float64}
+    assert metadata["optim_kwargs"] == {"lr": 0.01, "betas": (0.9, 0.99)}
+    assert metadata["scheduler_kwargs"] == {"step_size": 3, "gamma": 0.5}
+    assert metadata["note"] == "golden" and isinstance(metadata["loss"], float)
+    assert objs.model.weight.dtype == torch.float64
+    assert objs.optimizer is not None
+    assert objs.optimizer.param_groups[0]["betas"] == (0.9, 0.99)
+    assert isinstance(objs.scheduler, torch.optim.lr_scheduler.StepLR)
+    assert hex_of(torch.get_rng_state()) == extra["rng.torch.cpu"]["hex"]
+    assert counters == Counters(step=10, epoch=1)
+    assert scaler.state_dict() == want["metadata"]["__pytorch_saver__"]["extra"]["scaler"]["state"]
+
+
+def test_a_weights_file_reads_but_names_no_class_to_build() -> None:
+    path = V2 / "python_v2_weights.zip"
+    ckpt = read_checkpoint(path)
+    assert ckpt.metadata["__pytorch_saver__"]["kind"] == "weights"
+    assert set(ckpt.model) == {"embed.weight", "head.bias", "steps"}
+    with pytest.raises(ClassResolutionError, match="weights file"):
+        ModelContainer().load(path)
+
+
+# Cross-language: written by Rust (examples/golden.rs); runs once that file
+# exists in tests/golden/v2.
+RUST_V2 = V2 / "rust_v2_mlp_extra_checkpoint.zip"
+
+
+@pytest.mark.skipif(not RUST_V2.exists(), reason="needs the Rust v2 golden file")
+def test_the_rust_v2_checkpoint_restores_its_rng_into_python() -> None:
+    want = sidecar(RUST_V2)
+    torch.manual_seed(12345)  # another state than the file's
+    rng, counters = RNG(), Counters()
+    metadata, objs = ModelContainer().load(RUST_V2, track={"rng": rng, "counters": counters})
+    assert type(objs.model).__name__ == "MLP"
+    assert isinstance(objs.optimizer, torch.optim.Adam)
+    assert isinstance(objs.scheduler, torch.optim.lr_scheduler.StepLR)
+    assert metadata["model_kwargs"] == want["metadata"]["model_kwargs"]
+    assert torch.equal(
+        torch.get_rng_state(),
+        torch.tensor(
+            list(bytes.fromhex(want["tensors"]["extra.safetensors"]["rng.torch.cpu"]["hex"])),
+            dtype=torch.uint8,
+        ),
+    )
+    saved_counters = want["metadata"]["__pytorch_saver__"]["extra"]["counters"]["state"]
+    assert counters.state_dict() == saved_counters
+    for name, t in objs.model.state_dict().items():
+        assert hex_of(t) == want["tensors"]["model.safetensors"][name]["hex"], name

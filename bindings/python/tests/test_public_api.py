@@ -20,6 +20,7 @@ from pytorch_saver import (
     MetadataError,
     PytorchSaverError,
     StateMismatchError,
+    TypedValueError,
     UnsafePickleError,
     UnsupportedVersionError,
     UsageError,
@@ -29,6 +30,7 @@ PUBLIC = {
     "ArgumentTypeError",
     "Checkpoint",
     "ClassResolutionError",
+    "Counters",
     "FORMAT_VERSION",
     "FormatError",
     "InitializationError",
@@ -38,7 +40,9 @@ PUBLIC = {
     "ModelContainer",
     "ModelObjects",
     "PytorchSaverError",
+    "RNG",
     "StateMismatchError",
+    "TypedValueError",
     "UnsafePickleError",
     "UnsupportedVersionError",
     "UsageError",
@@ -46,6 +50,7 @@ PUBLIC = {
     "class_name",
     "read_checkpoint",
     "register",
+    "register_codec",
     "upgrade",
 }
 
@@ -70,7 +75,7 @@ def test_version_and_format_version() -> None:
     assert pytorch_saver.__version__ == "0.2.0"
     # pyproject.toml reads the version from the package: one definition.
     assert importlib.metadata.version("pytorch-saver") == pytorch_saver.__version__
-    assert pytorch_saver.FORMAT_VERSION == 1
+    assert pytorch_saver.FORMAT_VERSION == 2
 
 
 @pytest.mark.parametrize(
@@ -82,6 +87,7 @@ def test_version_and_format_version() -> None:
         (ClassResolutionError, ValueError),
         (StateMismatchError, ValueError),
         (MetadataError, ValueError),
+        (TypedValueError, ValueError),
         (UnsafePickleError, ValueError),
         (LayerSpecError, ValueError),
         (UsageError, RuntimeError),
@@ -105,6 +111,7 @@ def test_every_error_is_a_pytorch_saver_error_and_its_builtin(
         (ClassResolutionError, "UnknownName"),
         (StateMismatchError, "StateMismatch"),
         (MetadataError, "InvalidMetadata"),
+        (TypedValueError, "TypedValue"),
         (UnsafePickleError, "UnsafePickle"),
         (LayerSpecError, "InvalidKwargs"),
         (UsageError, "Usage"),

@@ -1,6 +1,7 @@
 """pytorch_saver: checkpoints of PyTorch training state (model, optimizer, LR
-scheduler, with their class names and constructor kwargs) in one format that
-Python, Rust, C, C++ and Go read and write (format v1, docs/FORMAT.md).
+scheduler, with their class names and constructor kwargs, and any extra state
+a run needs to resume exactly) in one format that Python, Rust, C, C++ and Go
+read and write (format v2, and v1; docs/FORMAT.md).
 
 Example (``Model`` is your ``nn.Module`` subclass)::
 
@@ -13,6 +14,13 @@ Example (``Model`` is your ``nn.Module`` subclass)::
     metadata, objs = ModelContainer().load(path)  # README form: no classes
     # classes given
     metadata, objs = ModelContainer().load(path, Model, torch.optim.Adam, Scheduler)
+    # extra state: the RNGs, an AMP scaler, counters (pytorch_saver.extra_state)
+    rng = container.track("rng", RNG())
+    metadata, objs = ModelContainer().load(path, track={"rng": rng})
+
+Kwargs may hold tuples, classes, dtypes, dataclasses, ``argparse.Namespace``,
+Hugging Face configs and objects of codecs registered with
+:func:`register_codec` (docs/FORMAT.md 11.2).
 
 Loading never executes code from a file: class names resolve only to
 registered classes (:func:`register`), torch's own classes, the built-in
@@ -34,18 +42,22 @@ from ._errors import (
     MetadataError,
     PytorchSaverError,
     StateMismatchError,
+    TypedValueError,
     UnsafePickleError,
     UnsupportedVersionError,
     UsageError,
 )
 from ._format import FORMAT_VERSION, Checkpoint, read_checkpoint
 from ._resolve import class_name, register
+from ._typed_kwargs import register_codec
 from ._version import __version__
+from .extra_state import RNG, Counters
 
 __all__ = [
     "ArgumentTypeError",
     "Checkpoint",
     "ClassResolutionError",
+    "Counters",
     "FORMAT_VERSION",
     "FormatError",
     "InitializationError",
@@ -55,7 +67,9 @@ __all__ = [
     "ModelContainer",
     "ModelObjects",
     "PytorchSaverError",
+    "RNG",
     "StateMismatchError",
+    "TypedValueError",
     "UnsafePickleError",
     "UnsupportedVersionError",
     "UsageError",
@@ -63,5 +77,6 @@ __all__ = [
     "class_name",
     "read_checkpoint",
     "register",
+    "register_codec",
     "upgrade",
 ]

@@ -1,6 +1,7 @@
 """``ModelContainer``: build a model, optimizer and LR scheduler from classes
-and kwargs, save them to a format-v1 checkpoint, and rebuild them from one
-(the README's Python section; docs/FORMAT.md).
+and kwargs, save them (with any extra training state the container tracks)
+to a checkpoint of format version 2 (or 1 when asked), and rebuild them from
+one (the README's Python section; docs/FORMAT.md).
 
 Loading is all-or-nothing: every class is resolved and checked, every object
 built and every piece of saved state checked against it before any state is
@@ -10,7 +11,6 @@ succeeded.
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from . import extra_state
 from ._assign import build_assigned
 from ._errors import (
     ArgumentTypeError,
@@ -28,6 +29,7 @@ from ._errors import (
     FormatError,
     InitializationError,
     InvalidArgumentError,
+    MetadataError,
     PytorchSaverError,
     StateMismatchError,
     UsageError,
@@ -35,6 +37,7 @@ from ._errors import (
 from ._expect import check_model, compare_state
 from ._format import RESERVED_KEYS, CheckpointReader, write_checkpoint
 from ._format.metadata import (
+    ExtraEntry,
     Internals,
     Metadata,
     OptimizerSection,
@@ -55,6 +58,7 @@ from ._state import (
     scheduler_state_from_json,
     scheduler_state_to_json,
 )
+from ._typed_kwargs import CALLABLE_KWARGS, Decoder, encode_kwargs, encode_state
 
 __all__ = ["ModelContainer", "ModelObjects", "Scheduler", "upgrade"]
 
@@ -69,6 +73,9 @@ _SCHEDULER_WITHOUT_OPTIMIZER: Final = (
     "a scheduler needs an optimizer: scheduler_class given without optim_class"
 )
 
+_WRITE_VERSIONS: Final = (1, 2)
+"""The format versions a container writes; 2 by default."""
+
 
 class ModelObjects(NamedTuple):
     """The objects a container built: the model and, if any, the optimizer and
@@ -81,7 +88,8 @@ class ModelObjects(NamedTuple):
 
 @dataclass
 class _Built:
-    """Objects built but not yet adopted by a container, with their kwargs."""
+    """Objects built but not yet adopted by a container, with their kwargs
+    as they will be saved (typed values, or plain JSON for version 1)."""
 
     model: nn.Module
     model_kwargs: dict[str, Any]
@@ -91,15 +99,29 @@ class _Built:
     scheduler_kwargs: dict[str, Any] | None = None
 
 
-def _snapshot(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The kwargs as the constructor received them, to record: a deep copy,
-    so that a list the caller changes after ``initialize`` (a Sequential's
-    layers) does not change what ``save`` writes. A value that cannot be
-    copied is kept as is (it is not JSON either: saving will name it)."""
-    try:
-        return copy.deepcopy(kwargs)
-    except Exception:
-        return dict(kwargs)
+def _encoded(
+    kwargs: dict[str, Any], where: str, version: int, callable_keys: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The kwargs as a file of ``version`` records them, encoded now, when
+    the constructor receives them: a value with no typed form is refused
+    before anything is built (never at save, after training), and a list
+    the caller changes later (a Sequential's layers) does not change what
+    ``save`` writes."""
+    if version == 1:
+        try:
+            return kwargs_to_json(kwargs, where)
+        except MetadataError as exc:
+            raise MetadataError(
+                f"{exc}; the container writes format version 1 (format_version=1), whose kwargs "
+                "are plain JSON: use version 2 for typed kwargs"
+            ) from None
+    return encode_kwargs(kwargs, where, callable_keys)
+
+
+def _callable_keys(scheduler_class: object) -> frozenset[str]:
+    if not isinstance(scheduler_class, type):
+        return frozenset()
+    return CALLABLE_KWARGS.get(class_name(scheduler_class), frozenset())
 
 
 def _kwargs(kwargs: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
@@ -161,8 +183,11 @@ def _build(
     scheduler_kwargs: Mapping[str, Any] | None,
     device: torch.device | str | None = None,
     assign: Mapping[str, torch.Tensor] | None = None,
+    version: int = 2,
 ) -> _Built:
-    """Build the objects; the model class is checked before it is called.
+    """Build the objects; the model class is checked before it is called,
+    and every kwarg is encoded for a file of ``version`` before anything
+    is built (:class:`MetadataError` naming the kwarg otherwise).
     With ``assign``, the model is built around those tensors (its state
     dict) without initialising its parameters (``_assign.py``).
 
@@ -174,6 +199,14 @@ def _build(
     if scheduler_class is not None and optim_class is None:
         raise InvalidArgumentError(_SCHEDULER_WITHOUT_OPTIMIZER, kind="Usage")
     m_kwargs = _kwargs(model_kwargs, "model_kwargs")
+    m_saved = _encoded(m_kwargs, "model_kwargs", version)
+    o_kwargs = s_kwargs = o_saved = s_saved = None
+    if optim_class is not None:
+        o_kwargs = _kwargs(optim_kwargs, "optim_kwargs")
+        o_saved = _encoded(o_kwargs, "optim_kwargs", version)
+    if scheduler_class is not None:
+        s_kwargs = _kwargs(scheduler_kwargs, "scheduler_kwargs")
+        s_saved = _encoded(s_kwargs, "scheduler_kwargs", version, _callable_keys(scheduler_class))
     if assign is None:
         model = _construct(model_type, _label(model_type), "model", (), m_kwargs)
     else:
@@ -182,20 +215,18 @@ def _build(
         # Before the optimizer exists, so that its state lands on the
         # parameters' device when it is loaded.
         model = model.to(device)
-    built = _Built(model=model, model_kwargs=_snapshot(m_kwargs))
-    if optim_class is None:
+    built = _Built(model=model, model_kwargs=m_saved)
+    if optim_class is None or o_kwargs is None:
         return built
-    o_kwargs = _kwargs(optim_kwargs, "optim_kwargs")
     params, rest = build_params(model, o_kwargs)
     optimizer = _construct(optim_class, _label(optim_class), "optim", (params,), rest)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ClassResolutionError(
             f"{_label(optim_class)} built a {type(optimizer).__name__}, not a torch.optim.Optimizer"
         )
-    built.optimizer, built.optim_kwargs = optimizer, _snapshot(o_kwargs)
-    if scheduler_class is None:
+    built.optimizer, built.optim_kwargs = optimizer, o_saved
+    if scheduler_class is None or s_kwargs is None:
         return built
-    s_kwargs = _kwargs(scheduler_kwargs, "scheduler_kwargs")
     scheduler = _construct(
         scheduler_class, _label(scheduler_class), "scheduler", (optimizer,), s_kwargs
     )
@@ -203,7 +234,7 @@ def _build(
         raise ClassResolutionError(
             f"{_label(scheduler_class)} built a {type(scheduler).__name__}, not an LR scheduler"
         )
-    built.scheduler, built.scheduler_kwargs = scheduler, _snapshot(s_kwargs)
+    built.scheduler, built.scheduler_kwargs = scheduler, s_saved
     return built
 
 
@@ -295,25 +326,109 @@ def _class_of(section: OptimizerSection | SchedulerSection | None) -> str | None
     return None if section is None else section.class_name
 
 
+def _decoded_metadata(saved: Metadata, decoder: Decoder) -> dict[str, Any]:
+    """The flat metadata with the kwargs decoded into the objects they stand
+    for (FORMAT.md 11.2)."""
+    metadata = saved.flat()
+    for key in ("model_kwargs", "optim_kwargs", "scheduler_kwargs"):
+        if key in metadata:
+            metadata[key] = decoder.kwargs(metadata[key], key)
+    return metadata
+
+
+def _constructor_kwargs(saved: Metadata, decoded: Any) -> dict[str, Any]:
+    """Decoded optimizer or scheduler kwargs to call the constructor with;
+    a version 1 file's pairs (``betas``) become tuples, as version 1 wrote
+    them as lists."""
+    if decoded is None:
+        return {}
+    if saved.internals.format_version == 1:
+        return kwargs_from_json(decoded)
+    return dict(decoded)
+
+
+def _extra_to_restore(
+    path: str,
+    entries: tuple[ExtraEntry, ...] | None,
+    track: Mapping[str, Any] | None,
+    decoder: Decoder,
+    reader: CheckpointReader,
+) -> list[tuple[str, Any, Any]]:
+    """``(name, object, decoded state)`` for each object of ``track``,
+    checked against the file's entry of that name (present, same class
+    name) before anything is read; the states are decoded with the file's
+    extra tensors."""
+    if not track:
+        return []
+    if not isinstance(track, Mapping):
+        raise ArgumentTypeError(f"track must be a mapping from names to objects, not {track!r}")
+    saved = {e.name: e for e in entries or ()}
+    for name, obj in track.items():
+        recorded = extra_state.recorded_class(obj)
+        entry = saved.get(name)
+        if entry is None:
+            held = ", ".join(repr(n) for n in saved) or "none"
+            raise StateMismatchError(
+                f"{path} holds no extra state {name!r} to restore into {recorded} (it holds {held})"
+            )
+        if entry.class_name != recorded:
+            raise StateMismatchError(
+                f"{path} holds the extra state {name!r} of class {entry.class_name}, which "
+                f"cannot be restored into a {recorded}"
+            )
+    tensors = reader.read_extra_tensors()
+    states = decoder.with_tensors(tensors)
+    return [
+        (name, obj, states.state(saved[name].state, f"extra state {name!r}"))
+        for name, obj in track.items()
+    ]
+
+
 class ModelContainer:
-    """Builds, saves and loads a model with its optimizer and LR scheduler.
+    """Builds, saves and loads a model with its optimizer and LR scheduler,
+    and any extra training state it tracks (:meth:`track`).
 
     The objects it holds are ``model``, ``optim`` and ``scheduler`` (``None``
     until built). Example::
 
         container = ModelContainer()
         objs = container.initialize(Model, {"in_dim": 4}, torch.optim.Adam, {"lr": 1e-3})
+        rng = container.track("rng", pytorch_saver.RNG())
         path = container.save("./", "tutorial", loss=0.55, epoch=5)
-        metadata, objs = ModelContainer().load(path)
+        metadata, objs = ModelContainer().load(path, track={"rng": rng})
+
+    ``format_version`` is the format version the container writes: 2 (the
+    default), or 1 for readers that know only version 1. A version 1
+    container records kwargs as plain JSON (tuples as lists, as version 1
+    always did) and refuses, at :meth:`initialize` and :meth:`track`, what
+    version 1 cannot hold: typed kwargs (classes, dtypes, codec objects,
+    non-finite floats) and extra state.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, format_version: int = 2) -> None:
+        if format_version not in _WRITE_VERSIONS:
+            raise InvalidArgumentError(
+                f"format_version must be 1 or 2, not {format_version!r}", kind="InvalidArgument"
+            )
         self.model: nn.Module | None = None
         self.optim: torch.optim.Optimizer | None = None
         self.scheduler: Scheduler | None = None
+        self._format_version = format_version
         self._model_kwargs: dict[str, Any] = {}
         self._optim_kwargs: dict[str, Any] | None = None
         self._scheduler_kwargs: dict[str, Any] | None = None
+        self._tracked: dict[str, Any] = {}
+
+    @property
+    def format_version(self) -> int:
+        """The format version :meth:`save` writes (1 or 2)."""
+        return self._format_version
+
+    @property
+    def tracked(self) -> dict[str, Any]:
+        """The extra state saved with every checkpoint: name -> object (a
+        copy of the container's mapping)."""
+        return dict(self._tracked)
 
     def __repr__(self) -> str:
         parts = [
@@ -322,11 +437,62 @@ class ModelContainer:
         ]
         return f"ModelContainer(model={parts[0]}, optim={parts[1]}, scheduler={parts[2]})"
 
-    def _adopt(self, built: _Built) -> ModelObjects:
+    def _adopt(self, built: _Built, tracked: Mapping[str, Any] | None = None) -> ModelObjects:
         self.model, self._model_kwargs = built.model, built.model_kwargs
         self.optim, self._optim_kwargs = built.optimizer, built.optim_kwargs
         self.scheduler, self._scheduler_kwargs = built.scheduler, built.scheduler_kwargs
+        if tracked is not None:
+            self._tracked = dict(tracked)
         return ModelObjects(self.model, self.optim, self.scheduler)
+
+    def track(self, name: str, obj: _T) -> _T:
+        """Save ``obj``'s state with every checkpoint under ``name``, and
+        return ``obj``::
+
+            rng = container.track("rng", pytorch_saver.RNG())
+            scaler = container.track("scaler", torch.amp.GradScaler("cpu"))
+            counters = container.track("counters", pytorch_saver.Counters(step=0))
+
+        ``obj`` is a :class:`pytorch_saver.RNG`, a
+        :class:`pytorch_saver.Counters`, a ``torch.Generator``, a
+        ``torch.amp.GradScaler`` or any object with ``state_dict()`` and
+        ``load_state_dict()`` (``pytorch_saver.extra_state``). Its state is
+        encoded now, so that a state that cannot be saved (a value with no
+        typed form) is refused here, not after training
+        (:class:`MetadataError`). Tracking a name again replaces the
+        object. :meth:`save` writes the state of every tracked object
+        (:meth:`save_inference` none); ``load(path, track=...)`` and
+        :meth:`restore` put it back. :class:`ArgumentTypeError` for a name
+        that is not a non-empty str or an object that cannot be tracked;
+        :class:`InvalidArgumentError` in a container that writes format
+        version 1, which has no extra state.
+        """
+        if not isinstance(name, str) or not name:
+            raise ArgumentTypeError(f"an extra-state name must be a non-empty str, not {name!r}")
+        if self._format_version == 1:
+            raise InvalidArgumentError(
+                f"cannot track {name!r}: format version 1 has no extra state; use a container "
+                "that writes version 2",
+                kind="InvalidInput",
+            )
+        extra_state.recorded_class(obj)
+        encode_state(name, extra_state.state_of(obj))
+        self._tracked[name] = obj
+        return obj
+
+    def _extra_entries(self) -> tuple[tuple[ExtraEntry, ...], dict[str, torch.Tensor]]:
+        entries: list[ExtraEntry] = []
+        tensors: dict[str, torch.Tensor] = {}
+        for name, obj in self._tracked.items():
+            state, entry_tensors = encode_state(name, extra_state.state_of(obj))
+            clash = set(tensors) & set(entry_tensors)
+            if clash:
+                raise MetadataError(
+                    f"extra state {name!r} names tensors another entry names: {sorted(clash)}"
+                )
+            entries.append(ExtraEntry(name, extra_state.recorded_class(obj), state))
+            tensors.update(entry_tensors)
+        return tuple(entries), tensors
 
     def initialize(
         self,
@@ -345,6 +511,20 @@ class ModelContainer:
         ``param_groups=[{"params": ["fc1.weight", ...], "lr": ...}, ...]``,
         naming every parameter of the model exactly once.
 
+        Kwargs may hold what format version 2 records as typed values
+        (docs/FORMAT.md 11.2): JSON values, tuples, classes
+        (``block=BasicBlock``), ``torch.dtype``, non-finite floats, dicts with
+        keys of any of these, dataclasses, ``argparse.Namespace``, Hugging
+        Face configs and objects of codecs registered with
+        :func:`pytorch_saver.register_codec`, nested in lists, dicts, tuples
+        and those objects; and the ``lr_lambda`` function of ``LambdaLR`` or
+        ``MultiplicativeLR`` (saved as a placeholder: pass the function to
+        :meth:`load` again, ``callables={"lr_lambda": fn}``). Every kwarg is
+        encoded before anything is built: one that cannot be saved (a
+        lambda, an open file, a tensor) raises :class:`MetadataError` (a
+        ``ValueError``) naming it (``model_kwargs['act']``) and the codecs
+        there are.
+
         Raises :class:`ArgumentTypeError` (a ``TypeError``) without a model
         class, :class:`InvalidArgumentError` (a ``ValueError``) for a
         scheduler without an optimizer, :class:`ClassResolutionError` for a
@@ -354,14 +534,23 @@ class ModelContainer:
         what it held.
         """
         built = _build(
-            model_class, model_kwargs, optim_class, optim_kwargs, scheduler_class, scheduler_kwargs
+            model_class,
+            model_kwargs,
+            optim_class,
+            optim_kwargs,
+            scheduler_class,
+            scheduler_kwargs,
+            version=self._format_version,
         )
         return self._adopt(built)
 
     def save(self, folder_path: StrPath, prefix: str | None = None, **kwargs: Any) -> str:
-        """Save the model, optimizer and scheduler to
+        """Save the model, optimizer and scheduler, and the state of every
+        tracked object (:meth:`track`), to
         ``{folder_path}/{prefix}_checkpoint_{unix seconds}.zip`` and return the
-        path. Extra keyword arguments are stored as metadata; they must be JSON
+        path, in the container's format version (2 unless the container was
+        made with ``format_version=1``). Extra keyword arguments are stored
+        as metadata; they must be plain JSON
         (no NaN or infinity) and not use a reserved key (``model_kwargs``,
         ``optim_kwargs``, ``scheduler_kwargs``, ``timestamp``,
         ``__pytorch_saver__``), else :class:`MetadataError` and nothing is
@@ -389,17 +578,21 @@ class ModelContainer:
             )
         check_user_keys(user_metadata)
         user = kwargs_to_json(user_metadata, "metadata")
-        model_kwargs = kwargs_to_json(self._model_kwargs, "model_kwargs")
+        model_kwargs = self._model_kwargs
         optim_kwargs = scheduler_kwargs = None
         optimizer = scheduler = None
         optimizer_tensors: dict[str, torch.Tensor] | None = None
+        extra: tuple[ExtraEntry, ...] | None = None
+        extra_tensors: dict[str, torch.Tensor] | None = None
+        if kind == "checkpoint" and self._tracked:
+            extra, extra_tensors = self._extra_entries()
         if kind == "checkpoint" and self.optim is not None:
-            optim_kwargs = kwargs_to_json(self._optim_kwargs or {}, "optim_kwargs")
+            optim_kwargs = self._optim_kwargs or {}
             optimizer, optimizer_tensors = optimizer_layout(
                 self.optim, self.model, class_name(type(self.optim))
             )
             if self.scheduler is not None:
-                scheduler_kwargs = kwargs_to_json(self._scheduler_kwargs or {}, "scheduler_kwargs")
+                scheduler_kwargs = self._scheduler_kwargs or {}
                 scheduler = SchedulerSection(
                     class_name(type(self.scheduler)),
                     scheduler_state_to_json(self.scheduler.state_dict()),
@@ -413,13 +606,20 @@ class ModelContainer:
                 producer=Producer.this_package(),
                 optimizer=optimizer,
                 scheduler=scheduler,
+                format_version=self._format_version,
+                extra=extra,
             ),
             optim_kwargs=optim_kwargs,
             scheduler_kwargs=scheduler_kwargs,
             user=user,
         )
         return write_checkpoint(
-            os.fspath(folder_path), prefix, metadata, self.model.state_dict(), optimizer_tensors
+            os.fspath(folder_path),
+            prefix,
+            metadata,
+            self.model.state_dict(),
+            optimizer_tensors,
+            extra_tensors,
         )
 
     def load(
@@ -430,6 +630,9 @@ class ModelContainer:
         scheduler_class: Callable[..., Scheduler] | None = None,
         *,
         allow: Iterable[str] = (),
+        classes: Iterable[type] = (),
+        callables: Mapping[str, Any] | None = None,
+        track: Mapping[str, Any] | None = None,
         device: torch.device | str | None = None,
         copy: bool = False,
         verify: bool = True,
@@ -457,15 +660,34 @@ class ModelContainer:
         ``model_class`` is None), and the optimizer and scheduler only if
         their classes are given.
 
+        Typed kwargs (classes, tuples, dtypes, dataclasses, configs, ...) are
+        rebuilt as the objects :meth:`initialize` was given; every class they
+        name resolves by the same rules as the model's, with ``classes``
+        (classes the kwargs may name, as you would pass a model class) and
+        the classes given as arguments first, and is checked to be what its
+        tag needs before anything is called. ``callables`` supplies the
+        functions a file cannot hold (``{"lr_lambda": warmup}`` for a
+        ``LambdaLR``).
+
+        ``track`` restores extra state (:meth:`track`) into the objects
+        given, ``{"rng": pytorch_saver.RNG(), "scaler": scaler}``: each name
+        must be in the file with the same class name, and the container
+        tracks them afterwards. Every entry is checked before any object is
+        changed, and a failing ``load_state_dict`` puts back the state of
+        the objects loaded before it. Entries of the file not named are
+        left alone.
+
         ``device`` moves the model there before the optimizer is built, so
         that the model and the optimizer state live on it (files always hold
         CPU tensors). The optimizer state is matched to parameters by name.
         Returns the
         flat metadata (``model_kwargs``, ``optim_kwargs``,
-        ``scheduler_kwargs``, ``timestamp`` and the user's keys) and the
-        objects. Raises :class:`FormatError`, :class:`ClassResolutionError`,
+        ``scheduler_kwargs`` as the objects they stand for, ``timestamp`` and
+        the user's keys) and the objects. Raises :class:`FormatError`,
+        :class:`ClassResolutionError`, :class:`TypedValueError`,
         :class:`InitializationError` or :class:`StateMismatchError`; on any
-        error the container keeps what it held.
+        error the container and the objects in ``track`` keep what they
+        held.
 
         A file of the original package (0.1.x) loads too when the classes are
         given; its state is matched by position.
@@ -481,10 +703,18 @@ class ModelContainer:
             return self._load_legacy(
                 path, model_class, optim_class, scheduler_class, complete=False, device=device
             )
+        given = [c for c in (model_class, optim_class, scheduler_class) if isinstance(c, type)]
+        decoder = Decoder(allow=allow, classes=[*classes, *given], callables=callables)
         with reader:
             scan = reader.scan
             saved = scan.metadata
             internals = saved.internals
+            if internals.model_class is None or saved.model_kwargs is None:
+                raise ClassResolutionError(
+                    f"{path} is a weights file: it names no class to build; read its tensors "
+                    "with pytorch_saver.read_checkpoint"
+                )
+            extras = _extra_to_restore(path, internals.extra, track, decoder, reader)
             by_name = model_class is None and optim_class is None and scheduler_class is None
             model_cls: object = model_class
             if model_cls is None:
@@ -495,10 +725,11 @@ class ModelContainer:
             scheduler_cls = _pick_class(
                 scheduler_class, internals.scheduler, "scheduler", by_name, path, allow
             )
+            metadata = _decoded_metadata(saved, decoder)
             # Before any tensor exists: the model the kwargs describe must
             # hold exactly the file's tensors (_expect.py).
             model_type = _model_type(model_cls)
-            m_kwargs = _kwargs(saved.model_kwargs, "model_kwargs")
+            m_kwargs = _kwargs(metadata["model_kwargs"], "model_kwargs")
             check_model(model_type, _label(model_type), m_kwargs, scan.model.tensors)
             if copy:
                 model_state, optim_tensors = reader.read_tensors()
@@ -508,11 +739,12 @@ class ModelContainer:
             model_type,
             m_kwargs,
             optim_cls,
-            kwargs_from_json(saved.optim_kwargs or {}),
+            _constructor_kwargs(saved, metadata.get("optim_kwargs")),
             scheduler_cls,
-            kwargs_from_json(saved.scheduler_kwargs or {}),
+            _constructor_kwargs(saved, metadata.get("scheduler_kwargs")),
             device,
             assign=model_state,
+            version=self._format_version,
         )
         # Check every part before loading any: the scheduler was built first
         # (its constructor sets the optimizer's lr, which the loaded
@@ -533,19 +765,34 @@ class ModelContainer:
             _load_into(built.optimizer, optimizer_state, "optimizer")
         if scheduler_state is not None:
             _load_into(built.scheduler, scheduler_state, "scheduler")
-        return saved.flat(), self._adopt(built)
+        # Last: the objects of `track` live outside the container (the RNG is
+        # global), so they change only when nothing else can fail.
+        extra_state.restore_all(extras)
+        return metadata, self._adopt(built, tracked=track)
 
-    def restore(self, file_path: StrPath, *, verify: bool = True) -> dict[str, Any]:
+    def restore(
+        self,
+        file_path: StrPath,
+        *,
+        verify: bool = True,
+        allow: Iterable[str] = (),
+        classes: Iterable[type] = (),
+    ) -> dict[str, Any]:
         """Load the state saved in ``file_path`` into the objects the
         container holds, keeping their tensors' storage: the file must name
         the classes of the held model, optimizer and scheduler (and hold
         none that the container does not); their kwargs are not compared.
+        Every tracked object (:meth:`track`) is restored too: each name must
+        be in the file with the same class name (entries the container does
+        not track are left alone).
 
         All or nothing: the file is verified (``verify``: the CRC-32 of its
         tensor members) and every tensor's name, shape and dtype and the
         optimizer and scheduler state are checked before any byte is copied,
         straight from a private mapping of the file into the held tensors.
-        Returns the flat metadata, as :meth:`load` does. Raises
+        Returns the flat metadata, as :meth:`load` does (``allow`` and
+        ``classes`` resolve the classes its kwargs name; a function the file
+        cannot hold stays its ``callable`` placeholder). Raises
         :class:`FormatError` or :class:`StateMismatchError`, having changed
         nothing, and :class:`UsageError` (a ``RuntimeError``) when the
         container holds no model.
@@ -557,9 +804,14 @@ class ModelContainer:
                 kind="NotInitialized",
             )
         path = os.fspath(file_path)
+        decoder = Decoder(allow=allow, classes=classes, keep_callables=True)
         with CheckpointReader(path, verify=verify) as reader:
             scan = reader.scan
+            extras = _extra_to_restore(
+                path, scan.metadata.internals.extra, self._tracked, decoder, reader
+            )
         internals = scan.metadata.internals
+        metadata = _decoded_metadata(scan.metadata, decoder)
         for kind, held, saved_name in (
             ("model", self.model, internals.model_class),
             ("optimizer", self.optim, _class_of(internals.optimizer)),
@@ -588,7 +840,9 @@ class ModelContainer:
         if self.scheduler is not None:
             assert internals.scheduler is not None
             scheduler_state = scheduler_state_from_json(internals.scheduler.state)
-        # Everything is checked: copy.
+        # Everything is checked. The extra state first: restore_all puts it
+        # back if one of its objects refuses its state; then copy.
+        extra_state.restore_all(extras)
         _load_into(model, model_state, "model")
         with torch.no_grad():
             for dst, src in copies:
@@ -597,7 +851,7 @@ class ModelContainer:
             _load_into(self.optim, optimizer_state, "optimizer")
         if scheduler_state is not None:
             _load_into(self.scheduler, scheduler_state, "scheduler")
-        return scan.metadata.flat()
+        return metadata
 
     def _load_legacy(
         self,
@@ -639,6 +893,7 @@ class ModelContainer:
             scheduler_class,
             kwargs_from_json(metadata.get("scheduler_kwargs") or {}),
             device,
+            version=self._format_version,
         )
         _model_state_checked(built.model, legacy.model_state_dict)
         optimizer_state = None
@@ -674,7 +929,9 @@ def upgrade(
     The new file keeps the old timestamp and user metadata; it is a
     checkpoint if it holds an optimizer, an inference file otherwise.
     """
-    container = ModelContainer()
+    # Version 1: the old file's kwargs are JSON, and version 1 records them
+    # as they were (pairs such as betas as lists).
+    container = ModelContainer(format_version=1)
     metadata, _ = container._load_legacy(
         os.fspath(old_path), model_class, optim_class, scheduler_class, complete=True
     )

@@ -11,6 +11,7 @@ raised ValueError, RuntimeError, TypeError) keeps working::
     +-- ClassResolutionError(ValueError)   a class not allowed, not found, or of the wrong kind
     +-- StateMismatchError(ValueError)     saved state does not fit the object it is loaded into
     +-- MetadataError(ValueError)          metadata or kwargs that cannot be saved
+    +-- TypedValueError(ValueError)        a typed kwarg or extra state that cannot be loaded
     +-- UnsafePickleError(ValueError)      an old-format pickle asks for something not allowed
     +-- LayerSpecError(ValueError)         a Sequential layer list that breaks docs/MODELS.md
     +-- UsageError(RuntimeError)           a call the container's current state does not allow
@@ -46,6 +47,8 @@ C++ and Go report for the same failure:
                           :func:`register` already gave another class
   StateMismatchError      ``"StateMismatch"``
   MetadataError           ``"InvalidMetadata"``; ``"ReservedMetadataKey"``
+  TypedValueError         ``"TypedValue"`` (FORMAT.md 11.2: what the reader
+                          accepts but a loader cannot turn into an object)
   UnsafePickleError       ``"UnsafePickle"`` (0.1 files only; no Rust variant)
   LayerSpecError          ``"InvalidKwargs"``
   UsageError              ``"Usage"``; ``"NotInitialized"`` for a call that
@@ -73,6 +76,7 @@ __all__ = [
     "MetadataError",
     "PytorchSaverError",
     "StateMismatchError",
+    "TypedValueError",
     "UnsafePickleError",
     "UnsupportedVersionError",
     "UsageError",
@@ -146,6 +150,16 @@ class MetadataError(PytorchSaverError, ValueError):
     or a value JSON cannot represent. Nothing was written."""
 
     kind = "InvalidMetadata"
+
+
+class TypedValueError(PytorchSaverError, ValueError):
+    """A typed value of a file (FORMAT.md 11.2) that cannot become a Python
+    object: a codec that is not registered, a codec's ``decode`` failing, a
+    ``dict`` tag whose keys repeat, a ``callable`` the caller did not pass,
+    a tag where the format allows none. The message names the kwarg or the
+    extra-state path. Raised before any state is loaded."""
+
+    kind = "TypedValue"
 
 
 class UnsafePickleError(PytorchSaverError, ValueError):

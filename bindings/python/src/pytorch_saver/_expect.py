@@ -82,20 +82,27 @@ def _count(cls: str, key: str, value: str, count: int, file_count: int) -> None:
 _F32: Final = torch.float32
 
 
-def _linear(prefix: str, n_in: int, n_out: int, bias: bool) -> Iterator[_Spec]:
-    yield _Spec(f"{prefix}weight", (n_out, n_in), _F32)
+def _linear(
+    prefix: str, n_in: int, n_out: int, bias: bool, dtype: torch.dtype = _F32
+) -> Iterator[_Spec]:
+    yield _Spec(f"{prefix}weight", (n_out, n_in), dtype)
     if bias:
-        yield _Spec(f"{prefix}bias", (n_out,), _F32)
+        yield _Spec(f"{prefix}bias", (n_out,), dtype)
 
 
 def _linear_specs(kwargs: Mapping[str, Any], file_count: int) -> list[_Spec]:
     cls = "torch.nn.Linear"
-    _unknown(cls, kwargs, ("in_features", "out_features", "bias"))
+    _unknown(cls, kwargs, ("in_features", "out_features", "bias", "dtype"))
     n_in = _dim(cls, kwargs, "in_features")
     n_out = _dim(cls, kwargs, "out_features")
     bias = bool(kwargs.get("bias", True))
+    dtype = kwargs.get("dtype")
+    if dtype is None:
+        dtype = _F32
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise _kwarg_error(cls, "dtype", dtype, "must be a floating-point torch.dtype")
     _count(cls, "bias", repr(kwargs.get("bias", True)), 2 if bias else 1, file_count)
-    return list(_linear("", n_in, n_out, bias))
+    return list(_linear("", n_in, n_out, bias, dtype))
 
 
 def _mlp_specs(kwargs: Mapping[str, Any], file_count: int) -> list[_Spec]:

@@ -19,6 +19,13 @@ resolves, in this order, from:
 used as given, by the container.) Whatever a name resolves to must be a class
 that subclasses the expected base (``nn.Module``, ``torch.optim.Optimizer``,
 ``LRScheduler`` / ``ReduceLROnPlateau``) before anything calls it.
+
+Class names inside typed kwargs and extra state (FORMAT.md 11.2.1:
+``torchvision.models.resnet.BasicBlock``, a dataclass, a Hugging Face config)
+resolve by the same rules (:func:`resolve_value_class`), with the classes the
+caller passed first; what they need to be (a class, a dataclass, a
+``PretrainedConfig``) is checked by ``_typed_kwargs`` before anything is
+called.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Final, Literal, TypeVar
 
@@ -37,7 +44,7 @@ from torch.optim import lr_scheduler
 from . import models
 from ._errors import ArgumentTypeError, ClassResolutionError
 
-__all__ = ["Kind", "check_kind", "class_name", "register", "resolve"]
+__all__ = ["Kind", "check_kind", "class_name", "register", "resolve", "resolve_value_class"]
 
 Kind = Literal["model", "optimizer", "scheduler"]
 """The three roles a class can play in a checkpoint."""
@@ -272,3 +279,29 @@ def resolve(name: str, kind: Kind, *, allow: Iterable[str] = ()) -> type:
             f"or allow its module (load(path, allow=[{module!r}]))"
         )
     return check_kind(obj, kind, name)
+
+
+def resolve_value_class(
+    name: str, where: str, *, allow: Iterable[str] = (), given: Mapping[str, type] | None = None
+) -> object:
+    """What the class name ``name`` of a typed value at ``where``
+    (``model_kwargs['block']``) stands for: a class in ``given`` (the classes
+    the caller passed to ``load``, by recorded name), else found as the
+    module docstring describes. Nothing is called and nothing is imported but
+    the modules in ``allow``; the caller checks what kind of object it is.
+
+    Raises :class:`ClassResolutionError` naming ``where`` and the ways to
+    allow the class when the name is not found.
+    """
+    if given is not None and name in given:
+        return given[name]
+    obj = _lookup(name, _allowed_set(allow))
+    if obj is _MISSING:
+        module = name.rpartition(".")[0] or name
+        raise ClassResolutionError(
+            f"{where} names the class {name!r}, which is not allowed or not found: it is not "
+            "registered, not a torch built-in and not in a module already imported. To load "
+            "it, pass the class (load(path, classes=[cls])), import its module before "
+            f"loading, or allow its module (load(path, allow=[{module!r}]))"
+        )
+    return obj
