@@ -6,7 +6,7 @@ use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
-use crate::registry::{variable, BoxedModel, Forward, Kwargs, Registry, TensorSpec};
+use crate::registry::{variable_of_kind, BoxedModel, Forward, Kwargs, Registry, TensorSpec};
 
 mod sequential;
 pub use sequential::{Sequential, LAYER_TYPES, SEQUENTIAL};
@@ -24,11 +24,24 @@ pub const MLP: &str = "pytorch_saver.models.MLP";
 /// own `nn::linear` creates the bias first): creation order is parameter
 /// order, and optimizer state indexes parameters by that order.
 pub fn linear(p: nn::Path<'_>, kw: &Kwargs<'_>, in_dim: i64, out_dim: i64, bias: bool) -> Result<nn::Linear> {
+    let kind = p.kind();
+    linear_of_kind(p, kw, in_dim, out_dim, bias, kind)
+}
+
+/// [`linear`] with parameters of `kind` (PyTorch's `dtype=` kwarg).
+fn linear_of_kind(
+    p: nn::Path<'_>,
+    kw: &Kwargs<'_>,
+    in_dim: i64,
+    out_dim: i64,
+    bias: bool,
+    kind: Kind,
+) -> Result<nn::Linear> {
     let bound = 1.0 / (in_dim as f64).sqrt();
     let init = nn::Init::Uniform { lo: -bound, up: bound };
-    let ws = variable(&p, kw, "weight", &[out_dim, in_dim], init)?;
+    let ws = variable_of_kind(&p, kw, "weight", &[out_dim, in_dim], init, kind)?;
     let bs = match bias {
-        true => Some(variable(&p, kw, "bias", &[out_dim], init)?),
+        true => Some(variable_of_kind(&p, kw, "bias", &[out_dim], init, kind)?),
         false => None,
     };
     Ok(nn::Linear { ws, bs })
@@ -37,15 +50,19 @@ pub fn linear(p: nn::Path<'_>, kw: &Kwargs<'_>, in_dim: i64, out_dim: i64, bias:
 /// The tensors of a Linear layer under `prefix` (`fc1.`), as [`linear`]
 /// creates them.
 fn linear_layout(out: &mut Vec<TensorSpec>, prefix: &str, in_dim: i64, out_dim: i64, bias: bool) {
+    linear_layout_of_kind(out, prefix, in_dim, out_dim, bias, Kind::Float)
+}
+
+fn linear_layout_of_kind(out: &mut Vec<TensorSpec>, prefix: &str, in_dim: i64, out_dim: i64, bias: bool, kind: Kind) {
     out.push(TensorSpec {
         name: format!("{prefix}weight"),
-        kind: Kind::Float,
+        kind,
         shape: vec![out_dim, in_dim],
     });
     if bias {
         out.push(TensorSpec {
             name: format!("{prefix}bias"),
-            kind: Kind::Float,
+            kind,
             shape: vec![out_dim],
         });
     }
@@ -208,23 +225,44 @@ impl Forward for BuiltinLinear {
     }
 }
 
-/// `torch.nn.Linear`'s kwargs, validated.
-fn linear_args(kw: &Kwargs<'_>) -> Result<(i64, i64, bool)> {
+/// `torch.nn.Linear`'s kwargs, validated: `in_features`, `out_features`,
+/// `bias` and `dtype` (a `dtype` tag naming a floating-point dtype;
+/// float32 when absent).
+fn linear_args(kw: &Kwargs<'_>) -> Result<(i64, i64, bool, Kind)> {
     let in_features = kw.required_i64_at_least("in_features", 1)?;
     let out_features = kw.required_i64_at_least("out_features", 1)?;
     let bias = kw.bool_or("bias", true)?;
-    Ok((in_features, out_features, bias))
+    let kind = match kw.dtype("dtype")? {
+        None => Kind::Float,
+        Some("float32") => Kind::Float,
+        Some("float64") => Kind::Double,
+        Some("float16") => Kind::Half,
+        Some("bfloat16") => Kind::BFloat16,
+        Some(other) => {
+            return Err(kw.error(format!(
+                "kwarg \"dtype\" must be a floating-point dtype (float32, float64, float16, bfloat16), got {other}"
+            )))
+        }
+    };
+    Ok((in_features, out_features, bias, kind))
 }
 
 fn build_linear(p: nn::Path<'_>, kw: &Kwargs<'_>) -> Result<BoxedModel> {
-    let (in_features, out_features, bias) = linear_args(kw)?;
-    Ok(Box::new(BuiltinLinear(linear(p, kw, in_features, out_features, bias)?)))
+    let (in_features, out_features, bias, kind) = linear_args(kw)?;
+    Ok(Box::new(BuiltinLinear(linear_of_kind(
+        p,
+        kw,
+        in_features,
+        out_features,
+        bias,
+        kind,
+    )?)))
 }
 
 fn builtin_linear_layout(kw: &Kwargs<'_>, _limit: usize) -> Result<Vec<TensorSpec>> {
-    let (in_features, out_features, bias) = linear_args(kw)?;
+    let (in_features, out_features, bias, kind) = linear_args(kw)?;
     let mut out = Vec::with_capacity(2);
-    linear_layout(&mut out, "", in_features, out_features, bias);
+    linear_layout_of_kind(&mut out, "", in_features, out_features, bias, kind);
     Ok(out)
 }
 

@@ -201,10 +201,23 @@ impl Registry {
 /// checks the model against the file before it touches anything). An
 /// allocation libtorch refuses is an error, not a panic.
 pub fn variable(p: &nn::Path<'_>, kw: &Kwargs<'_>, name: &str, dims: &[i64], init: nn::Init) -> Result<Tensor> {
+    variable_of_kind(p, kw, name, dims, init, p.kind())
+}
+
+/// [`variable`] of a given floating-point kind (a layer built with
+/// PyTorch's `dtype=` kwarg).
+pub fn variable_of_kind(
+    p: &nn::Path<'_>,
+    kw: &Kwargs<'_>,
+    name: &str,
+    dims: &[i64],
+    init: nn::Init,
+    kind: Kind,
+) -> Result<Tensor> {
     let tensor = if kw.loading() {
-        Tensor::f_empty(dims, (p.kind(), p.device()))?
+        Tensor::f_empty(dims, (kind, p.device()))?
     } else {
-        nn::f_init(init, dims, p.device(), p.kind())?
+        nn::f_init(init, dims, p.device(), kind)?
     };
     Ok(p.add(name, tensor, true))
 }

@@ -34,7 +34,7 @@ fn inspect_prints_a_table_and_json() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
-        "v1 checkpoint",
+        "v2 checkpoint",
         models::MLP,
         "epoch=7",
         "model.safetensors",

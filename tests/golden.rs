@@ -187,7 +187,10 @@ fn every_builtin_golden_file_loads_into_a_container_with_its_bytes() {
     for path in golden_files() {
         let want = expected(&path);
         let internals = &want["metadata"]["__pytorch_saver__"];
-        let class = internals["model"]["class"].as_str().unwrap();
+        let Some(class) = internals["model"]["class"].as_str() else {
+            assert_eq!(internals["kind"], "weights", "{}: no model class", path.display());
+            continue;
+        };
         if !ModelContainer::new().registry().has_model(class) {
             continue;
         }
