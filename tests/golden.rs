@@ -368,3 +368,37 @@ fn the_rust_v2_golden_restores_its_rng_state_into_rng() {
     assert_eq!(c.optimizer().unwrap().class(), "torch.optim.Adam");
     assert_eq!(c.scheduler().unwrap().class(), "torch.optim.lr_scheduler.StepLR");
 }
+
+/// Python's version 2 golden checkpoint in Rust: its typed kwargs read as
+/// what Python passed (a `torch.float64` dtype, Adam's `betas` tuple) and
+/// build a float64 Linear and an Adam with beta2 0.99; its RNG entry,
+/// written with Python's `random` and NumPy parts, restores the CPU
+/// generator Python had, so Rust draws the numbers Python would draw next.
+#[test]
+fn the_python_v2_golden_reads_its_typed_kwargs_and_continues_its_rng_in_rust() {
+    use pytorch_saver::format::typed;
+    let _rng = rng_lock();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v2/python_v2_typed_extra_checkpoint.zip");
+    let want = expected(&path);
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let meta = ckpt.metadata();
+    let model = meta.model.as_ref().unwrap();
+    assert_eq!(typed::as_dtype(&model.kwargs["dtype"]), Some("float64"));
+    let opt = meta.optimizer.as_ref().unwrap();
+    let betas = typed::as_tuple(&opt.kwargs["betas"]).unwrap();
+    assert_eq!(betas, [Value::from(0.9), Value::from(0.99)]);
+    let names: Vec<_> = meta.extra.as_ref().unwrap().iter().map(|e| e.class.as_str()).collect();
+    assert_eq!(names, ["pytorch_saver.RNG", "torch.amp.GradScaler", "pytorch_saver.Counters"]);
+
+    let mut c = ModelContainer::new();
+    c.track("rng", Rng::new()).unwrap();
+    tch::manual_seed(5);
+    c.load(&path).unwrap();
+    let recorded = want["tensors"]["extra.safetensors"]["rng.torch.cpu"]["hex"].as_str().unwrap();
+    assert_eq!(hex(&common::bytes_of(&Rng::cpu_state().unwrap())), recorded);
+    for (name, t) in c.model().unwrap().state_dict() {
+        assert_eq!(t.kind(), tch::Kind::Double, "{name}");
+    }
+    let group = &c.optimizer().unwrap().param_groups()[0];
+    assert_eq!(group.options["betas"], serde_json::json!([0.9, 0.99]));
+}
