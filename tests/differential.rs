@@ -140,21 +140,33 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
 }
 
 fn seeds() -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1");
-    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .expect("tests/golden/v1")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "zip"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    // Version 1's small files, and every version 2 file (typed values,
+    // extra state and the weights kind: the RNG states make them larger).
+    let mut out: Vec<(String, Vec<u8>)> = [("v1", 16 * 1024), ("v2", 64 * 1024)]
+        .into_iter()
+        .flat_map(|(version, max_len)| {
+            let dir = root.join(version);
+            std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "zip"))
+                .map(|p| {
+                    (
+                        format!("{version}/{}", p.file_name().unwrap().to_string_lossy()),
+                        std::fs::read(&p).unwrap(),
+                    )
+                })
+                .filter(move |(_, bytes)| bytes.len() <= max_len)
+                .collect::<Vec<_>>()
         })
-        .filter(|(_, bytes)| bytes.len() <= 16 * 1024)
         .collect();
     out.sort();
     assert!(out.len() >= 10, "the small golden files are the seeds");
+    assert!(
+        out.iter().filter(|(n, _)| n.starts_with("v2/")).count() >= 3,
+        "the version 2 golden files are seeds too"
+    );
     out
 }
 
