@@ -388,13 +388,18 @@ fn the_python_v2_golden_reads_its_typed_kwargs_and_continues_its_rng_in_rust() {
     let betas = typed::as_tuple(&opt.kwargs["betas"]).unwrap();
     assert_eq!(betas, [Value::from(0.9), Value::from(0.99)]);
     let names: Vec<_> = meta.extra.as_ref().unwrap().iter().map(|e| e.class.as_str()).collect();
-    assert_eq!(names, ["pytorch_saver.RNG", "torch.amp.GradScaler", "pytorch_saver.Counters"]);
+    assert_eq!(
+        names,
+        ["pytorch_saver.RNG", "torch.amp.GradScaler", "pytorch_saver.Counters"]
+    );
 
     let mut c = ModelContainer::new();
     c.track("rng", Rng::new()).unwrap();
     tch::manual_seed(5);
     c.load(&path).unwrap();
-    let recorded = want["tensors"]["extra.safetensors"]["rng.torch.cpu"]["hex"].as_str().unwrap();
+    let recorded = want["tensors"]["extra.safetensors"]["rng.torch.cpu"]["hex"]
+        .as_str()
+        .unwrap();
     assert_eq!(hex(&common::bytes_of(&Rng::cpu_state().unwrap())), recorded);
     for (name, t) in c.model().unwrap().state_dict() {
         assert_eq!(t.kind(), tch::Kind::Double, "{name}");
