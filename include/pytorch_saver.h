@@ -117,6 +117,19 @@ typedef struct pts_model_t pts_model_t;
 typedef struct pts_registry_t pts_registry_t;
 
 /**
+ * One tracked object's state: a typed value (JSON text, docs/FORMAT.md
+ * 11.2) in which each tensor is a tag `{"__type__": "tensor", "name":
+ * NAME}`, and the tensors those tags name. Borrowed: the library hands it
+ * to a callback for the call only, writable (`pts_state_t *`) to
+ * `get_state`, read-only (`const pts_state_t *`) to `check_state` and
+ * `load_state`. A state the library read from a file keeps the file's
+ * tensor names (`counter.weight` for the tensor an object added as
+ * `weight` in entry `counter`): find a tensor through its tag
+ * (`pts_state_tensor_at`) rather than by the name the object chose.
+ */
+typedef struct pts_state_t pts_state_t;
+
+/**
  * A tensor: a reference to a libtorch tensor (shallow: two handles may
  * share storage, as two `torch::Tensor`s do). Owned by whoever received
  * it; free it with `pts_tensor_free`. `const pts_tensor_t *` may be read
@@ -152,6 +165,70 @@ typedef pts_error_t *(*pts_forward_t)(void *instance,
 typedef uint32_t pts_error_code_t;
 
 /**
+ * Fills in the object's current state: `pts_state_set_value_json` and
+ * `pts_state_add_tensor`. Returns NULL, or an error that the library
+ * takes ownership of.
+ */
+typedef pts_error_t *(*pts_get_state_t)(void *user_data, pts_state_t *state);
+
+/**
+ * Checks a state read from a file, changing nothing (`check_state`), or
+ * loads it (`load_state`). Returns NULL, or an error that the library
+ * takes ownership of. A container calls `check_state` on every tracked
+ * object before it calls `load_state` on any, so `check_state` refuses
+ * whatever `load_state` could not take: a load is all or nothing.
+ */
+typedef pts_error_t *(*pts_read_state_t)(void *user_data, const pts_state_t *state);
+
+/**
+ * Frees a user pointer the library took ownership of (a factory's
+ * `user_data`, a model's forward `instance`). Called exactly once, from
+ * whichever thread drops the last reference.
+ */
+typedef void (*pts_finalizer_t)(void *data);
+
+/**
+ * An object of the caller's whose state a container saves and restores:
+ * its class name (copied by `pts_container_track`) and its callbacks,
+ * each called with `user_data`. `get_state`, `check_state` and
+ * `load_state` are required; `free_user_data` may be NULL.
+ *
+ * An error a callback returns reaches the caller of save, load or
+ * restore with the entry's name: `PTS_ERROR_INVALID_STATE` and
+ * `PTS_ERROR_STATE_MISMATCH` keep their code (with the entry's path,
+ * `__pytorch_saver__.extra.<name>`), any other code becomes
+ * `PTS_ERROR_CALLBACK`, naming the callback and the entry.
+ */
+typedef struct {
+  /**
+   * The class name written with the state (`"my_project.EMA"`): a file
+   * entry is restored only into an object of the same class.
+   */
+  const char *class_name;
+  /**
+   * The caller's pointer, passed to every callback.
+   */
+  void *user_data;
+  /**
+   * Fills in the object's state for a save.
+   */
+  pts_get_state_t get_state;
+  /**
+   * Checks a file's state, changing nothing.
+   */
+  pts_read_state_t check_state;
+  /**
+   * Loads a file's state that `check_state` accepted.
+   */
+  pts_read_state_t load_state;
+  /**
+   * Frees `user_data` when the container drops the object (untracked,
+   * the container freed, or tracking failed); may be NULL.
+   */
+  pts_finalizer_t free_user_data;
+} pts_stateful_t;
+
+/**
  * A model factory: builds the model `kwargs` describe and adds its
  * tensors to `builder` (`pts_model_builder_add_parameter` in the order an
  * optimizer should see them, which for a PyTorch model is
@@ -168,13 +245,6 @@ typedef pts_error_t *(*pts_model_factory_t)(void *user_data,
                                             const pts_kwargs_t *kwargs,
                                             bool loading,
                                             pts_model_builder_t *builder);
-
-/**
- * Frees a user pointer the library took ownership of (a factory's
- * `user_data`, a model's forward `instance`). Called exactly once, from
- * whichever thread drops the last reference.
- */
-typedef void (*pts_finalizer_t)(void *data);
 
 /**
  * `model.safetensors`: the model's state dict, under PyTorch's names.
@@ -263,7 +333,7 @@ typedef void (*pts_finalizer_t)(void *data);
 #define PTS_ERROR_STATE_MISMATCH 13
 
 /**
- * Malformed optimizer or scheduler state.
+ * Malformed optimizer, scheduler or extra state.
  */
 #define PTS_ERROR_INVALID_STATE 14
 
@@ -279,8 +349,9 @@ typedef void (*pts_finalizer_t)(void *data);
 #define PTS_ERROR_TORCH 16
 
 /**
- * A callback registered by the caller (a forward function) reported an
- * error; the default code of `pts_error_new`.
+ * A callback registered by the caller (a forward function, a tracked
+ * object's `get_state`, ...) reported an error; the default code of
+ * `pts_error_new`.
  */
 #define PTS_ERROR_CALLBACK 17
 
@@ -688,6 +759,157 @@ const char *pts_error_kind(const pts_error_t *error);
  * Frees an error. NULL is a no-op.
  */
 void pts_error_free(pts_error_t *error);
+
+/**
+ * Tracks the caller's object `object` under `name`: every checkpoint the
+ * container saves carries its state (from `get_state`) as the extra-state
+ * entry `name`, and every file it loads (`pts_container_load_into`) or
+ * restores must have that entry, of the object's class, which is checked
+ * (`check_state`) and loaded (`load_state`) into it. `*object` is copied;
+ * the library takes ownership of `object->user_data` whatever the outcome
+ * (`free_user_data` runs when the object is untracked or the container
+ * freed, or before this returns on error). A name already tracked is
+ * `PTS_ERROR_DUPLICATE_NAME`, an empty one `PTS_ERROR_USAGE`. The
+ * callbacks run on the thread that calls save, load or restore.
+ */
+pts_error_t *pts_container_track(pts_container_t *container,
+                                 const char *name,
+                                 const pts_stateful_t *object);
+
+/**
+ * Tracks libtorch's default random number generators under `name`
+ * (class `pytorch_saver.RNG`): the CPU generator's state (what
+ * `torch::randn`, dropout and weight init draw from), and each CUDA
+ * device's when CUDA is present, are saved with every checkpoint and
+ * restored by a load or restore, so that training resumes drawing the
+ * same numbers.
+ */
+pts_error_t *pts_container_track_rng(pts_container_t *container, const char *name);
+
+/**
+ * Tracks named integers (class `pytorch_saver.Counters`: step, epoch)
+ * under `name`, starting from `counters_json`, a JSON object of 64-bit
+ * signed integers (`{"step": 0, "epoch": 0}`; NULL: none). A load or
+ * restore replaces every counter with the file's. Read and change them
+ * with `pts_container_counter_get`, `_set` and `_increment`.
+ */
+pts_error_t *pts_container_track_counters(pts_container_t *container,
+                                          const char *name,
+                                          const char *counters_json);
+
+/**
+ * Counter `key` of the counters tracked as `name`. A counter they do not
+ * hold is `PTS_ERROR_NOT_FOUND`; a name that tracks no counters
+ * `PTS_ERROR_USAGE`.
+ */
+pts_error_t *pts_container_counter_get(pts_container_t *container,
+                                       const char *name,
+                                       const char *key,
+                                       int64_t *out);
+
+/**
+ * Sets counter `key` of the counters tracked as `name` to `value` (a new
+ * key is added).
+ */
+pts_error_t *pts_container_counter_set(pts_container_t *container,
+                                       const char *name,
+                                       const char *key,
+                                       int64_t value);
+
+/**
+ * Adds 1 to counter `key` of the counters tracked as `name` (from 0 when
+ * unset) and writes the new value to `*out` (`out` may be NULL).
+ */
+pts_error_t *pts_container_counter_increment(pts_container_t *container,
+                                             const char *name,
+                                             const char *key,
+                                             int64_t *out);
+
+/**
+ * Stops tracking `name` and drops its object (running a callback
+ * object's `free_user_data`). A name not tracked is `PTS_ERROR_USAGE`.
+ */
+pts_error_t *pts_container_untrack(pts_container_t *container, const char *name);
+
+/**
+ * The names of the tracked objects, in the order they were tracked, as a
+ * JSON array of strings. The caller frees `*out` with `pts_string_free`.
+ */
+pts_error_t *pts_container_tracked_names_json(const pts_container_t *container, char **out);
+
+/**
+ * Loads the file at `path` into this container, as `pts_container_load`
+ * loads into a new one (rebuilding the model, optimizer and scheduler the
+ * file names, through the container's registry), and restores every
+ * tracked object from the file's extra state: each tracked name must have
+ * an entry of the object's class in the file (`PTS_ERROR_STATE_MISMATCH`
+ * otherwise), entries not tracked are left alone. All or nothing: on
+ * error the container and its tracked objects keep what they held.
+ * `options` may be NULL (the defaults). The caller frees
+ * `*metadata_json` (the flat metadata).
+ */
+pts_error_t *pts_container_load_into(pts_container_t *container,
+                                     const char *path,
+                                     const pts_load_options_t *options,
+                                     char **metadata_json);
+
+/**
+ * Sets the state's typed value from JSON text (any JSON value; no
+ * duplicate key at any depth, `PTS_ERROR_INVALID_JSON` otherwise). A
+ * state's value is `null` until set. Each tensor added with
+ * `pts_state_add_tensor` must be named by exactly one tag in it.
+ */
+pts_error_t *pts_state_set_value_json(pts_state_t *state, const char *json);
+
+/**
+ * The state's typed value as JSON text; the caller frees `*out` with
+ * `pts_string_free`.
+ */
+pts_error_t *pts_state_value_json(const pts_state_t *state, char **out);
+
+/**
+ * Adds `tensor` to the state under `name` (shared, no copy: it is written
+ * when the checkpoint is); the value names it with the tag
+ * `{"__type__": "tensor", "name": "<name>"}`. The container writes it as
+ * `<entry>.<name>`. An empty name is `PTS_ERROR_INVALID_ARGUMENT`, a name
+ * added twice `PTS_ERROR_DUPLICATE_NAME`. The handle stays the caller's.
+ */
+pts_error_t *pts_state_add_tensor(pts_state_t *state, const char *name, const pts_tensor_t *tensor);
+
+/**
+ * The number of tensors the state holds.
+ */
+pts_error_t *pts_state_tensor_count(const pts_state_t *state, size_t *out);
+
+/**
+ * The name of tensor `index` (in name order); the caller frees `*out`
+ * with `pts_string_free`.
+ */
+pts_error_t *pts_state_tensor_name(const pts_state_t *state, size_t index, char **out);
+
+/**
+ * The tensor named `name`, as a new handle sharing its storage that the
+ * caller frees. `PTS_ERROR_NOT_FOUND` when the state holds none.
+ */
+pts_error_t *pts_state_tensor(const pts_state_t *state, const char *name, pts_tensor_t **out);
+
+/**
+ * The tensor whose tag is at `path` in the state's value (`"weight"`,
+ * `"torch.cpu"`: see `pts_state_i64_at` for paths), as a new handle
+ * sharing its storage that the caller frees. Whatever names the file's
+ * writer chose, the tag finds the tensor. A path that holds no tag is
+ * `PTS_ERROR_INVALID_STATE` naming the entry and path.
+ */
+pts_error_t *pts_state_tensor_at(const pts_state_t *state, const char *path, pts_tensor_t **out);
+
+/**
+ * The 64-bit signed integer at `path` in the state's value: object keys
+ * and list indices separated by dots (`"step"`, `"history.2"`). A
+ * missing value or one that is not such an integer is
+ * `PTS_ERROR_INVALID_STATE` naming the entry and path
+ * (`__pytorch_saver__.extra.<entry>.state.<path>`).
+ */
+pts_error_t *pts_state_i64_at(const pts_state_t *state, const char *path, int64_t *out);
 
 /**
  * New options at the defaults (verify, zero-copy). The caller frees `*out`.

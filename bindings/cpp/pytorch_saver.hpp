@@ -45,6 +45,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -590,6 +591,180 @@ class Checkpoint {
   std::unique_ptr<pts_checkpoint_t, detail::CheckpointDeleter> ptr_;
 };
 
+/// One object's state for a checkpoint (docs/FORMAT.md 11.3), as
+/// Stateful::state() returns it: a typed value as JSON text, in which each
+/// tensor is a tag {"__type__": "tensor", "name": NAME}, and the tensors
+/// those tags name. add_tensor() adds a tensor and returns its tag:
+///
+///   pytorch_saver::State s;
+///   s.value_json = R"({"count": 3, "weight": )" + s.add_tensor("weight", weight) + "}";
+struct State {
+  /// The typed value, JSON text ("null" until set).
+  std::string value_json = "null";
+  /// The tensors the value's tags name, by name (shared, not copied).
+  std::map<std::string, torch::Tensor> tensors;
+
+  /// Adds `tensor` under `name` and returns the JSON text of the tag that
+  /// stands for it in value_json.
+  std::string add_tensor(const std::string& name, const torch::Tensor& tensor) {
+    tensors[name] = tensor;
+    return tensor_tag(name);
+  }
+
+  /// The JSON text of the tag naming tensor `name`.
+  static std::string tensor_tag(const std::string& name) {
+    return R"({"__type__": "tensor", "name": )" + json_string(name) + "}";
+  }
+
+  /// `s` as a JSON string literal, quoted and escaped.
+  static std::string json_string(const std::string& s) {
+    std::string out = "\"";
+    for (unsigned char c : s) {
+      if (c == '"' || c == '\\') {
+        out += '\\';
+        out += static_cast<char>(c);
+      } else if (c < 0x20) {
+        static const char* hex = "0123456789abcdef";
+        out += "\\u00";
+        out += hex[c >> 4];
+        out += hex[c & 15];
+      } else {
+        out += static_cast<char>(c);
+      }
+    }
+    return out + "\"";
+  }
+};
+
+/// A state the library read from a file, handed to Stateful::check_state
+/// and load_state: borrowed, valid only during that call. Its tensors keep
+/// the file's names (`ema.weight` for the tensor an object added as
+/// `weight` under the entry `ema`), so find them through their tags with
+/// tensor_at(path). Paths are object keys and list indices separated by
+/// dots ("weight", "torch.cpu", "history.2"). A missing or mistyped value
+/// throws Error with PTS_ERROR_INVALID_STATE naming the entry and path.
+class StateView {
+ public:
+  explicit StateView(const pts_state_t* raw) noexcept : raw_(raw) {}
+
+  /// The typed value as JSON text.
+  std::string value_json() const {
+    char* out = nullptr;
+    detail::check(pts_state_value_json(raw_, &out));
+    return detail::take_string(out);
+  }
+
+  /// The 64-bit signed integer at `path`.
+  int64_t i64_at(const std::string& path) const {
+    int64_t out = 0;
+    detail::check(pts_state_i64_at(raw_, path.c_str(), &out));
+    return out;
+  }
+
+  /// The tensor whose tag is at `path` (sharing its storage).
+  torch::Tensor tensor_at(const std::string& path) const {
+    pts_tensor_t* out = nullptr;
+    detail::check(pts_state_tensor_at(raw_, path.c_str(), &out));
+    TensorHandle handle(out);
+    return tensor_from_capi(handle.get());
+  }
+
+  /// The tensor named `name` (PTS_ERROR_NOT_FOUND when there is none).
+  torch::Tensor tensor(const std::string& name) const {
+    pts_tensor_t* out = nullptr;
+    detail::check(pts_state_tensor(raw_, name.c_str(), &out));
+    TensorHandle handle(out);
+    return tensor_from_capi(handle.get());
+  }
+
+  /// Every tensor by name.
+  std::map<std::string, torch::Tensor> tensors() const {
+    size_t count = 0;
+    detail::check(pts_state_tensor_count(raw_, &count));
+    std::map<std::string, torch::Tensor> out;
+    for (size_t i = 0; i < count; ++i) {
+      char* name = nullptr;
+      detail::check(pts_state_tensor_name(raw_, i, &name));
+      std::string owned = detail::take_string(name);
+      out.emplace(owned, tensor(owned));
+    }
+    return out;
+  }
+
+  const pts_state_t* capi() const noexcept { return raw_; }
+
+ private:
+  const pts_state_t* raw_;
+};
+
+/// An object whose state a Container saves with every checkpoint and
+/// restores on load (Container::track): an EMA of the weights, a data
+/// loader's position, anything with state_dict() in PyTorch.
+///
+/// Loading is all or nothing: a container calls check_state on every
+/// tracked object before it calls load_state on any, so check_state must
+/// throw for whatever load_state could not take. Throw Error with
+/// PTS_ERROR_INVALID_STATE (or PTS_ERROR_STATE_MISMATCH) for a state that
+/// does not fit: the caller gets that code with the entry's name; any
+/// other exception reaches the caller as PTS_ERROR_CALLBACK naming the
+/// entry and the method. The methods run on the thread that calls save,
+/// load or restore.
+class Stateful {
+ public:
+  virtual ~Stateful() = default;
+  /// The class name written with the state ("my_project.EMA"): a file's
+  /// entry is restored only into an object of the same class name.
+  virtual std::string class_name() const = 0;
+  /// The object's current state.
+  virtual State state() const = 0;
+  /// Throws unless `state` can be loaded; changes nothing.
+  virtual void check_state(const StateView& state) const = 0;
+  /// Loads `state`, which check_state accepted.
+  virtual void load_state(const StateView& state) = 0;
+};
+
+namespace detail {
+
+/// A tracked object's user data: the object, shared with the caller.
+using StatefulHolder = std::shared_ptr<Stateful>;
+
+inline pts_error_t* stateful_get_state(void* user_data, pts_state_t* out) noexcept {
+  try {
+    State state = (*static_cast<StatefulHolder*>(user_data))->state();
+    check(pts_state_set_value_json(out, state.value_json.c_str()));
+    for (const auto& [name, tensor] : state.tensors) {
+      check(pts_state_add_tensor(out, name.c_str(), tensor_to_capi(tensor).get()));
+    }
+    return nullptr;
+  } catch (...) {
+    return current_exception_to_error(PTS_ERROR_CALLBACK);
+  }
+}
+
+inline pts_error_t* stateful_check_state(void* user_data, const pts_state_t* state) noexcept {
+  try {
+    (*static_cast<StatefulHolder*>(user_data))->check_state(StateView(state));
+    return nullptr;
+  } catch (...) {
+    return current_exception_to_error(PTS_ERROR_CALLBACK);
+  }
+}
+
+inline pts_error_t* stateful_load_state(void* user_data, const pts_state_t* state) noexcept {
+  try {
+    (*static_cast<StatefulHolder*>(user_data))->load_state(StateView(state));
+    return nullptr;
+  } catch (...) {
+    return current_exception_to_error(PTS_ERROR_CALLBACK);
+  }
+}
+
+inline void delete_stateful(void* user_data) noexcept {
+  delete static_cast<StatefulHolder*>(user_data);
+}
+
+}  // namespace detail
+
 /// A container: a model built by class name through a registry, with an
 /// optional optimizer over its parameters and scheduler over that
 /// optimizer; it saves and loads them together. Move-only. Exclusive: one
@@ -767,6 +942,87 @@ class Container {
                                        c10::demangle(typeid(M).name()));
     }
     return module;
+  }
+
+  /// Tracks `object` under `name` (docs/FORMAT.md 11.3): every checkpoint
+  /// save() writes carries its state as the extra-state entry `name`, and
+  /// every file load_into() or restore() reads must have that entry, of
+  /// the object's class, which is checked and loaded into it. The
+  /// container shares the object until untrack() or its destruction. A
+  /// name already tracked throws PTS_ERROR_DUPLICATE_NAME.
+  void track(const std::string& name, std::shared_ptr<Stateful> object) {
+    if (!object) throw Error(PTS_ERROR_NULL_ARGUMENT, "the tracked object is null");
+    std::string class_name = object->class_name();
+    auto* holder = new detail::StatefulHolder(std::move(object));
+    pts_stateful_t table{class_name.c_str(),           holder,
+                         &detail::stateful_get_state,  &detail::stateful_check_state,
+                         &detail::stateful_load_state, &detail::delete_stateful};
+    // The library owns `holder` from here on, whatever the outcome.
+    detail::check(pts_container_track(ptr_.get(), name.c_str(), &table));
+  }
+
+  /// As track(name, shared_ptr), for an object the caller keeps alive
+  /// (not owned: it must outlive the container or be untracked first).
+  void track(const std::string& name, Stateful& object) {
+    track(name, std::shared_ptr<Stateful>(std::shared_ptr<Stateful>(), &object));
+  }
+
+  /// Tracks libtorch's default random number generators under `name`
+  /// (class pytorch_saver.RNG): the CPU generator (torch::randn, dropout,
+  /// weight init) and each CUDA device's are saved and restored, so that
+  /// a resumed run draws the numbers an uninterrupted one would have.
+  void track_rng(const std::string& name) {
+    detail::check(pts_container_track_rng(ptr_.get(), name.c_str()));
+  }
+
+  /// Tracks named integers (class pytorch_saver.Counters: step, epoch)
+  /// under `name`, starting from `counters` in this order.
+  void track_counters(const std::string& name,
+                      const std::vector<std::pair<std::string, int64_t>>& counters = {}) {
+    std::string json = "{";
+    for (const auto& [key, value] : counters) {
+      if (json.size() > 1) json += ", ";
+      json += State::json_string(key) + ": " + std::to_string(value);
+    }
+    json += "}";
+    detail::check(pts_container_track_counters(ptr_.get(), name.c_str(), json.c_str()));
+  }
+
+  /// Counter `key` of the counters tracked as `name` (PTS_ERROR_NOT_FOUND
+  /// when unset).
+  int64_t counter(const std::string& name, const std::string& key) {
+    int64_t out = 0;
+    detail::check(pts_container_counter_get(ptr_.get(), name.c_str(), key.c_str(), &out));
+    return out;
+  }
+
+  /// Sets counter `key` of the counters tracked as `name`.
+  void set_counter(const std::string& name, const std::string& key, int64_t value) {
+    detail::check(pts_container_counter_set(ptr_.get(), name.c_str(), key.c_str(), value));
+  }
+
+  /// Adds 1 to counter `key` (from 0 when unset); returns the new value.
+  int64_t increment_counter(const std::string& name, const std::string& key) {
+    int64_t out = 0;
+    detail::check(pts_container_counter_increment(ptr_.get(), name.c_str(), key.c_str(), &out));
+    return out;
+  }
+
+  /// Stops tracking `name` (PTS_ERROR_USAGE when nothing is tracked under
+  /// it), releasing the container's share of the object.
+  void untrack(const std::string& name) {
+    detail::check(pts_container_untrack(ptr_.get(), name.c_str()));
+  }
+
+  /// Loads the file at `path` into this container (rebuilding the model,
+  /// optimizer and scheduler it names, as load() does into a new one) and
+  /// restores every tracked object from its extra state. All or nothing.
+  /// Returns the flat metadata JSON.
+  std::string load_into(const std::string& path, const LoadOptions& options = {}) {
+    LoadOptionsHandle c_options = load_options_to_capi(options);
+    char* meta = nullptr;
+    detail::check(pts_container_load_into(ptr_.get(), path.c_str(), c_options.get(), &meta));
+    return detail::take_string(meta);
   }
 
   pts_container_t* capi() noexcept { return ptr_.get(); }

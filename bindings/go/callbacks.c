@@ -27,3 +27,22 @@ pts_error_t *ptsgo_register_model(pts_registry_t *registry, const char *name, ui
 pts_error_t *ptsgo_set_forward(pts_model_builder_t *builder, uintptr_t instance) {
   return pts_model_builder_set_forward(builder, ptsgo_forward, (void *)instance, ptsgo_release);
 }
+
+static pts_error_t *ptsgo_get_state(void *object, pts_state_t *state) {
+  return ptsgoGetState((uintptr_t)object, state);
+}
+
+static pts_error_t *ptsgo_check_state(void *object, const pts_state_t *state) {
+  return ptsgoReadState((uintptr_t)object, (pts_state_t *)state, false);
+}
+
+static pts_error_t *ptsgo_load_state(void *object, const pts_state_t *state) {
+  return ptsgoReadState((uintptr_t)object, (pts_state_t *)state, true);
+}
+
+pts_error_t *ptsgo_track(pts_container_t *container, const char *name, const char *class_name,
+                         uintptr_t object) {
+  pts_stateful_t table = {class_name,        (void *)object,   ptsgo_get_state,
+                          ptsgo_check_state, ptsgo_load_state, ptsgo_release};
+  return pts_container_track(container, name, &table);
+}

@@ -5,7 +5,8 @@ package pytorchsaver
 // finalizer of either. Each receives its Go value as a cgo.Handle (an
 // integer, never a Go pointer), recovers any panic into an error object
 // (a Go panic must not unwind through the library's frames), and touches
-// the borrowed C pointers only for the duration of the call.
+// the borrowed C pointers only for the duration of the call. Tracked
+// objects (extra_state.go) come back the same way.
 
 /*
 #include <stdbool.h>
@@ -129,4 +130,54 @@ func ptsgoRelease(handle C.uintptr_t) {
 	defer func() { _ = recover() }()
 	cgo.Handle(handle).Delete()
 	liveHandles.Add(-1)
+}
+
+//export ptsgoGetState
+func ptsgoGetState(handle C.uintptr_t, out *C.pts_state_t) (result *C.pts_error_t) {
+	defer recoverInto(&result, "State")
+	obj, ok := cgo.Handle(handle).Value().(*trackedObject)
+	if !ok {
+		return newCError(CodeCallback, "internal error: the tracked object's handle holds no Go object")
+	}
+	state, err := obj.object.State()
+	if err == nil {
+		err = fillCState(state, out)
+	}
+	if err != nil {
+		return errorToC(err, CodeCallback)
+	}
+	return nil
+}
+
+//export ptsgoReadState
+func ptsgoReadState(handle C.uintptr_t, in *C.pts_state_t, load C.bool) (result *C.pts_error_t) {
+	method := "CheckState"
+	if load {
+		method = "LoadState"
+	}
+	defer recoverInto(&result, method)
+	obj, ok := cgo.Handle(handle).Value().(*trackedObject)
+	if !ok {
+		return newCError(CodeCallback, "internal error: the tracked object's handle holds no Go object")
+	}
+	state, err := goState(in)
+	if err == nil {
+		if load {
+			err = obj.object.LoadState(state)
+		} else {
+			err = obj.object.CheckState(state)
+		}
+	}
+	if err != nil {
+		return errorToC(err, CodeCallback)
+	}
+	return nil
+}
+
+// recoverInto turns a panic in a tracked object's method into an error
+// object (a Go panic must not unwind through the library's frames).
+func recoverInto(result **C.pts_error_t, method string) {
+	if p := recover(); p != nil {
+		*result = newCError(CodeCallback, fmt.Sprintf("panic in %s: %v", method, p))
+	}
 }

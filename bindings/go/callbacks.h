@@ -18,4 +18,9 @@ pts_error_t *ptsgo_register_model(pts_registry_t *registry, const char *name, ui
  * `instance` is a cgo.Handle, released as above. */
 pts_error_t *ptsgo_set_forward(pts_model_builder_t *builder, uintptr_t instance);
 
+/* pts_container_track with the Go trampolines of a tracked object;
+ * `object` is a cgo.Handle, released as above. */
+pts_error_t *ptsgo_track(pts_container_t *container, const char *name, const char *class_name,
+                         uintptr_t object);
+
 #endif

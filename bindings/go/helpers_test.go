@@ -39,7 +39,7 @@ func goldenFile(t testing.TB, name string) string {
 }
 
 // goldenVersion is the format version of a golden file: that of its
-// directory, tests/golden/vN.
+// directory (tests/golden/v1, tests/golden/v2, ...).
 func goldenVersion(path string) int {
 	v, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(filepath.Dir(path)), "v"))
 	if err != nil {

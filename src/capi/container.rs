@@ -20,7 +20,7 @@ use crate::registry::Registry;
 /// forward may change the model (a C++ module's train flag); it may move
 /// between threads.
 pub struct pts_container_t {
-    inner: ModelContainer,
+    pub(super) inner: ModelContainer,
     /// The model's parameters in optimizer order, with names ready to lend.
     params: Vec<(CString, Tensor)>,
 }
@@ -37,7 +37,7 @@ impl pts_container_t {
     }
 
     /// Re-reads the parameter list after the model changed.
-    fn refresh(&mut self) {
+    pub(super) fn refresh(&mut self) {
         self.params = match self.inner.model() {
             Ok(model) => model
                 .parameters()

@@ -38,15 +38,16 @@ pub const PTS_ERROR_INVALID_METADATA: pts_error_code_t = 11;
 pub const PTS_ERROR_NOT_INITIALIZED: pts_error_code_t = 12;
 /// Saved state that does not fit the object it is loaded into.
 pub const PTS_ERROR_STATE_MISMATCH: pts_error_code_t = 13;
-/// Malformed optimizer or scheduler state.
+/// Malformed optimizer, scheduler or extra state.
 pub const PTS_ERROR_INVALID_STATE: pts_error_code_t = 14;
 /// A call that the container's configuration does not allow (stepping a
 /// scheduler that has none, ReduceLROnPlateau without a metric, ...).
 pub const PTS_ERROR_USAGE: pts_error_code_t = 15;
 /// libtorch reported an error (a wrong input shape in forward, ...).
 pub const PTS_ERROR_TORCH: pts_error_code_t = 16;
-/// A callback registered by the caller (a forward function) reported an
-/// error; the default code of `pts_error_new`.
+/// A callback registered by the caller (a forward function, a tracked
+/// object's `get_state`, ...) reported an error; the default code of
+/// `pts_error_new`.
 pub const PTS_ERROR_CALLBACK: pts_error_code_t = 17;
 /// A tensor name that the checkpoint or container does not hold.
 pub const PTS_ERROR_NOT_FOUND: pts_error_code_t = 18;

@@ -21,6 +21,7 @@
 mod checkpoint;
 mod container;
 mod error;
+mod extra_state;
 mod load_options;
 mod model;
 mod registry;
@@ -33,6 +34,7 @@ use std::ptr;
 pub use checkpoint::*;
 pub use container::*;
 pub use error::*;
+pub use extra_state::*;
 pub use load_options::*;
 pub use model::*;
 pub use registry::*;

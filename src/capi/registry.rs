@@ -80,9 +80,9 @@ pub type pts_forward_t = Option<
 >;
 
 /// A user pointer with the finalizer that frees it.
-struct Owned {
-    data: *mut c_void,
-    finalizer: pts_finalizer_t,
+pub(super) struct Owned {
+    pub(super) data: *mut c_void,
+    pub(super) finalizer: pts_finalizer_t,
 }
 
 impl Drop for Owned {

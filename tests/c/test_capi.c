@@ -10,6 +10,7 @@
  */
 #define _POSIX_C_SOURCE 200809L /* pthreads under -std=c99 */
 
+#include <dirent.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -1389,6 +1390,298 @@ static void test_c_model_thread_safety(void) {
   CHECK(instances_created == instances_finalized);
 }
 
+/* ---- Extra training state (docs/FORMAT.md 11.3): tracked objects ---- */
+
+/* A C object whose state a container saves: a step count and a weight. */
+typedef struct {
+  int64_t count;
+  float weight[3];
+  const char *fail_in; /* the callback that returns an error, or NULL */
+  int *freed;          /* incremented by free_user_data */
+} ema_t;
+
+static pts_error_t *ema_get_state(void *user_data, pts_state_t *state) {
+  ema_t *ema = user_data;
+  if (ema->fail_in != NULL && strcmp(ema->fail_in, "get_state") == 0) {
+    return pts_error_new(0, "the EMA is not ready");
+  }
+  char json[128];
+  snprintf(json, sizeof json,
+           "{\"count\": %lld, \"weight\": {\"__type__\": \"tensor\", \"name\": \"weight\"}}",
+           (long long)ema->count);
+  pts_error_t *err = pts_state_set_value_json(state, json);
+  if (err != NULL) return err;
+  int64_t shape[1] = {3};
+  pts_tensor_t *t = NULL;
+  err = pts_tensor_from_buffer(PTS_DTYPE_F32, shape, 1, ema->weight, sizeof ema->weight, &t);
+  if (err != NULL) return err;
+  err = pts_state_add_tensor(state, "weight", t);
+  pts_tensor_free(t);
+  return err;
+}
+
+/* Reads the state's count and weight, checked; writes them if `into`. */
+static pts_error_t *ema_read(const pts_state_t *state, ema_t *into) {
+  int64_t count = 0;
+  pts_error_t *err = pts_state_i64_at(state, "count", &count);
+  if (err != NULL) return err;
+  pts_tensor_t *t = NULL;
+  err = pts_state_tensor_at(state, "weight", &t);
+  if (err != NULL) return err;
+  size_t nbytes = 0;
+  pts_dtype_t dtype = 0;
+  err = pts_tensor_nbytes(t, &nbytes);
+  if (err == NULL) err = pts_tensor_dtype(t, &dtype);
+  if (err == NULL && (dtype != PTS_DTYPE_F32 || nbytes != sizeof into->weight)) {
+    err = pts_error_new(PTS_ERROR_INVALID_STATE, "weight is not 3 float32 values");
+  }
+  if (err == NULL && into != NULL) {
+    err = pts_tensor_copy_to_buffer(t, into->weight, sizeof into->weight);
+    into->count = count;
+  }
+  pts_tensor_free(t);
+  return err;
+}
+
+static pts_error_t *ema_check_state(void *user_data, const pts_state_t *state) {
+  ema_t *ema = user_data;
+  if (ema->fail_in != NULL && strcmp(ema->fail_in, "check_state") == 0) {
+    return pts_error_new(PTS_ERROR_INVALID_STATE, "count is out of range");
+  }
+  return ema_read(state, NULL);
+}
+
+static pts_error_t *ema_load_state(void *user_data, const pts_state_t *state) {
+  return ema_read(state, user_data);
+}
+
+static void ema_free(void *user_data) {
+  ema_t *ema = user_data;
+  (*ema->freed)++;
+  free(ema);
+}
+
+static pts_stateful_t ema_object(const char *class_name, int64_t count, float w0,
+                                 const char *fail_in, int *freed) {
+  ema_t *ema = calloc(1, sizeof *ema);
+  ema->count = count;
+  ema->weight[0] = w0;
+  ema->weight[1] = w0 + 1;
+  ema->weight[2] = w0 + 2;
+  ema->fail_in = fail_in;
+  ema->freed = freed;
+  pts_stateful_t object = {class_name,     ema,     ema_get_state, ema_check_state,
+                           ema_load_state, ema_free};
+  return object;
+}
+
+static const char *mlp_kwargs = "{\"in_dim\": 4, \"hidden_dim\": 8, \"n_classes\": 3}";
+
+/* A new container over the built-in classes tracking "rng", "counters"
+ * (from `counters`) and "ema" (an ema_t, whose pointer goes to `*ema`). */
+static pts_container_t *tracking_container(const char *counters, int64_t count, float w0,
+                                           int *freed, ema_t **ema) {
+  pts_container_t *c = NULL;
+  OK(pts_container_new(NULL, &c));
+  if (c == NULL) return NULL;
+  OK(pts_container_track_rng(c, "rng"));
+  OK(pts_container_track_counters(c, "counters", counters));
+  pts_stateful_t object = ema_object("c_test.EMA", count, w0, NULL, freed);
+  *ema = object.user_data;
+  OK(pts_container_track(c, "ema", &object));
+  return c;
+}
+
+/* Whether no file in the scratch directory starts with `prefix`. */
+static bool no_file_with_prefix(const char *prefix) {
+  DIR *dir = opendir(scratch_dir);
+  if (dir == NULL) return false;
+  bool none = true;
+  for (struct dirent *e = readdir(dir); e != NULL; e = readdir(dir)) {
+    if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) none = false;
+  }
+  closedir(dir);
+  return none;
+}
+
+static void test_extra_state_round_trip(void) {
+  int freed = 0;
+  ema_t *ema = NULL;
+  pts_container_t *c = tracking_container("{\"step\": 30, \"epoch\": 2}", 7, 0.5f, &freed, &ema);
+  if (c == NULL) return;
+  OK(pts_container_initialize(c, "pytorch_saver.models.MLP", mlp_kwargs, "torch.optim.SGD",
+                              "{\"lr\": 0.1}", NULL, NULL));
+  int64_t v = 0;
+  OK(pts_container_counter_increment(c, "counters", "step", &v));
+  CHECK(v == 31);
+  OK(pts_container_counter_set(c, "counters", "epoch", 3));
+  char *names = NULL;
+  OK(pts_container_tracked_names_json(c, &names));
+  CHECK(names != NULL && strcmp(names, "[\"rng\",\"counters\",\"ema\"]") == 0);
+  pts_string_free(names);
+  char *path = NULL;
+  OK(pts_container_save(c, scratch_dir, "extra", NULL, &path));
+  if (path == NULL) {
+    pts_container_free(c);
+    return;
+  }
+
+  /* What the generator draws after the save: an MLP's initial weights. */
+  pts_container_t *drawn = NULL;
+  OK(pts_container_new(NULL, &drawn));
+  OK(pts_container_initialize(drawn, "pytorch_saver.models.MLP", mlp_kwargs, NULL, NULL, NULL,
+                              NULL));
+
+  /* The file holds the entries' tensors under <entry>.<name>. */
+  pts_checkpoint_t *ckpt = NULL;
+  OK(pts_checkpoint_open(path, &ckpt));
+  size_t count = 0;
+  OK(pts_checkpoint_tensor_count(ckpt, PTS_MEMBER_EXTRA, &count));
+  CHECK(count == 2);
+  pts_dtype_t dtype = 0;
+  const int64_t *shape = NULL;
+  size_t ndim = 0, nbytes = 0;
+  OK(pts_checkpoint_tensor_info(ckpt, PTS_MEMBER_EXTRA, "ema.weight", &dtype, &shape, &ndim,
+                                &nbytes));
+  CHECK(dtype == PTS_DTYPE_F32 && ndim == 1 && nbytes == 12);
+  OK(pts_checkpoint_tensor_info(ckpt, PTS_MEMBER_EXTRA, "rng.torch.cpu", &dtype, &shape, &ndim,
+                                &nbytes));
+  CHECK(dtype == PTS_DTYPE_U8);
+  pts_checkpoint_free(ckpt);
+
+  /* A fresh container tracking the same names gets every state back,
+   * the RNG's included: the next MLP draws the same weights. */
+  int freed2 = 0;
+  ema_t *ema2 = NULL;
+  pts_container_t *fresh = tracking_container(NULL, 0, 9.0f, &freed2, &ema2);
+  char *meta = NULL;
+  OK(pts_container_load_into(fresh, path, NULL, &meta));
+  pts_string_free(meta);
+  OK(pts_container_counter_get(fresh, "counters", "step", &v));
+  CHECK(v == 31);
+  OK(pts_container_counter_get(fresh, "counters", "epoch", &v));
+  CHECK(v == 3);
+  FAILS(pts_container_counter_get(fresh, "counters", "nope", &v), PTS_ERROR_NOT_FOUND,
+        "no counter \"nope\"");
+  CHECK(ema2->count == 7 && ema2->weight[0] == 0.5f && ema2->weight[2] == 2.5f);
+  CHECK(same_parameters(fresh, c));
+  pts_container_t *redrawn = NULL;
+  OK(pts_container_new(NULL, &redrawn));
+  OK(pts_container_initialize(redrawn, "pytorch_saver.models.MLP", mlp_kwargs, NULL, NULL, NULL,
+                              NULL));
+  CHECK(same_parameters(redrawn, drawn));
+
+  /* A restore into the same objects does the same. */
+  ema2->count = 100;
+  OK(pts_container_counter_set(fresh, "counters", "step", 0));
+  OK(pts_container_restore(fresh, path, &meta));
+  pts_string_free(meta);
+  CHECK(ema2->count == 7);
+  OK(pts_container_counter_get(fresh, "counters", "step", &v));
+  CHECK(v == 31);
+
+  /* Untracking drops the object: its user data is freed. */
+  OK(pts_container_untrack(fresh, "ema"));
+  CHECK(freed2 == 1);
+  FAILS(pts_container_untrack(fresh, "ema"), PTS_ERROR_USAGE, "no object is tracked as \"ema\"");
+  FAILS(pts_container_counter_get(fresh, "rng", "step", &v), PTS_ERROR_USAGE,
+        "class pytorch_saver.RNG");
+
+  pts_container_free(redrawn);
+  pts_container_free(drawn);
+  pts_container_free(fresh);
+  pts_container_free(c);
+  CHECK(freed == 1);
+  pts_string_free(path);
+}
+
+static void test_extra_state_errors(void) {
+  int freed = 0;
+  ema_t *ema = NULL;
+  pts_container_t *c = tracking_container("{\"step\": 1}", 1, 0.0f, &freed, &ema);
+  if (c == NULL) return;
+  OK(pts_container_initialize(c, "pytorch_saver.models.MLP", mlp_kwargs, NULL, NULL, NULL, NULL));
+
+  /* Tracking: names are unique, the table complete; user data is freed
+   * whatever the outcome. */
+  int freed_dup = 0;
+  pts_stateful_t dup = ema_object("c_test.EMA", 0, 0, NULL, &freed_dup);
+  FAILS(pts_container_track(c, "ema", &dup), PTS_ERROR_DUPLICATE_NAME, "ema");
+  CHECK(freed_dup == 1);
+  pts_stateful_t incomplete = ema_object("c_test.EMA", 0, 0, NULL, &freed_dup);
+  incomplete.check_state = NULL;
+  FAILS(pts_container_track(c, "other", &incomplete), PTS_ERROR_NULL_ARGUMENT,
+        "object->check_state");
+  CHECK(freed_dup == 2);
+  FAILS(pts_container_track(c, "other", NULL), PTS_ERROR_NULL_ARGUMENT, "object");
+  FAILS(pts_container_track_rng(c, ""), PTS_ERROR_USAGE, "non-empty name");
+  FAILS(pts_container_track_counters(c, "bad", "{\"step\": 1.5}"), PTS_ERROR_INVALID_ARGUMENT,
+        "counter \"step\" is 1.5");
+  FAILS(pts_container_track_counters(c, "bad", "{\"a\": 1, \"a\": 2}"), PTS_ERROR_INVALID_JSON,
+        "duplicate key");
+  FAILS(pts_container_counter_set(c, "ema", "step", 1), PTS_ERROR_USAGE, "class c_test.EMA");
+
+  /* A get_state error is a typed error naming the entry, and no file. */
+  int freed_bad = 0;
+  pts_stateful_t failing = ema_object("c_test.EMA", 0, 0, "get_state", &freed_bad);
+  OK(pts_container_track(c, "broken", &failing));
+  char *path = NULL;
+  pts_error_t *err = pts_container_save(c, scratch_dir, "extra_fail", NULL, &path);
+  CHECK(err != NULL && pts_error_code(err) == PTS_ERROR_CALLBACK &&
+        strcmp(pts_error_kind(err), "Callback") == 0 &&
+        strstr(pts_error_message(err), "get_state of the object tracked as \"broken\"") != NULL &&
+        strstr(pts_error_message(err), "the EMA is not ready") != NULL);
+  pts_error_free(err);
+  CHECK(path == NULL);
+  CHECK(no_file_with_prefix("extra_fail"));
+  OK(pts_container_untrack(c, "broken"));
+  CHECK(freed_bad == 1);
+
+  OK(pts_container_save(c, scratch_dir, "extra_errors", NULL, &path));
+  if (path == NULL) {
+    pts_container_free(c);
+    return;
+  }
+  char *meta = NULL;
+
+  /* A check_state error keeps its code and names the entry; nothing is
+   * loaded (the counters keep their value). */
+  pts_container_t *refusing = NULL;
+  OK(pts_container_new(NULL, &refusing));
+  OK(pts_container_track_counters(refusing, "counters", "{\"step\": 99}"));
+  pts_stateful_t refuse = ema_object("c_test.EMA", 0, 0, "check_state", &freed_bad);
+  OK(pts_container_track(refusing, "ema", &refuse));
+  FAILS(pts_container_load_into(refusing, path, NULL, &meta), PTS_ERROR_INVALID_STATE,
+        "__pytorch_saver__.extra.ema.state: count is out of range");
+  int64_t v = 0;
+  OK(pts_container_counter_get(refusing, "counters", "step", &v));
+  CHECK(v == 99);
+  size_t n = 1;
+  FAILS(pts_container_parameter_count(refusing, &n), PTS_ERROR_NOT_INITIALIZED, "");
+  pts_container_free(refusing);
+  CHECK(freed_bad == 2);
+
+  /* Another class under the name, or a name the file lacks. */
+  pts_container_t *other = NULL;
+  OK(pts_container_new(NULL, &other));
+  pts_stateful_t wrong = ema_object("c_test.Other", 0, 0, NULL, &freed_bad);
+  OK(pts_container_track(other, "ema", &wrong));
+  FAILS(pts_container_load_into(other, path, NULL, &meta), PTS_ERROR_STATE_MISMATCH,
+        "of class c_test.EMA, the tracked object of class c_test.Other");
+  OK(pts_container_untrack(other, "ema"));
+  OK(pts_container_track_rng(other, "rng_missing"));
+  FAILS(pts_container_load_into(other, path, NULL, &meta), PTS_ERROR_STATE_MISMATCH,
+        "no extra-state entry of that name");
+  OK(pts_container_untrack(other, "rng_missing"));
+  OK(pts_container_load_into(other, path, NULL, &meta));
+  pts_string_free(meta);
+  pts_container_free(other);
+
+  pts_string_free(path);
+  pts_container_free(c);
+  CHECK(freed == 1);
+}
+
 int main(int argc, char **argv) {
   if (argc != 3) {
     fprintf(stderr, "usage: %s GOLDEN_DIR SCRATCH_DIR\n", argv[0]);
@@ -1415,6 +1708,8 @@ int main(int argc, char **argv) {
   test_inference_model();
   test_tensor_empty();
   test_c_model_thread_safety();
+  test_extra_state_round_trip();
+  test_extra_state_errors();
 
   printf("%d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
