@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -59,6 +58,8 @@ from ._errors import (
     PytorchSaverError,
     TypedValueError,
 )
+from ._format.typed import DTYPE_NAMES, MAX_CLASS_NAME_BYTES, TYPE_KEY
+from ._format.typed import check_class_name as format_class_name_problem
 from ._resolve import class_name, resolve_value_class
 
 __all__ = [
@@ -72,27 +73,6 @@ __all__ = [
     "register_codec",
 ]
 
-TYPE_KEY: Final = "__type__"
-
-DTYPE_NAMES: Final = (
-    "float64",
-    "float32",
-    "float16",
-    "bfloat16",
-    "complex128",
-    "complex64",
-    "int64",
-    "int32",
-    "int16",
-    "int8",
-    "uint64",
-    "uint32",
-    "uint16",
-    "uint8",
-    "bool",
-    "float8_e4m3fn",
-    "float8_e5m2",
-)
 _DTYPES: Final[dict[str, torch.dtype]] = {
     name: getattr(torch, name)
     for name in DTYPE_NAMES
@@ -100,8 +80,6 @@ _DTYPES: Final[dict[str, torch.dtype]] = {
 }
 _DTYPE_NAME: Final[dict[torch.dtype, str]] = {dtype: name for name, dtype in _DTYPES.items()}
 
-_CLASS_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-_MAX_CLASS_NAME: Final = 512
 _INT_MIN: Final = -(1 << 63)
 _INT_MAX: Final = (1 << 64) - 1
 
@@ -311,11 +289,10 @@ def _codec_named(name: str) -> _Codec | None:
 def check_class_name(name: str) -> str | None:
     """Why ``name`` is not a class name a file can record (FORMAT.md
     11.2.1), or None."""
-    if len(name.encode()) > _MAX_CLASS_NAME:
-        return f"longer than {_MAX_CLASS_NAME} bytes"
-    if not name.isascii() or _CLASS_NAME.fullmatch(name) is None:
-        return "not identifiers joined by dots (a class defined inside a function has none)"
-    return None
+    problem = format_class_name_problem(name)
+    if problem is not None and len(name.encode()) <= MAX_CLASS_NAME_BYTES:
+        return f"{problem} (a class defined inside a function has no such name)"
+    return problem
 
 
 # ---------------------------------------------------------------------------
