@@ -264,6 +264,14 @@ func (c *Container) Restore(path string) (map[string]any, error) {
 // shape and dtype are still checked before anything is written). Copy does
 // not apply: a restore always copies into the container's tensors.
 func (c *Container) RestoreWith(path string, opts LoadOptions) (map[string]any, error) {
+	return c.readFile(path, opts, func(ptr *C.pts_container_t, cpath *C.char, copts *C.pts_load_options_t, meta **C.char) *C.pts_error_t {
+		return C.pts_container_restore_ex(ptr, cpath, copts, meta)
+	})
+}
+
+// readFile runs one of the C ABI's loads into this container (restore,
+// load into) on path with opts, and returns the flat metadata it gives.
+func (c *Container) readFile(path string, opts LoadOptions, read func(*C.pts_container_t, *C.char, *C.pts_load_options_t, **C.char) *C.pts_error_t) (map[string]any, error) {
 	cpath, err := cString("path", path)
 	if err != nil {
 		return nil, err
@@ -277,7 +285,7 @@ func (c *Container) RestoreWith(path string, opts LoadOptions) (map[string]any, 
 	var text string
 	err = c.with(func(ptr *C.pts_container_t) error {
 		var meta *C.char
-		if err := takeError(C.pts_container_restore_ex(ptr, cpath, copts, &meta)); err != nil {
+		if err := takeError(read(ptr, cpath, copts, &meta)); err != nil {
 			return err
 		}
 		text = takeString(meta)

@@ -242,29 +242,9 @@ func (c *Container) LoadInto(path string) (map[string]any, error) {
 
 // LoadIntoWith is LoadInto with options, as LoadContainerWith.
 func (c *Container) LoadIntoWith(path string, opts LoadOptions) (map[string]any, error) {
-	cpath, err := cString("path", path)
-	if err != nil {
-		return nil, err
-	}
-	defer freeString(cpath)
-	copts, err := opts.cOptions()
-	if err != nil {
-		return nil, err
-	}
-	defer freeOptions(copts)
-	var text string
-	err = c.with(func(ptr *C.pts_container_t) error {
-		var meta *C.char
-		if err := takeError(C.pts_container_load_into(ptr, cpath, copts, &meta)); err != nil {
-			return err
-		}
-		text = takeString(meta)
-		return nil
+	return c.readFile(path, opts, func(ptr *C.pts_container_t, cpath *C.char, copts *C.pts_load_options_t, meta **C.char) *C.pts_error_t {
+		return C.pts_container_load_into(ptr, cpath, copts, meta)
 	})
-	if err != nil {
-		return nil, err
-	}
-	return flatMetadata(text)
 }
 
 // withName runs f with name as a C string on the live handle.

@@ -176,7 +176,7 @@ func TestGoldenMetadataAccessors(t *testing.T) {
 		}
 		ckpt.Close()
 		// The metadata is a copy: it outlives the handle.
-		if ckpt.ModelClass() == "" || ckpt.Metadata() == nil || ckpt.TypedMetadata() == nil {
+		if ckpt.ModelClass() != in.ModelClass || ckpt.Metadata() == nil || ckpt.TypedMetadata() == nil {
 			t.Errorf("%s: metadata lost after Close", path)
 		}
 	}
