@@ -170,6 +170,7 @@ bench: build python-package
 	$(CARGO) bench --bench save_load
 	$(CARGO) bench --bench optim_step
 	$(CARGO) bench --bench load_capi
+	$(CARGO) bench --bench manager_async
 
 # Coverage-guided fuzzing of the reader (needs a nightly toolchain and
 # cargo-fuzz: cargo install cargo-fuzz), seeded with the golden files;

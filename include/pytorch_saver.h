@@ -92,6 +92,14 @@ typedef struct pts_kwargs_t pts_kwargs_t;
 typedef struct pts_load_options_t pts_load_options_t;
 
 /**
+ * A checkpoint manager: holds the lock of its directory and prefix until
+ * `pts_manager_close` or `pts_manager_free`. Used from one thread at a
+ * time (it may move between threads); its background save runs on a
+ * thread of its own.
+ */
+typedef struct pts_manager_t pts_manager_t;
+
+/**
  * What a factory fills in: the model's parameters and buffers, and its
  * forward function. Borrowed: valid only during the factory call.
  */
@@ -364,6 +372,11 @@ typedef pts_error_t *(*pts_model_factory_t)(void *user_data,
  * An internal error (a panic inside the library), caught at the boundary.
  */
 #define PTS_ERROR_PANIC 19
+
+/**
+ * Another checkpoint manager holds the directory and prefix (its lock).
+ */
+#define PTS_ERROR_LOCKED 20
 
 /**
  * 64-bit float (`torch.float64`, safetensors `F64`).
@@ -938,6 +951,111 @@ pts_error_t *pts_load_options_set_copy(pts_load_options_t *options, bool copy);
  * Frees options. NULL is a no-op.
  */
 void pts_load_options_free(pts_load_options_t *options);
+
+/**
+ * Opens the series in directory `dir` (created with its parents if
+ * missing) under the policy `policy_json` (NULL: prefix "checkpoint",
+ * keep everything), a JSON object of `prefix`, `keep_last`, `keep_best`,
+ * `metric`, `mode` (`"min"` or `"max"`) and `keep_every_steps`, each
+ * optional (null: unset). Takes the lock: another manager of the same
+ * directory and prefix, in this process or another, gives
+ * `PTS_ERROR_LOCKED`. The caller frees `*out` with `pts_manager_close` or
+ * `pts_manager_free`.
+ */
+pts_error_t *pts_manager_open(const char *dir, const char *policy_json, pts_manager_t **out);
+
+/**
+ * Saves the container's checkpoint of `step`, with `metadata_json` (NULL:
+ * none) as user metadata whose finite numbers become the file's metrics
+ * (the policy's metric is required), then deletes what the policy no
+ * longer keeps. Returns first the error of a background save nobody
+ * collected. The caller frees `*path` with `pts_string_free`.
+ */
+pts_error_t *pts_manager_save(pts_manager_t *manager,
+                              const pts_container_t *container,
+                              uint64_t step,
+                              const char *metadata_json,
+                              char **path);
+
+/**
+ * As `pts_manager_save`, in the background: waits for the save in
+ * flight, copies the container's tensors and metadata into the manager's
+ * snapshot buffer and returns; the caller may change the container at
+ * once. `pts_manager_wait` collects the outcome.
+ */
+pts_error_t *pts_manager_save_async(pts_manager_t *manager,
+                                    const pts_container_t *container,
+                                    uint64_t step,
+                                    const char *metadata_json);
+
+/**
+ * Waits for the background save in flight and returns its error, or its
+ * path in `*path` (NULL when nothing was in flight; free it with
+ * `pts_string_free`).
+ */
+pts_error_t *pts_manager_wait(pts_manager_t *manager, char **path);
+
+/**
+ * The series' checkpoints, oldest first, as a JSON array of objects
+ * `{"path", "step", "timestamp", "metrics", "kept_by"}` (`kept_by`: the
+ * retention rules that keep it, `"latest"`, `"pinned"`, `"last"`,
+ * `"best"`, `"every"`, `"all"`). The caller frees `*json`.
+ */
+pts_error_t *pts_manager_list(const pts_manager_t *manager, char **json);
+
+/**
+ * The newest checkpoint as a JSON object (as `pts_manager_list` gives
+ * them), or `null`. The caller frees `*json`.
+ */
+pts_error_t *pts_manager_latest(const pts_manager_t *manager, char **json);
+
+/**
+ * Pins (`pin` true) or unpins a checkpoint of the series, by path or
+ * file name: retention keeps a pinned one.
+ */
+pts_error_t *pts_manager_pin(pts_manager_t *manager, const char *path, bool pin);
+
+/**
+ * Loads the newest checkpoint that loads (every CRC-32 checked) into a
+ * new container over `registry` (NULL: the built-in classes), trying
+ * older ones when it fails. `*out` is the new container, or NULL when the
+ * series has no checkpoint (`*metadata_json` is then NULL too);
+ * `*skipped_json` is a JSON array of `{"path", "kind", "message"}` for
+ * the files skipped. When every checkpoint fails, the newest one's error
+ * is returned. The caller frees what it receives.
+ */
+pts_error_t *pts_manager_load_latest(const pts_manager_t *manager,
+                                     const pts_registry_t *registry,
+                                     const pts_load_options_t *options,
+                                     pts_container_t **out,
+                                     char **metadata_json,
+                                     char **skipped_json);
+
+/**
+ * Restores the newest checkpoint that restores into the objects
+ * `container` holds (as `pts_container_restore`, tracked objects
+ * included), trying older ones when it fails; a failed one leaves the
+ * container as it was. `*metadata_json` is NULL when the series has no
+ * checkpoint; `*skipped_json` as for `pts_manager_load_latest`.
+ */
+pts_error_t *pts_manager_restore_latest(const pts_manager_t *manager,
+                                        pts_container_t *container,
+                                        const pts_load_options_t *options,
+                                        char **metadata_json,
+                                        char **skipped_json);
+
+/**
+ * Waits for the background save, releases the lock and frees the
+ * manager (always, even when it returns an error): the error is that of
+ * a background save nobody collected. NULL is a no-op.
+ */
+pts_error_t *pts_manager_close(pts_manager_t *manager);
+
+/**
+ * Frees a manager (waiting for its background save, whose outcome is
+ * dropped) and releases its lock. NULL is a no-op.
+ */
+void pts_manager_free(pts_manager_t *manager);
 
 /**
  * Loads the model of the file at `path` (an optimizer or scheduler in it

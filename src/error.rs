@@ -54,6 +54,10 @@ pub enum Error {
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(String),
+    /// Another checkpoint manager (in this process or another) holds the
+    /// lock of the same directory and prefix (FORMAT.md 12.2).
+    #[error("another checkpoint manager holds {dir:?} with prefix {prefix:?} (its lock file .{prefix}.lock is locked): close it first")]
+    Locked { dir: std::path::PathBuf, prefix: String },
 }
 
 impl Error {
@@ -76,6 +80,7 @@ impl Error {
             Error::Usage(_) => "Usage",
             Error::Callback { .. } => "Callback",
             Error::Torch(_) => "Torch",
+            Error::Locked { .. } => "Locked",
         }
     }
 }

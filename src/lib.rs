@@ -33,6 +33,9 @@ pub mod inference;
 pub mod kwargs;
 /// cbindgen:ignore
 #[cfg(feature = "torch")]
+pub mod manager;
+/// cbindgen:ignore
+#[cfg(feature = "torch")]
 pub mod models;
 /// cbindgen:ignore
 pub mod optim;

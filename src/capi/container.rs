@@ -26,7 +26,7 @@ pub struct pts_container_t {
 }
 
 impl pts_container_t {
-    fn new(registry: Option<&pts_registry_t>) -> Self {
+    pub(super) fn new(registry: Option<&pts_registry_t>) -> Self {
         let registry = registry.map_or_else(Registry::new, |r| r.registry.clone());
         let mut inner = ModelContainer::with_registry(Arc::new(registry));
         inner.set_producer_language("c").expect("a valid language");
@@ -208,7 +208,7 @@ pub unsafe extern "C" fn pts_container_restore_ex(
     })
 }
 
-unsafe fn user_metadata(json: *const c_char) -> CResult<UserMetadata> {
+pub(super) unsafe fn user_metadata(json: *const c_char) -> CResult<UserMetadata> {
     let map = unsafe { kwargs_arg(json, "metadata_json") }?;
     Ok(UserMetadata::try_from(map)?)
 }

@@ -53,6 +53,8 @@ pub const PTS_ERROR_CALLBACK: pts_error_code_t = 17;
 pub const PTS_ERROR_NOT_FOUND: pts_error_code_t = 18;
 /// An internal error (a panic inside the library), caught at the boundary.
 pub const PTS_ERROR_PANIC: pts_error_code_t = 19;
+/// Another checkpoint manager holds the directory and prefix (its lock).
+pub const PTS_ERROR_LOCKED: pts_error_code_t = 20;
 
 /// An error: a code and a message. Owned by whoever received it; free it
 /// with `pts_error_free`. Immutable: a `const pts_error_t *` may be read
@@ -107,6 +109,7 @@ fn code_of(e: &Error) -> pts_error_code_t {
         Error::Usage(_) => PTS_ERROR_USAGE,
         Error::Callback { .. } => PTS_ERROR_CALLBACK,
         Error::Torch(_) => PTS_ERROR_TORCH,
+        Error::Locked { .. } => PTS_ERROR_LOCKED,
     }
 }
 
@@ -132,6 +135,7 @@ fn kind_of_code(code: pts_error_code_t) -> &'static str {
         PTS_ERROR_TORCH => "Torch",
         PTS_ERROR_NOT_FOUND => "NotFound",
         PTS_ERROR_PANIC => "Panic",
+        PTS_ERROR_LOCKED => "Locked",
         _ => "Callback",
     }
 }

@@ -10,13 +10,16 @@
 //! - `save.rs`: the metadata document and tensor members of a save;
 //! - `load.rs`: the one flow of `load` and `restore`;
 //! - `tracked.rs`: the extra state objects tracked by name (FORMAT.md
-//!   11.3), and how a save writes and a load restores them.
+//!   11.3), and how a save writes and a load restores them;
+//! - `snapshot.rs`: a save's tensors copied into a reused buffer, written
+//!   later on another thread (the checkpoint manager's background saves).
 
 mod built;
 mod load;
 mod model;
 mod options;
 mod save;
+mod snapshot;
 mod spec;
 mod tracked;
 mod user_metadata;
@@ -37,6 +40,7 @@ use built::Built;
 use load::Target;
 pub use model::Model;
 pub use options::LoadOptions;
+pub(crate) use snapshot::Snapshot;
 pub use spec::{ClassSpec, ContainerSpec};
 pub use user_metadata::{MetadataValue, UserMetadata};
 
