@@ -29,16 +29,20 @@ models :class:`pytorch_saver.models.MLP` and
 list, docs/MODELS.md), classes of modules already imported, and modules the
 caller allows (``load(path, allow=["mypkg.models"])``).
 :func:`upgrade` converts files of the original package (0.1.x).
+:class:`CheckpointManager` keeps a series of checkpoints in a directory
+(retention, pins, asynchronous saves, resuming from the newest good one).
 """
 
 from ._container import ModelContainer, ModelObjects, upgrade
 from ._errors import (
     ArgumentTypeError,
+    CheckpointSkippedWarning,
     ClassResolutionError,
     FormatError,
     InitializationError,
     InvalidArgumentError,
     LayerSpecError,
+    ManagerLockedError,
     MetadataError,
     PytorchSaverError,
     StateMismatchError,
@@ -48,6 +52,7 @@ from ._errors import (
     UsageError,
 )
 from ._format import FORMAT_VERSION, Checkpoint, read_checkpoint
+from ._manager import AsyncSave, CheckpointInfo, CheckpointManager
 from ._resolve import class_name, register
 from ._typed_kwargs import register_codec
 from ._version import __version__
@@ -55,7 +60,11 @@ from .extra_state import RNG, Counters
 
 __all__ = [
     "ArgumentTypeError",
+    "AsyncSave",
     "Checkpoint",
+    "CheckpointInfo",
+    "CheckpointManager",
+    "CheckpointSkippedWarning",
     "ClassResolutionError",
     "Counters",
     "FORMAT_VERSION",
@@ -63,6 +72,7 @@ __all__ = [
     "InitializationError",
     "InvalidArgumentError",
     "LayerSpecError",
+    "ManagerLockedError",
     "MetadataError",
     "ModelContainer",
     "ModelObjects",

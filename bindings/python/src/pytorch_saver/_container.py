@@ -39,6 +39,7 @@ from ._format import RESERVED_KEYS, CheckpointReader, write_checkpoint
 from ._format.metadata import (
     ExtraEntry,
     Internals,
+    ManagerRecord,
     Metadata,
     OptimizerSection,
     Producer,
@@ -384,6 +385,21 @@ def _extra_to_restore(
     ]
 
 
+@dataclass(frozen=True)
+class _Gathered:
+    """A save's metadata and tensors (``ModelContainer._gathered``)."""
+
+    metadata: Metadata
+    model: Mapping[str, torch.Tensor]
+    optimizer: Mapping[str, torch.Tensor] | None
+    extra: Mapping[str, torch.Tensor] | None
+
+    def write(self, folder_path: StrPath, prefix: str | None) -> str:
+        return write_checkpoint(
+            os.fspath(folder_path), prefix, self.metadata, self.model, self.optimizer, self.extra
+        )
+
+
 class ModelContainer:
     """Builds, saves and loads a model with its optimizer and LR scheduler,
     and any extra training state it tracks (:meth:`track`).
@@ -571,6 +587,19 @@ class ModelContainer:
         user_metadata: Mapping[str, Any],
         timestamp: int | None = None,
     ) -> str:
+        return self._gathered(kind, user_metadata, timestamp).write(folder_path, prefix)
+
+    def _gathered(
+        self,
+        kind: str,
+        user_metadata: Mapping[str, Any],
+        timestamp: int | None = None,
+        manager: ManagerRecord | None = None,
+    ) -> _Gathered:
+        """Everything a save writes, checked: the metadata (with
+        ``manager``, the checkpoint manager's block, FORMAT.md 11.4) and the
+        tensors, which are the held objects' own (the checkpoint manager
+        copies them for a save in the background)."""
         if self.model is None:
             raise UsageError(
                 "Model must be initialized or loaded before saving: call initialize() or load()",
@@ -608,19 +637,13 @@ class ModelContainer:
                 scheduler=scheduler,
                 format_version=self._format_version,
                 extra=extra,
+                manager=manager,
             ),
             optim_kwargs=optim_kwargs,
             scheduler_kwargs=scheduler_kwargs,
             user=user,
         )
-        return write_checkpoint(
-            os.fspath(folder_path),
-            prefix,
-            metadata,
-            self.model.state_dict(),
-            optimizer_tensors,
-            extra_tensors,
-        )
+        return _Gathered(metadata, self.model.state_dict(), optimizer_tensors, extra_tensors)
 
     def load(
         self,

@@ -15,6 +15,7 @@ raised ValueError, RuntimeError, TypeError) keeps working::
     +-- UnsafePickleError(ValueError)      an old-format pickle asks for something not allowed
     +-- LayerSpecError(ValueError)         a Sequential layer list that breaks docs/MODELS.md
     +-- UsageError(RuntimeError)           a call the container's current state does not allow
+    +-- ManagerLockedError(RuntimeError)   another checkpoint manager holds the directory's lock
     +-- InvalidArgumentError(ValueError)   an argument the call does not accept
         +-- ArgumentTypeError(TypeError)   ... because of its type
 
@@ -53,6 +54,7 @@ C++ and Go report for the same failure:
   LayerSpecError          ``"InvalidKwargs"``
   UsageError              ``"Usage"``; ``"NotInitialized"`` for a call that
                           needs a model before there is one
+  ManagerLockedError      ``"Locked"``
   InvalidArgumentError    ``"InvalidArgument"`` (the C ABI's kind for an
                           argument check); ``"InvalidInput"`` for what the
                           writer cannot write (Rust's
@@ -68,11 +70,13 @@ from typing import Any
 
 __all__ = [
     "ArgumentTypeError",
+    "CheckpointSkippedWarning",
     "ClassResolutionError",
     "FormatError",
     "InitializationError",
     "InvalidArgumentError",
     "LayerSpecError",
+    "ManagerLockedError",
     "MetadataError",
     "PytorchSaverError",
     "StateMismatchError",
@@ -187,6 +191,14 @@ class UsageError(PytorchSaverError, RuntimeError):
     kind = "Usage"
 
 
+class ManagerLockedError(PytorchSaverError, RuntimeError):
+    """A checkpoint manager was opened on a directory and prefix whose lock
+    another live manager holds, in this process or another (FORMAT.md
+    12.2)."""
+
+    kind = "Locked"
+
+
 class InvalidArgumentError(PytorchSaverError, ValueError):
     """An argument the call does not accept: a value out of its domain
     (a file name prefix with a ``/``, a tensor of a dtype format v1 does not
@@ -201,3 +213,8 @@ class ArgumentTypeError(InvalidArgumentError, TypeError):
     that are not a mapping with str keys, ``register`` of a non-class). A
     ``TypeError``, as such an argument would be in plain Python, and also an
     :class:`InvalidArgumentError`."""
+
+
+class CheckpointSkippedWarning(UserWarning):
+    """A checkpoint manager skipped a checkpoint it could not load while
+    resuming (FORMAT.md 12.5); the message names the file and the error."""
