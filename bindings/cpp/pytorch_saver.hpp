@@ -121,6 +121,9 @@ struct LoadOptionsDeleter {
 struct ModelDeleter {
   void operator()(pts_model_t* p) const noexcept { pts_model_free(p); }
 };
+struct ManagerDeleter {
+  void operator()(pts_manager_t* p) const noexcept { pts_manager_free(p); }
+};
 
 /// Throws a non-NULL error as Error, freeing it.
 inline void check(pts_error_t* raw) {
@@ -1029,6 +1032,7 @@ class Container {
   const pts_container_t* capi() const noexcept { return ptr_.get(); }
 
  private:
+  friend class CheckpointManager;
   explicit Container(pts_container_t* raw) noexcept : ptr_(raw) {}
 
   static pts_container_t* create(const pts_registry_t* registry) {
@@ -1188,6 +1192,213 @@ inline Model::Loaded Model::load(const std::string& path, const Registry& regist
 
 inline Model::Loaded Model::load(const std::string& path, const LoadOptions& options) {
   return load_from(nullptr, path, options);
+}
+
+/// A checkpoint manager's prefix and retention policy (docs/FORMAT.md
+/// section 12.4). Zero counts and empty strings are unset; setting none of
+/// keep_last, keep_best, keep_every_steps keeps every checkpoint. The
+/// newest checkpoint and pinned ones are always kept.
+struct Policy {
+  /// The series' file name stem (`{prefix}_checkpoint_{ts}.zip`).
+  std::string prefix = "checkpoint";
+  /// Keep the N newest (0: unset).
+  uint64_t keep_last = 0;
+  /// Keep the K best by `metric` (0: unset); needs `metric`.
+  uint64_t keep_best = 0;
+  /// The user-metadata key every save must then carry as a finite number.
+  std::string metric;
+  /// Which way `metric` improves: "min" (a loss) or "max".
+  std::string mode = "min";
+  /// Keep every checkpoint whose step is a multiple of it (0: unset).
+  uint64_t keep_every_steps = 0;
+};
+
+namespace detail {
+
+/// `s` as a JSON string literal.
+inline std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20) {
+      static const char* hex = "0123456789abcdef";
+      out += "\\u00";
+      out += hex[c >> 4];
+      out += hex[c & 0xF];
+    } else {
+      out += ch;
+    }
+  }
+  return out + "\"";
+}
+
+/// The policy as pts_manager_open takes it: the set fields only.
+inline std::string policy_json(const Policy& p) {
+  std::string out = "{\"prefix\": " + json_string(p.prefix) + ", \"mode\": " + json_string(p.mode);
+  if (p.keep_last != 0) out += ", \"keep_last\": " + std::to_string(p.keep_last);
+  if (p.keep_best != 0) out += ", \"keep_best\": " + std::to_string(p.keep_best);
+  if (!p.metric.empty()) out += ", \"metric\": " + json_string(p.metric);
+  if (p.keep_every_steps != 0)
+    out += ", \"keep_every_steps\": " + std::to_string(p.keep_every_steps);
+  return out + "}";
+}
+
+}  // namespace detail
+
+/// A series of checkpoints in one directory under one prefix
+/// (docs/FORMAT.md section 12), shared with the managers of every other
+/// language: each save names its step and metrics in the file, retention
+/// deletes what the policy no longer keeps, and load_latest and
+/// restore_latest resume from the newest checkpoint that loads.
+///
+///     pytorch_saver::Policy policy;
+///     policy.prefix = "run";
+///     policy.keep_last = 3;
+///     pytorch_saver::CheckpointManager manager("ckpt", policy);
+///     auto resumed = manager.restore_latest(container);  // resumed.found
+///     manager.save_async(container, step, R"({"loss": 0.42})");
+///
+/// It holds the series' lock until close() or destruction: a second
+/// manager of the same directory and prefix, in this process or another,
+/// throws Error with PTS_ERROR_LOCKED. list() and latest() give JSON text
+/// (docs/C_API.md). Move-only; one thread at a time.
+class CheckpointManager {
+ public:
+  /// What restore_latest and load_latest found.
+  struct Resumed {
+    /// False when the series has no checkpoint (metadata_json is then "").
+    bool found = false;
+    /// The flat metadata of the checkpoint resumed from, as JSON text.
+    std::string metadata_json;
+    /// The files skipped, newest first, as a JSON array of `{"path",
+    /// "kind", "message"}`.
+    std::string skipped_json;
+  };
+  struct Loaded;
+
+  /// Opens the series of `policy.prefix` in `dir` (created with its
+  /// parents if missing).
+  explicit CheckpointManager(const std::string& dir, const Policy& policy = {}) {
+    pts_manager_t* out = nullptr;
+    detail::check(pts_manager_open(dir.c_str(), detail::policy_json(policy).c_str(), &out));
+    ptr_.reset(out);
+  }
+
+  /// Saves `container` as the checkpoint of `step` with the user metadata
+  /// `metadata_json` (a JSON object; its finite numbers are the metrics),
+  /// then deletes what the policy no longer keeps. Returns the path.
+  std::string save(const Container& container, uint64_t step,
+                   const std::string& metadata_json = "{}") {
+    char* path = nullptr;
+    detail::check(pts_manager_save(live(), container.capi(), step, metadata_json.c_str(), &path));
+    return detail::take_string(path);
+  }
+
+  /// As save(), in the background: copies the container's tensors and
+  /// returns; the container may change at once. wait() collects the
+  /// outcome.
+  void save_async(const Container& container, uint64_t step,
+                  const std::string& metadata_json = "{}") {
+    detail::check(pts_manager_save_async(live(), container.capi(), step, metadata_json.c_str()));
+  }
+
+  /// Waits for the background save and returns its path ("" when nothing
+  /// was in flight), or throws its error.
+  std::string wait() {
+    char* path = nullptr;
+    detail::check(pts_manager_wait(live(), &path));
+    return detail::take_string(path);
+  }
+
+  /// The series' checkpoints, oldest first, as a JSON array of `{"path",
+  /// "step", "timestamp", "metrics", "kept_by"}`.
+  std::string list() const {
+    char* out = nullptr;
+    detail::check(pts_manager_list(live(), &out));
+    return detail::take_string(out);
+  }
+
+  /// The newest checkpoint as a JSON object, or "null".
+  std::string latest() const {
+    char* out = nullptr;
+    detail::check(pts_manager_latest(live(), &out));
+    return detail::take_string(out);
+  }
+
+  /// Pins a checkpoint of the series (by path or file name): retention
+  /// keeps it until unpin().
+  void pin(const std::string& path) { detail::check(pts_manager_pin(live(), path.c_str(), true)); }
+
+  /// Unpins a checkpoint: retention applies to it again at the next save.
+  void unpin(const std::string& path) {
+    detail::check(pts_manager_pin(live(), path.c_str(), false));
+  }
+
+  /// Restores the newest checkpoint that restores into the objects
+  /// `container` holds, trying older ones when it fails (a failed one
+  /// leaves the container as it was).
+  Resumed restore_latest(Container& container, const LoadOptions& options = {}) const {
+    LoadOptionsHandle c_options = load_options_to_capi(options);
+    char* meta = nullptr;
+    char* skipped = nullptr;
+    detail::check(
+        pts_manager_restore_latest(live(), container.capi(), c_options.get(), &meta, &skipped));
+    return resumed(meta, skipped);
+  }
+
+  /// Loads the newest checkpoint that loads into a new container over the
+  /// built-in classes, trying older ones when it fails.
+  Loaded load_latest(const LoadOptions& options = {}) const;
+
+  /// Waits for the background save, releases the lock and frees the
+  /// manager; throws the error of a background save nobody collected
+  /// (the manager is closed either way). A no-op when already closed.
+  void close() {
+    if (ptr_ != nullptr) detail::check(pts_manager_close(ptr_.release()));
+  }
+
+  pts_manager_t* capi() noexcept { return ptr_.get(); }
+  const pts_manager_t* capi() const noexcept { return ptr_.get(); }
+
+ private:
+  pts_manager_t* live() const {
+    if (ptr_ == nullptr) throw Error(PTS_ERROR_USAGE, "the checkpoint manager is closed");
+    return ptr_.get();
+  }
+
+  static Resumed resumed(char* meta, char* skipped) {
+    Resumed out;
+    out.found = meta != nullptr;
+    out.metadata_json = detail::take_string(meta);
+    out.skipped_json = detail::take_string(skipped);
+    return out;
+  }
+
+  std::unique_ptr<pts_manager_t, detail::ManagerDeleter> ptr_;
+};
+
+/// What CheckpointManager::load_latest returns.
+struct CheckpointManager::Loaded {
+  /// The loaded container; empty (capi() NULL) when nothing was found.
+  Container container;
+  Resumed resumed;
+};
+
+inline CheckpointManager::Loaded CheckpointManager::load_latest(const LoadOptions& options) const {
+  LoadOptionsHandle c_options = load_options_to_capi(options);
+  pts_container_t* out = nullptr;
+  char* meta = nullptr;
+  char* skipped = nullptr;
+  detail::check(pts_manager_load_latest(live(), nullptr, c_options.get(), &out, &meta, &skipped));
+  Container container(out);
+  Resumed found = resumed(meta, skipped);
+  if (out != nullptr) {
+    detail::check(pts_container_set_producer_language(out, Container::kProducerLanguage));
+  }
+  return Loaded{std::move(container), std::move(found)};
 }
 
 }  // namespace pytorch_saver

@@ -58,6 +58,9 @@ const (
 	// CodePanic: an internal error (a panic inside the library), caught
 	// at the boundary.
 	CodePanic Code = 19
+	// CodeLocked: another checkpoint manager, in this process or another,
+	// holds the directory and prefix (OpenManager).
+	CodeLocked Code = 20
 )
 
 var codeNames = [...]string{
@@ -80,6 +83,7 @@ var codeNames = [...]string{
 	CodeCallback:           "callback failed",
 	CodeNotFound:           "not found",
 	CodePanic:              "internal error",
+	CodeLocked:             "locked",
 }
 
 // String returns a short description of the code, such as "not found".
@@ -158,6 +162,7 @@ var codeKinds = [...]string{
 	CodeCallback:           "Callback",
 	CodeNotFound:           "NotFound",
 	CodePanic:              "Panic",
+	CodeLocked:             "Locked",
 }
 
 // kind is the kind of an error made from the bare code c.
@@ -220,4 +225,6 @@ var (
 	ErrNotFound = &Error{Code: CodeNotFound}
 	// ErrPanic matches every error with CodePanic.
 	ErrPanic = &Error{Code: CodePanic}
+	// ErrLocked matches every error with CodeLocked.
+	ErrLocked = &Error{Code: CodeLocked}
 )
