@@ -12,6 +12,13 @@ argv[1] is a JSON object; by "mode":
       opens a manager, prints "ready" and sleeps until killed;
   {"mode": "try", "dir": D}
       tries to open a manager; prints "opened" or the error's class and kind;
+  {"mode": "kill-at", "dir": D, "async": bool, "call": NAME, "nth": n, "step": s}
+      opens CheckpointManager(D, "run", keep_last=1) and saves once at
+      step s (through save_async and wait() when "async"), having wrapped
+      os.NAME (pwrite, fsync, link or unlink) so that its n-th call kills
+      the process with SIGKILL instead of running: a crash at an exact
+      point of save-then-retain; prints "survived" if the n-th call never
+      came;
   {"mode": "fsize", "dir": D}
       opens a manager, then limits file sizes (RLIMIT_FSIZE, SIGXFSZ
       ignored) so that a background write fails, and prints a JSON report of
@@ -89,6 +96,28 @@ def try_open(spec: dict) -> None:
         print(f"{type(e).__name__} {e.kind} {e}", flush=True)
 
 
+def kill_at(spec: dict) -> None:
+    name, nth = spec["call"], spec["nth"]
+    real = getattr(os, name)
+    calls = 0
+
+    def wrapped(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    c = container(64)
+    with CheckpointManager(spec["dir"], "run", keep_last=1) as mgr:
+        setattr(os, name, wrapped)
+        if spec["async"]:
+            mgr.save_async(c, spec["step"]).wait()
+        else:
+            mgr.save(c, spec["step"])
+    print("survived", flush=True)
+
+
 def fsize(spec: dict) -> None:
     directory = spec["dir"]
     c = container(256)  # about 1 MiB of tensors with Adam's state
@@ -125,4 +154,5 @@ def fsize(spec: dict) -> None:
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
-    {"loop": loop, "hold": hold, "try": try_open, "fsize": fsize}[spec["mode"]](spec)
+    modes = {"loop": loop, "hold": hold, "try": try_open, "kill-at": kill_at, "fsize": fsize}
+    modes[spec["mode"]](spec)

@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from pytorch_saver import CheckpointManager, read_checkpoint
+from pytorch_saver import CheckpointManager, ModelContainer, read_checkpoint
+from pytorch_saver.models import MLP
 
 CHILD = Path(__file__).resolve().parents[3] / "tests" / "python" / "manager_child.py"
 KILLS = 12  # per variant: 24 in all
@@ -90,3 +91,66 @@ def test_killed_saves_leave_a_resumable_series(tmp_path: Path, background: bool)
             ids = {read_checkpoint(p).metadata["__pytorch_saver__"]["manager"]["id"] for p in files}
             assert ids <= {mgr.id}
     assert last_committed >= 3, "the kills came too early to test anything"
+
+
+# The exact points of one save-then-retain: the writes of the temporary
+# file (the first and a later one), its fsync, the link that publishes it,
+# the directory fsync after it, the temporary name's removal (the first
+# unlink), and the deletions of retention (keep_last=1 over five older
+# checkpoints: the second unlink is the first deletion, the fourth one is
+# in the middle).
+KILL_POINTS = [
+    ("pwrite", 1),
+    ("pwrite", 2),
+    ("fsync", 1),
+    ("link", 1),
+    ("fsync", 2),
+    ("unlink", 1),
+    ("unlink", 2),
+    ("unlink", 4),
+]
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize(("call", "nth"), KILL_POINTS, ids=[f"{c}{n}" for c, n in KILL_POINTS])
+def test_a_kill_at_each_point_of_save_then_retain_leaves_a_resumable_series(
+    tmp_path: Path, background: bool, call: str, nth: int
+) -> None:
+    directory = tmp_path / "run"
+    with CheckpointManager(directory, "run") as mgr:  # keeps every checkpoint
+        c = ModelContainer()
+        c.initialize(MLP, {"in_dim": 16, "hidden_dim": 64, "n_classes": 4})
+        for step in range(5):
+            mgr.save(c, step)
+    before = {p.name: p.read_bytes() for p in final_names(directory)}
+    assert len(before) == 5
+    spec = {
+        "mode": "kill-at",
+        "dir": str(directory),
+        "async": background,
+        "call": call,
+        "nth": nth,
+        "step": 5,
+    }
+    run = subprocess.run(
+        [sys.executable, str(CHILD), json.dumps(spec)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == -signal.SIGKILL, (run.returncode, run.stdout, run.stderr)
+    files = final_names(directory)
+    for path in files:
+        read_checkpoint(path)  # complete and valid, or refused here
+        if path.name in before:
+            assert path.read_bytes() == before[path.name], path.name
+    names = {p.name for p in files}
+    new = names - set(before)
+    assert len(new) <= 1, names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with CheckpointManager(directory, "run", keep_last=1) as mgr:
+            latest = mgr.latest()
+            assert latest is not None
+            # The newest committed checkpoint survives: step 4 until the new
+            # one is linked, step 5 after.
+            assert latest.step == (5 if new else 4), (call, nth, names)
+            loaded = mgr.load_latest()
+            assert loaded is not None and loaded[0]["timestamp"] == latest.timestamp
