@@ -163,6 +163,8 @@ lint: venv deps
 
 rust-test: venv deps python-package
 	$(CARGO) test --release
+	# Saves killed at exact points need the crash points of fault-injection.
+	$(CARGO) test --release --features fault-injection --test manager_kill_points
 
 # The pure-Python package, installed into the venv as a user would
 # (`pip install ./bindings/python`; torch and safetensors are already there).

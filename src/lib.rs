@@ -25,6 +25,8 @@ pub mod error;
 #[cfg(feature = "torch")]
 pub mod extra_state;
 /// cbindgen:ignore
+mod fault;
+/// cbindgen:ignore
 pub mod format;
 /// cbindgen:ignore
 #[cfg(feature = "torch")]

@@ -210,6 +210,7 @@ pub fn write_checkpoint(
                 )));
             }
             crc.update(&bytes);
+            crate::fault::point("write.data");
             out.write_all(&bytes).map_err(werr)?;
         }
         planned.crc = crc.finalize();
@@ -229,12 +230,15 @@ pub fn write_checkpoint(
     let cd_size = tail.len() as u64;
     tail.extend_from_slice(&end_records(plan.len() as u64, cd_offset, cd_size, force));
     file.write_all_at(&tail, cd_offset).map_err(werr)?;
+    crate::fault::point("write.fsync");
     file.sync_all()
         .map_err(|e| FormatError::io("cannot fsync", &tmp_path, e))?;
     drop(file);
 
+    crate::fault::point("write.link");
     let path = publish(&tmp_path, dir, stem)?;
     drop(tmp);
+    crate::fault::point("write.dir_fsync");
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| FormatError::io("cannot fsync directory", dir, e))?;

@@ -99,6 +99,7 @@ impl Series {
         let mut removed = false;
         for ((path, _), kept_by) in members.iter().zip(&rules) {
             if kept_by.is_empty() {
+                crate::fault::point("manager.unlink");
                 match std::fs::remove_file(path) {
                     Ok(()) => removed = true,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -1,0 +1,45 @@
+//! Crash points for tests: with the `fault-injection` feature, the
+//! environment variable `PTS_KILL_AT=NAME:N` makes the N-th time this
+//! process reaches the point NAME kill the process with SIGKILL, so a test
+//! can crash a save at an exact step (the temporary file's data, its
+//! fsync, the link that publishes it, the directory fsync, a deletion of
+//! retention). Without the feature every point is an empty inline
+//! function.
+//!
+//! The points: `write.data` (before each tensor's bytes are written),
+//! `write.fsync` (before the temporary file's fsync), `write.link` (before
+//! it is linked under its final name), `write.dir_fsync` (before the
+//! directory's fsync after the link), `manager.unlink` (before each file
+//! that retention deletes).
+
+#[cfg(feature = "fault-injection")]
+pub(crate) fn point(name: &str) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static COUNTS: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+    let Ok(spec) = std::env::var("PTS_KILL_AT") else {
+        return;
+    };
+    let Some((target, nth)) = spec.rsplit_once(':') else {
+        return;
+    };
+    if target != name {
+        return;
+    }
+    let mut counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    let count = counts
+        .get_or_insert_with(HashMap::new)
+        .entry(name.to_owned())
+        .or_insert(0);
+    *count += 1;
+    if nth.parse() == Ok(*count) {
+        // SAFETY: kill(2) on this process; nothing after it runs.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn point(_name: &str) {}
