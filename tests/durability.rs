@@ -2,16 +2,15 @@
 //! processes: one killed with SIGKILL in the middle of saves, one whose
 //! writes fail (a file-size limit stands in for a full disk).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use pytorch_saver::format::Checkpoint;
 use pytorch_saver::{models, ContainerSpec, ModelContainer, UserMetadata};
 use serde_json::json;
-
-const ROLE: &str = "PTS_DURABILITY_ROLE";
-const DIR: &str = "PTS_DURABILITY_DIR";
 
 fn mlp(hidden: i64) -> ModelContainer {
     let mut c = ModelContainer::new();
@@ -21,22 +20,13 @@ fn mlp(hidden: i64) -> ModelContainer {
     c
 }
 
-fn spawn_role(role: &str, dir: &Path) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_process_role", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env(DIR, dir);
-    cmd
-}
-
 /// The code the child processes run; without the role variable (a normal
 /// test run) it has nothing to do.
 #[test]
 fn child_process_role() {
-    let (Ok(role), Ok(dir)) = (std::env::var(ROLE), std::env::var(DIR)) else {
+    let Some((role, dir)) = common::child_role() else {
         return;
     };
-    let dir = PathBuf::from(dir);
     match role.as_str() {
         "save-forever" => {
             let c = mlp(1024); // ~16 MiB per file
@@ -78,7 +68,7 @@ fn sigkill_during_saves_leaves_complete_files_or_nothing() {
     let earlier = mlp(16).save(dir.path(), "earlier", &UserMetadata::new()).unwrap();
     let earlier_bytes = std::fs::read(&earlier).unwrap();
     for i in 0..8u64 {
-        let mut child = spawn_role("save-forever", dir.path())
+        let mut child = common::spawn_child("save-forever", dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -113,7 +103,7 @@ fn sigkill_during_saves_leaves_complete_files_or_nothing() {
 #[test]
 fn a_save_whose_writes_fail_reports_why_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let out = spawn_role("save-over-limit", dir.path()).output().unwrap();
+    let out = common::spawn_child("save-over-limit", dir.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let line = stdout

@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::Rng;
@@ -17,8 +17,6 @@ use pytorch_saver::manager::{CheckpointManager, Policy};
 use pytorch_saver::{models, ContainerSpec, Error, LoadOptions, ModelContainer, UserMetadata};
 use serde_json::json;
 
-const ROLE: &str = "PTS_MANAGER_ROLE";
-const DIR: &str = "PTS_MANAGER_DIR";
 const PREFIX: &str = "crash";
 
 fn mlp(hidden: i64) -> ModelContainer {
@@ -36,22 +34,13 @@ fn policy() -> Policy {
     }
 }
 
-fn spawn_role(role: &str, dir: &Path) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_process_role", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env(DIR, dir);
-    cmd
-}
-
 /// The code the child processes run; without the role variable (a normal
 /// test run) it has nothing to do.
 #[test]
 fn child_process_role() {
-    let (Ok(role), Ok(dir)) = (std::env::var(ROLE), std::env::var(DIR)) else {
+    let Some((role, dir)) = common::child_role() else {
         return;
     };
-    let dir = PathBuf::from(dir);
     match role.as_str() {
         "save-loop" | "save-loop-async" => {
             let c = mlp(256);
@@ -115,7 +104,7 @@ fn kill_during_saves(role: &str, seed: u64) {
     let mut rng = Rng(seed);
     let mut resumed = 0;
     for i in 0..16 {
-        let mut child = spawn_role(role, dir.path())
+        let mut child = common::spawn_child(role, dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -190,7 +179,7 @@ fn first_line(child: &mut Child) -> String {
 #[test]
 fn the_lock_keeps_other_processes_out_and_dies_with_its_holder() {
     let dir = tempfile::tempdir().unwrap();
-    let mut holder = spawn_role("hold-lock", dir.path())
+    let mut holder = common::spawn_child("hold-lock", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -208,7 +197,7 @@ fn the_lock_keeps_other_processes_out_and_dies_with_its_holder() {
         }
         other => panic!("expected Locked, got {other:?}"),
     }
-    let out = spawn_role("try-lock", dir.path()).output().unwrap();
+    let out = common::spawn_child("try-lock", dir.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("LOCK-ERROR: Locked: "), "{stdout}");
     assert!(stdout.contains(&dir.path().display().to_string()), "{stdout}");
@@ -216,10 +205,10 @@ fn the_lock_keeps_other_processes_out_and_dies_with_its_holder() {
     holder.kill().unwrap();
     holder.wait().unwrap();
     let m = CheckpointManager::open(dir.path(), policy()).expect("a killed holder releases the lock");
-    let out = spawn_role("try-lock", dir.path()).output().unwrap();
+    let out = common::spawn_child("try-lock", dir.path()).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("LOCK-ERROR: Locked"));
     m.close().unwrap();
-    let out = spawn_role("try-lock", dir.path()).output().unwrap();
+    let out = common::spawn_child("try-lock", dir.path()).output().unwrap();
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("LOCK-TAKEN"),
         "after close"
@@ -229,7 +218,7 @@ fn the_lock_keeps_other_processes_out_and_dies_with_its_holder() {
 #[test]
 fn a_background_save_whose_writes_fail_reports_it_and_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
-    let out = spawn_role("async-over-limit", dir.path()).output().unwrap();
+    let out = common::spawn_child("async-over-limit", dir.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let line = |tag: &str| {

@@ -13,16 +13,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use pytorch_saver::format::Checkpoint;
 use pytorch_saver::manager::{CheckpointManager, Policy};
 use pytorch_saver::{models, ContainerSpec, LoadOptions, ModelContainer, UserMetadata};
 use serde_json::json;
 
-const ROLE: &str = "PTS_KILL_POINTS_ROLE";
-const DIR: &str = "PTS_KILL_POINTS_DIR";
 const PREFIX: &str = "kill";
 
 fn mlp() -> ModelContainer {
@@ -50,14 +47,14 @@ fn series(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 /// The child: one save at step 5 with keep_last=1, sync or async.
 #[test]
 fn child_process_role() {
-    let (Ok(role), Ok(dir)) = (std::env::var(ROLE), std::env::var(DIR)) else {
+    let Some((role, dir)) = common::child_role() else {
         return;
     };
     let policy = Policy {
         keep_last: Some(1),
         ..Policy::new(PREFIX)
     };
-    let mut m = CheckpointManager::open(PathBuf::from(dir), policy).unwrap();
+    let mut m = CheckpointManager::open(dir, policy).unwrap();
     let c = mlp();
     let meta = UserMetadata::new();
     match role.as_str() {
@@ -96,10 +93,7 @@ fn a_kill_at_each_point_of_save_then_retain_leaves_a_resumable_series() {
             }
             let before = series(&dir);
             assert_eq!(before.len(), 5, "{label}");
-            let out = Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "child_process_role", "--nocapture", "--test-threads=1"])
-                .env(ROLE, role)
-                .env(DIR, &dir)
+            let out = common::spawn_child(role, &dir)
                 .env("PTS_KILL_AT", format!("{point}:{nth}"))
                 .output()
                 .unwrap();

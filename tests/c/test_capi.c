@@ -19,32 +19,8 @@
 #include <string.h>
 
 #include "cases_json.h"
+#include "checks.h"
 #include "pytorch_saver.h"
-
-static int failures = 0;
-static int checks = 0;
-
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    checks++;                                                                  \
-    if (!(cond)) {                                                             \
-      failures++;                                                              \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-    }                                                                          \
-  } while (0)
-
-/* A call that must succeed. */
-#define OK(call)                                                                \
-  do {                                                                          \
-    pts_error_t *err_ = (call);                                                 \
-    checks++;                                                                   \
-    if (err_ != NULL) {                                                         \
-      failures++;                                                               \
-      fprintf(stderr, "%s:%d: %s failed: [%u] %s\n", __FILE__, __LINE__, #call, \
-              pts_error_code(err_), pts_error_message(err_));                   \
-      pts_error_free(err_);                                                     \
-    }                                                                           \
-  } while (0)
 
 /* A call that must fail with `code` and a message containing `needle`. */
 #define FAILS(call, code, needle) expect_error((call), (code), (needle), #call, __LINE__)

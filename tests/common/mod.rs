@@ -217,3 +217,27 @@ mod tch_models;
 #[cfg(feature = "torch")]
 #[allow(unused_imports)] // each test binary uses a different part
 pub use tch_models::*;
+
+/// The variables that make a test binary, run again as a child process,
+/// play a role (see [`spawn_child`]).
+const CHILD_ROLE: &str = "PTS_TEST_CHILD_ROLE";
+const CHILD_DIR: &str = "PTS_TEST_CHILD_DIR";
+
+/// This test binary again, running only its test `child_process_role`,
+/// which learns `role` and `dir` from [`child_role`]: a real process that
+/// a test can kill, lock against or limit.
+pub fn spawn_child(role: &str, dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_process_role", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ROLE, role)
+        .env(CHILD_DIR, dir);
+    cmd
+}
+
+/// The role and directory [`spawn_child`] gave this process; `None` in a
+/// normal test run, where `child_process_role` has nothing to do.
+pub fn child_role() -> Option<(String, PathBuf)> {
+    let role = std::env::var(CHILD_ROLE).ok()?;
+    let dir = std::env::var(CHILD_DIR).ok()?;
+    Some((role, PathBuf::from(dir)))
+}
