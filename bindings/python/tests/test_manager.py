@@ -21,6 +21,7 @@ import torch
 from pytorch_saver import (
     CheckpointManager,
     CheckpointSkippedWarning,
+    FormatError,
     InvalidArgumentError,
     ManagerLockedError,
     MetadataError,
@@ -506,7 +507,9 @@ def test_resuming_skips_a_damaged_newest_checkpoint(tmp_path: Path, damage: str)
     assert Path(paths[2]).exists()
 
 
-def test_resuming_with_nothing_good_returns_none(tmp_path: Path) -> None:
+def test_resuming_an_empty_series_is_none_and_one_with_nothing_good_an_error(
+    tmp_path: Path,
+) -> None:
     with CheckpointManager(tmp_path, "run") as mgr:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -517,8 +520,10 @@ def test_resuming_with_nothing_good_returns_none(tmp_path: Path) -> None:
         flip_byte_in_tensor_data(path)
     with CheckpointManager(tmp_path, "run") as mgr:
         with pytest.warns(CheckpointSkippedWarning) as caught:
-            assert mgr.load_latest() is None
+            with pytest.raises(FormatError) as raised:
+                mgr.load_latest()
         assert len(caught) == 3
+        assert raised.value.kind == "CrcMismatch" and paths[2] in str(caught[0].message)
 
 
 def test_resuming_raises_what_is_not_the_files_fault(tmp_path: Path) -> None:

@@ -460,11 +460,11 @@ class CheckpointManager:
 
     # -- the series ------------------------------------------------------------
 
-    def _scan(self) -> tuple[list[Candidate], dict[str, str]]:
+    def _scan(self) -> tuple[list[Candidate], dict[str, FormatError | OSError]]:
         """The checkpoints of the series (metadata only), and the files that
         have the series' names but could not be read, with why."""
         candidates: list[Candidate] = []
-        unreadable: dict[str, str] = {}
+        unreadable: dict[str, FormatError | OSError] = {}
         pinned = set(self._pinned)
         try:
             names = sorted(os.listdir(self._directory))
@@ -480,7 +480,7 @@ class CheckpointManager:
                 with CheckpointReader(path, verify=False) as reader:
                     metadata = reader.scan.metadata
             except (FormatError, OSError) as e:
-                unreadable[name] = f"{type(e).__name__}: {e}"
+                unreadable[name] = e
                 continue
             record = metadata.internals.manager
             if record is None or record.id != self._id:
@@ -593,33 +593,44 @@ class CheckpointManager:
     def _resume(self, attempt: Callable[[str], Any]) -> Any:
         """``attempt(path)`` on the checkpoints newest first until one
         succeeds; a file that fails verification (or cannot be read) is
-        skipped with a :class:`CheckpointSkippedWarning`. None when none is
-        left."""
+        skipped with a :class:`CheckpointSkippedWarning`. None when the
+        series has no checkpoint; when it has some and none loads, the
+        newest one's error (FORMAT.md 12.5: a run must not silently start
+        over)."""
         self._check_open()
         self._settle(raise_error=False)
         with self._mutex:
             candidates, unreadable = self._scan()
-        for name, why in unreadable.items():
+        for name, error in unreadable.items():
             path = os.path.join(self._directory, name)
             warnings.warn(
-                f"skipped {path}: it cannot be read ({why})", CheckpointSkippedWarning, stacklevel=3
+                f"skipped {path}: it cannot be read ({type(error).__name__}: {error})",
+                CheckpointSkippedWarning,
+                stacklevel=3,
             )
+        newest_error: FormatError | OSError | None = None
         for info in reversed(self._infos(candidates)):
             try:
                 return attempt(info.path)
             except (FormatError, OSError) as e:
+                newest_error = newest_error or e
                 warnings.warn(
                     f"skipped {info.path}: {type(e).__name__}: {e}",
                     CheckpointSkippedWarning,
                     stacklevel=3,
                 )
+        if newest_error is None and unreadable:
+            newest_error = next(iter(unreadable.values()))
+        if newest_error is not None:
+            raise newest_error
         return None
 
     def load_latest(
         self, *load_args: Any, **load_kwargs: Any
     ) -> tuple[dict[str, Any], ModelObjects] | None:
         """``ModelContainer().load(path, *load_args, **load_kwargs)`` of the
-        newest checkpoint that loads, or None when there is none. Each is
+        newest checkpoint that loads, or None when the series has none (when
+        it has some and none loads, the newest one's error). Each is
         fully verified; one that fails (damaged, truncated) is skipped with
         a :class:`CheckpointSkippedWarning` naming it and the error. Errors
         that are not the file's fault (a class that cannot be resolved, a
