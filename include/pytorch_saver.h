@@ -626,6 +626,22 @@ pts_error_t *pts_container_restore_ex(pts_container_t *container,
                                       char **metadata_json);
 
 /**
+ * Loads the file at `path` into this container, as `pts_container_load`
+ * loads into a new one (rebuilding the model, optimizer and scheduler the
+ * file names, through the container's registry), and restores every
+ * tracked object from the file's extra state: each tracked name must have
+ * an entry of the object's class in the file (`PTS_ERROR_STATE_MISMATCH`
+ * otherwise), entries not tracked are left alone. All or nothing: on
+ * error the container and its tracked objects keep what they held.
+ * `options` may be NULL (the defaults). The caller frees
+ * `*metadata_json` (the flat metadata).
+ */
+pts_error_t *pts_container_load_into(pts_container_t *container,
+                                     const char *path,
+                                     const pts_load_options_t *options,
+                                     char **metadata_json);
+
+/**
  * Saves a training checkpoint (model, optimizer, scheduler) atomically
  * into directory `dir` as `{prefix}_checkpoint_{unix seconds}.zip`
  * (`prefix` NULL or "": `checkpoint_{ts}.zip`; never overwriting a file).
@@ -849,22 +865,6 @@ pts_error_t *pts_container_untrack(pts_container_t *container, const char *name)
  * JSON array of strings. The caller frees `*out` with `pts_string_free`.
  */
 pts_error_t *pts_container_tracked_names_json(const pts_container_t *container, char **out);
-
-/**
- * Loads the file at `path` into this container, as `pts_container_load`
- * loads into a new one (rebuilding the model, optimizer and scheduler the
- * file names, through the container's registry), and restores every
- * tracked object from the file's extra state: each tracked name must have
- * an entry of the object's class in the file (`PTS_ERROR_STATE_MISMATCH`
- * otherwise), entries not tracked are left alone. All or nothing: on
- * error the container and its tracked objects keep what they held.
- * `options` may be NULL (the defaults). The caller frees
- * `*metadata_json` (the flat metadata).
- */
-pts_error_t *pts_container_load_into(pts_container_t *container,
-                                     const char *path,
-                                     const pts_load_options_t *options,
-                                     char **metadata_json);
 
 /**
  * Sets the state's typed value from JSON text (any JSON value; no

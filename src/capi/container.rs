@@ -198,11 +198,44 @@ pub unsafe extern "C" fn pts_container_restore_ex(
     options: *const pts_load_options_t,
     metadata_json: *mut *mut c_char,
 ) -> *mut pts_error_t {
+    unsafe { read_into(container, path, options, metadata_json, |c, p, o| c.restore_with(p, o)) }
+}
+
+/// Loads the file at `path` into this container, as `pts_container_load`
+/// loads into a new one (rebuilding the model, optimizer and scheduler the
+/// file names, through the container's registry), and restores every
+/// tracked object from the file's extra state: each tracked name must have
+/// an entry of the object's class in the file (`PTS_ERROR_STATE_MISMATCH`
+/// otherwise), entries not tracked are left alone. All or nothing: on
+/// error the container and its tracked objects keep what they held.
+/// `options` may be NULL (the defaults). The caller frees
+/// `*metadata_json` (the flat metadata).
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_load_into(
+    container: *mut pts_container_t,
+    path: *const c_char,
+    options: *const pts_load_options_t,
+    metadata_json: *mut *mut c_char,
+) -> *mut pts_error_t {
+    unsafe { read_into(container, path, options, metadata_json, |c, p, o| c.load_with(p, o)) }
+}
+
+/// A read of the file at `path` into `container` (a restore, or a load
+/// into it), its parameter list refreshed, the flat metadata written to
+/// `*metadata_json`.
+unsafe fn read_into(
+    container: *mut pts_container_t,
+    path: *const c_char,
+    options: *const pts_load_options_t,
+    metadata_json: *mut *mut c_char,
+    read: fn(&mut ModelContainer, &str, &crate::container::LoadOptions) -> crate::Result<Map<String, Value>>,
+) -> *mut pts_error_t {
     boundary(|| {
         let c = unsafe { arg_mut(container, "container") }?;
         let path = unsafe { arg_str(path, "path") }?;
         let meta_out = Out::new(metadata_json, "metadata_json")?;
-        let meta = c.inner.restore_with(path, &options_or_default(options))?;
+        let meta = read(&mut c.inner, path, &options_or_default(options))?;
+        c.refresh();
         meta_out.write(json_text(&meta)?);
         Ok(())
     })

@@ -7,7 +7,6 @@ use std::ffi::{c_char, c_void};
 
 use serde_json::Value;
 
-use super::load_options::options_or_default;
 use super::registry::Owned;
 use super::*;
 use crate::error::{Error, Result};
@@ -352,33 +351,6 @@ pub unsafe extern "C" fn pts_container_tracked_names_json(
         let out = Out::new(out, "out")?;
         let names = serde_json::to_string(&c.inner.tracked_names()).expect("strings serialize");
         out.write(owned_string(names)?);
-        Ok(())
-    })
-}
-
-/// Loads the file at `path` into this container, as `pts_container_load`
-/// loads into a new one (rebuilding the model, optimizer and scheduler the
-/// file names, through the container's registry), and restores every
-/// tracked object from the file's extra state: each tracked name must have
-/// an entry of the object's class in the file (`PTS_ERROR_STATE_MISMATCH`
-/// otherwise), entries not tracked are left alone. All or nothing: on
-/// error the container and its tracked objects keep what they held.
-/// `options` may be NULL (the defaults). The caller frees
-/// `*metadata_json` (the flat metadata).
-#[no_mangle]
-pub unsafe extern "C" fn pts_container_load_into(
-    container: *mut pts_container_t,
-    path: *const c_char,
-    options: *const pts_load_options_t,
-    metadata_json: *mut *mut c_char,
-) -> *mut pts_error_t {
-    boundary(|| {
-        let c = unsafe { arg_mut(container, "container") }?;
-        let path = unsafe { arg_str(path, "path") }?;
-        let meta_out = Out::new(metadata_json, "metadata_json")?;
-        let meta = c.inner.load_with(path, &options_or_default(options))?;
-        c.refresh();
-        meta_out.write(json_text(&meta)?);
         Ok(())
     })
 }
