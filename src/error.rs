@@ -58,6 +58,16 @@ pub enum Error {
     /// lock of the same directory and prefix (FORMAT.md 12.2).
     #[error("another checkpoint manager holds {dir:?} with prefix {prefix:?} (its lock file .{prefix}.lock is locked): close it first")]
     Locked { dir: std::path::PathBuf, prefix: String },
+    /// A pickle (in a `torch.save` file or a file of the original
+    /// package) names a global outside the allow-list of plain containers
+    /// and tensor constructors: refused before anything of it ran.
+    #[error("{file}: the pickle asks for {global}, which is not allowed (only containers, tensors and plain values are read; nothing was run)")]
+    UnsafePickle { file: std::path::PathBuf, global: String },
+    /// A foreign file (`torch.save`, safetensors, a Hugging Face
+    /// directory, a file of the original package) that is malformed or
+    /// holds something a conversion cannot carry.
+    #[error("{file}: {reason}")]
+    InvalidForeign { file: std::path::PathBuf, reason: String },
 }
 
 impl Error {
@@ -81,6 +91,8 @@ impl Error {
             Error::Callback { .. } => "Callback",
             Error::Torch(_) => "Torch",
             Error::Locked { .. } => "Locked",
+            Error::UnsafePickle { .. } => "UnsafePickle",
+            Error::InvalidForeign { .. } => "InvalidForeign",
         }
     }
 }

@@ -20,6 +20,8 @@ pub mod capi;
 #[cfg(feature = "torch")]
 pub mod container;
 /// cbindgen:ignore
+pub mod convert;
+/// cbindgen:ignore
 pub mod error;
 /// cbindgen:ignore
 #[cfg(feature = "torch")]
@@ -42,6 +44,8 @@ pub mod models;
 /// cbindgen:ignore
 pub mod optim;
 /// cbindgen:ignore
+pub mod progress;
+/// cbindgen:ignore
 #[cfg(feature = "torch")]
 pub mod registry;
 /// cbindgen:ignore
@@ -56,6 +60,7 @@ pub use error::{Error, Result};
 #[cfg(feature = "torch")]
 pub use inference::InferenceModel;
 pub use kwargs::Kwargs;
+pub use progress::Progress;
 #[cfg(feature = "torch")]
 pub use registry::{BoxedModel, Forward, Registry, TensorSpec};
 

@@ -110,6 +110,8 @@ fn code_of(e: &Error) -> pts_error_code_t {
         Error::Callback { .. } => PTS_ERROR_CALLBACK,
         Error::Torch(_) => PTS_ERROR_TORCH,
         Error::Locked { .. } => PTS_ERROR_LOCKED,
+        // Conversion is not in the C ABI; a foreign file is a malformed file.
+        Error::UnsafePickle { .. } | Error::InvalidForeign { .. } => PTS_ERROR_FORMAT,
     }
 }
 

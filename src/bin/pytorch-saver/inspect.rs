@@ -1,71 +1,31 @@
-//! `pytorch-saver`: look into and check checkpoint files from the shell.
-//!
-//!     pytorch-saver inspect FILE [--json]
-//!     pytorch-saver verify FILE...
+//! `pytorch-saver inspect FILE [--json]`: what a checkpoint holds.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use pytorch_saver::format::{dtype_name, typed, Checkpoint, ExtraEntry, Member};
 use serde_json::{json, Map, Value};
 
-const USAGE: &str = "usage:
-  pytorch-saver inspect FILE [--json]   show what a checkpoint holds
-  pytorch-saver verify FILE...          validate files completely (layout, CRC-32, schema, tensors);
-                                        exit 0 when all are valid, 1 otherwise
-  pytorch-saver --version";
-
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("inspect") => inspect(&args[1..]),
-        Some("verify") if args.len() > 1 => verify(&args[1..]),
-        Some("--version") => {
-            println!("pytorch-saver {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Some("--help" | "-h") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
-        }
-    }
+/// Show what a checkpoint holds: metadata, members and tensors.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The checkpoint file.
+    file: PathBuf,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
-fn verify(files: &[String]) -> ExitCode {
-    let mut ok = true;
-    for f in files {
-        match Checkpoint::open(f) {
-            Ok(_) => println!("OK {f}"),
-            Err(e) => {
-                ok = false;
-                println!("FAIL {f}: {e}");
-            }
-        }
-    }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-fn inspect(args: &[String]) -> ExitCode {
-    let (json_out, files): (Vec<&String>, Vec<&String>) = args.iter().partition(|a| *a == "--json");
-    let [file] = files.as_slice() else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
-    };
+pub fn run(args: Args) -> ExitCode {
+    let file = &args.file;
     let ckpt = match Checkpoint::open(file) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("pytorch-saver: {file}: {e}");
+            eprintln!("pytorch-saver: {}: {e}", file.display());
             return ExitCode::FAILURE;
         }
     };
-    if json_out.is_empty() {
+    if !args.json {
         print_table(&ckpt);
     } else {
         println!(

@@ -1,0 +1,11 @@
+//! `pytorch-saver diff` (being built).
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> ExitCode {
+    eprintln!("pytorch-saver: diff is not built yet");
+    ExitCode::from(2)
+}

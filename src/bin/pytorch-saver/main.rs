@@ -1,0 +1,48 @@
+//! `pytorch-saver`: look into, check, compare and convert checkpoint files
+//! from the shell. `pytorch-saver --help` lists the commands; options may
+//! come before or after the file arguments.
+//!
+//! Exit status: 0 on success, 1 when the operation failed (or, for
+//! `verify` and `diff`, found invalid or different files), 2 on a usage
+//! error (and, for `diff`, when a file cannot be read).
+
+mod convert;
+mod diff;
+mod inspect;
+mod ls;
+mod progress_bar;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pytorch-saver",
+    version,
+    about = "Inspect, verify, compare and convert pytorch-saver checkpoints"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Inspect(inspect::Args),
+    Verify(verify::Args),
+    Convert(convert::Args),
+    Diff(diff::Args),
+    Ls(ls::Args),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Diff(args) => diff::run(args),
+        Command::Ls(args) => ls::run(args),
+    }
+}
