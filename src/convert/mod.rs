@@ -16,6 +16,9 @@
 //!   directories, both ways;
 //! - `write.rs`: [`Contents`] to this format.
 
+mod legacy;
+mod torch_file;
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +30,8 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::format::{ClassSpec, Dtype, TensorSource};
 use crate::progress::Progress;
+pub(crate) use legacy::{is_legacy_zip, read_legacy_file};
+pub(crate) use torch_file::{is_torch_zip, read_torch_file};
 
 /// A tensor read from an input: little-endian elements in C order.
 #[derive(Debug, Clone)]
