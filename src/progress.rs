@@ -18,9 +18,12 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+/// What a [`Progress`] calls: `f(done, total)`.
+type Callback = dyn Fn(u64, u64) + Send + Sync;
+
 /// A progress callback: `f(done, total)`, both in bytes.
 #[derive(Clone)]
-pub struct Progress(Arc<dyn Fn(u64, u64) + Send + Sync>);
+pub struct Progress(Arc<Callback>);
 
 impl Progress {
     /// Wraps a closure called with `(done, total)` in bytes.
