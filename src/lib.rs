@@ -36,7 +36,6 @@ pub mod inference;
 /// cbindgen:ignore
 pub mod kwargs;
 /// cbindgen:ignore
-#[cfg(feature = "torch")]
 pub mod manager;
 /// cbindgen:ignore
 #[cfg(feature = "torch")]
