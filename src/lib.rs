@@ -22,6 +22,8 @@ pub mod container;
 /// cbindgen:ignore
 pub mod convert;
 /// cbindgen:ignore
+pub mod diff;
+/// cbindgen:ignore
 pub mod error;
 /// cbindgen:ignore
 #[cfg(feature = "torch")]
