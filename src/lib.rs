@@ -22,6 +22,8 @@ pub mod container;
 /// cbindgen:ignore
 pub mod convert;
 /// cbindgen:ignore
+pub mod diff;
+/// cbindgen:ignore
 pub mod error;
 /// cbindgen:ignore
 #[cfg(feature = "torch")]
@@ -36,7 +38,6 @@ pub mod inference;
 /// cbindgen:ignore
 pub mod kwargs;
 /// cbindgen:ignore
-#[cfg(feature = "torch")]
 pub mod manager;
 /// cbindgen:ignore
 #[cfg(feature = "torch")]

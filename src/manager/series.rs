@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::retention::{self, Candidate};
 use super::state::sync_dir;
-use super::Policy;
+use super::{CheckpointInfo, Policy, SeriesListing};
 use crate::error::{Error, Result};
 use crate::format::{Checkpoint, FormatError, ReadOptions};
 
@@ -90,8 +90,36 @@ impl Series {
         Ok(scan)
     }
 
+    /// The series' checkpoints, oldest first, with the rules of `policy`
+    /// that keep them, and the files named as its checkpoints that cannot
+    /// be read. Reads metadata only.
+    pub(super) fn list(&self, policy: &Policy, pinned: &[String]) -> Result<SeriesListing> {
+        let Scan { members, unreadable } = self.candidates(pinned)?;
+        let candidates: Vec<Candidate> = members.iter().map(|(_, c)| c.clone()).collect();
+        let rules = retention::decide(&candidates, policy);
+        let infos = members
+            .into_iter()
+            .zip(rules)
+            .map(|((path, c), kept_by)| CheckpointInfo {
+                path,
+                step: c.step,
+                timestamp: c.timestamp,
+                metrics: c.metrics,
+                kept_by,
+            })
+            .collect();
+        Ok(SeriesListing {
+            prefix: self.prefix.clone(),
+            id: self.id.clone(),
+            checkpoints: infos,
+            unreadable,
+        })
+    }
+
     /// Deletes the checkpoints that `policy` does not keep, then fsyncs
     /// the directory.
+    // Only a manager deletes, and it needs the `torch` feature.
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
     pub(super) fn apply_retention(&self, policy: &Policy, pinned: &[String]) -> Result<()> {
         let members = self.candidates(pinned)?.members;
         let candidates: Vec<Candidate> = members.iter().map(|(_, c)| c.clone()).collect();
@@ -115,6 +143,7 @@ impl Series {
 }
 
 /// The file name of `path`, as a string.
+#[cfg_attr(not(feature = "torch"), allow(dead_code))]
 pub(super) fn file_name(path: &Path) -> Option<&str> {
     path.file_name().and_then(|n| n.to_str())
 }

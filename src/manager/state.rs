@@ -23,18 +23,25 @@ pub(super) fn state_path(dir: &Path, prefix: &str) -> PathBuf {
 
 impl State {
     /// Reads the state file, or creates it with a new id and no pins.
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
     pub(super) fn read_or_create(dir: &Path, prefix: &str) -> Result<Self> {
+        if let Some(state) = Self::read(dir, prefix)? {
+            return Ok(state);
+        }
+        let state = State {
+            id: new_id()?,
+            pinned: Vec::new(),
+        };
+        state.write(dir, prefix)?;
+        Ok(state)
+    }
+
+    /// Reads the state file; `None` when there is none. Never writes.
+    pub(super) fn read(dir: &Path, prefix: &str) -> Result<Option<Self>> {
         let path = state_path(dir, prefix);
         match std::fs::read(&path) {
-            Ok(bytes) => Self::parse(&path, &bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let state = State {
-                    id: new_id()?,
-                    pinned: Vec::new(),
-                };
-                state.write(dir, prefix)?;
-                Ok(state)
-            }
+            Ok(bytes) => Self::parse(&path, &bytes).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(FormatError::io("cannot read", &path, e).into()),
         }
     }
