@@ -19,9 +19,8 @@ import json
 import sys
 from typing import Any
 
-import torch
-
 import pytorch_saver
+import torch
 
 
 def same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -46,7 +45,11 @@ def check_safetensors(spec: dict[str, Any]) -> dict[str, Any]:
     original, converted = load_file(spec["original"]), load_file(spec["converted"])
     with safe_open(spec["converted"], framework="pt") as f:
         metadata = f.metadata()
-    return {"different": same_dicts(original, converted), "count": len(converted), "metadata": metadata}
+    return {
+        "different": same_dicts(original, converted),
+        "count": len(converted),
+        "metadata": metadata,
+    }
 
 
 def bert_input() -> dict[str, torch.Tensor]:
