@@ -128,7 +128,9 @@ impl Tracker {
 mod tests {
     use super::*;
 
-    fn recorder() -> (Progress, Arc<Mutex<Vec<(u64, u64)>>>) {
+    type Calls = Arc<Mutex<Vec<(u64, u64)>>>;
+
+    fn recorder() -> (Progress, Calls) {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let sink = calls.clone();
         (Progress::new(move |d, t| sink.lock().unwrap().push((d, t))), calls)

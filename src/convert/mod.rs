@@ -12,12 +12,20 @@
 //! - `torch_file.rs`: `torch.save` archives (and torch's legacy format);
 //! - `legacy.rs`: files of the original package;
 //! - `training_dict.rs`: from an unpickled object to [`Contents`];
+//! - `ours.rs`: files of this format as input;
 //! - `safetensors_file.rs`, `hf.rs`: safetensors files and Hugging Face
 //!   directories, both ways;
-//! - `write.rs`: [`Contents`] to this format.
+//! - `write.rs`: [`Contents`] to this format;
+//! - `publish.rs`: outputs written under a temporary name, fsynced, then
+//!   given their name, which is never taken from an existing file.
 
+mod hf;
 mod legacy;
+mod ours;
+mod publish;
+mod safetensors_file;
 mod torch_file;
+mod write;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -29,7 +37,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::format::{ClassSpec, Dtype, TensorSource};
-use crate::progress::Progress;
+use crate::progress::{Progress, Tracker};
 pub(crate) use legacy::{is_legacy_zip, read_legacy_file};
 pub(crate) use torch_file::{is_torch_zip, read_torch_file};
 
@@ -190,16 +198,106 @@ pub(crate) fn foreign(file: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Reads any supported input (detected from its content, never its name).
+/// Reads any supported input (detected from its content, never its name):
+/// a Hugging Face model directory, a file of this format, a `torch.save`
+/// file, a file of the original package or a safetensors file.
 pub fn read(path: impl AsRef<Path>) -> Result<Contents> {
-    let _ = path;
-    todo!("detect and dispatch")
+    let path = path.as_ref();
+    let meta = std::fs::metadata(path).map_err(|e| foreign(path, format!("cannot read: {e}")))?;
+    let contents = if meta.is_dir() {
+        hf::read_hf_dir(path)?
+    } else if !meta.is_file() {
+        return Err(foreign(path, "not a regular file or a directory"));
+    } else {
+        match sniff(path)? {
+            Sniffed::Zip if is_torch_zip(path) => read_torch_file(path)?,
+            Sniffed::Zip if is_legacy_zip(path) => read_legacy_file(path)?,
+            Sniffed::Zip => ours::read_checkpoint_file(path)?,
+            Sniffed::Pickle => read_torch_file(path)?,
+            Sniffed::Safetensors => safetensors_file::read_safetensors_file(path)?,
+            Sniffed::Unknown => {
+                return Err(foreign(
+                    path,
+                    "not a pytorch-saver file, a torch.save file, a safetensors file or a Hugging Face directory",
+                ))
+            }
+        }
+    };
+    check_model_tensors(&contents.model).map_err(|reason| foreign(path, reason))?;
+    Ok(contents)
+}
+
+/// What the first bytes of a file say it is.
+enum Sniffed {
+    /// A ZIP archive: this format, `torch.save`, or the original package.
+    Zip,
+    /// A bare pickle (protocol 2 or later): `torch.save`'s legacy format.
+    Pickle,
+    /// An 8-byte header length followed by a JSON object.
+    Safetensors,
+    Unknown,
+}
+
+fn sniff(path: &Path) -> Result<Sniffed> {
+    use std::io::Read;
+    let mut head = [0u8; 9];
+    let mut file = std::fs::File::open(path).map_err(|e| foreign(path, format!("cannot open: {e}")))?;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(foreign(path, format!("cannot read: {e}"))),
+        }
+    }
+    Ok(match &head[..n] {
+        [b'P', b'K', 3, 4, ..] | [b'P', b'K', 5, 6, ..] => Sniffed::Zip,
+        [0x80, 2..=5, ..] => Sniffed::Pickle,
+        [_, _, _, _, _, _, _, _, b'{'] => Sniffed::Safetensors,
+        _ => Sniffed::Unknown,
+    })
+}
+
+/// A state dict a conversion can carry: at least one tensor, no name twice.
+fn check_model_tensors(model: &[ForeignTensor]) -> Result<(), String> {
+    if model.is_empty() {
+        return Err("holds no model tensors (an empty state dict)".into());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(model.len());
+    if let Some(t) = model.iter().find(|t| !seen.insert(t.name.as_str())) {
+        return Err(format!("names the model tensor {:?} twice", t.name));
+    }
+    Ok(())
 }
 
 /// Converts `input` to `output` (a file, or a directory for
 /// [`Target::HuggingFace`]) and returns the path written. Never replaces
 /// an existing output; writes atomically.
 pub fn convert(input: impl AsRef<Path>, output: impl AsRef<Path>, options: &ConvertOptions) -> Result<PathBuf> {
-    let _ = (input, output, options);
-    todo!("read, then write the target")
+    let contents = read(input)?;
+    write(&contents, output, options)
+}
+
+/// Writes what [`read`] returned to `output` as `options.target` says:
+/// the second half of [`convert`], for a caller that looks at the
+/// contents first (the CLI warns about a directory without a class).
+pub fn write(contents: &Contents, output: impl AsRef<Path>, options: &ConvertOptions) -> Result<PathBuf> {
+    let output = output.as_ref();
+    check_model_tensors(&contents.model).map_err(|reason| Error::Usage(format!("the contents to convert {reason}")))?;
+    match options.target {
+        Target::PytorchSaver => write::write_pytorch_saver(contents, output, options),
+        Target::Safetensors => {
+            let tracker = Tracker::maybe(options.progress.as_ref(), tensor_bytes(&contents.model));
+            safetensors_file::write_safetensors_file(&contents.model, output, &tracker)?;
+            tracker.finish();
+            Ok(output.to_path_buf())
+        }
+        Target::HuggingFace => hf::write_hf_dir(contents, output, options),
+    }
+}
+
+/// The bytes of `tensors`' data, a conversion's progress total.
+pub(crate) fn tensor_bytes<'t>(tensors: impl IntoIterator<Item = &'t ForeignTensor>) -> u64 {
+    tensors.into_iter().map(|t| t.data.as_slice().len() as u64).sum()
 }
