@@ -17,7 +17,9 @@
 //! - `write.rs`: [`Contents`] to this format.
 
 mod legacy;
+mod pickle;
 mod torch_file;
+mod training_dict;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
