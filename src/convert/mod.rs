@@ -22,9 +22,11 @@
 mod hf;
 mod legacy;
 mod ours;
+mod pickle;
 mod publish;
 mod safetensors_file;
 mod torch_file;
+mod training_dict;
 mod write;
 
 use std::borrow::Cow;
