@@ -110,6 +110,8 @@ def check_resnet_container(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_adam_container(spec: dict[str, Any]) -> dict[str, Any]:
+    import torchvision.models.resnet  # noqa: F401 - resolves the class by name
+
     _, objects = pytorch_saver.ModelContainer().load(spec["converted"])
     saved = torch.load(spec["training_dict"], weights_only=True)
     optimizer = objects.optimizer
