@@ -54,6 +54,7 @@ PUBLIC = {
     "UsageError",
     "__version__",
     "class_name",
+    "convert",
     "read_checkpoint",
     "register",
     "register_codec",

@@ -28,12 +28,17 @@ models :class:`pytorch_saver.models.MLP` and
 :class:`pytorch_saver.models.Sequential` (a model described by a JSON layer
 list, docs/MODELS.md), classes of modules already imported, and modules the
 caller allows (``load(path, allow=["mypkg.models"])``).
-:func:`upgrade` converts files of the original package (0.1.x).
+:func:`upgrade` converts files of the original package (0.1.x);
+:func:`convert` converts ``torch.save`` files (read without unpickling
+anything but tensors and plain containers), safetensors files, Hugging Face
+model directories and 0.1.x files into this format, and this format out to
+safetensors and Hugging Face directories.
 :class:`CheckpointManager` keeps a series of checkpoints in a directory
 (retention, pins, asynchronous saves, resuming from the newest good one).
 """
 
 from ._container import ModelContainer, ModelObjects, upgrade
+from ._convert import convert
 from ._errors import (
     ArgumentTypeError,
     CheckpointSkippedWarning,
@@ -85,6 +90,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "class_name",
+    "convert",
     "read_checkpoint",
     "register",
     "register_codec",

@@ -6,6 +6,15 @@ of the original package (0.1.x) into format v1 in DIR and prints the new
 path. The modules of the classes named on the command line may be imported
 (the current directory is searched first, as ``python -m`` does).
 
+``convert IN OUT [--to pytorch-saver|safetensors|hf] [--model CLASS
+--model-kwargs JSON] [--optimizer CLASS --optim-kwargs JSON] [--scheduler
+CLASS --scheduler-kwargs JSON] [--inference] [--max-shard-size BYTES]``
+converts a ``torch.save`` file, a safetensors file, a Hugging Face directory,
+a 0.1.x file or a file of this format (``pytorch_saver.convert``) and prints
+OUT. The kwargs are JSON objects whose values may be format v2 typed values
+(``{"block": {"__type__": "class", "name": "mypkg.Block"}}``); the modules of
+the classes named on the command line, there included, may be imported.
+
 ``inspect FILE`` prints the file's metadata as JSON, then each tensor's
 name, dtype and shape.
 
@@ -25,10 +34,13 @@ from typing import Any
 import torch
 
 from ._container import upgrade
-from ._errors import FormatError, PytorchSaverError
+from ._convert import TARGETS, convert
+from ._errors import FormatError, InvalidArgumentError, PytorchSaverError
 from ._format import read_checkpoint
+from ._format.typed import TYPE_KEY
 from ._legacy import is_legacy
 from ._resolve import Kind, resolve
+from ._typed_kwargs import Decoder
 
 __all__ = ["main"]
 
@@ -43,9 +55,15 @@ def _named_class(name: str | None, kind: Kind) -> Any:
     return resolve(name, kind, allow=allow)
 
 
-def _upgrade(args: argparse.Namespace) -> int:
+def _search_cwd() -> None:
+    """Lets the classes named on the command line come from the current
+    directory, as ``python -m`` does."""
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    _search_cwd()
     path = upgrade(
         args.old,
         args.directory,
@@ -53,6 +71,60 @@ def _upgrade(args: argparse.Namespace) -> int:
         _named_class(args.optimizer, "optimizer"),
         _named_class(args.scheduler, "scheduler"),
         prefix=args.prefix,
+    )
+    print(path)
+    return 0
+
+
+def _class_names(value: Any) -> list[str]:
+    """The class names a typed value's tags hold (``class`` and ``spec``
+    tags, an ``object`` tag's ``class``)."""
+    if isinstance(value, list):
+        return [n for v in value for n in _class_names(v)]
+    if not isinstance(value, dict):
+        return []
+    names = [n for v in value.values() for n in _class_names(v)]
+    tag = value.get(TYPE_KEY)
+    for key in ("name",) if tag == "class" else ("class",) if tag in ("object", "spec") else ():
+        if isinstance(value.get(key), str):
+            names.append(value[key])
+    return names
+
+
+def _modules_of(names: list[str]) -> list[str]:
+    return [".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 1)]
+
+
+def _kwargs_json(text: str | None, option: str) -> Any:
+    """``--model-kwargs`` and the like: a JSON object of typed values,
+    decoded; the modules of the classes it names may be imported."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{option}: not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(f"{option}: not a JSON object")
+    return Decoder(allow=_modules_of(_class_names(value))).kwargs(value, option)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    _search_cwd()
+    named = [n for n in (args.model, args.optimizer, args.scheduler) if n is not None]
+    path = convert(
+        args.input,
+        args.output,
+        to=args.to,
+        model_class=_named_class(args.model, "model"),
+        model_kwargs=_kwargs_json(args.model_kwargs, "--model-kwargs"),
+        optim_class=_named_class(args.optimizer, "optimizer"),
+        optim_kwargs=_kwargs_json(args.optim_kwargs, "--optim-kwargs"),
+        scheduler_class=_named_class(args.scheduler, "scheduler"),
+        scheduler_kwargs=_kwargs_json(args.scheduler_kwargs, "--scheduler-kwargs"),
+        inference=args.inference,
+        max_shard_size=args.max_shard_size,
+        allow=_modules_of(named),
     )
     print(path)
     return 0
@@ -109,6 +181,37 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--prefix", help="the new file's name prefix")
     up.set_defaults(run=_upgrade)
 
+    conv = commands.add_parser(
+        "convert",
+        help="convert torch.save, safetensors, Hugging Face and 0.1 files",
+        description="Convert IN (a torch.save file, a safetensors file, a Hugging Face "
+        "directory, a pytorch-saver 0.1 file or a pytorch-saver file, detected by content) "
+        "into OUT, which must not exist. The torch.save pickle is read without running it.",
+    )
+    conv.add_argument("input", metavar="IN", help="the file or directory to convert")
+    conv.add_argument(
+        "output",
+        metavar="OUT",
+        help="the file to create (.zip for pytorch-saver), or the directory for --to hf",
+    )
+    conv.add_argument("--to", choices=TARGETS, default="pytorch-saver", help="the output format")
+    conv.add_argument("--model", metavar="CLASS", help="the model class: mypkg.Net")
+    conv.add_argument("--model-kwargs", metavar="JSON", help="the model's kwargs (JSON object)")
+    conv.add_argument("--optimizer", metavar="CLASS", help="the optimizer class")
+    conv.add_argument("--optim-kwargs", metavar="JSON", help="the optimizer's kwargs")
+    conv.add_argument("--scheduler", metavar="CLASS", help="the scheduler class")
+    conv.add_argument("--scheduler-kwargs", metavar="JSON", help="the scheduler's kwargs")
+    conv.add_argument(
+        "--inference", action="store_true", help="write the model alone (an inference file)"
+    )
+    conv.add_argument(
+        "--max-shard-size",
+        type=int,
+        metavar="BYTES",
+        help="largest shard of a Hugging Face output (--to hf)",
+    )
+    conv.set_defaults(run=_convert)
+
     insp = commands.add_parser(
         "inspect",
         help="print a checkpoint's metadata and tensors",
@@ -123,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "upgrade" and args.scheduler and not args.optimizer:
+    if args.command in ("upgrade", "convert") and args.scheduler and not args.optimizer:
         parser.error("--scheduler needs --optimizer: a scheduler drives an optimizer")
     try:
         status: int = args.run(args)

@@ -12,7 +12,7 @@ raised ValueError, RuntimeError, TypeError) keeps working::
     +-- StateMismatchError(ValueError)     saved state does not fit the object it is loaded into
     +-- MetadataError(ValueError)          metadata or kwargs that cannot be saved
     +-- TypedValueError(ValueError)        a typed kwarg or extra state that cannot be loaded
-    +-- UnsafePickleError(ValueError)      an old-format pickle asks for something not allowed
+    +-- UnsafePickleError(ValueError)      a pickle asks for a global that is not allowed
     +-- LayerSpecError(ValueError)         a Sequential layer list that breaks docs/MODELS.md
     +-- UsageError(RuntimeError)           a call the container's current state does not allow
     +-- ManagerLockedError(RuntimeError)   another checkpoint manager holds the directory's lock
@@ -50,7 +50,9 @@ C++ and Go report for the same failure:
   MetadataError           ``"InvalidMetadata"``; ``"ReservedMetadataKey"``
   TypedValueError         ``"TypedValue"`` (FORMAT.md 11.2: what the reader
                           accepts but a loader cannot turn into an object)
-  UnsafePickleError       ``"UnsafePickle"`` (0.1 files only; no Rust variant)
+  UnsafePickleError       ``"UnsafePickle"`` (a ``torch.save`` file or a 0.1
+                          file read by ``convert``; Rust's
+                          ``Error::UnsafePickle``)
   LayerSpecError          ``"InvalidKwargs"``
   UsageError              ``"Usage"``; ``"NotInitialized"`` for a call that
                           needs a model before there is one
@@ -167,8 +169,9 @@ class TypedValueError(PytorchSaverError, ValueError):
 
 
 class UnsafePickleError(PytorchSaverError, ValueError):
-    """A checkpoint of the original package whose pickle asks for anything
-    beyond plain tensors and containers. Nothing from it was executed."""
+    """A ``torch.save`` file or a checkpoint of the original package whose
+    pickle asks for anything beyond plain tensors and containers. Nothing
+    from it was executed."""
 
     kind = "UnsafePickle"
 

@@ -122,12 +122,16 @@ class _Loader:
     check can tell them from anything else."""
 
     path: str
+    member: str = PICKLE_MEMBER
+    """The pickle's member, for messages."""
+    kind: str = "InvalidLegacy"
+    """The kind of the FormatError a malformed pickle raises."""
     built: dict[int, tuple[torch.Tensor, tuple[int, ...], tuple[int, ...], int, int]] = field(
         default_factory=dict
     )
 
     def error(self, reason: str) -> FormatError:
-        return FormatError(f"{self.path}: {PICKLE_MEMBER}: {reason}", kind="InvalidLegacy")
+        return FormatError(f"{self.path}: {self.member}: {reason}", kind=self.kind)
 
     # --- torch.storage._load_from_bytes ---
     def load_from_bytes(self, data: Any) -> _Storage:
@@ -148,6 +152,22 @@ class _Loader:
     ) -> torch.Tensor:
         if not isinstance(storage, _Storage) or storage.data is None:
             raise self.error("a tensor whose storage is not one of the pickle's storages")
+        return self.view(
+            storage.data, storage_offset, size, stride, requires_grad, backward_hooks, metadata
+        )
+
+    def view(
+        self,
+        data: torch.Tensor,
+        storage_offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any,
+        backward_hooks: Any,
+        metadata: Any,
+    ) -> torch.Tensor:
+        """The tensor ``(size, stride, storage_offset)`` over a storage's
+        elements ``data`` (1-D), each argument checked first."""
         if not (_is_index(storage_offset) and _is_shape(size) and _is_shape(stride)):
             raise self.error(
                 f"a tensor with offset {storage_offset!r}, size {size!r} and stride {stride!r}"
@@ -163,24 +183,25 @@ class _Loader:
         ):
             raise self.error(f"a tensor with metadata {metadata!r} (conjugate or negative bit)")
         numel = math.prod(size)
+        available = data.numel()
         if numel:
             last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-            if last >= storage.numel:
+            if last >= available:
                 raise self.error(
                     f"a tensor of size {list(size)}, stride {list(stride)} at offset "
-                    f"{storage_offset} reads element {last} of a storage of {storage.numel}"
+                    f"{storage_offset} reads element {last} of a storage of {available}"
                 )
-        elif storage_offset > storage.numel:
-            raise self.error(f"offset {storage_offset} past a storage of {storage.numel}")
-        if numel > storage.numel:
+        elif storage_offset > available:
+            raise self.error(f"offset {storage_offset} past a storage of {available}")
+        if numel > available:
             # Only an overlapping (expanded) view has more elements than its
             # storage; copying it would allocate what the file declares.
             raise self.error(
                 f"a tensor of size {list(size)} (stride {list(stride)}) has more elements than "
-                f"its storage of {storage.numel}: expanded tensors are not supported"
+                f"its storage of {available}: expanded tensors are not supported"
             )
         try:
-            tensor = storage.data.as_strided(size, stride, storage_offset)
+            tensor = data.as_strided(size, stride, storage_offset)
         except RuntimeError as e:
             raise self.error(f"a tensor torch cannot build: {e}") from None
         self.built[id(tensor)] = (
@@ -280,6 +301,7 @@ def _scan(
     what: str,
     persistent: bool,
     nested: bool = False,
+    kind: str = "InvalidLegacy",
 ) -> None:
     """Parses one pickle from ``stream`` without running it, and refuses any
     global not in ``allowed`` (and any way of naming a global that is not
@@ -287,7 +309,8 @@ def _scan(
     length that runs past the data (pickletools reads what it states) and
     memo indices out of sequence (the unpickler sizes its memo by them).
     With ``nested``, bytes that hold a storage's pickles are scanned too,
-    so that a payload hidden in them is refused before anything runs."""
+    so that a payload hidden in them is refused before anything runs.
+    A malformed pickle is a FormatError of ``kind``."""
     memo: dict[int, str | None] = {}
     recent: list[str | None] = []  # what the last stack-changing opcodes pushed
     try:
@@ -323,9 +346,7 @@ def _scan(
                 memo[len(memo)] = recent[-1] if recent else None
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
                 if int(arg) > len(memo):
-                    raise FormatError(
-                        f"{where}: memo index {arg} out of sequence", kind="InvalidLegacy"
-                    )
+                    raise FormatError(f"{where}: memo index {arg} out of sequence", kind=kind)
                 memo[int(arg)] = recent[-1] if recent else None
             elif nested and name in _BYTES_OPS:
                 _scan_storage_bytes(arg, f"{where}: storage bytes")
@@ -336,7 +357,7 @@ def _scan(
     except UnsafePickleError:
         raise
     except (ValueError, EOFError, struct.error, zipfile.BadZipFile, zlib.error) as e:
-        raise FormatError(f"{what}: not a valid pickle: {e}", kind="InvalidLegacy") from None
+        raise FormatError(f"{what}: not a valid pickle: {e}", kind=kind) from None
 
 
 def _scan_storage_bytes(data: bytes, what: str) -> None:
@@ -417,18 +438,18 @@ def _load_one(
     return value
 
 
-def _unpickle(unpickler: _RestrictedUnpickler, what: str) -> Any:
+def _unpickle(unpickler: _RestrictedUnpickler, what: str, kind: str = "InvalidLegacy") -> Any:
     try:
         return unpickler.load()
     except (UnsafePickleError, FormatError):
         raise
     except RecursionError:
-        raise FormatError(f"{what}: nested too deeply", kind="InvalidLegacy") from None
+        raise FormatError(f"{what}: nested too deeply", kind=kind) from None
     except MemoryError:
         raise
     except Exception as e:  # whatever a malformed pickle makes the unpickler raise
         raise FormatError(
-            f"{what}: cannot be unpickled: {type(e).__name__}: {e}", kind="InvalidLegacy"
+            f"{what}: cannot be unpickled: {type(e).__name__}: {e}", kind=kind
         ) from None
 
 

@@ -164,6 +164,36 @@ def _hf_config_decode(cls: type | None, fields: dict[str, Any]) -> Any:
     return cls.from_dict(fields)  # type: ignore[attr-defined]
 
 
+def _hf_config_class_of(fields: Any, where: str) -> type:
+    """The config class transformers maps ``fields["model_type"]`` to, for
+    an ``hf_config`` tag whose ``class`` is null (FORMAT.md 11.2.2)."""
+    model_type = fields.get("model_type") if isinstance(fields, dict) else None
+    if not isinstance(model_type, str):
+        raise TypedValueError(
+            f"{where}: an hf_config object without a class needs a model_type field to find "
+            "its config class"
+        )
+    try:
+        from transformers import CONFIG_MAPPING  # noqa: PLC0415  (only for such a tag)
+    except ImportError as exc:
+        raise TypedValueError(
+            f"{where}: an hf_config object without a class (model_type {model_type!r}) needs "
+            f"transformers to find its config class, and transformers cannot be imported: {exc}"
+        ) from exc
+    try:
+        cls = CONFIG_MAPPING[model_type]
+    except KeyError:
+        raise TypedValueError(
+            f"{where}: transformers knows no config class for the model_type {model_type!r}"
+        ) from None
+    if not isinstance(cls, type) or not _is_hf_config_class(cls):
+        raise ClassResolutionError(
+            f"{where}: transformers maps the model_type {model_type!r} to {cls!r}, which is not "
+            "a subclass of transformers' PretrainedConfig; refusing to use it"
+        )
+    return cls
+
+
 def _namespace_decode(cls: type | None, fields: dict[str, Any]) -> Any:
     return argparse.Namespace(**fields)
 
@@ -630,7 +660,11 @@ class Decoder:
                 "pytorch_saver.register_codec before loading"
             )
         cls: type | None = None
-        if codec.needs_class:
+        if codec.needs_class and tag["class"] is None and codec.name == "hf_config":
+            # Written by a converter without transformers (the Rust one):
+            # the class is the one transformers maps fields["model_type"] to.
+            cls = _hf_config_class_of(tag["fields"], where)
+        elif codec.needs_class:
             if tag["class"] is None:
                 raise TypedValueError(f"{where}: the codec {codec.name!r} needs a class")
             cls = self._a_class(tag["class"], where)
