@@ -35,7 +35,7 @@ from ._errors import (
     UsageError,
 )
 from ._expect import check_model, compare_state
-from ._format import RESERVED_KEYS, CheckpointReader, write_checkpoint
+from ._format import RESERVED_KEYS, CheckpointReader, Scan, write_checkpoint
 from ._format.metadata import (
     ExtraEntry,
     Internals,
@@ -46,8 +46,10 @@ from ._format.metadata import (
     SchedulerSection,
     check_user_keys,
 )
+from ._format.reader import Advance, tensor_member_bytes
 from ._legacy import is_legacy, read_legacy
 from ._mapped import map_tensors
+from ._progress import ProgressCallback, Tracker
 from ._resolve import Kind, check_kind, class_name, resolve
 from ._state import (
     build_params,
@@ -354,11 +356,12 @@ def _extra_to_restore(
     track: Mapping[str, Any] | None,
     decoder: Decoder,
     reader: CheckpointReader,
+    advance: Advance | None = None,
 ) -> list[tuple[str, Any, Any]]:
     """``(name, object, decoded state)`` for each object of ``track``,
     checked against the file's entry of that name (present, same class
     name) before anything is read; the states are decoded with the file's
-    extra tensors."""
+    extra tensors, whose bytes ``advance`` hears as they are read."""
     if not track:
         return []
     if not isinstance(track, Mapping):
@@ -377,7 +380,7 @@ def _extra_to_restore(
                 f"{path} holds the extra state {name!r} of class {entry.class_name}, which "
                 f"cannot be restored into a {recorded}"
             )
-    tensors = reader.read_extra_tensors()
+    tensors = reader.read_extra_tensors(advance)
     states = decoder.with_tensors(tensors)
     return [
         (name, obj, states.state(saved[name].state, f"extra state {name!r}"))
@@ -385,18 +388,80 @@ def _extra_to_restore(
     ]
 
 
+def _check_progress(progress: object) -> ProgressCallback | None:
+    if progress is not None and not callable(progress):
+        raise ArgumentTypeError(
+            f"progress must be a callable progress(done, total) or None, not {progress!r}"
+        )
+    return cast("ProgressCallback | None", progress)
+
+
+class _LoadProgress:
+    """What a load or restore reports: the bytes it processes. The model's
+    and the optimizer's members count once for their CRC-32 check
+    (``verify``) and once for their copy into memory (``copy``), reported
+    as each pass goes (one pass does both); a load that maps them
+    unchecked counts them once, reported when it ends. The extra state's
+    member, read only when extra state is restored, is always copied, and
+    checked with ``verify``."""
+
+    def __init__(
+        self,
+        progress: ProgressCallback | None,
+        scan: Scan,
+        *,
+        verify: bool,
+        copy: bool,
+        extra: bool,
+    ) -> None:
+        self._passes = int(verify) + int(copy)
+        self._extra_passes = 1 + int(verify)
+        main = tensor_member_bytes(scan, extra=False)
+        extra_bytes = scan.extra.size if extra and scan.extra is not None else 0
+        self._tracker = Tracker(
+            progress, main * max(self._passes, 1) + extra_bytes * self._extra_passes
+        )
+
+    def _scaled(self, passes: int) -> Advance | None:
+        if passes == 0:
+            return None
+        advance = self._tracker.advance
+        return advance if passes == 1 else lambda n: advance(n * passes)
+
+    @property
+    def tensors(self) -> Advance | None:
+        """Hears the bytes of the model's and the optimizer's members."""
+        return self._scaled(self._passes)
+
+    @property
+    def extra(self) -> Advance:
+        """Hears the bytes of the extra state's member."""
+        return lambda n: self._tracker.advance(n * self._extra_passes)
+
+    def finish(self) -> None:
+        self._tracker.finish()
+
+
 @dataclass(frozen=True)
 class _Gathered:
-    """A save's metadata and tensors (``ModelContainer._gathered``)."""
+    """A save's metadata and tensors (``ModelContainer._gathered``), and the
+    progress callback its write reports to."""
 
     metadata: Metadata
     model: Mapping[str, torch.Tensor]
     optimizer: Mapping[str, torch.Tensor] | None
     extra: Mapping[str, torch.Tensor] | None
+    progress: ProgressCallback | None = None
 
     def write(self, folder_path: StrPath, prefix: str | None) -> str:
         return write_checkpoint(
-            os.fspath(folder_path), prefix, self.metadata, self.model, self.optimizer, self.extra
+            os.fspath(folder_path),
+            prefix,
+            self.metadata,
+            self.model,
+            self.optimizer,
+            self.extra,
+            progress=self.progress,
         )
 
 
@@ -419,9 +484,22 @@ class ModelContainer:
     always did) and refuses, at :meth:`initialize` and :meth:`track`, what
     version 1 cannot hold: typed kwargs (classes, dtypes, codec objects,
     non-finite floats) and extra state.
+
+    ``progress`` is the container's progress callback (also the
+    :attr:`progress` attribute, settable at any time): ``progress(done,
+    total)`` in bytes, called by every save of the container
+    (:meth:`save`, :meth:`save_inference` and a
+    :class:`CheckpointManager`'s saves, whose ``save_async`` calls it from
+    its writing thread) and by :meth:`load` and :meth:`restore` unless
+    they are given their own. The first call is ``(0, total)``, each later
+    one has a larger ``done``, and the last, ``(total, total)``, comes only
+    when the operation succeeded; an exception it raises ends the operation
+    (a save then leaves no file).
     """
 
-    def __init__(self, *, format_version: int = 2) -> None:
+    def __init__(
+        self, *, format_version: int = 2, progress: ProgressCallback | None = None
+    ) -> None:
         if format_version not in _WRITE_VERSIONS:
             raise InvalidArgumentError(
                 f"format_version must be 1 or 2, not {format_version!r}", kind="InvalidArgument"
@@ -434,6 +512,19 @@ class ModelContainer:
         self._optim_kwargs: dict[str, Any] | None = None
         self._scheduler_kwargs: dict[str, Any] | None = None
         self._tracked: dict[str, Any] = {}
+        self._progress = _check_progress(progress)
+
+    @property
+    def progress(self) -> ProgressCallback | None:
+        """The progress callback of the container's saves, and of its loads
+        and restores given none (class docstring); None for none. A save of
+        total ``T`` bytes, the size of the file it writes, reports after
+        each header and each chunk of at most 16 MiB of a tensor."""
+        return self._progress
+
+    @progress.setter
+    def progress(self, progress: ProgressCallback | None) -> None:
+        self._progress = _check_progress(progress)
 
     @property
     def format_version(self) -> int:
@@ -643,7 +734,9 @@ class ModelContainer:
             scheduler_kwargs=scheduler_kwargs,
             user=user,
         )
-        return _Gathered(metadata, self.model.state_dict(), optimizer_tensors, extra_tensors)
+        return _Gathered(
+            metadata, self.model.state_dict(), optimizer_tensors, extra_tensors, self._progress
+        )
 
     def load(
         self,
@@ -659,6 +752,7 @@ class ModelContainer:
         device: torch.device | str | None = None,
         copy: bool = False,
         verify: bool = True,
+        progress: ProgressCallback | None = None,
     ) -> tuple[dict[str, Any], ModelObjects]:
         """Rebuild the objects saved in ``file_path`` and load their state.
 
@@ -714,9 +808,22 @@ class ModelContainer:
 
         A file of the original package (0.1.x) loads too when the classes are
         given; its state is matched by position.
+
+        ``progress(done, total)`` (the container's :attr:`progress` when
+        None) hears the bytes processed once the file's structure is
+        checked: the tensor bytes CRC-checked (``verify``) plus those
+        copied into memory (``copy=True``; the extra state's tensors of
+        ``track`` always), in chunks of at most 16 MiB. A mapped load
+        without ``verify`` reports ``(0, T)`` and, when it succeeded,
+        ``(T, T)``, ``T`` the mapped bytes; so does a file of the original
+        package, ``T`` its size. ``(T, T)`` comes once everything is checked
+        and loaded into the new objects, before the container or the
+        objects of ``track`` change: an exception it raises leaves them as
+        they were.
         """
         if scheduler_class is not None and optim_class is None:
             raise InvalidArgumentError(_SCHEDULER_WITHOUT_OPTIMIZER, kind="Usage")
+        progress = self._progress if progress is None else _check_progress(progress)
         path = os.fspath(file_path)
         try:
             reader = CheckpointReader(path, verify=verify)
@@ -724,7 +831,13 @@ class ModelContainer:
             if not is_legacy(path):
                 raise
             return self._load_legacy(
-                path, model_class, optim_class, scheduler_class, complete=False, device=device
+                path,
+                model_class,
+                optim_class,
+                scheduler_class,
+                complete=False,
+                device=device,
+                report=Tracker(progress, os.path.getsize(path)),
             )
         given = [c for c in (model_class, optim_class, scheduler_class) if isinstance(c, type)]
         decoder = Decoder(allow=allow, classes=[*classes, *given], callables=callables)
@@ -737,7 +850,8 @@ class ModelContainer:
                     f"{path} is a weights file: it names no class to build; read its tensors "
                     "with pytorch_saver.read_checkpoint"
                 )
-            extras = _extra_to_restore(path, internals.extra, track, decoder, reader)
+            report = _LoadProgress(progress, scan, verify=verify, copy=copy, extra=bool(track))
+            extras = _extra_to_restore(path, internals.extra, track, decoder, reader, report.extra)
             by_name = model_class is None and optim_class is None and scheduler_class is None
             model_cls: object = model_class
             if model_cls is None:
@@ -755,9 +869,9 @@ class ModelContainer:
             m_kwargs = _kwargs(metadata["model_kwargs"], "model_kwargs")
             check_model(model_type, _label(model_type), m_kwargs, scan.model.tensors)
             if copy:
-                model_state, optim_tensors = reader.read_tensors()
+                model_state, optim_tensors = reader.read_tensors(report.tensors)
             else:
-                model_state, optim_tensors = map_tensors(scan, verify)
+                model_state, optim_tensors = map_tensors(scan, verify, report.tensors)
         built = _build(
             model_type,
             m_kwargs,
@@ -788,6 +902,10 @@ class ModelContainer:
             _load_into(built.optimizer, optimizer_state, "optimizer")
         if scheduler_state is not None:
             _load_into(built.scheduler, scheduler_state, "scheduler")
+        # Everything is checked: the end is reported before anything outside
+        # the new objects changes, so that a callback that raises leaves the
+        # container and the objects of `track` as they were.
+        report.finish()
         # Last: the objects of `track` live outside the container (the RNG is
         # global), so they change only when nothing else can fail.
         extra_state.restore_all(extras)
@@ -800,6 +918,7 @@ class ModelContainer:
         verify: bool = True,
         allow: Iterable[str] = (),
         classes: Iterable[type] = (),
+        progress: ProgressCallback | None = None,
     ) -> dict[str, Any]:
         """Load the state saved in ``file_path`` into the objects the
         container holds, keeping their tensors' storage: the file must name
@@ -819,6 +938,13 @@ class ModelContainer:
         :class:`FormatError` or :class:`StateMismatchError`, having changed
         nothing, and :class:`UsageError` (a ``RuntimeError``) when the
         container holds no model.
+
+        ``progress(done, total)`` (the container's :attr:`progress` when
+        None) hears the bytes processed, as for :meth:`load`: the tensor
+        bytes CRC-checked as the check goes, ``(0, T)`` and ``(T, T)``
+        alone without ``verify``. ``(T, T)`` comes once everything is
+        checked, before anything changes: an exception it raises leaves
+        everything as it was.
         """
         if self.model is None:
             raise UsageError(
@@ -826,12 +952,16 @@ class ModelContainer:
                 "load() first",
                 kind="NotInitialized",
             )
+        progress = self._progress if progress is None else _check_progress(progress)
         path = os.fspath(file_path)
         decoder = Decoder(allow=allow, classes=classes, keep_callables=True)
         with CheckpointReader(path, verify=verify) as reader:
             scan = reader.scan
+            report = _LoadProgress(
+                progress, scan, verify=verify, copy=False, extra=bool(self._tracked)
+            )
             extras = _extra_to_restore(
-                path, scan.metadata.internals.extra, self._tracked, decoder, reader
+                path, scan.metadata.internals.extra, self._tracked, decoder, reader, report.extra
             )
         internals = scan.metadata.internals
         metadata = _decoded_metadata(scan.metadata, decoder)
@@ -849,7 +979,7 @@ class ModelContainer:
                 )
         model = self.model
         compare_state(_label(type(model)), model.state_dict(), scan.model.tensors)
-        model_state, optim_tensors = map_tensors(scan, verify)
+        model_state, optim_tensors = map_tensors(scan, verify, report.tensors)
         copies: list[tuple[torch.Tensor, torch.Tensor]] = []
         optimizer_state = None
         # The held classes are those the file names (checked above).
@@ -863,8 +993,11 @@ class ModelContainer:
         if self.scheduler is not None:
             assert internals.scheduler is not None
             scheduler_state = scheduler_state_from_json(internals.scheduler.state)
-        # Everything is checked. The extra state first: restore_all puts it
-        # back if one of its objects refuses its state; then copy.
+        # Everything is checked: the end is reported before anything changes,
+        # so that a callback that raises leaves everything as it was.
+        report.finish()
+        # The extra state first: restore_all puts it back if one of its
+        # objects refuses its state; then copy.
         extra_state.restore_all(extras)
         _load_into(model, model_state, "model")
         with torch.no_grad():
@@ -885,9 +1018,11 @@ class ModelContainer:
         *,
         complete: bool,
         device: torch.device | str | None = None,
+        report: Tracker | None = None,
     ) -> tuple[dict[str, Any], ModelObjects]:
         """Load a file of the original package, whose state PyTorch matched by
-        position. ``complete``: refuse to leave any of its state behind."""
+        position. ``complete``: refuse to leave any of its state behind.
+        ``report`` is finished before the container adopts the objects."""
         if model_class is None:
             raise ClassResolutionError(
                 f"{path} is a file of the original pytorch-saver (0.1), which records no class "
@@ -929,6 +1064,8 @@ class ModelContainer:
             _load_into(built.optimizer, optimizer_state, "optimizer")
         if built.scheduler is not None:
             _load_into(built.scheduler, legacy.scheduler_state_dict, "scheduler")
+        if report is not None:
+            report.finish()
         return metadata, self._adopt(built)
 
 

@@ -407,7 +407,10 @@ class CheckpointManager:
         if :meth:`wait` did not collect it. The policy's ``metric`` must be
         among ``metadata`` as a finite number (:class:`MetadataError`,
         nothing written). A directory that disappeared after the manager
-        was opened is not created again (``FileNotFoundError``)."""
+        was opened is not created again (``FileNotFoundError``).
+
+        The container's progress callback (:attr:`ModelContainer.progress`)
+        hears the write, as for :meth:`ModelContainer.save`."""
         self._check_open()
         self._settle(raise_error=True)
         return self._commit(self._gather(container, step, metadata))
@@ -421,7 +424,13 @@ class CheckpointManager:
 
         A save in flight is waited for first (and its uncollected error
         raised). An error of the background write is raised by
-        ``handle.wait()`` or :meth:`wait`, or else by the next save."""
+        ``handle.wait()`` or :meth:`wait`, or else by the next save.
+
+        The container's progress callback (:attr:`ModelContainer.progress`,
+        as it is at this call) hears the write from the writing thread,
+        while training goes on: it must be safe to call from another thread.
+        An exception it raises ends the write, with no file written, and is
+        raised as the write's error."""
         self._check_open()
         self._settle(raise_error=True)
         gathered = self._gather(container, step, metadata)
@@ -434,6 +443,7 @@ class CheckpointManager:
             self._snapshots.copy("model", gathered.model) or {},
             self._snapshots.copy("optimizer", gathered.optimizer),
             self._snapshots.copy("extra", gathered.extra),
+            gathered.progress,
         )
         handle: AsyncSave
 

@@ -18,6 +18,7 @@ SIGBUS: load with ``copy=True`` when another process may truncate it.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -38,7 +39,9 @@ def _bytes_at(base: torch.Tensor, start: int, length: int) -> memoryview:
     return memoryview(array).cast("B").toreadonly()
 
 
-def _member_tensors(base: torch.Tensor, m: TensorMember, verify: bool) -> dict[str, torch.Tensor]:
+def _member_tensors(
+    base: torch.Tensor, m: TensorMember, verify: bool, advance: Callable[[int], object] | None
+) -> dict[str, torch.Tensor]:
     if _bytes_at(base, m.data_start, len(m.header)) != m.header:
         raise FormatError(
             f"{m.name}: the header changed while the file was loaded (the file was replaced or "
@@ -46,7 +49,7 @@ def _member_tensors(base: torch.Tensor, m: TensorMember, verify: bool) -> dict[s
             kind="Io",
         )
     if verify:
-        computed = crc32_parallel(_bytes_at(base, m.data_start, m.size))
+        computed = crc32_parallel(_bytes_at(base, m.data_start, m.size), advance=advance)
         if computed != m.crc:
             raise FormatError(
                 f"CRC-32 mismatch in {m.name} (bytes {m.data_start}..{m.data_start + m.size}): "
@@ -86,11 +89,12 @@ def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def map_tensors(
-    scan: Scan, verify: bool = True
+    scan: Scan, verify: bool = True, advance: Callable[[int], object] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The model's and the optimizer's tensors of a scanned file, as views of
     a private mapping of it (module docstring). ``verify``: check the CRC-32
-    of the tensor members; the structure was checked by the scan."""
+    of the tensor members, telling ``advance`` the bytes checked as the
+    check goes; the structure was checked by the scan."""
     try:
         storage = cast(
             "torch.UntypedStorage",
@@ -99,8 +103,8 @@ def map_tensors(
     except RuntimeError as exc:
         raise FormatError(f"{scan.path}: cannot map the file: {exc}", kind="Io") from exc
     base = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (scan.file_size,), (1,))
-    model = _member_tensors(base, scan.model, verify)
+    model = _member_tensors(base, scan.model, verify, advance)
     optimizer: dict[str, torch.Tensor] = {}
     if scan.optimizer is not None:
-        optimizer = _member_tensors(base, scan.optimizer, verify)
+        optimizer = _member_tensors(base, scan.optimizer, verify, advance)
     return model, optimizer

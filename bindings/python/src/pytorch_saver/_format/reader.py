@@ -13,6 +13,7 @@ import os
 import stat
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -20,6 +21,7 @@ import torch
 
 from .._crc import crc32
 from .._errors import FormatError
+from .._progress import ProgressCallback, Tracker
 from . import EXTRA_MEMBER, MEMBER_ORDER, METADATA_MEMBER, MODEL_MEMBER, OPTIMIZER_MEMBER
 from .json import JsonError, parse_object
 from .metadata import MAX_METADATA_BYTES, Metadata, OptimizerSection, parse
@@ -42,7 +44,14 @@ from .zip import (
     ZIP64_LOCATOR_SIG,
 )
 
-__all__ = ["Checkpoint", "CheckpointReader", "Scan", "TensorMember", "read_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointReader",
+    "Scan",
+    "TensorMember",
+    "read_checkpoint",
+    "tensor_member_bytes",
+]
 
 _MAX_ENTRIES: Final = 16
 """More entries than this is not a valid file; the bound keeps a hostile entry
@@ -51,7 +60,12 @@ _TAIL_SEARCH: Final = (1 << 20) + 65_557
 """How far back from the end to look for a misplaced end record, to tell
 trailing bytes from a truncated file."""
 _CHUNK: Final = 1 << 20
-_COPY_CHUNK: Final = 64 << 20
+_COPY_CHUNK: Final = 16 << 20
+"""Tensors are read in chunks of at most this, each reported to a progress
+callback once read and CRC'd."""
+
+Advance = Callable[[int], object]
+"""Hears how many more bytes were read (``Tracker.advance``)."""
 
 
 @dataclass(frozen=True)
@@ -581,10 +595,21 @@ def _scan(f: _File, path: str, verify: bool) -> Scan:
     )
 
 
-def _read_tensor_member(f: _File, m: TensorMember) -> dict[str, torch.Tensor]:
+def tensor_member_bytes(scan: Scan, *, extra: bool = True) -> int:
+    """The size of the file's tensor members (the extra state's too, with
+    ``extra``): the bytes a full read or verification goes through."""
+    members = [scan.model, scan.optimizer, scan.extra if extra else None]
+    return sum(m.size for m in members if m is not None)
+
+
+def _read_tensor_member(
+    f: _File, m: TensorMember, advance: Advance | None
+) -> dict[str, torch.Tensor]:
     """Copies a scanned member's tensors out, checking its CRC-32 in the same
-    pass."""
+    pass; ``advance`` hears the member's bytes as they are read."""
     crc = zlib.crc32(m.header)
+    if advance is not None:
+        advance(len(m.header))
     tensors: dict[str, torch.Tensor] = {}
     for entry in m.tensors:
         try:
@@ -601,6 +626,8 @@ def _read_tensor_member(f: _File, m: TensorMember) -> dict[str, torch.Tensor]:
                 chunk = view[at : at + _COPY_CHUNK]
                 f.read_into(chunk, entry.start + at, f"data of tensor {entry.name!r}")
                 crc = crc32(chunk, crc)
+                if advance is not None:
+                    advance(len(chunk))
         tensors[entry.name] = tensor
     if crc != m.crc:
         raise _crc_error(m.name, m.data_start, m.size, m.crc, crc)
@@ -640,25 +667,30 @@ class CheckpointReader:
             os.close(self._fd)
             self._fd = -1
 
-    def read_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def read_tensors(
+        self, advance: Advance | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The model's and the optimizer's tensors, copied into memory with
-        every CRC-32 checked (the scan checked the BOOL bytes)."""
-        model = _read_tensor_member(self._file, self.scan.model)
+        every CRC-32 checked (the scan checked the BOOL bytes); ``advance``
+        hears the bytes of the members as they are read."""
+        model = _read_tensor_member(self._file, self.scan.model, advance)
         optimizer: dict[str, torch.Tensor] = {}
         if self.scan.optimizer is not None:
-            optimizer = _read_tensor_member(self._file, self.scan.optimizer)
+            optimizer = _read_tensor_member(self._file, self.scan.optimizer, advance)
         return model, optimizer
 
-    def read_extra_tensors(self) -> dict[str, torch.Tensor]:
+    def read_extra_tensors(self, advance: Advance | None = None) -> dict[str, torch.Tensor]:
         """The extra state's tensors (``extra.safetensors``, version 2),
         copied into memory with the member's CRC-32 checked; empty when the
-        file has no extra state."""
+        file has no extra state. ``advance`` as for :meth:`read_tensors`."""
         if self.scan.extra is None:
             return {}
-        return _read_tensor_member(self._file, self.scan.extra)
+        return _read_tensor_member(self._file, self.scan.extra, advance)
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+def read_checkpoint(
+    path: str | os.PathLike[str], *, progress: ProgressCallback | None = None
+) -> Checkpoint:
     """Reads and completely validates a file of format version 2 or 1
     (FORMAT.md section 9): ZIP layout, alignment, every CRC-32,
     ``metadata.json`` against the schema of its version (typed values
@@ -669,11 +701,19 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     fault, with the ``kind`` of the check that failed
     (:class:`UnsupportedVersionError` for a format version this package does
     not read), and ``OSError`` when the file cannot be read.
+
+    ``progress(done, total)`` (``_progress.py``) hears the bytes read and
+    CRC-checked out of ``total``, the size of the tensor members: first
+    ``(0, total)`` once the structure is checked, then after each chunk of
+    at most 16 MiB, and ``(total, total)`` only when the whole file proved
+    valid; a file that fails a check never reports its total.
     """
     with CheckpointReader(path) as reader:
-        model, optimizer = reader.read_tensors()
-        extra = reader.read_extra_tensors()
         scan = reader.scan
+        tracker = Tracker(progress, tensor_member_bytes(scan))
+        model, optimizer = reader.read_tensors(tracker.advance)
+        extra = reader.read_extra_tensors(tracker.advance)
+    tracker.finish()
     return Checkpoint(
         path=scan.path,
         metadata=scan.metadata_json,

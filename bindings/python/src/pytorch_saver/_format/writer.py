@@ -1,7 +1,9 @@
 """The streaming, atomic writer (``src/format/writer.rs``): tensor bytes go
 from their source to the file one tensor at a time (never a whole-file
 buffer), into a temporary file in the target directory that is fsynced and
-then published under a name that no existing file has."""
+then published under a name that no existing file has. A progress callback
+(``_progress.py``) hears the bytes written out of the file's size, which is
+planned before the first byte is written."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any, Final
 import torch
 
 from .._errors import FormatError, InvalidArgumentError, MetadataError
+from .._progress import ProgressCallback, Tracker
 from . import EXTRA_MEMBER, INTERNALS_KEY, METADATA_MEMBER, MODEL_MEMBER, OPTIMIZER_MEMBER
 from .json import MAX_JSON_DEPTH, SURROGATE, U64_LIMIT, JsonError, parse_object
 from .metadata import MAX_METADATA_BYTES, Metadata, parse, to_json
@@ -27,7 +30,9 @@ from .zip import PlannedMember, dos_time_date, end_records
 __all__ = ["write_checkpoint"]
 
 _CHUNK: Final = 1 << 20
-_COPY_CHUNK: Final = 64 << 20
+_COPY_CHUNK: Final = 16 << 20
+"""A tensor's bytes go out in chunks of at most this, each reported to the
+progress callback once written."""
 
 
 def _json_path(path: str, key: Any) -> str:
@@ -177,6 +182,8 @@ def write_checkpoint(
     model_tensors: Mapping[str, torch.Tensor],
     optimizer_tensors: Mapping[str, torch.Tensor] | None,
     extra_tensors: Mapping[str, torch.Tensor] | None = None,
+    *,
+    progress: ProgressCallback | None = None,
 ) -> str:
     """Writes a file into ``directory`` and returns its path.
 
@@ -201,9 +208,23 @@ def write_checkpoint(
     version that cannot hold the file). The data goes to a temporary file in ``directory`` that is
     fsynced, published with ``link(2)`` and then unlinked, and the
     directory fsynced; on failure the temporary file is removed.
+
+    ``progress(done, total)`` (``_progress.py``) hears the bytes written,
+    ``total`` being the size the file will have: ``(0, total)`` once
+    everything is checked, before the file is created, then after each
+    header and each chunk of at most 16 MiB of a tensor, and
+    ``(total, total)`` once the file is published. An exception it raises
+    ends the save with nothing published: no file, no temporary file (one
+    raised by the last call takes back the name just published).
     """
     return _write_checkpoint(
-        directory, prefix, metadata, model_tensors, optimizer_tensors, extra_tensors
+        directory,
+        prefix,
+        metadata,
+        model_tensors,
+        optimizer_tensors,
+        extra_tensors,
+        progress=progress,
     )
 
 
@@ -232,6 +253,7 @@ def _write_checkpoint(
     extra: Mapping[str, torch.Tensor] | None = None,
     *,
     force_zip64: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> str:
     """``write_checkpoint`` with a test knob: ``force_zip64`` writes ZIP64
     records where the sizes do not need them."""
@@ -287,16 +309,22 @@ def _write_checkpoint(
             raise FileNotFoundError(f"directory {dir_str!r} does not exist")
         raise NotADirectoryError(f"{dir_str!r} is not a directory")
     stem = f"{stem_prefix}{document.internals.kind}_{document.timestamp}"
+    dos_time, dos_date = dos_time_date(document.timestamp)
+    cd_offset = plan[-1].end
+    # The central directory's length does not depend on the CRCs, which are
+    # known only once the data is written: the file's size is known now.
+    cd_size = sum(len(e.central_header(dos_time, dos_date)) for e in plan)
+    file_size = cd_offset + cd_size + len(end_records(len(plan), cd_offset, cd_size, force_zip64))
+    tracker = Tracker(progress, file_size)
     tmp = os.path.join(dir_str, f".{stem}.zip.{os.getpid()}.{next(_temp_names)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with open(fd, "wb", buffering=_CHUNK) as out:
-            dos_time, dos_date = dos_time_date(document.timestamp)
-            out.write(plan[0].local_header(dos_time, dos_date))
-            out.write(metadata_bytes)
+            tracker.advance(out.write(plan[0].local_header(dos_time, dos_date)))
+            tracker.advance(out.write(metadata_bytes))
             for member, entry in zip(members, plan[1:], strict=True):
-                out.write(entry.local_header(dos_time, dos_date))
-                out.write(member.header)
+                tracker.advance(out.write(entry.local_header(dos_time, dos_date)))
+                tracker.advance(out.write(member.header))
                 crc = zlib.crc32(member.header)
                 for t in member.tensors:
                     written = 0
@@ -304,6 +332,7 @@ def _write_checkpoint(
                         crc = zlib.crc32(chunk, crc)
                         out.write(chunk)
                         written += len(chunk)
+                        tracker.advance(len(chunk))
                     if written != t.nbytes:
                         raise _invalid(
                             f"{member.name}: tensor {t.name!r} gave {written} bytes, its dtype "
@@ -314,13 +343,11 @@ def _write_checkpoint(
             # The CRCs of tensor members are known only now: patch them in.
             for entry in plan[1:]:
                 _pwrite_all(fd, struct.pack("<I", entry.crc), entry.crc_field_offset)
-            cd_offset = plan[-1].end
             central = b"".join(e.central_header(dos_time, dos_date) for e in plan)
-            _pwrite_all(
-                fd,
-                central + end_records(len(plan), cd_offset, len(central), force_zip64),
-                cd_offset,
-            )
+            tail = central + end_records(len(plan), cd_offset, len(central), force_zip64)
+            assert cd_offset + len(tail) == file_size, "the file's size was planned wrong"
+            _pwrite_all(fd, tail, cd_offset)
+            tracker.advance(len(tail))
             os.fsync(fd)
         path = _publish(tmp, dir_str, stem)
     finally:
@@ -328,9 +355,17 @@ def _write_checkpoint(
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-    dir_fd = os.open(dir_str, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        os.fsync(dir_fd)
+        # Reported once the file is published, as the contract wants of
+        # the last call; a callback that raises takes the file back.
+        tracker.finish()
+    except BaseException:
+        os.unlink(path)
+        raise
     finally:
-        os.close(dir_fd)
+        dir_fd = os.open(dir_str, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
