@@ -170,8 +170,20 @@ fn files_of_the_original_package_are_read_without_unpickling() {
     assert_optimizer(&contents, &case["optimizer"]);
     let sched = contents.scheduler.as_ref().unwrap();
     assert_eq!(Value::Object(sched.state.clone()), case["scheduler"]);
-    // The kwargs and the timestamp are the format's own keys, not user values.
+    // The kwargs and the timestamp are the format's own keys, not user
+    // values: they are kept for the classes a conversion is given.
     assert_eq!(Value::Object(contents.user.clone()), case["user"]);
+    let kwargs = |v: Value| Some(v.as_object().unwrap().clone());
+    assert_eq!(contents.recorded_kwargs.model, kwargs(serde_json::json!({})));
+    assert_eq!(
+        contents.recorded_kwargs.optimizer,
+        kwargs(serde_json::json!({"lr": 0.01}))
+    );
+    assert_eq!(
+        contents.recorded_kwargs.scheduler,
+        kwargs(serde_json::json!({"milestones": [2, 5, 5], "gamma": 0.1}))
+    );
+    assert_eq!(contents.timestamp, Some(7));
 }
 
 fn unsafe_global(path: &Path) -> String {

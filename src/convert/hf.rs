@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::publish::{TempDir, TempFile};
 use super::safetensors_file::{read_tensors, write_tensors};
-use super::{foreign, tensor_bytes, Contents, ConvertOptions, ForeignTensor, SourceKind};
+use super::{foreign, tensor_bytes, Contents, ConvertOptions, ForeignTensor, RecordedKwargs, SourceKind};
 use crate::error::{Error, Result};
 use crate::format::{typed, ClassSpec, FormatError};
 use crate::progress::Tracker;
@@ -72,6 +72,8 @@ pub(crate) fn read_hf_dir(dir: &Path) -> Result<Contents> {
         optimizer: None,
         scheduler: None,
         user: Map::new(),
+        recorded_kwargs: RecordedKwargs::default(),
+        timestamp: None,
     })
 }
 

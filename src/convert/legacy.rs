@@ -19,7 +19,7 @@ use serde_json::{Map, Value as Json};
 use super::pickle::{self, Arena, Context, ObjId, Profile, Value};
 use super::torch_file::{self, Tensors};
 use super::training_dict::{self, as_dict, string_keys};
-use super::{foreign, Contents, SourceKind};
+use super::{foreign, Contents, RecordedKwargs, SourceKind};
 use crate::error::Result;
 use crate::format::FormatError;
 
@@ -107,6 +107,16 @@ pub(crate) fn read_legacy_file(path: &Path) -> Result<Contents> {
     };
     let model = get("model_state_dict").ok_or_else(|| bad("no model_state_dict".into()))?;
     let tensors = Tensors::new(path, &arena, HashMap::new(), None, data.len() as u64);
+    let recorded = |key: &str| match metadata.get(key) {
+        Some(serde_json::Value::Object(m)) => Some(m.clone()),
+        _ => None,
+    };
+    let recorded_kwargs = RecordedKwargs {
+        model: recorded("model_kwargs"),
+        optimizer: recorded("optim_kwargs"),
+        scheduler: recorded("scheduler_kwargs"),
+    };
+    let timestamp = metadata.get("timestamp").and_then(serde_json::Value::as_u64);
     let mut user = Map::new();
     for (key, value) in metadata {
         if RESERVED_KEYS.contains(&key.as_str()) {
@@ -134,6 +144,8 @@ pub(crate) fn read_legacy_file(path: &Path) -> Result<Contents> {
             .map(|v| training_dict::scheduler_state(path, &arena, v, "scheduler_state_dict"))
             .transpose()?,
         user,
+        recorded_kwargs,
+        timestamp,
     })
 }
 

@@ -159,6 +159,21 @@ pub struct Contents {
     /// state dicts (`epoch`, `loss`), a file's user metadata, a
     /// safetensors file's `__metadata__`.
     pub user: Map<String, Value>,
+    /// Constructor kwargs the input records without a class (a file of
+    /// the original package): what a caller who names the classes may
+    /// use when it gives no kwargs of its own.
+    pub recorded_kwargs: RecordedKwargs,
+    /// When the input says its state was saved (Unix seconds): a file of
+    /// this format or of the original package. A conversion keeps it.
+    pub timestamp: Option<u64>,
+}
+
+/// Kwargs an input records for classes it does not name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordedKwargs {
+    pub model: Option<Map<String, Value>>,
+    pub optimizer: Option<Map<String, Value>>,
+    pub scheduler: Option<Map<String, Value>>,
 }
 
 /// The output of a conversion.

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use memmap2::Mmap;
 use serde_json::{Map, Value};
 
-use super::{foreign, Contents, ForeignOptimizer, ForeignScheduler, ForeignTensor, SourceKind, TensorBytes};
+use super::{
+    foreign, Contents, ForeignOptimizer, ForeignScheduler, ForeignTensor, RecordedKwargs, SourceKind, TensorBytes,
+};
 use crate::error::Result;
 use crate::format::{Checkpoint, ClassSpec, MemberName, TensorEntry};
 
@@ -88,5 +90,7 @@ pub(crate) fn read_checkpoint_file(path: &Path) -> Result<Contents> {
         optimizer,
         scheduler,
         user: meta.user.clone(),
+        recorded_kwargs: RecordedKwargs::default(),
+        timestamp: Some(meta.timestamp),
     })
 }

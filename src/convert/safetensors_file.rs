@@ -14,7 +14,7 @@ use safetensors::SafeTensors;
 use serde_json::{Map, Value};
 
 use super::publish::TempFile;
-use super::{foreign, Contents, ForeignTensor, SourceKind, TensorBytes};
+use super::{foreign, Contents, ForeignTensor, RecordedKwargs, SourceKind, TensorBytes};
 use crate::error::{Error, Result};
 use crate::format::{dtype_name, dtype_size, DTYPES};
 use crate::progress::Tracker;
@@ -84,6 +84,8 @@ pub(crate) fn read_safetensors_file(path: &Path) -> Result<Contents> {
         optimizer: None,
         scheduler: None,
         user,
+        recorded_kwargs: RecordedKwargs::default(),
+        timestamp: None,
     })
 }
 

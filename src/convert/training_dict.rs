@@ -11,7 +11,7 @@ use serde_json::{Map, Number, Value as Json};
 
 use super::pickle::{Arena, Dict, DictKind, Obj, Value};
 use super::torch_file::Tensors;
-use super::{foreign, Contents, ForeignOptimizer, ForeignScheduler, ForeignTensor, SourceKind};
+use super::{foreign, Contents, ForeignOptimizer, ForeignScheduler, ForeignTensor, RecordedKwargs, SourceKind};
 use crate::error::Result;
 
 /// Keys a training dict may hold its state dicts under, in the order they
@@ -50,6 +50,8 @@ pub(crate) fn contents(path: &Path, arena: &Arena<'_>, root: Value<'_>, tensors:
             optimizer: None,
             scheduler: None,
             user: Map::new(),
+            recorded_kwargs: RecordedKwargs::default(),
+            timestamp: None,
         });
     }
     let find = |keys: &[&str]| {
@@ -98,6 +100,8 @@ pub(crate) fn contents(path: &Path, arena: &Arena<'_>, root: Value<'_>, tensors:
             .map(|(key, v)| scheduler_state(path, arena, v, key))
             .transpose()?,
         user,
+        recorded_kwargs: RecordedKwargs::default(),
+        timestamp: None,
     })
 }
 

@@ -117,7 +117,9 @@ pub(crate) fn write_pytorch_saver(contents: &Contents, output: &Path, options: &
         extra: None,
         manager: None,
         producer: Producer::this_library(),
-        timestamp: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        timestamp: contents
+            .timestamp
+            .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())),
         user: contents.user.clone(),
     };
 

@@ -58,6 +58,14 @@ pub struct Args {
     /// The scheduler's constructor kwargs, a JSON object.
     #[arg(long, value_name = "JSON", requires = "scheduler")]
     scheduler_kwargs: Option<String>,
+    /// Whether each kwargs option was given (a class without them takes
+    /// what the input recorded).
+    #[arg(skip)]
+    model_kwargs_given: bool,
+    #[arg(skip)]
+    optim_kwargs_given: bool,
+    #[arg(skip)]
+    scheduler_kwargs_given: bool,
     /// Write an inference file: the model alone (optimizer and scheduler
     /// state are left out).
     #[arg(long)]
@@ -107,6 +115,9 @@ fn class_spec(flag: &str, class: Option<String>, kwargs: Option<String>) -> Resu
 }
 
 fn options(args: &mut Args) -> Result<ConvertOptions, String> {
+    args.model_kwargs_given = args.model_kwargs.is_some();
+    args.optim_kwargs_given = args.optim_kwargs.is_some();
+    args.scheduler_kwargs_given = args.scheduler_kwargs.is_some();
     let target = match args.to {
         To::PytorchSaver => Target::PytorchSaver,
         To::Safetensors => Target::Safetensors,
@@ -153,6 +164,18 @@ pub fn run(mut args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A class named without kwargs takes the kwargs the input recorded for
+    // it (a file of the original package records kwargs, not classes).
+    let recorded = &contents.recorded_kwargs;
+    for (spec, given, kwargs) in [
+        (&mut options.model, args.model_kwargs_given, &recorded.model),
+        (&mut options.optimizer, args.optim_kwargs_given, &recorded.optimizer),
+        (&mut options.scheduler, args.scheduler_kwargs_given, &recorded.scheduler),
+    ] {
+        if let (Some(spec), false, Some(kwargs)) = (spec, given, kwargs) {
+            spec.kwargs = kwargs.clone();
+        }
+    }
     if contents.source == SourceKind::HuggingFace && contents.model_class.is_none() && options.model.is_none() {
         eprintln!(
             "pytorch-saver: warning: {}: config.json has no architectures or no model_type: converting the \
