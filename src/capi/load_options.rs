@@ -17,7 +17,7 @@ pub struct pts_load_options_t {
 /// The options a NULL `pts_load_options_t *` stands for.
 pub(crate) fn options_or_default(options: *const pts_load_options_t) -> LoadOptions {
     // SAFETY: NULL or a live handle (header contract).
-    unsafe { options.as_ref() }.map_or_else(LoadOptions::default, |o| o.inner)
+    unsafe { options.as_ref() }.map_or_else(LoadOptions::default, |o| o.inner.clone())
 }
 
 /// New options at the defaults (verify, zero-copy). The caller frees `*out`.
