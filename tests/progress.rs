@@ -240,7 +240,10 @@ fn a_corrupted_file_never_reports_the_end_of_its_verification() {
     let dir = tempfile::tempdir().unwrap();
     let path = saved(dir.path());
     let ckpt = Checkpoint::open(&path).unwrap();
-    let big = ckpt.tensors(MemberName::Optimizer).iter().find(|e| e.byte_len() > 1 << 20);
+    let big = ckpt
+        .tensors(MemberName::Optimizer)
+        .iter()
+        .find(|e| e.byte_len() > 1 << 20);
     let at = big.expect("a large optimizer tensor").start + 5;
     drop(ckpt);
     let mut bytes = std::fs::read(&path).unwrap();
