@@ -65,8 +65,11 @@ pub unsafe extern "C" fn pts_load_options_set_copy(options: *mut pts_load_option
 }
 
 /// Reports the progress of the loads and opens that use these options to
-/// `callback` (NULL: to nobody), with `user_data` (the library only hands
-/// it back). The total is the bytes the call processes: those whose
+/// `callback` (NULL: to nobody), with `user_data`. The library takes
+/// ownership of `user_data` whatever the outcome: `finalizer` (may be
+/// NULL) runs once no call can report to it any more (the callback is
+/// replaced, or the options are freed and no call that uses them runs), or
+/// before this returns when `callback` is NULL or on error. The total is the bytes the call processes: those whose
 /// CRC-32 it checks (every member when verifying, `metadata.json` alone
 /// otherwise), plus, for a load that copies (the copy option, and always
 /// for `pts_container_restore_ex`), the tensor data of the model and
@@ -80,9 +83,11 @@ pub unsafe extern "C" fn pts_load_options_set_progress(
     options: *mut pts_load_options_t,
     callback: pts_progress_fn,
     user_data: *mut c_void,
+    finalizer: pts_finalizer_t,
 ) -> *mut pts_error_t {
     boundary(|| {
-        unsafe { arg_mut(options, "options") }?.inner.progress = progress_from_c(callback, user_data);
+        let progress = progress_from_c(callback, user_data, finalizer);
+        unsafe { arg_mut(options, "options") }?.inner.progress = progress;
         Ok(())
     })
 }

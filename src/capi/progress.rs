@@ -1,8 +1,10 @@
 //! Progress callbacks from C: a function pointer and its user data,
-//! wrapped as the core's [`Progress`].
+//! wrapped as the core's [`Progress`], which owns the user data and runs
+//! its finalizer when the last operation that may report to it is done.
 
 use std::ffi::c_void;
 
+use super::registry::{pts_finalizer_t, Owned};
 use crate::progress::Progress;
 
 /// A progress callback: `done` of `total` bytes, and the `user_data`
@@ -14,23 +16,25 @@ use crate::progress::Progress;
 /// longjmp) and must not call back into the operation that reports to it.
 pub type pts_progress_fn = Option<unsafe extern "C" fn(done: u64, total: u64, user_data: *mut c_void)>;
 
-/// The caller's user data: handed back to its callback, never read here.
-#[derive(Clone, Copy)]
-struct UserData(*mut c_void);
-
-// SAFETY: the pointer is only passed back to the caller's function, which
-// the header documents may be called from worker threads.
-unsafe impl Send for UserData {}
-unsafe impl Sync for UserData {}
-
-/// The callback as a [`Progress`]; `None` for a NULL function.
-pub(crate) fn progress_from_c(callback: pts_progress_fn, user_data: *mut c_void) -> Option<Progress> {
+/// The callback as a [`Progress`] that owns `user_data` (its finalizer
+/// runs when the last copy of the callback is dropped); `None` for a NULL
+/// function, whose user data is finalized now.
+pub(crate) fn progress_from_c(
+    callback: pts_progress_fn,
+    user_data: *mut c_void,
+    finalizer: pts_finalizer_t,
+) -> Option<Progress> {
+    let owned = Owned {
+        data: user_data,
+        finalizer,
+    };
     let callback = callback?;
-    let data = UserData(user_data);
     Some(Progress::new(move |done, total| {
-        let data = data;
+        // The whole value, not its pointer field alone: it is Send + Sync
+        // and finalizes the user data when the callback is dropped.
+        let owned = &owned;
         // SAFETY: the caller's function with its own user data (header
-        // contract).
-        unsafe { callback(done, total, data.0) }
+        // contract: callable from the library's worker threads).
+        unsafe { callback(done, total, owned.data) }
     }))
 }

@@ -70,6 +70,11 @@ static void check_failed(const record_t *r, int line) {
   if (failures != before) fprintf(stderr, "  (the operation checked at line %d)\n", line);
 }
 
+/* How many times the library finalized the user data it was handed. */
+static int finalized = 0;
+
+static void count_finalized(void *user_data) { (*(int *)user_data)++; }
+
 static uint64_t file_size(const char *path) {
   struct stat st;
   CHECK(stat(path, &st) == 0);
@@ -106,7 +111,7 @@ int main(int argc, char **argv) {
       c, "pytorch_saver.models.MLP",
       "{\"in_dim\": 2048, \"hidden_dim\": 2048, \"n_classes\": 3, \"n_layers\": 1}",
       "torch.optim.SGD", "{\"lr\": 0.1}", NULL, NULL));
-  OK(pts_container_set_save_progress(c, on_progress, r));
+  OK(pts_container_set_save_progress(c, on_progress, r, NULL));
   char *path = NULL;
   OK(pts_container_save(c, argv[1], "progress", NULL, &path));
   CHECK(path != NULL);
@@ -118,7 +123,7 @@ int main(int argc, char **argv) {
 
   /* Cleared: the next save is not heard. */
   memset(r, 0, sizeof *r);
-  OK(pts_container_set_save_progress(c, NULL, NULL));
+  OK(pts_container_set_save_progress(c, NULL, NULL, NULL));
   char *second = NULL;
   OK(pts_container_save(c, argv[1], "progress", NULL, &second));
   CHECK(r->count == 0);
@@ -127,7 +132,7 @@ int main(int argc, char **argv) {
   /* A verifying open: the CRC-checked bytes, less than the file. */
   pts_load_options_t *options = NULL;
   OK(pts_load_options_new(&options));
-  OK(pts_load_options_set_progress(options, on_progress, r));
+  OK(pts_load_options_set_progress(options, on_progress, r, NULL));
   pts_checkpoint_t *ckpt = NULL;
   OK(pts_checkpoint_open_ex(path, options, &ckpt));
   uint64_t checked = check_complete(r, __LINE__);
@@ -160,22 +165,34 @@ int main(int argc, char **argv) {
 
   /* Cleared options report nothing. */
   memset(r, 0, sizeof *r);
-  OK(pts_load_options_set_progress(options, NULL, NULL));
+  OK(pts_load_options_set_progress(options, NULL, NULL, NULL));
   OK(pts_checkpoint_open_ex(path, options, &ckpt));
   CHECK(r->count == 0);
   pts_checkpoint_free(ckpt);
 
   /* NULL handles are errors, not crashes. */
-  err = pts_load_options_set_progress(NULL, on_progress, r);
+  err = pts_load_options_set_progress(NULL, on_progress, &finalized, count_finalized);
   CHECK(err != NULL && pts_error_code(err) == PTS_ERROR_NULL_ARGUMENT);
   pts_error_free(err);
-  err = pts_container_set_save_progress(NULL, on_progress, r);
+  err = pts_container_set_save_progress(NULL, on_progress, &finalized, count_finalized);
   CHECK(err != NULL && pts_error_code(err) == PTS_ERROR_NULL_ARGUMENT);
   pts_error_free(err);
+  /* The library owns user data whatever the outcome: finalized on error. */
+  CHECK(finalized == 2);
 
+  /* User data lives as long as the library may call with it: until the
+   * callback is replaced, or its options or container are freed. */
+  OK(pts_load_options_set_progress(options, on_progress, &finalized, count_finalized));
+  OK(pts_load_options_set_progress(options, on_progress, r, NULL));
+  CHECK(finalized == 3);
+  OK(pts_load_options_set_progress(options, on_progress, &finalized, count_finalized));
+  OK(pts_container_set_save_progress(c, on_progress, &finalized, count_finalized));
+  CHECK(finalized == 3);
   pts_load_options_free(options);
+  CHECK(finalized == 4);
   pts_string_free(path);
   pts_container_free(c);
+  CHECK(finalized == 5);
   free(r);
   printf("%d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
