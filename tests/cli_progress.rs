@@ -45,7 +45,7 @@ fn big_file(dir: &Path) -> PathBuf {
 /// A pseudo-terminal of 24 rows and 100 columns: (master, slave).
 fn pty() -> (File, OwnedFd) {
     let (mut master, mut slave) = (-1, -1);
-    let mut size = libc::winsize {
+    let size = libc::winsize {
         ws_row: 24,
         ws_col: 100,
         ws_xpixel: 0,
@@ -58,7 +58,7 @@ fn pty() -> (File, OwnedFd) {
             &mut slave,
             std::ptr::null_mut(),
             std::ptr::null_mut(),
-            &mut size,
+            &size,
         )
     };
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());

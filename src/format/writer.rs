@@ -241,7 +241,6 @@ pub fn write_checkpoint(
         }
         planned.crc = crc.finalize();
     }
-    drop(put);
     out.flush().map_err(werr)?;
     drop(out);
     // The CRCs of tensor members are known only now: patch them in place.
