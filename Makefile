@@ -78,6 +78,7 @@ c-test: install deps
 	cc $(C_TEST_FLAGS) tests/c/test_hostile.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_hostile
 	cc $(C_TEST_FLAGS) tests/c/test_corpus.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_corpus
 	cc $(C_TEST_FLAGS) tests/c/test_manager.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_manager
+	cc $(C_TEST_FLAGS) tests/c/test_progress.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_progress
 	cc $(C_TEST_FLAGS) -DPTS_FAULT_INJECTION tests/c/test_panic.c -Iinclude \
 	  -Ltarget/fault -Wl,-rpath,$(CURDIR)/target/fault -lpytorch_saver -o target/c/test_panic
 	cc -std=c99 -Wall -Wextra -pedantic -Werror examples/c/main.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/example
@@ -91,6 +92,9 @@ c-test: install deps
 	rm -rf target/c/manager && mkdir -p target/c/manager
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
 	  target/c/test_manager target/c/manager
+	rm -rf target/c/progress && mkdir -p target/c/progress
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
+	  target/c/test_progress target/c/progress
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 target/c/test_panic
 	@# ASan does not see inside the uninstrumented Rust and libtorch code; valgrind does.
 	cc -std=c99 -g tests/c/test_capi.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_capi_plain
@@ -104,6 +108,10 @@ c-test: install deps
 	rm -rf target/c/manager && mkdir -p target/c/manager
 	RUST_BACKTRACE=0 valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
 	  target/c/test_manager_plain target/c/manager
+	cc -std=c99 -g tests/c/test_progress.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_progress_plain
+	rm -rf target/c/progress && mkdir -p target/c/progress
+	RUST_BACKTRACE=0 valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
+	  target/c/test_progress_plain target/c/progress
 	@# The same example against the static library: same output.
 	cc -std=c99 examples/c/main.c $$($(PKG_SDK) --cflags pytorch_saver) \
 	  $$($(PKG_SDK) --static --libs pytorch_saver | sed 's/-lpytorch_saver/-l:libpytorch_saver.a/') -o target/c/example_static

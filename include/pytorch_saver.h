@@ -157,6 +157,24 @@ typedef uint32_t pts_member_t;
 typedef uint32_t pts_dtype_t;
 
 /**
+ * A progress callback: `done` of `total` bytes, and the `user_data`
+ * given with it. The first call is `(0, total)`; `done` grows strictly
+ * from call to call; the last call is `(total, total)`, made only when
+ * the operation succeeded. Called on the thread that runs the operation
+ * or on its worker threads, one call at a time, never after the
+ * operation returned. It must return normally (no C++ exception, no
+ * longjmp) and must not call back into the operation that reports to it.
+ */
+typedef void (*pts_progress_fn)(uint64_t done, uint64_t total, void *user_data);
+
+/**
+ * Frees a user pointer the library took ownership of (a factory's
+ * `user_data`, a model's forward `instance`). Called exactly once, from
+ * whichever thread drops the last reference.
+ */
+typedef void (*pts_finalizer_t)(void *data);
+
+/**
  * A model's forward function: reads `input` (borrowed for the call) and
  * writes a new tensor handle to `*output` (the library takes ownership of
  * it), with gradient tracking when `train` is true. Returns NULL, or an
@@ -187,13 +205,6 @@ typedef pts_error_t *(*pts_get_state_t)(void *user_data, pts_state_t *state);
  * whatever `load_state` could not take: a load is all or nothing.
  */
 typedef pts_error_t *(*pts_read_state_t)(void *user_data, const pts_state_t *state);
-
-/**
- * Frees a user pointer the library took ownership of (a factory's
- * `user_data`, a model's forward `instance`). Called exactly once, from
- * whichever thread drops the last reference.
- */
-typedef void (*pts_finalizer_t)(void *data);
 
 /**
  * An object of the caller's whose state a container saves and restores:
@@ -656,6 +667,26 @@ pts_error_t *pts_container_save(const pts_container_t *container,
                                 char **path);
 
 /**
+ * Reports the progress of every later save of `container`
+ * (`pts_container_save`, `pts_container_save_inference`,
+ * `pts_manager_save` and `pts_manager_save_async`) to `callback` (NULL:
+ * to nobody), with `user_data`. The library takes ownership of
+ * `user_data` whatever the outcome: `finalizer` (may be NULL) runs once
+ * no save can report to it any more (the callback is replaced, or the
+ * container is freed and no background save of it runs), or before this
+ * returns when `callback` is NULL or on error. The
+ * total is the file's size in bytes, the count the bytes written so far.
+ * Calls come from the saving thread, one at a time (see
+ * `pts_progress_fn`); a background save (`pts_manager_save_async`) calls
+ * from its writing thread until `pts_manager_wait` (or the next save, or
+ * `pts_manager_close`) returns.
+ */
+pts_error_t *pts_container_set_save_progress(pts_container_t *container,
+                                             pts_progress_fn callback,
+                                             void *user_data,
+                                             pts_finalizer_t finalizer);
+
+/**
  * Saves the model alone, as `{prefix}_inference_{unix seconds}.zip`;
  * otherwise as `pts_container_save`.
  */
@@ -946,6 +977,27 @@ pts_error_t *pts_load_options_set_verify(pts_load_options_t *options, bool verif
  * share its page cache.
  */
 pts_error_t *pts_load_options_set_copy(pts_load_options_t *options, bool copy);
+
+/**
+ * Reports the progress of the loads and opens that use these options to
+ * `callback` (NULL: to nobody), with `user_data`. The library takes
+ * ownership of `user_data` whatever the outcome: `finalizer` (may be
+ * NULL) runs once no call can report to it any more (the callback is
+ * replaced, or the options are freed and no call that uses them runs), or
+ * before this returns when `callback` is NULL or on error. The total is the bytes the call processes: those whose
+ * CRC-32 it checks (every member when verifying, `metadata.json` alone
+ * otherwise), plus, for a load that copies (the copy option, and always
+ * for `pts_container_restore_ex`), the tensor data of the model and
+ * optimizer it copies. Calls come from the calling thread and the
+ * library's worker threads (the CRC check and the copy run on several
+ * for large files), one at a time, never after the call returned (see
+ * `pts_progress_fn`). Options shared by threads share the callback:
+ * calls of different operations may then run at the same time.
+ */
+pts_error_t *pts_load_options_set_progress(pts_load_options_t *options,
+                                           pts_progress_fn callback,
+                                           void *user_data,
+                                           pts_finalizer_t finalizer);
 
 /**
  * Frees options. NULL is a no-op.

@@ -11,7 +11,7 @@ use tch::{Device, Tensor};
 
 use crate::container::{LoadOptions, Model};
 use crate::error::Result;
-use crate::format::Checkpoint;
+use crate::format::MemberName;
 use crate::registry::Registry;
 
 /// A model loaded for inference, shareable between threads (`&self`
@@ -55,8 +55,13 @@ impl InferenceModel {
         registry: &Registry,
         options: &LoadOptions,
     ) -> Result<(Self, Map<String, Value>)> {
-        let ckpt = Checkpoint::open_with(path, options.read_options())?;
-        let model = Model::from_file(registry, &ckpt, Device::Cpu, options)?;
+        let copied: &[MemberName] = match options.copy {
+            true => &[MemberName::Model],
+            false => &[],
+        };
+        let (ckpt, tracker) = options.open(path.as_ref(), copied)?;
+        let model = Model::from_file(registry, &ckpt, Device::Cpu, options, &tracker)?;
+        tracker.finish();
         Ok((Self::new(model), ckpt.metadata().flat()))
     }
 

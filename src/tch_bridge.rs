@@ -11,6 +11,7 @@ use torch_sys::C_tensor;
 
 use crate::error::{Error, Result};
 use crate::format::{threads_for, Checkpoint, Dtype, PrivateMapping, TensorEntry, TensorSource};
+use crate::progress::Tracker;
 
 extern "C" {
     // src/borrowed_memory.cpp
@@ -190,6 +191,16 @@ unsafe impl Send for Destination {}
 /// mapping as they are copied, so a copy does not hold the file's size in
 /// resident memory on top of its destination.
 pub fn copy_into(ckpt: &Checkpoint, pairs: &mut [(&TensorEntry, &mut Tensor)]) -> Result<()> {
+    copy_into_tracked(ckpt, pairs, &Tracker::silent(0))
+}
+
+/// [`copy_into`], advancing `tracker` by the bytes of each piece copied
+/// (from the copying threads).
+pub fn copy_into_tracked(
+    ckpt: &Checkpoint,
+    pairs: &mut [(&TensorEntry, &mut Tensor)],
+    tracker: &Tracker,
+) -> Result<()> {
     const PIECE: usize = 8 << 20;
     let map = ckpt.private_mapping();
     let mut jobs: Vec<(usize, &[u8], Destination)> = Vec::new();
@@ -201,6 +212,7 @@ pub fn copy_into(ckpt: &Checkpoint, pairs: &mut [(&TensorEntry, &mut Tensor)]) -
         if dst.device() != Device::Cpu || !dst.is_contiguous() {
             let src = mapped(ckpt, entry)?;
             tch::no_grad(|| dst.f_copy_(&src))?;
+            tracker.advance(len as u64);
             continue;
         }
         let src = ckpt.tensor_bytes(entry);
@@ -222,6 +234,7 @@ pub fn copy_into(ckpt: &Checkpoint, pairs: &mut [(&TensorEntry, &mut Tensor)]) -
             // Whole pages of this tensor's bytes only: no other tensor
             // points into them.
             map.release(at, at + src.len());
+            tracker.advance(src.len() as u64);
         }
     };
     if threads == 1 {
@@ -267,11 +280,16 @@ pub fn check_fits(entry: &TensorEntry, dst: &Tensor) -> Result<()> {
 /// A file tensor as a new CPU tensor of its own dtype and shape, in memory
 /// of its own (copied from the mapping).
 pub fn read_new(ckpt: &Checkpoint, entry: &TensorEntry) -> Result<Tensor> {
+    read_new_tracked(ckpt, entry, &Tracker::silent(0))
+}
+
+/// [`read_new`], advancing `tracker` as the bytes are copied.
+pub fn read_new_tracked(ckpt: &Checkpoint, entry: &TensorEntry, tracker: &Tracker) -> Result<Tensor> {
     let kind = kind_of(entry.dtype).ok_or_else(|| Error::StateMismatch {
         tensor: entry.name.clone(),
         reason: format!("dtype {:?} has no libtorch equivalent", entry.dtype),
     })?;
     let mut t = Tensor::f_empty(shape_of(entry), (kind, Device::Cpu))?;
-    copy_into(ckpt, &mut [(entry, &mut t)])?;
+    copy_into_tracked(ckpt, &mut [(entry, &mut t)], tracker)?;
     Ok(t)
 }

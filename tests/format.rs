@@ -95,7 +95,10 @@ fn every_dtype_rank0_and_empty_round_trip_bit_exact() {
 
 #[test]
 fn zip64_records_round_trip() {
-    assert_round_trip(WriteOptions { force_zip64: true });
+    assert_round_trip(WriteOptions {
+        force_zip64: true,
+        ..WriteOptions::default()
+    });
 }
 
 #[test]
@@ -438,6 +441,7 @@ fn random_tensor_sets_round_trip() {
             .collect();
         let options = WriteOptions {
             force_zip64: round % 5 == 0,
+            ..WriteOptions::default()
         };
         let path = write(dir.path(), &tensors, &options);
         let ckpt = Checkpoint::open(&path).unwrap();

@@ -116,7 +116,13 @@ fn python_zipfile_and_safetensors_read_what_rust_wrote() {
 #[test]
 fn python_reads_zip64_records() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_all_dtypes(dir.path(), WriteOptions { force_zip64: true });
+    let path = write_all_dtypes(
+        dir.path(),
+        WriteOptions {
+            force_zip64: true,
+            ..WriteOptions::default()
+        },
+    );
     check_with_python(&path);
 }
 
@@ -143,7 +149,13 @@ fn unzip_t(path: &std::path::Path) {
 fn unzip_t_passes_on_every_kind_of_file_we_write() {
     let dir = tempfile::tempdir().unwrap();
     unzip_t(&write_all_dtypes(dir.path(), WriteOptions::default()));
-    unzip_t(&write_all_dtypes(dir.path(), WriteOptions { force_zip64: true }));
+    unzip_t(&write_all_dtypes(
+        dir.path(),
+        WriteOptions {
+            force_zip64: true,
+            ..WriteOptions::default()
+        },
+    ));
     let mut c = ModelContainer::new();
     c.initialize(ContainerSpec::model(
         models::MLP,

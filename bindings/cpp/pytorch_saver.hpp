@@ -43,6 +43,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <map>
@@ -183,6 +184,68 @@ inline torch::Tensor tensor_from_capi(const pts_tensor_t* handle) {
   return *static_cast<const at::Tensor*>(ptr);
 }
 
+/// A progress callback: `done` of `total` bytes. The first call is
+/// (0, total), `done` grows from call to call, and the last call is
+/// (total, total), made only when the operation succeeded. Calls come from
+/// the calling thread or the library's worker threads, one at a time,
+/// never after the call returned. A function that throws is not called
+/// again for that operation, and its exception is rethrown once the
+/// operation returned (the library never sees it).
+using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
+
+namespace detail {
+
+/// The C side of a ProgressFn. The library owns a shared_ptr to it
+/// (freed by its finalizer when no operation can report any more); the
+/// binding holds another, to rethrow what the function threw.
+class ProgressRelay {
+ public:
+  explicit ProgressRelay(ProgressFn fn) : fn_(std::move(fn)) {}
+
+  /// A new C user-data pointer for the library, released by release().
+  static void* user_data(const std::shared_ptr<ProgressRelay>& relay) {
+    return new std::shared_ptr<ProgressRelay>(relay);
+  }
+
+  static void call(uint64_t done, uint64_t total, void* user_data) noexcept {
+    ProgressRelay& self = **static_cast<std::shared_ptr<ProgressRelay>*>(user_data);
+    std::lock_guard<std::mutex> lock(self.mutex_);
+    if (self.error_) return;
+    try {
+      self.fn_(done, total);
+    } catch (...) {
+      self.error_ = std::current_exception();
+    }
+  }
+
+  static void release(void* user_data) noexcept {
+    delete static_cast<std::shared_ptr<ProgressRelay>*>(user_data);
+  }
+
+  /// Forgets an exception of an earlier operation: called before one starts.
+  void reset() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    error_ = nullptr;
+  }
+
+  /// Throws what the function threw during the operation, if it did.
+  void rethrow() {
+    std::exception_ptr error;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      error = std::exchange(error_, nullptr);
+    }
+    if (error) std::rethrow_exception(error);
+  }
+
+ private:
+  ProgressFn fn_;
+  std::mutex mutex_;  // calls of operations that share the relay may overlap
+  std::exception_ptr error_;
+};
+
+}  // namespace detail
+
 /// How Container::load, Container::restore, Checkpoint::open and
 /// Model::load read a file. The defaults are those of the calls without
 /// options: every CRC-32 checked, tensors zero-copy.
@@ -204,19 +267,44 @@ struct LoadOptions {
   /// FILE`), to load them faster; a flipped bit in tensor data then goes
   /// unnoticed.
   bool verify = true;
+  /// Hears the load's progress (empty: nobody): the total is the bytes
+  /// the call checks (every CRC-32 with verify, metadata.json's alone
+  /// without) plus, when it copies (copy, and always for a restore), the
+  /// model's and optimizer's tensor data. See ProgressFn.
+  ProgressFn progress = nullptr;
 };
 
 /// An owned pts_load_options_t handle.
 using LoadOptionsHandle = std::unique_ptr<pts_load_options_t, detail::LoadOptionsDeleter>;
 
+/// LoadOptions as C options, with the progress relay of the call.
+struct CapiLoadOptions {
+  LoadOptionsHandle handle;
+  std::shared_ptr<detail::ProgressRelay> progress;
+
+  pts_load_options_t* get() const noexcept { return handle.get(); }
+
+  /// Throws what the progress function threw, once the call returned.
+  void rethrow_progress_error() const {
+    if (progress) progress->rethrow();
+  }
+};
+
 /// `options` as a new C handle, for the pts_*_ex calls.
-inline LoadOptionsHandle load_options_to_capi(const LoadOptions& options) {
+inline CapiLoadOptions load_options_to_capi(const LoadOptions& options) {
   pts_load_options_t* out = nullptr;
   detail::check(pts_load_options_new(&out));
-  LoadOptionsHandle handle(out);
+  CapiLoadOptions c_options{LoadOptionsHandle(out), nullptr};
   detail::check(pts_load_options_set_copy(out, options.copy));
   detail::check(pts_load_options_set_verify(out, options.verify));
-  return handle;
+  if (options.progress) {
+    auto relay = std::make_shared<detail::ProgressRelay>(options.progress);
+    detail::check(pts_load_options_set_progress(out, &detail::ProgressRelay::call,
+                                                detail::ProgressRelay::user_data(relay),
+                                                &detail::ProgressRelay::release));
+    c_options.progress = std::move(relay);
+  }
+  return c_options;
 }
 
 /// Whether a model registered by Registry::register_module may run its
@@ -533,10 +621,12 @@ class Checkpoint {
   /// tensor data is not computed (the structure is still validated);
   /// copy does not apply (tensor() always copies).
   static Checkpoint open(const std::string& path, const LoadOptions& options) {
-    LoadOptionsHandle c_options = load_options_to_capi(options);
+    CapiLoadOptions c_options = load_options_to_capi(options);
     pts_checkpoint_t* out = nullptr;
     detail::check(pts_checkpoint_open_ex(path.c_str(), c_options.get(), &out));
-    return Checkpoint(out);
+    Checkpoint opened(out);
+    c_options.rethrow_progress_error();
+    return opened;
   }
 
   /// The whole metadata.json object (the flat user keys and the reserved
@@ -829,10 +919,12 @@ class Container {
   /// As restore(path), with `options` (verify; copy does not apply: a
   /// restore always copies into the existing tensors).
   std::string restore(const std::string& path, const LoadOptions& options) {
-    LoadOptionsHandle c_options = load_options_to_capi(options);
+    CapiLoadOptions c_options = load_options_to_capi(options);
     char* meta = nullptr;
     detail::check(pts_container_restore_ex(ptr_.get(), path.c_str(), c_options.get(), &meta));
-    return detail::take_string(meta);
+    std::string metadata = detail::take_string(meta);
+    c_options.rethrow_progress_error();
+    return metadata;
   }
 
   /// Saves a training checkpoint (model, optimizer, scheduler) atomically
@@ -842,20 +934,46 @@ class Container {
   /// `{"loss": 0.55, "epoch": 5}`.
   std::string save(const std::string& dir, const std::string& prefix = "",
                    const std::string& metadata_json = "") const {
+    if (save_progress_) save_progress_->reset();
     char* path = nullptr;
     detail::check(pts_container_save(ptr_.get(), dir.c_str(), detail::or_null(prefix),
                                      detail::or_null(metadata_json), &path));
-    return detail::take_string(path);
+    std::string saved = detail::take_string(path);
+    if (save_progress_) save_progress_->rethrow();
+    return saved;
   }
 
   /// Saves the model alone, as `{prefix}_inference_{unix seconds}.zip`;
   /// otherwise as save().
   std::string save_inference(const std::string& dir, const std::string& prefix = "",
                              const std::string& metadata_json = "") const {
+    if (save_progress_) save_progress_->reset();
     char* path = nullptr;
     detail::check(pts_container_save_inference(ptr_.get(), dir.c_str(), detail::or_null(prefix),
                                                detail::or_null(metadata_json), &path));
-    return detail::take_string(path);
+    std::string saved = detail::take_string(path);
+    if (save_progress_) save_progress_->rethrow();
+    return saved;
+  }
+
+  /// Reports the progress of every later save of this container (save,
+  /// save_inference, CheckpointManager::save and save_async) to
+  /// `progress` (empty: to nobody): the total is the file's size, the
+  /// count the bytes written. See ProgressFn; what it throws during a save
+  /// is rethrown by that save once the file is written (a background
+  /// save's is dropped). A background save calls it from the manager's
+  /// writing thread until wait() returns.
+  void set_save_progress(ProgressFn progress) {
+    if (!progress) {
+      detail::check(pts_container_set_save_progress(ptr_.get(), nullptr, nullptr, nullptr));
+      save_progress_.reset();
+      return;
+    }
+    auto relay = std::make_shared<detail::ProgressRelay>(std::move(progress));
+    detail::check(pts_container_set_save_progress(ptr_.get(), &detail::ProgressRelay::call,
+                                                  detail::ProgressRelay::user_data(relay),
+                                                  &detail::ProgressRelay::release));
+    save_progress_ = std::move(relay);
   }
 
   /// optimizer.zero_grad(): every parameter's gradient becomes undefined.
@@ -1022,10 +1140,12 @@ class Container {
   /// restores every tracked object from its extra state. All or nothing.
   /// Returns the flat metadata JSON.
   std::string load_into(const std::string& path, const LoadOptions& options = {}) {
-    LoadOptionsHandle c_options = load_options_to_capi(options);
+    CapiLoadOptions c_options = load_options_to_capi(options);
     char* meta = nullptr;
     detail::check(pts_container_load_into(ptr_.get(), path.c_str(), c_options.get(), &meta));
-    return detail::take_string(meta);
+    std::string metadata = detail::take_string(meta);
+    c_options.rethrow_progress_error();
+    return metadata;
   }
 
   pts_container_t* capi() noexcept { return ptr_.get(); }
@@ -1058,6 +1178,8 @@ class Container {
                           const pts_load_options_t* options);
 
   std::unique_ptr<pts_container_t, detail::ContainerDeleter> ptr_;
+  // The relay of set_save_progress, to rethrow what its function threw.
+  std::shared_ptr<detail::ProgressRelay> save_progress_;
 };
 
 /// What Container::load returns.
@@ -1090,11 +1212,17 @@ inline Container::Loaded Container::load(const std::string& path) {
 inline Container::Loaded Container::load(const std::string& path, const Registry& registry,
                                          const LoadOptions& options) {
   const pts_registry_t* c_registry = checked(registry);
-  return load_from(c_registry, path, load_options_to_capi(options).get());
+  CapiLoadOptions c_options = load_options_to_capi(options);
+  Loaded loaded = load_from(c_registry, path, c_options.get());
+  c_options.rethrow_progress_error();
+  return loaded;
 }
 
 inline Container::Loaded Container::load(const std::string& path, const LoadOptions& options) {
-  return load_from(nullptr, path, load_options_to_capi(options).get());
+  CapiLoadOptions c_options = load_options_to_capi(options);
+  Loaded loaded = load_from(nullptr, path, c_options.get());
+  c_options.rethrow_progress_error();
+  return loaded;
 }
 
 /// A model loaded for inference, read-only: eval mode, no gradients, no
@@ -1174,12 +1302,14 @@ struct Model::Loaded {
 
 inline Model::Loaded Model::load_from(const pts_registry_t* registry, const std::string& path,
                                       const LoadOptions& options) {
-  LoadOptionsHandle c_options = load_options_to_capi(options);
+  CapiLoadOptions c_options = load_options_to_capi(options);
   pts_model_t* out = nullptr;
   char* meta = nullptr;
   detail::check(pts_model_load(registry, path.c_str(), c_options.get(), &out, &meta));
   Model model(out);
-  return Loaded{std::move(model), detail::take_string(meta)};
+  Loaded loaded{std::move(model), detail::take_string(meta)};
+  c_options.rethrow_progress_error();
+  return loaded;
 }
 
 inline Model::Loaded Model::load(const std::string& path, const Registry& registry,
@@ -1292,9 +1422,12 @@ class CheckpointManager {
   /// then deletes what the policy no longer keeps. Returns the path.
   std::string save(const Container& container, uint64_t step,
                    const std::string& metadata_json = "{}") {
+    if (container.save_progress_) container.save_progress_->reset();
     char* path = nullptr;
     detail::check(pts_manager_save(live(), container.capi(), step, metadata_json.c_str(), &path));
-    return detail::take_string(path);
+    std::string saved = detail::take_string(path);
+    if (container.save_progress_) container.save_progress_->rethrow();
+    return saved;
   }
 
   /// As save(), in the background: copies the container's tensors and
@@ -1341,12 +1474,14 @@ class CheckpointManager {
   /// `container` holds, trying older ones when it fails (a failed one
   /// leaves the container as it was).
   Resumed restore_latest(Container& container, const LoadOptions& options = {}) const {
-    LoadOptionsHandle c_options = load_options_to_capi(options);
+    CapiLoadOptions c_options = load_options_to_capi(options);
     char* meta = nullptr;
     char* skipped = nullptr;
     detail::check(
         pts_manager_restore_latest(live(), container.capi(), c_options.get(), &meta, &skipped));
-    return resumed(meta, skipped);
+    Resumed found = resumed(meta, skipped);
+    c_options.rethrow_progress_error();
+    return found;
   }
 
   /// Loads the newest checkpoint that loads into a new container over the
@@ -1388,7 +1523,7 @@ struct CheckpointManager::Loaded {
 };
 
 inline CheckpointManager::Loaded CheckpointManager::load_latest(const LoadOptions& options) const {
-  LoadOptionsHandle c_options = load_options_to_capi(options);
+  CapiLoadOptions c_options = load_options_to_capi(options);
   pts_container_t* out = nullptr;
   char* meta = nullptr;
   char* skipped = nullptr;
@@ -1398,6 +1533,7 @@ inline CheckpointManager::Loaded CheckpointManager::load_latest(const LoadOption
   if (out != nullptr) {
     detail::check(pts_container_set_producer_language(out, Container::kProducerLanguage));
   }
+  c_options.rethrow_progress_error();
   return Loaded{std::move(container), std::move(found)};
 }
 

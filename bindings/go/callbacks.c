@@ -46,3 +46,15 @@ pts_error_t *ptsgo_track(pts_container_t *container, const char *name, const cha
                           ptsgo_check_state, ptsgo_load_state, ptsgo_release};
   return pts_container_track(container, name, &table);
 }
+
+static void ptsgo_progress(uint64_t done, uint64_t total, void *relay) {
+  ptsgoProgress((uintptr_t)relay, done, total);
+}
+
+pts_error_t *ptsgo_load_options_set_progress(pts_load_options_t *options, uintptr_t relay) {
+  return pts_load_options_set_progress(options, ptsgo_progress, (void *)relay, ptsgo_release);
+}
+
+pts_error_t *ptsgo_container_set_save_progress(pts_container_t *container, uintptr_t relay) {
+  return pts_container_set_save_progress(container, ptsgo_progress, (void *)relay, ptsgo_release);
+}

@@ -23,4 +23,10 @@ pts_error_t *ptsgo_set_forward(pts_model_builder_t *builder, uintptr_t instance)
 pts_error_t *ptsgo_track(pts_container_t *container, const char *name, const char *class_name,
                          uintptr_t object);
 
+/* pts_load_options_set_progress and pts_container_set_save_progress
+ * with the Go progress trampoline; `relay` is a cgo.Handle, released as
+ * above. */
+pts_error_t *ptsgo_load_options_set_progress(pts_load_options_t *options, uintptr_t relay);
+pts_error_t *ptsgo_container_set_save_progress(pts_container_t *container, uintptr_t relay);
+
 #endif

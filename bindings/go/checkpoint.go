@@ -49,11 +49,11 @@ func OpenCheckpointWith(path string, opts LoadOptions) (*Checkpoint, error) {
 		return nil, err
 	}
 	defer freeString(cpath)
-	copts, err := opts.cOptions()
+	copts, relay, err := opts.cOptions()
 	if err != nil {
 		return nil, err
 	}
-	defer freeOptions(copts)
+	defer freeOptions(copts, relay)
 	var ptr *C.pts_checkpoint_t
 	if err := takeError(C.pts_checkpoint_open_ex(cpath, copts, &ptr)); err != nil {
 		return nil, err

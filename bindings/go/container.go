@@ -2,6 +2,7 @@ package pytorchsaver
 
 /*
 #include <pytorch_saver.h>
+#include "callbacks.h"
 */
 import "C"
 
@@ -66,6 +67,9 @@ type Container struct {
 	mu      sync.Mutex
 	ptr     *C.pts_container_t
 	cleanup runtime.Cleanup
+	// The relay of SetSaveProgress (nil without), to raise again what its
+	// function panicked with.
+	saveProgress *progressRelay
 }
 
 func wrapContainer(ptr *C.pts_container_t) *Container {
@@ -135,11 +139,11 @@ func loadContainer(registry *C.pts_registry_t, path string, opts LoadOptions) (*
 		return nil, nil, err
 	}
 	defer freeString(cpath)
-	copts, err := opts.cOptions()
+	copts, relay, err := opts.cOptions()
 	if err != nil {
 		return nil, nil, err
 	}
-	defer freeOptions(copts)
+	defer freeOptions(copts, relay)
 	var out *C.pts_container_t
 	var meta *C.char
 	maybeGC()
@@ -277,11 +281,11 @@ func (c *Container) readFile(path string, opts LoadOptions, read func(*C.pts_con
 		return nil, err
 	}
 	defer freeString(cpath)
-	copts, err := opts.cOptions()
+	copts, relay, err := opts.cOptions()
 	if err != nil {
 		return nil, err
 	}
-	defer freeOptions(copts)
+	defer freeOptions(copts, relay)
 	var text string
 	err = c.with(func(ptr *C.pts_container_t) error {
 		var meta *C.char
@@ -333,7 +337,10 @@ func (c *Container) save(dir, prefix string, metadata any, inference bool) (stri
 	}
 	defer freeString(cmeta)
 	var path string
+	var relay *progressRelay
 	err = c.with(func(ptr *C.pts_container_t) error {
+		relay = c.saveProgress
+		relay.reset()
 		var out *C.char
 		var e *C.pts_error_t
 		if inference {
@@ -347,7 +354,31 @@ func (c *Container) save(dir, prefix string, metadata any, inference bool) (stri
 		path = takeString(out)
 		return nil
 	})
+	relay.repanic()
 	return path, err
+}
+
+// SetSaveProgress reports the progress of every later save of c (Save,
+// SaveInference, Manager.Save and Manager.SaveAsync) to fn, or to nobody
+// when fn is nil: the total is the file's size, the count the bytes
+// written so far. See ProgressFunc; a panic of fn during a background save
+// is dropped.
+func (c *Container) SetSaveProgress(fn ProgressFunc) error {
+	return c.with(func(ptr *C.pts_container_t) error {
+		if fn == nil {
+			if err := takeError(C.pts_container_set_save_progress(ptr, nil, nil, nil)); err != nil {
+				return err
+			}
+			c.saveProgress = nil
+			return nil
+		}
+		relay := &progressRelay{fn: fn}
+		if err := takeError(C.ptsgo_container_set_save_progress(ptr, C.uintptr_t(newHandle(relay)))); err != nil {
+			return err
+		}
+		c.saveProgress = relay
+		return nil
+	})
 }
 
 // ZeroGrad is optimizer.zero_grad(): every parameter's gradient becomes

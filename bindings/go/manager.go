@@ -221,7 +221,10 @@ func (m *Manager) Save(c *Container, step int64, metadata map[string]any) (strin
 	}
 	defer freeString(cmeta)
 	var path string
+	var relay *progressRelay
 	err = m.withContainer(c, func(mp *C.pts_manager_t, cp *C.pts_container_t) error {
+		relay = c.saveProgress
+		relay.reset()
 		var out *C.char
 		if err := takeError(C.pts_manager_save(mp, cp, C.uint64_t(step), cmeta, &out)); err != nil {
 			return err
@@ -229,6 +232,7 @@ func (m *Manager) Save(c *Container, step int64, metadata map[string]any) (strin
 		path = takeString(out)
 		return nil
 	})
+	relay.repanic()
 	return path, err
 }
 
@@ -372,11 +376,11 @@ func resumeResult(meta, skipped *C.char) (map[string]any, []SkippedFile, error) 
 // with their errors. When every checkpoint fails, the newest one's error
 // is returned.
 func (m *Manager) LoadLatest(opts LoadOptions) (*Container, map[string]any, []SkippedFile, error) {
-	copts, err := opts.cOptions()
+	copts, relay, err := opts.cOptions()
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	defer freeOptions(copts)
+	defer freeOptions(copts, relay)
 	var out *C.pts_container_t
 	var meta, skipped *C.char
 	err = m.with(func(ptr *C.pts_manager_t) error {
@@ -412,11 +416,11 @@ func (m *Manager) RestoreLatest(c *Container) (map[string]any, []SkippedFile, er
 // RestoreLatestWith is RestoreLatest with options (Copy does not apply;
 // every CRC-32 is checked whatever SkipVerify says).
 func (m *Manager) RestoreLatestWith(c *Container, opts LoadOptions) (map[string]any, []SkippedFile, error) {
-	copts, err := opts.cOptions()
+	copts, relay, err := opts.cOptions()
 	if err != nil {
 		return nil, nil, err
 	}
-	defer freeOptions(copts)
+	defer freeOptions(copts, relay)
 	var meta, skipped *C.char
 	err = m.withContainer(c, func(mp *C.pts_manager_t, cp *C.pts_container_t) error {
 		return takeError(C.pts_manager_restore_latest(mp, cp, copts, &meta, &skipped))

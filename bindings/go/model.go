@@ -56,11 +56,11 @@ func loadModel(registry *C.pts_registry_t, path string, opts LoadOptions) (*Mode
 		return nil, nil, err
 	}
 	defer freeString(cpath)
-	copts, err := opts.cOptions()
+	copts, relay, err := opts.cOptions()
 	if err != nil {
 		return nil, nil, err
 	}
-	defer freeOptions(copts)
+	defer freeOptions(copts, relay)
 	var out *C.pts_model_t
 	var meta *C.char
 	maybeGC()

@@ -3,6 +3,7 @@ package pytorchsaver
 /*
 #include <stdbool.h>
 #include <pytorch_saver.h>
+#include "callbacks.h"
 */
 import "C"
 
@@ -30,28 +31,48 @@ type LoadOptions struct {
 	// deployed, with `pytorch-saver verify`, to save reading every byte
 	// at load.
 	SkipVerify bool
+	// Progress, when not nil, hears how far the call is: the total is
+	// the bytes it checks (every CRC-32, or metadata.json's alone with
+	// SkipVerify) plus, when it copies (Copy, and always for a restore),
+	// the model's and optimizer's tensor data. See ProgressFunc.
+	Progress ProgressFunc
 }
 
 // cOptions makes the C options for o, for the caller to free with
-// freeOptions; the zero value is NULL, the library's defaults.
-func (o LoadOptions) cOptions() (*C.pts_load_options_t, error) {
-	if o == (LoadOptions{}) {
-		return nil, nil
+// freeOptions (with the relay of o.Progress, nil without); the zero value
+// is NULL, the library's defaults.
+func (o LoadOptions) cOptions() (*C.pts_load_options_t, *progressRelay, error) {
+	if !o.Copy && !o.SkipVerify && o.Progress == nil {
+		return nil, nil, nil
 	}
 	var out *C.pts_load_options_t
 	if err := takeError(C.pts_load_options_new(&out)); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := takeError(C.pts_load_options_set_verify(out, C.bool(!o.SkipVerify))); err != nil {
 		C.pts_load_options_free(out)
-		return nil, err
+		return nil, nil, err
 	}
 	if err := takeError(C.pts_load_options_set_copy(out, C.bool(o.Copy))); err != nil {
 		C.pts_load_options_free(out)
-		return nil, err
+		return nil, nil, err
 	}
-	return out, nil
+	if o.Progress == nil {
+		return out, nil, nil
+	}
+	relay := &progressRelay{fn: o.Progress}
+	if err := takeError(C.ptsgo_load_options_set_progress(out, C.uintptr_t(newHandle(relay)))); err != nil {
+		C.pts_load_options_free(out)
+		return nil, nil, err
+	}
+	return out, relay, nil
 }
 
-// freeOptions frees options from cOptions; nil is a no-op.
-func freeOptions(o *C.pts_load_options_t) { C.pts_load_options_free(o) }
+// freeOptions frees options from cOptions (nil is a no-op), then panics
+// again with what the progress function panicked with during the call,
+// if it did: deferred, so the panic reaches the caller as if the
+// function had been called on its goroutine.
+func freeOptions(o *C.pts_load_options_t, relay *progressRelay) {
+	C.pts_load_options_free(o)
+	relay.repanic()
+}

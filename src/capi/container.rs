@@ -287,6 +287,34 @@ pub unsafe extern "C" fn pts_container_save(
     unsafe { save_with(container, dir, prefix, metadata_json, path, false) }
 }
 
+/// Reports the progress of every later save of `container`
+/// (`pts_container_save`, `pts_container_save_inference`,
+/// `pts_manager_save` and `pts_manager_save_async`) to `callback` (NULL:
+/// to nobody), with `user_data`. The library takes ownership of
+/// `user_data` whatever the outcome: `finalizer` (may be NULL) runs once
+/// no save can report to it any more (the callback is replaced, or the
+/// container is freed and no background save of it runs), or before this
+/// returns when `callback` is NULL or on error. The
+/// total is the file's size in bytes, the count the bytes written so far.
+/// Calls come from the saving thread, one at a time (see
+/// `pts_progress_fn`); a background save (`pts_manager_save_async`) calls
+/// from its writing thread until `pts_manager_wait` (or the next save, or
+/// `pts_manager_close`) returns.
+#[no_mangle]
+pub unsafe extern "C" fn pts_container_set_save_progress(
+    container: *mut pts_container_t,
+    callback: pts_progress_fn,
+    user_data: *mut c_void,
+    finalizer: pts_finalizer_t,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let progress = super::progress::progress_from_c(callback, user_data, finalizer);
+        let c = unsafe { arg_mut(container, "container") }?;
+        c.inner.set_save_progress(progress);
+        Ok(())
+    })
+}
+
 /// Saves the model alone, as `{prefix}_inference_{unix seconds}.zip`;
 /// otherwise as `pts_container_save`.
 #[no_mangle]

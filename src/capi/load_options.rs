@@ -1,6 +1,9 @@
 //! Load options from C: one opaque handle, so that later options fit
 //! without another change of the functions that take it.
 
+use std::ffi::c_void;
+
+use super::progress::progress_from_c;
 use super::*;
 use crate::container::LoadOptions;
 
@@ -17,7 +20,7 @@ pub struct pts_load_options_t {
 /// The options a NULL `pts_load_options_t *` stands for.
 pub(crate) fn options_or_default(options: *const pts_load_options_t) -> LoadOptions {
     // SAFETY: NULL or a live handle (header contract).
-    unsafe { options.as_ref() }.map_or_else(LoadOptions::default, |o| o.inner)
+    unsafe { options.as_ref() }.map_or_else(LoadOptions::default, |o| o.inner.clone())
 }
 
 /// New options at the defaults (verify, zero-copy). The caller frees `*out`.
@@ -57,6 +60,34 @@ pub unsafe extern "C" fn pts_load_options_set_verify(
 pub unsafe extern "C" fn pts_load_options_set_copy(options: *mut pts_load_options_t, copy: bool) -> *mut pts_error_t {
     boundary(|| {
         unsafe { arg_mut(options, "options") }?.inner.copy = copy;
+        Ok(())
+    })
+}
+
+/// Reports the progress of the loads and opens that use these options to
+/// `callback` (NULL: to nobody), with `user_data`. The library takes
+/// ownership of `user_data` whatever the outcome: `finalizer` (may be
+/// NULL) runs once no call can report to it any more (the callback is
+/// replaced, or the options are freed and no call that uses them runs), or
+/// before this returns when `callback` is NULL or on error. The total is the bytes the call processes: those whose
+/// CRC-32 it checks (every member when verifying, `metadata.json` alone
+/// otherwise), plus, for a load that copies (the copy option, and always
+/// for `pts_container_restore_ex`), the tensor data of the model and
+/// optimizer it copies. Calls come from the calling thread and the
+/// library's worker threads (the CRC check and the copy run on several
+/// for large files), one at a time, never after the call returned (see
+/// `pts_progress_fn`). Options shared by threads share the callback:
+/// calls of different operations may then run at the same time.
+#[no_mangle]
+pub unsafe extern "C" fn pts_load_options_set_progress(
+    options: *mut pts_load_options_t,
+    callback: pts_progress_fn,
+    user_data: *mut c_void,
+    finalizer: pts_finalizer_t,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let progress = progress_from_c(callback, user_data, finalizer);
+        unsafe { arg_mut(options, "options") }?.inner.progress = progress;
         Ok(())
     })
 }

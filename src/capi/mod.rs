@@ -25,6 +25,7 @@ mod extra_state;
 mod load_options;
 mod manager;
 mod model;
+mod progress;
 mod registry;
 mod tensor;
 
@@ -39,6 +40,7 @@ pub use extra_state::*;
 pub use load_options::*;
 pub use manager::*;
 pub use model::*;
+pub use progress::*;
 pub use registry::*;
 pub use tensor::*;
 

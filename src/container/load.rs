@@ -13,8 +13,9 @@ use super::{Built, LoadOptions, Model, ModelContainer};
 use crate::error::{Error, Result};
 use crate::format::{Checkpoint, MemberName, Metadata, OptimizerMetadata, INTERNALS_KEY};
 use crate::optim::{Optimizer, OptimizerState, ParamState};
+use crate::progress::Tracker;
 use crate::sched::Scheduler;
-use crate::tch_bridge::{mapped, read_new};
+use crate::tch_bridge::{mapped, read_new_tracked};
 
 /// Where a file's state goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,11 +36,15 @@ impl ModelContainer {
         options: &LoadOptions,
         target: Target,
     ) -> Result<Map<String, Value>> {
-        let ckpt = Checkpoint::open_with(path, options.read_options())?;
-        let meta = ckpt.metadata();
         // Restoring copies into the storage held; a load maps the file or
         // copies, as the options say.
         let copy = options.copy || target == Target::Held;
+        let copied: &[MemberName] = match copy {
+            true => &[MemberName::Model, MemberName::Optimizer],
+            false => &[],
+        };
+        let (ckpt, tracker) = options.open(path, copied)?;
+        let meta = ckpt.metadata();
 
         // Build or match: the model (its state checked to fit, not yet
         // loaded) and the optimizer.
@@ -64,7 +69,7 @@ impl ModelContainer {
 
         // Prepare the optimizer and scheduler state.
         let prepared = match (optimizer, &meta.optimizer) {
-            (Some(opt), Some(saved)) => Some(opt.prepare_load(optimizer_state(&ckpt, saved, copy)?)?),
+            (Some(opt), Some(saved)) => Some(opt.prepare_load(optimizer_state(&ckpt, saved, copy, &tracker)?)?),
             _ => None,
         };
         let scheduler = match (&meta.scheduler, &prepared) {
@@ -95,7 +100,7 @@ impl ModelContainer {
                 self.optimizer.as_mut(),
             ),
         };
-        model.fill(&ckpt, copy)?;
+        model.fill(&ckpt, copy, &tracker)?;
         if let (Some(opt), Some(prepared)) = (optimizer, prepared) {
             opt.commit_load(prepared);
         }
@@ -108,6 +113,7 @@ impl ModelContainer {
             None => self.scheduler = scheduler,
         }
         self.commit_extra(extra)?;
+        tracker.finish();
         Ok(meta.flat())
     }
 
@@ -150,7 +156,12 @@ impl ModelContainer {
 
 /// The optimizer state of a file: groups and names from its metadata,
 /// tensors mapped from the file or copied into new CPU tensors.
-fn optimizer_state(ckpt: &Checkpoint, saved: &OptimizerMetadata, copy: bool) -> Result<OptimizerState> {
+fn optimizer_state(
+    ckpt: &Checkpoint,
+    saved: &OptimizerMetadata,
+    copy: bool,
+    tracker: &Tracker,
+) -> Result<OptimizerState> {
     let invalid = |what: &str, reason: String| Error::InvalidState {
         what: format!("{INTERNALS_KEY}.optimizer.{what}"),
         reason,
@@ -170,7 +181,7 @@ fn optimizer_state(ckpt: &Checkpoint, saved: &OptimizerMetadata, copy: bool) -> 
             .check_tensor_name(&entry.name)
             .map_err(|reason| invalid("state", reason))?;
         let tensor = match copy {
-            true => read_new(ckpt, entry)?,
+            true => read_new_tracked(ckpt, entry, tracker)?,
             false => mapped(ckpt, entry)?,
         };
         state.entry(index).or_default().insert(key.to_owned(), tensor);

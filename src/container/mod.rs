@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::extra_state::Stateful;
 use crate::format::{FileKind, WriteOptions, FORMAT_VERSION};
 use crate::optim::Optimizer;
+use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::sched::Scheduler;
 use built::Built;
@@ -142,10 +143,21 @@ impl ModelContainer {
         self
     }
 
-    /// Writer options (only tests need them).
+    /// Writer options: forced ZIP64 records (for tests) and the progress
+    /// callback of every save.
     pub fn with_write_options(mut self, options: WriteOptions) -> Self {
         self.write_options = options;
         self
+    }
+
+    /// Reports the progress of every later save ([`save`](Self::save),
+    /// [`save_inference`](Self::save_inference), a checkpoint manager's
+    /// saves) to `progress`, or to nobody (`None`): the total is the
+    /// file's size, the count the bytes written (see
+    /// [`WriteOptions::progress`]). A background save reports from its
+    /// writing thread until it is waited for.
+    pub fn set_save_progress(&mut self, progress: Option<Progress>) {
+        self.write_options.progress = progress;
     }
 
     /// Writes format version `version` (1 or the current one, 2): version

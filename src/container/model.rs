@@ -9,8 +9,9 @@ use tch::{nn, Device, Tensor};
 use super::LoadOptions;
 use crate::error::{Error, Result};
 use crate::format::{Checkpoint, ClassSpec, MemberName, TensorEntry};
+use crate::progress::Tracker;
 use crate::registry::{BoxedModel, Forward, Registry, TensorSpec};
-use crate::tch_bridge::{check_fits, copy_into, kind_of, mapped};
+use crate::tch_bridge::{check_fits, copy_into, copy_into_tracked, kind_of, mapped};
 
 /// A model built through the registry, with the var store that owns its
 /// tensors. Its state dict is the var store's variables, under PyTorch's
@@ -127,9 +128,10 @@ impl Model {
         ckpt: &Checkpoint,
         device: Device,
         options: &LoadOptions,
+        tracker: &Tracker,
     ) -> Result<Model> {
         let mut model = Model::for_file(registry, ckpt, device)?;
-        model.fill(ckpt, options.copy)?;
+        model.fill(ckpt, options.copy, tracker)?;
         Ok(model)
     }
 
@@ -172,16 +174,17 @@ impl Model {
     /// Loads the file's model tensors, checked by
     /// [`check_state`](Self::check_state): copied into this model's
     /// storage (`copy`), or mapped from the file.
-    pub(super) fn fill(&mut self, ckpt: &Checkpoint, copy: bool) -> Result<()> {
+    /// A copy advances `tracker` as it copies.
+    pub(super) fn fill(&mut self, ckpt: &Checkpoint, copy: bool, tracker: &Tracker) -> Result<()> {
         match copy {
-            true => self.copy_state(ckpt),
+            true => self.copy_state(ckpt, tracker),
             false => self.map_state(ckpt),
         }
     }
 
     /// Copies the file's model tensors into this model's storage (on
     /// several threads).
-    fn copy_state(&mut self, ckpt: &Checkpoint) -> Result<()> {
+    fn copy_state(&mut self, ckpt: &Checkpoint, tracker: &Tracker) -> Result<()> {
         let mut vars = self.vs.variables();
         let entries = ckpt.tensors(MemberName::Model);
         let mut pairs: Vec<(&TensorEntry, &mut Tensor)> = Vec::with_capacity(entries.len());
@@ -191,7 +194,7 @@ impl Model {
                 pairs.push((e, dst));
             }
         }
-        copy_into(ckpt, &mut pairs)
+        copy_into_tracked(ckpt, &mut pairs, tracker)
     }
 
     /// Points this model's CPU tensors at the file's bytes in its private

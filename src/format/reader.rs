@@ -16,6 +16,7 @@ use super::metadata::{Metadata, MAX_METADATA_BYTES};
 use super::tensors::{index_by_name, validate_member, TensorEntry};
 use super::zip::*;
 use super::{FormatError, MemberName};
+use crate::progress::{Progress, Tracker};
 
 /// More entries than this is not a pytorch-saver file; the bound keeps a hostile
 /// entry count from driving the parser.
@@ -30,9 +31,12 @@ const CHUNK: usize = 1 << 20;
 pub(crate) const MIN_BYTES_PER_THREAD: usize = 16 << 20;
 /// At most this many threads check CRCs or copy tensor bytes.
 const MAX_THREADS: usize = 8;
+/// A CRC pass reports its progress per this many bytes of each thread's
+/// part.
+const REPORT_CHUNK: usize = 8 << 20;
 
 /// How [`Checkpoint::open_with`] reads a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadOptions {
     /// Check the CRC-32 of every member (the default). Without it the
     /// CRC-32 of the safetensors members' bytes is not computed: for files
@@ -40,11 +44,19 @@ pub struct ReadOptions {
     /// `metadata.json`'s CRC and the whole structure are always checked
     /// (FORMAT.md section 9).
     pub verify: bool,
+    /// Hears the open's progress: the total is the bytes whose CRC-32 is
+    /// checked (`metadata.json`, and every member with `verify`); the
+    /// count grows as they are checked, on the worker threads of the
+    /// parallel check too, and reaches the total once the file is valid.
+    pub progress: Option<Progress>,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions { verify: true }
+        ReadOptions {
+            verify: true,
+            progress: None,
+        }
     }
 }
 
@@ -235,7 +247,25 @@ impl Checkpoint {
     /// or not as `options` say. CRCs are computed over the mapping, on
     /// several threads for large members.
     pub fn open_with(path: impl AsRef<Path>, options: ReadOptions) -> Result<Self, FormatError> {
-        let path = path.as_ref().to_path_buf();
+        let (ckpt, tracker) = Self::open_tracked(path.as_ref(), options.verify, options.progress.as_ref(), |_| 0)?;
+        tracker.finish();
+        Ok(ckpt)
+    }
+
+    /// Opens as [`open_with`](Self::open_with) does, reporting to
+    /// `progress` an operation whose total is the bytes CRC-checked plus
+    /// `more(members)`: what the caller goes on to process, planned from
+    /// the tensor data bytes of each tensor member (its size less the
+    /// safetensors header its first 8 bytes announce). The returned
+    /// tracker has counted the CRC-checked bytes; the caller advances it
+    /// by the rest and finishes it when its whole operation succeeded.
+    pub(crate) fn open_tracked(
+        path: &Path,
+        verify: bool,
+        progress: Option<&Progress>,
+        more: impl FnOnce(&[(MemberName, u64)]) -> u64,
+    ) -> Result<(Self, Tracker), FormatError> {
+        let path = path.to_path_buf();
         // Opening a FIFO for reading would block: look before opening.
         let kind = std::fs::metadata(&path).map_err(|e| FormatError::io("cannot open", &path, e))?;
         if !kind.is_file() {
@@ -259,10 +289,24 @@ impl Checkpoint {
         let buf: &[u8] = &map.0;
 
         let layout = parse_layout(buf)?;
+        // metadata.json is always checked: it is parsed right below.
+        let checked = |i: usize| i == 0 || verify;
+        let crc_bytes: u64 = (0..layout.len())
+            .filter(|&i| checked(i))
+            .map(|i| layout[i].0.size)
+            .sum();
+        let data_lens: Vec<(MemberName, u64)> = layout
+            .iter()
+            .skip(1)
+            .map(|(e, start)| {
+                let name = MemberName::from_name(&e.name).expect("names checked by parse_layout");
+                (name, tensor_data_len(buf, e, *start))
+            })
+            .collect();
+        let tracker = Tracker::maybe(progress, crc_bytes.saturating_add(more(&data_lens)));
         for (i, (entry, data_start)) in layout.iter().enumerate() {
-            // metadata.json is always checked: it is parsed right below.
-            if i == 0 || options.verify {
-                verify_crc(buf, entry, *data_start)?;
+            if checked(i) {
+                verify_crc(buf, entry, *data_start, &tracker)?;
             }
         }
         let (meta_entry, meta_start) = &layout[0];
@@ -313,13 +357,14 @@ impl Checkpoint {
                 tensors,
             });
         }
-        Ok(Checkpoint {
+        let ckpt = Checkpoint {
             path,
             file,
             map,
             metadata,
             members,
-        })
+        };
+        Ok((ckpt, tracker))
     }
 
     pub fn path(&self) -> &Path {
@@ -432,9 +477,19 @@ pub(super) fn check_extra_tensors(member: &str, metadata: &Metadata, tensors: &[
     Ok(())
 }
 
-fn verify_crc(buf: &[u8], entry: &CentralEntry, data_start: u64) -> Result<(), FormatError> {
+/// The bytes of a tensor member's tensor data, as its header-length field
+/// announces them (a wrong announcement fails validation later).
+fn tensor_data_len(buf: &[u8], entry: &CentralEntry, data_start: u64) -> u64 {
+    let announced = buf
+        .get(data_start as usize..data_start as usize + 8)
+        .filter(|_| entry.size >= 8)
+        .map_or(0, |b| le64(b, 0));
+    entry.size.saturating_sub(8).saturating_sub(announced)
+}
+
+fn verify_crc(buf: &[u8], entry: &CentralEntry, data_start: u64, tracker: &Tracker) -> Result<(), FormatError> {
     let data = &buf[data_start as usize..(data_start + entry.size) as usize];
-    let computed = crc32(data);
+    let computed = crc32_tracked(data, tracker);
     if computed != entry.crc {
         return Err(FormatError::CrcMismatch {
             member: entry.name.clone(),
@@ -453,27 +508,33 @@ pub(crate) fn threads_for(len: usize) -> usize {
     (len / MIN_BYTES_PER_THREAD).clamp(1, cores.min(MAX_THREADS))
 }
 
+#[cfg(test)]
+fn crc32(data: &[u8]) -> u32 {
+    crc32_tracked(data, &Tracker::silent(data.len() as u64))
+}
+
 /// The CRC-32 of `data`, on several threads when it is large: each thread
 /// hashes one contiguous part (SIMD, by crc32fast) and the parts' CRCs
-/// are combined.
-pub(crate) fn crc32(data: &[u8]) -> u32 {
+/// are combined. `tracker` advances as each thread hashes its part.
+fn crc32_tracked(data: &[u8], tracker: &Tracker) -> u32 {
+    let hash_part = |part: &[u8]| {
+        populate(part);
+        let mut h = crc32fast::Hasher::new();
+        for chunk in part.chunks(REPORT_CHUNK) {
+            h.update(chunk);
+            tracker.advance(chunk.len() as u64);
+        }
+        h
+    };
     let threads = threads_for(data.len());
     if threads == 1 {
-        populate(data);
-        return crc32fast::hash(data);
+        return hash_part(data).finalize();
     }
     let part = data.len().div_ceil(threads);
     let hashers: Vec<crc32fast::Hasher> = std::thread::scope(|s| {
         let handles: Vec<_> = data
             .chunks(part)
-            .map(|chunk| {
-                s.spawn(move || {
-                    populate(chunk);
-                    let mut h = crc32fast::Hasher::new();
-                    h.update(chunk);
-                    h
-                })
-            })
+            .map(|chunk| s.spawn(move || hash_part(chunk)))
             .collect();
         handles
             .into_iter()

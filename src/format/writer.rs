@@ -15,6 +15,11 @@ use super::reader::check_extra_tensors;
 use super::tensors::{build_header, dtype_size, Dtype};
 use super::zip::{dos_time_date, end_records, PlannedMember};
 use super::{FormatError, MemberName};
+use crate::progress::{Progress, Tracker};
+
+/// A large tensor is written, and its progress reported, this many bytes
+/// at a time.
+const REPORT_CHUNK: usize = 16 << 20;
 
 /// One tensor to be written. `bytes` is called exactly once, when the
 /// writer reaches the tensor, so a source may convert or copy lazily
@@ -65,6 +70,11 @@ pub struct WriteOptions {
     /// Use ZIP64 records even where the sizes do not need them (tests the
     /// ZIP64 paths of readers without writing 4 GiB).
     pub force_zip64: bool,
+    /// Hears the write's progress: the total is the whole file's size in
+    /// bytes, known before the first byte is written; the count grows as
+    /// bytes are written (per tensor, and per 16 MiB of a large one), and
+    /// reaches the total once the file is published under its name.
+    pub progress: Option<Progress>,
 }
 
 /// Removes the temporary name when the write ends, however it ends: after
@@ -166,6 +176,16 @@ pub fn write_checkpoint(
         plan.push(PlannedMember::plan(p.member.name.as_str(), offset, size, force));
     }
 
+    // The central directory's and end records' sizes do not depend on the
+    // CRCs patched in later: the file's size is known now.
+    let (dos_time, dos_date) = dos_time_date(metadata.timestamp);
+    let cd_offset = plan.last().expect("members planned").end();
+    let cd_size: u64 = plan
+        .iter()
+        .map(|p| p.central_header(dos_time, dos_date).len() as u64)
+        .sum();
+    let file_size = cd_offset + cd_size + end_records(plan.len() as u64, cd_offset, cd_size, force).len() as u64;
+
     let dir_meta = std::fs::metadata(dir).map_err(|e| FormatError::io("cannot use directory", dir, e))?;
     if !dir_meta.is_dir() {
         return Err(FormatError::io(
@@ -186,16 +206,20 @@ pub fn write_checkpoint(
         .map_err(|e| FormatError::io("cannot create", &tmp_path, e))?;
     let tmp = TempFile { path: tmp_path.clone() };
     let werr = |e: std::io::Error| FormatError::io("cannot write", &tmp_path, e);
-    let (dos_time, dos_date) = dos_time_date(metadata.timestamp);
-
+    let tracker = Tracker::maybe(options.progress.as_ref(), file_size);
     let mut out = BufWriter::with_capacity(1 << 20, &file);
-    out.write_all(&plan[0].local_header(dos_time, dos_date)).map_err(werr)?;
-    out.write_all(&metadata_bytes).map_err(werr)?;
+    let mut put = |bytes: &[u8]| -> Result<(), FormatError> {
+        out.write_all(bytes).map_err(werr)?;
+        tracker.advance(bytes.len() as u64);
+        Ok(())
+    };
+    put(&plan[0].local_header(dos_time, dos_date))?;
+    put(&metadata_bytes)?;
     for (p, planned) in prepared.iter().zip(plan.iter_mut().skip(1)) {
-        out.write_all(&planned.local_header(dos_time, dos_date)).map_err(werr)?;
+        put(&planned.local_header(dos_time, dos_date))?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&p.header);
-        out.write_all(&p.header).map_err(werr)?;
+        put(&p.header)?;
         for &i in &p.order {
             let src = p.member.tensors[i];
             let bytes = src
@@ -211,7 +235,9 @@ pub fn write_checkpoint(
             }
             crc.update(&bytes);
             crate::fault::point("write.data");
-            out.write_all(&bytes).map_err(werr)?;
+            for chunk in bytes.chunks(REPORT_CHUNK) {
+                put(chunk)?;
+            }
         }
         planned.crc = crc.finalize();
     }
@@ -222,14 +248,15 @@ pub fn write_checkpoint(
         file.write_all_at(&planned.crc.to_le_bytes(), planned.crc_field_offset())
             .map_err(werr)?;
     }
-    let cd_offset = plan.last().expect("members planned").end();
     let mut tail = Vec::new();
     for planned in &plan {
         tail.extend_from_slice(&planned.central_header(dos_time, dos_date));
     }
-    let cd_size = tail.len() as u64;
+    debug_assert_eq!(tail.len() as u64, cd_size);
     tail.extend_from_slice(&end_records(plan.len() as u64, cd_offset, cd_size, force));
+    debug_assert_eq!(cd_offset + tail.len() as u64, file_size);
     file.write_all_at(&tail, cd_offset).map_err(werr)?;
+    tracker.advance(tail.len() as u64);
     crate::fault::point("write.fsync");
     file.sync_all()
         .map_err(|e| FormatError::io("cannot fsync", &tmp_path, e))?;
@@ -242,6 +269,7 @@ pub fn write_checkpoint(
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| FormatError::io("cannot fsync directory", dir, e))?;
+    tracker.finish();
     Ok(path)
 }
 

@@ -49,7 +49,7 @@ impl CheckpointManager {
     /// its tracked objects) as [`ModelContainer::load_with`] loads: the
     /// container's objects are replaced by those the file names.
     pub fn load_latest_into(&self, mut container: ModelContainer, options: &LoadOptions) -> Result<Option<Loaded>> {
-        let found = self.resume(|path| container.load_with(path, &options.with_verify(true)))?;
+        let found = self.resume(|path| container.load_with(path, &options.clone().with_verify(true)))?;
         Ok(found.map(|(path, metadata, skipped)| Loaded {
             container,
             metadata,
@@ -62,7 +62,7 @@ impl CheckpointManager {
     /// `container` holds ([`ModelContainer::restore_with`], tracked objects
     /// included); a checkpoint that fails leaves the container as it was.
     pub fn restore_latest(&self, container: &mut ModelContainer, options: &LoadOptions) -> Result<Option<Restored>> {
-        let found = self.resume(|path| container.restore_with(path, &options.with_verify(true)))?;
+        let found = self.resume(|path| container.restore_with(path, &options.clone().with_verify(true)))?;
         Ok(found.map(|(path, metadata, skipped)| Restored {
             metadata,
             path,

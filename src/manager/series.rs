@@ -57,7 +57,13 @@ impl Series {
                 continue;
             }
             let path = entry.path();
-            let ckpt = match Checkpoint::open_with(&path, ReadOptions { verify: false }) {
+            let ckpt = match Checkpoint::open_with(
+                &path,
+                ReadOptions {
+                    verify: false,
+                    ..ReadOptions::default()
+                },
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     scan.unreadable.push((path, e.into()));
