@@ -7,12 +7,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_json::{Map, Number, Value as Json};
+use serde_json::{Map, Value as Json};
 
 use super::pickle::{Arena, Dict, DictKind, Obj, Value};
 use super::torch_file::Tensors;
 use super::{foreign, Contents, ForeignOptimizer, ForeignScheduler, ForeignTensor, RecordedKwargs, SourceKind};
 use crate::error::Result;
+use crate::format::metadata::encode_float;
 
 /// Keys a training dict may hold its state dicts under, in the order they
 /// are looked for.
@@ -271,22 +272,8 @@ pub(crate) fn to_json(
         Value::Bool(b) => Json::Bool(b),
         Value::Int(i) => Json::Number(i.into()),
         Value::Long(_) => return Err("holds an integer beyond 64 bits".into()),
-        Value::Float(f) => match Number::from_f64(f) {
-            Some(n) => Json::Number(n),
-            None if non_finite == NonFinite::Tagged => {
-                let text = if f.is_nan() {
-                    "nan"
-                } else if f > 0.0 {
-                    "inf"
-                } else {
-                    "-inf"
-                };
-                let mut tag = Map::new();
-                tag.insert("__float__".into(), Json::String(text.into()));
-                Json::Object(tag)
-            }
-            None => return Err(format!("holds the non-finite float {f}, which metadata cannot hold")),
-        },
+        Value::Float(f) if f.is_finite() || non_finite == NonFinite::Tagged => encode_float(f),
+        Value::Float(f) => return Err(format!("holds the non-finite float {f}, which metadata cannot hold")),
         Value::Str(s) => Json::String(s.to_owned()),
         Value::Bytes(_) => return Err("holds bytes".into()),
         Value::Global(g) => return Err(format!("holds {g:?}")),
