@@ -38,6 +38,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of the output goes
+    // away (`pytorch-saver ls DIR --json | head`) instead of failing to print.
+    // SAFETY: restoring the default disposition of one signal, before any
+    // thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match Cli::parse().command {
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
