@@ -7,7 +7,9 @@
 #               fresh and into existing objects, from Rust (C ABI) and Python
 #               against torch.load(mmap), safetensors, DCP and raw reads, with
 #               peak RSS and the PSS of four processes sharing one file;
-#               optimizer step against LibTorch's C++ optimizers and torch.optim
+#               optimizer step against LibTorch's C++ optimizers and torch.optim;
+#               converting a 1 GiB torch.save file against raw I/O and
+#               torch.load(mmap) + safetensors
 #   make install     the C/C++ SDK (libraries, headers, pkg-config, CMake
 #                    package) into PREFIX (default target/sdk)
 #   make header      regenerate include/pytorch_saver.h after a C ABI change
@@ -190,6 +192,7 @@ bench: build python-package
 	$(CARGO) bench --bench load_capi
 	$(CARGO) bench --bench manager_async
 	.venv/bin/python benches/manager_async.py
+	$(CARGO) bench --bench convert
 
 # Coverage-guided fuzzing of the reader (needs a nightly toolchain and
 # cargo-fuzz: cargo install cargo-fuzz), seeded with the golden files;
