@@ -2,6 +2,8 @@
 //! error is a terminal (here a pseudo-terminal), and nothing when it is
 //! not: a script that captures the output sees the result lines alone.
 
+mod common;
+
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::Read;
@@ -9,10 +11,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use pytorch_saver::format::{
-    write_checkpoint, BytesTensor, ClassSpec, Dtype, FileKind, MemberName, Metadata, TensorMember, TensorSource,
-    WriteOptions,
-};
+use pytorch_saver::format::{BytesTensor, Dtype, WriteOptions};
 
 fn cli() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pytorch-saver"))
@@ -30,16 +29,7 @@ fn big_file(dir: &Path) -> PathBuf {
         shape: vec![data.len()],
         data: Cow::Owned(data),
     };
-    let members = [TensorMember {
-        name: MemberName::Model,
-        tensors: vec![&tensor as &dyn TensorSource],
-    }];
-    let meta = Metadata::new(
-        FileKind::Inference,
-        ClassSpec::new("Raw", Default::default()),
-        1_700_000_000,
-    );
-    write_checkpoint(dir, "big", &meta, &members, &WriteOptions::default()).unwrap()
+    common::write_raw_inference(dir, "big", &[&tensor], &WriteOptions::default()).unwrap()
 }
 
 /// A pseudo-terminal of 24 rows and 100 columns: (master, slave).

@@ -10,11 +10,8 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use common::mse_step;
-use pytorch_saver::format::{
-    self, BytesTensor, Checkpoint, ClassSpec, Dtype, FileKind, MemberName, Metadata, ReadOptions, TensorMember,
-    TensorSource, WriteOptions,
-};
+use common::{mse_step, write_raw_inference};
+use pytorch_saver::format::{BytesTensor, Checkpoint, Dtype, MemberName, ReadOptions, TensorSource, WriteOptions};
 use pytorch_saver::manager::{CheckpointManager, Policy};
 use pytorch_saver::UserMetadata;
 use pytorch_saver::{models, optim, ContainerSpec, InferenceModel, LoadOptions, ModelContainer, Progress, Registry};
@@ -146,21 +143,12 @@ fn a_large_tensor_is_reported_per_16_mib() {
         shape: vec![data.len()],
         data: Cow::Borrowed(&data),
     };
-    let members = [TensorMember {
-        name: MemberName::Model,
-        tensors: vec![&tensor as &dyn TensorSource],
-    }];
-    let meta = Metadata::new(
-        FileKind::Inference,
-        ClassSpec::new("Raw", Default::default()),
-        1_700_000_000,
-    );
     let (progress, calls) = recorder();
     let options = WriteOptions {
         progress: Some(progress),
         ..WriteOptions::default()
     };
-    let path = format::write_checkpoint(dir.path(), "big", &meta, &members, &options).unwrap();
+    let path = write_raw_inference(dir.path(), "big", &[&tensor], &options).unwrap();
     let calls = taken(&calls);
     assert_complete(&calls, file_size(&path));
     let largest_step = calls.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap();
@@ -195,21 +183,12 @@ fn a_failed_save_never_reports_its_end() {
         data: Cow::Owned(vec![1u8; 20 << 20]),
     };
     let short = ShortTensor(vec![2u8; 20 << 20]);
-    let members = [TensorMember {
-        name: MemberName::Model,
-        tensors: vec![&full as &dyn TensorSource, &short],
-    }];
-    let meta = Metadata::new(
-        FileKind::Inference,
-        ClassSpec::new("Raw", Default::default()),
-        1_700_000_000,
-    );
     let (progress, calls) = recorder();
     let options = WriteOptions {
         progress: Some(progress),
         ..WriteOptions::default()
     };
-    let e = format::write_checkpoint(dir.path(), "short", &meta, &members, &options).unwrap_err();
+    let e = write_raw_inference(dir.path(), "short", &[&full, &short], &options).unwrap_err();
     assert!(e.to_string().contains("short"), "{e}");
     let calls = taken(&calls);
     assert_failed(&calls);

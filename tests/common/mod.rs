@@ -6,7 +6,10 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use pytorch_saver::format::{BytesTensor, Dtype, Metadata};
+use pytorch_saver::format::{
+    write_checkpoint, BytesTensor, ClassSpec, Dtype, FileKind, FormatError, MemberName, Metadata, TensorMember,
+    TensorSource, WriteOptions,
+};
 use serde_json::{json, Map, Value};
 
 /// A tensor given as raw little-endian bytes.
@@ -20,6 +23,26 @@ pub fn raw(name: impl Into<String>, dtype: Dtype, shape: Vec<usize>, data: Vec<u
         shape,
         data: Cow::Owned(data),
     }
+}
+
+/// Writes an inference file of the class `Raw` whose model member holds
+/// `tensors`, as `{stem}.zip` in `dir`, through the real writer.
+pub fn write_raw_inference(
+    dir: &Path,
+    stem: &str,
+    tensors: &[&dyn TensorSource],
+    options: &WriteOptions,
+) -> Result<PathBuf, FormatError> {
+    let members = [TensorMember {
+        name: MemberName::Model,
+        tensors: tensors.to_vec(),
+    }];
+    let meta = Metadata::new(
+        FileKind::Inference,
+        ClassSpec::new("Raw", Default::default()),
+        1_700_000_000,
+    );
+    write_checkpoint(dir, stem, &meta, &members, options)
 }
 
 /// Valid v1 metadata for a file of `kind` holding `class`.
