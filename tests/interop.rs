@@ -31,8 +31,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn write_all_dtypes(dir: &std::path::Path, options: WriteOptions) -> std::path::PathBuf {
-    tch::manual_seed(11);
+/// Writes a checkpoint of every dtype; returns its path and the model's
+/// tensor bytes as saved (taken from the writer, not rebuilt from a seed:
+/// the tests of this binary run in parallel threads that share torch's
+/// global generator).
+fn write_all_dtypes(dir: &std::path::Path, options: WriteOptions) -> (std::path::PathBuf, Vec<(String, Vec<u8>)>) {
     let mut c = ModelContainer::with_registry(registry()).with_write_options(options);
     c.initialize(ContainerSpec::model(
         ALL_DTYPES,
@@ -46,7 +49,14 @@ fn write_all_dtypes(dir: &std::path::Path, options: WriteOptions) -> std::path::
         .unwrap()
         .with("tags", json!(["a", "ü", {"k": null}]))
         .unwrap();
-    c.save(dir, "interop", &meta).unwrap()
+    let saved = c
+        .model()
+        .unwrap()
+        .state_dict()
+        .into_iter()
+        .map(|(name, t)| (name, bytes_of(&t)))
+        .collect();
+    (c.save(dir, "interop", &meta).unwrap(), saved)
 }
 
 fn check_with_python(path: &std::path::Path) {
@@ -95,28 +105,22 @@ fn check_with_python(path: &std::path::Path) {
 #[test]
 fn python_zipfile_and_safetensors_read_what_rust_wrote() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_all_dtypes(dir.path(), WriteOptions::default());
+    let (path, saved) = write_all_dtypes(dir.path(), WriteOptions::default());
     check_with_python(&path);
 
     // And the values are the model's, bit for bit.
-    tch::manual_seed(11);
-    let mut c = ModelContainer::with_registry(registry());
-    c.initialize(ContainerSpec::model(
-        ALL_DTYPES,
-        json!({"n": 3}).as_object().unwrap().clone(),
-    ))
-    .unwrap();
     let ckpt = Checkpoint::open(&path).unwrap();
-    for (name, t) in c.model().unwrap().state_dict() {
-        let e = ckpt.tensor(MemberName::Model, &name).unwrap();
-        assert_eq!(ckpt.tensor_bytes(e), &bytes_of(&t)[..], "{name}");
+    assert_eq!(ckpt.tensors(MemberName::Model).len(), saved.len());
+    for (name, bytes) in &saved {
+        let e = ckpt.tensor(MemberName::Model, name).unwrap();
+        assert_eq!(ckpt.tensor_bytes(e), &bytes[..], "{name}");
     }
 }
 
 #[test]
 fn python_reads_zip64_records() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_all_dtypes(
+    let (path, _) = write_all_dtypes(
         dir.path(),
         WriteOptions {
             force_zip64: true,
@@ -148,14 +152,17 @@ fn unzip_t(path: &std::path::Path) {
 #[test]
 fn unzip_t_passes_on_every_kind_of_file_we_write() {
     let dir = tempfile::tempdir().unwrap();
-    unzip_t(&write_all_dtypes(dir.path(), WriteOptions::default()));
-    unzip_t(&write_all_dtypes(
-        dir.path(),
-        WriteOptions {
-            force_zip64: true,
-            ..WriteOptions::default()
-        },
-    ));
+    unzip_t(&write_all_dtypes(dir.path(), WriteOptions::default()).0);
+    unzip_t(
+        &write_all_dtypes(
+            dir.path(),
+            WriteOptions {
+                force_zip64: true,
+                ..WriteOptions::default()
+            },
+        )
+        .0,
+    );
     let mut c = ModelContainer::new();
     c.initialize(ContainerSpec::model(
         models::MLP,
