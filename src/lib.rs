@@ -51,6 +51,8 @@ pub mod progress;
 pub mod registry;
 /// cbindgen:ignore
 pub mod sched;
+/// Checkpoints at object store URLs (s3://, gs://, az://) as well as paths.
+pub mod storage;
 /// cbindgen:ignore
 #[cfg(feature = "torch")]
 pub mod tch_bridge;

@@ -122,6 +122,17 @@ pub enum FormatError {
     /// The caller asked the writer for something v1 cannot represent.
     #[error("cannot write: {0}")]
     InvalidInput(String),
+    /// An object store (s3://, gs://, az://) refused or failed a request,
+    /// or a URL names no store this library can reach: a missing bucket or
+    /// object, refused credentials, an unreachable endpoint after the
+    /// bounded retries, a name another writer published first, an unknown
+    /// scheme.
+    #[error("{op} {url}: {reason}")]
+    Storage {
+        op: &'static str,
+        url: String,
+        reason: String,
+    },
 }
 
 impl FormatError {
@@ -156,6 +167,15 @@ impl FormatError {
             FormatError::TensorNotFound { .. } => "TensorNotFound",
             FormatError::TypedValue { .. } => "TypedValue",
             FormatError::InvalidInput(_) => "InvalidInput",
+            FormatError::Storage { .. } => "Storage",
+        }
+    }
+
+    pub(crate) fn storage(op: &'static str, url: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        FormatError::Storage {
+            op,
+            url: url.into(),
+            reason: reason.to_string(),
         }
     }
 

@@ -6,6 +6,7 @@
 
 mod error;
 pub(crate) mod json;
+mod lazy;
 pub mod metadata;
 mod reader;
 mod tensors;
@@ -13,6 +14,7 @@ mod writer;
 mod zip;
 
 pub use error::FormatError;
+pub use lazy::LazyCheckpoint;
 pub use metadata::typed;
 pub use metadata::{
     ClassSpec, ExtraEntry, FileKind, ManagerRecord, Metadata, OptimizerMetadata, Producer, SchedulerMetadata,

@@ -24,6 +24,9 @@ const MAX_ENTRIES: u64 = 16;
 /// How far back from the end to look for a misplaced end record, to tell
 /// trailing bytes from a truncated file.
 const TAIL_SEARCH: u64 = (1 << 20) + 65_557;
+/// The tail of an object fetched first: the end records and central
+/// directory of any file this format writes fit in it.
+const TAIL_FETCH: u64 = 64 << 10;
 /// Chunk size for positioned reads.
 const CHUNK: usize = 1 << 20;
 /// Below this many bytes per thread, a CRC or a copy runs on one thread:
@@ -152,7 +155,9 @@ pub struct Member {
 /// modified in place.
 pub struct Checkpoint {
     path: PathBuf,
-    file: File,
+    /// The file, for positioned reads; `None` when the bytes were fetched
+    /// from an object store into memory.
+    file: Option<File>,
     map: PrivateMapping,
     metadata: Metadata,
     members: Vec<Member>,
@@ -167,13 +172,13 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
-struct CentralEntry {
-    name: String,
+pub(super) struct CentralEntry {
+    pub(super) name: String,
     flags: u16,
     method: u16,
-    crc: u32,
-    size: u64,
-    header_offset: u64,
+    pub(super) crc: u32,
+    pub(super) size: u64,
+    pub(super) header_offset: u64,
 }
 
 fn slice<'a>(buf: &'a [u8], start: u64, len: u64, what: &dyn Fn() -> String) -> Result<&'a [u8], FormatError> {
@@ -263,29 +268,19 @@ impl Checkpoint {
         path: &Path,
         verify: bool,
         progress: Option<&Progress>,
-        more: impl FnOnce(&[(MemberName, u64)]) -> u64,
+        more: impl Fn(&[(MemberName, u64)]) -> u64,
     ) -> Result<(Self, Tracker), FormatError> {
         let path = path.to_path_buf();
-        // Opening a FIFO for reading would block: look before opening.
-        let kind = std::fs::metadata(&path).map_err(|e| FormatError::io("cannot open", &path, e))?;
-        if !kind.is_file() {
-            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
-            return Err(FormatError::io("cannot open", &path, e));
-        }
-        let file = File::open(&path).map_err(|e| FormatError::io("cannot open", &path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| FormatError::io("cannot stat", &path, e))?
-            .len();
-        if len < EOCD_LEN {
-            return Err(FormatError::NoEndRecord { len });
-        }
-        // SAFETY: a private mapping: writes through it never reach the
-        // file, and this value hands out only shared views of it (see the
-        // type's documentation on concurrent truncation).
-        let map =
-            unsafe { MmapOptions::new().map_copy(&file) }.map_err(|e| FormatError::io("cannot mmap", &path, e))?;
-        let map = PrivateMapping(Arc::new(map));
+        let (map, file, tracker) = match crate::storage::Location::parse(&path)? {
+            crate::storage::Location::Local(local) => {
+                let (map, file) = map_file(&local)?;
+                (map, Some(file), None)
+            }
+            crate::storage::Location::Remote(remote) => {
+                let (map, tracker) = fetch_object(&remote, verify, progress, &more)?;
+                (map, None, Some(tracker))
+            }
+        };
         let buf: &[u8] = &map.0;
 
         let layout = parse_layout(buf)?;
@@ -303,7 +298,10 @@ impl Checkpoint {
                 (name, tensor_data_len(buf, e, *start))
             })
             .collect();
-        let tracker = Tracker::maybe(progress, crc_bytes.saturating_add(more(&data_lens)));
+        let tracker = match tracker {
+            Some(t) => t,
+            None => Tracker::maybe(progress, crc_bytes.saturating_add(more(&data_lens))),
+        };
         for (i, (entry, data_start)) in layout.iter().enumerate() {
             if checked(i) {
                 verify_crc(buf, entry, *data_start, &tracker)?;
@@ -311,52 +309,7 @@ impl Checkpoint {
         }
         let (meta_entry, meta_start) = &layout[0];
         let metadata = Metadata::parse(&buf[*meta_start as usize..(*meta_start + meta_entry.size) as usize])?;
-        let expected = metadata.members();
-        for m in &expected {
-            if !layout.iter().any(|(e, _)| e.name == m.as_str()) {
-                return Err(FormatError::MissingMember(m.as_str().into()));
-            }
-        }
-        let mut members = Vec::with_capacity(layout.len());
-        for (entry, data_start) in &layout {
-            let name = MemberName::from_name(&entry.name).expect("names checked by parse_layout");
-            if !expected.contains(&name) {
-                let why = match name {
-                    MemberName::Extra if metadata.format_version == 1 => "a version 1 file has no extra state",
-                    MemberName::Extra => "the metadata declares no extra state",
-                    _ => "the metadata declares no optimizer",
-                };
-                return Err(FormatError::UnexpectedMember(format!("{} ({why})", entry.name)));
-            }
-            let tensors = if name == MemberName::Metadata {
-                Vec::new()
-            } else {
-                let bytes = &buf[*data_start as usize..(*data_start + entry.size) as usize];
-                validate_member(&entry.name, *data_start, bytes)?
-            };
-            if let (MemberName::Optimizer, Some(optimizer)) = (name, &metadata.optimizer) {
-                for t in &tensors {
-                    optimizer
-                        .check_tensor_name(&t.name)
-                        .map_err(|reason| FormatError::TensorHeader {
-                            member: entry.name.clone(),
-                            reason: format!("tensor {:?}: {reason}", t.name),
-                        })?;
-                }
-            }
-            if name == MemberName::Extra {
-                let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
-                check_extra_tensors(&entry.name, &metadata, &names)?;
-            }
-            members.push(Member {
-                name,
-                data_start: *data_start,
-                size: entry.size,
-                crc: entry.crc,
-                index: index_by_name(&tensors),
-                tensors,
-            });
-        }
+        let members = check_members(buf, &layout, &metadata)?;
         let ckpt = Checkpoint {
             path,
             file,
@@ -439,16 +392,153 @@ impl Checkpoint {
                 dst.len()
             )));
         }
+        let Some(file) = &self.file else {
+            dst.copy_from_slice(self.tensor_bytes(entry));
+            return Ok(());
+        };
         let mut done = 0usize;
         while done < dst.len() {
             let n = (dst.len() - done).min(CHUNK * 64);
-            self.file
-                .read_exact_at(&mut dst[done..done + n], entry.start + done as u64)
+            file.read_exact_at(&mut dst[done..done + n], entry.start + done as u64)
                 .map_err(|e| FormatError::io("cannot read", &self.path, e))?;
             done += n;
         }
         Ok(())
     }
+}
+
+/// Steps after the metadata is parsed: the members it implies are there
+/// and no others, every tensor header is valid, the optimizer's tensor
+/// names and the extra state's tensors match the metadata. `buf` must
+/// hold every member's safetensors header (the tensor data is read only
+/// for `BOOL` tensors, whose bytes must be 0 or 1).
+pub(super) fn check_members(
+    buf: &[u8],
+    layout: &[(CentralEntry, u64)],
+    metadata: &Metadata,
+) -> Result<Vec<Member>, FormatError> {
+    let expected = metadata.members();
+    for m in &expected {
+        if !layout.iter().any(|(e, _)| e.name == m.as_str()) {
+            return Err(FormatError::MissingMember(m.as_str().into()));
+        }
+    }
+    let mut members = Vec::with_capacity(layout.len());
+    for (entry, data_start) in layout {
+        let name = MemberName::from_name(&entry.name).expect("names checked by parse_layout");
+        if !expected.contains(&name) {
+            let why = match name {
+                MemberName::Extra if metadata.format_version == 1 => "a version 1 file has no extra state",
+                MemberName::Extra => "the metadata declares no extra state",
+                _ => "the metadata declares no optimizer",
+            };
+            return Err(FormatError::UnexpectedMember(format!("{} ({why})", entry.name)));
+        }
+        let tensors = if name == MemberName::Metadata {
+            Vec::new()
+        } else {
+            let bytes = &buf[*data_start as usize..(*data_start + entry.size) as usize];
+            validate_member(&entry.name, *data_start, bytes)?
+        };
+        if let (MemberName::Optimizer, Some(optimizer)) = (name, &metadata.optimizer) {
+            for t in &tensors {
+                optimizer
+                    .check_tensor_name(&t.name)
+                    .map_err(|reason| FormatError::TensorHeader {
+                        member: entry.name.clone(),
+                        reason: format!("tensor {:?}: {reason}", t.name),
+                    })?;
+            }
+        }
+        if name == MemberName::Extra {
+            let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+            check_extra_tensors(&entry.name, metadata, &names)?;
+        }
+        members.push(Member {
+            name,
+            data_start: *data_start,
+            size: entry.size,
+            crc: entry.crc,
+            index: index_by_name(&tensors),
+            tensors,
+        });
+    }
+    Ok(members)
+}
+
+/// Maps a local file privately, after checking that it is a regular
+/// file of at least an end record's size.
+fn map_file(path: &Path) -> Result<(PrivateMapping, File), FormatError> {
+    // Opening a FIFO for reading would block: look before opening.
+    let kind = std::fs::metadata(path).map_err(|e| FormatError::io("cannot open", path, e))?;
+    if !kind.is_file() {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(FormatError::io("cannot open", path, e));
+    }
+    let file = File::open(path).map_err(|e| FormatError::io("cannot open", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| FormatError::io("cannot stat", path, e))?
+        .len();
+    if len < EOCD_LEN {
+        return Err(FormatError::NoEndRecord { len });
+    }
+    // SAFETY: a private mapping: writes through it never reach the
+    // file, and this value hands out only shared views of it (see the
+    // type's documentation on concurrent truncation).
+    let map = unsafe { MmapOptions::new().map_copy(&file) }.map_err(|e| FormatError::io("cannot mmap", path, e))?;
+    Ok((PrivateMapping(Arc::new(map)), file))
+}
+
+/// The bytes of an object fetched into anonymous memory, which then backs
+/// the checkpoint as a file's mapping does: the tail first (end records
+/// and central directory), to plan the operation's progress, then the
+/// whole object in parallel ranged reads. The tracker's total is the
+/// object's size plus what a local open counts (the CRC-checked bytes and
+/// `more`, planned from the members' sizes).
+fn fetch_object(
+    remote: &crate::storage::Remote,
+    verify: bool,
+    progress: Option<&Progress>,
+    more: &dyn Fn(&[(MemberName, u64)]) -> u64,
+) -> Result<(PrivateMapping, Tracker), FormatError> {
+    let object = crate::storage::RemoteObject::open(remote)?;
+    let len = object.size();
+    if len < EOCD_LEN {
+        return Err(FormatError::NoEndRecord { len });
+    }
+    let size = usize::try_from(len).map_err(|_| FormatError::TooLarge {
+        what: "object".into(),
+        len,
+        max: usize::MAX as u64,
+    })?;
+    let mut map = MmapMut::map_anon(size).map_err(|e| FormatError::storage("cannot allocate for", object.url(), e))?;
+    let tail = len.min(TAIL_FETCH);
+    object.read_into(len - tail, &mut map[(len - tail) as usize..], &mut |_| {})?;
+    // A tail that does not parse is reported by the full check below, on
+    // the whole object, exactly as for a local file.
+    let planned = match parse_central(&map) {
+        Ok((central, _)) => {
+            let checked: u64 = central
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i == 0 || verify)
+                .map(|(_, e)| e.size)
+                .sum();
+            let sizes: Vec<(MemberName, u64)> = central
+                .iter()
+                .skip(1)
+                .filter_map(|e| Some((MemberName::from_name(&e.name)?, e.size)))
+                .collect();
+            checked.saturating_add(more(&sizes))
+        }
+        Err(_) => 0,
+    };
+    let tracker = Tracker::maybe(progress, len.saturating_add(planned));
+    tracker.advance(tail);
+    let head = (len - tail) as usize;
+    object.read_into(0, &mut map[..head], &mut |n| tracker.advance(n))?;
+    Ok((PrivateMapping(Arc::new(map)), tracker))
 }
 
 /// Step 21 (FORMAT.md 11.6): every tensor of `extra.safetensors`, in
@@ -553,6 +643,14 @@ fn crc32_tracked(data: &[u8], tracker: &Tracker) -> u32 {
 /// central directory with nothing in between. Returns the entries in file
 /// order with the absolute offset of each one's data.
 fn parse_layout(buf: &[u8]) -> Result<Vec<(CentralEntry, u64)>, FormatError> {
+    let (central, cd_offset) = parse_central(buf)?;
+    parse_locals(buf, central, cd_offset)
+}
+
+/// The end records and the central directory (all in the file's tail,
+/// from the central directory's offset on): the entries, checked against
+/// each other, in file order, and the central directory's offset.
+pub(super) fn parse_central(buf: &[u8]) -> Result<(Vec<CentralEntry>, u64), FormatError> {
     let len = buf.len() as u64;
     let eocd_at = len - EOCD_LEN;
     if le32(buf, eocd_at as usize) != EOCD_SIG {
@@ -714,7 +812,16 @@ fn parse_layout(buf: &[u8]) -> Result<Vec<(CentralEntry, u64)>, FormatError> {
     if central.is_empty() {
         return Err(FormatError::MissingMember(MemberName::Metadata.as_str().into()));
     }
+    Ok((central, cd_offset))
+}
 
+/// The local headers of `central`'s entries, checked against them, and
+/// that the members tile the file up to the central directory.
+pub(super) fn parse_locals(
+    buf: &[u8],
+    central: Vec<CentralEntry>,
+    cd_offset: u64,
+) -> Result<Vec<(CentralEntry, u64)>, FormatError> {
     let mut out = Vec::with_capacity(central.len());
     let mut cursor = 0u64;
     for e in central {

@@ -136,12 +136,6 @@ pub fn write_checkpoint(
     }
 
     // Plan the whole layout first: every size is known before a byte is written.
-    struct Prepared<'m, 'a> {
-        header: Vec<u8>,
-        order: Vec<usize>,
-        sizes: Vec<usize>,
-        member: &'m TensorMember<'a>,
-    }
     let mut prepared = Vec::with_capacity(members.len());
     for m in members {
         let shapes: Vec<(String, Dtype, Vec<usize>)> = m
@@ -186,6 +180,144 @@ pub fn write_checkpoint(
         .sum();
     let file_size = cd_offset + cd_size + end_records(plan.len() as u64, cd_offset, cd_size, force).len() as u64;
 
+    let layout = Layout {
+        plan,
+        prepared,
+        metadata_bytes: &metadata_bytes,
+        dos_time,
+        dos_date,
+        cd_offset,
+        cd_size,
+        file_size,
+        force,
+    };
+    match crate::storage::Location::parse(dir)? {
+        crate::storage::Location::Local(dir) => write_local(&dir, stem, layout, options),
+        crate::storage::Location::Remote(remote) => write_remote(&remote, stem, layout, options),
+    }
+}
+
+/// A member planned for writing: its safetensors header, the order its
+/// tensors are written in and their byte sizes.
+struct Prepared<'m, 'a> {
+    header: Vec<u8>,
+    order: Vec<usize>,
+    sizes: Vec<usize>,
+    member: &'m TensorMember<'a>,
+}
+
+/// Everything about the file that is known before its first byte.
+struct Layout<'m, 'a, 'b> {
+    plan: Vec<PlannedMember>,
+    prepared: Vec<Prepared<'m, 'a>>,
+    metadata_bytes: &'b [u8],
+    dos_time: u16,
+    dos_date: u16,
+    cd_offset: u64,
+    cd_size: u64,
+    file_size: u64,
+    force: bool,
+}
+
+/// Where the bytes of a file go, in order; `patch` overwrites a CRC field
+/// written earlier, once its member is complete.
+trait Sink {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), FormatError>;
+    fn patch(&mut self, offset: u64, crc: [u8; 4]) -> Result<(), FormatError>;
+}
+
+/// A local temporary file.
+struct FileSink<'f> {
+    out: BufWriter<&'f File>,
+    path: &'f Path,
+}
+
+impl Sink for FileSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| FormatError::io("cannot write", self.path, e))
+    }
+
+    fn patch(&mut self, offset: u64, crc: [u8; 4]) -> Result<(), FormatError> {
+        let werr = |e| FormatError::io("cannot write", self.path, e);
+        self.out.flush().map_err(werr)?;
+        self.out.get_ref().write_all_at(&crc, offset).map_err(werr)
+    }
+}
+
+impl Sink for crate::storage::MultipartSink {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
+        crate::storage::MultipartSink::write(self, bytes)
+    }
+
+    fn patch(&mut self, offset: u64, crc: [u8; 4]) -> Result<(), FormatError> {
+        crate::storage::MultipartSink::patch(self, offset, crc)
+    }
+}
+
+/// Streams the whole file into `sink`: each member's local header and
+/// data, its CRC patched in as soon as the member ends, then the central
+/// directory and end records.
+fn stream(sink: &mut dyn Sink, mut layout: Layout<'_, '_, '_>, tracker: &Tracker) -> Result<(), FormatError> {
+    let (dos_time, dos_date) = (layout.dos_time, layout.dos_date);
+    let put = |sink: &mut dyn Sink, bytes: &[u8]| -> Result<(), FormatError> {
+        sink.write(bytes)?;
+        tracker.advance(bytes.len() as u64);
+        Ok(())
+    };
+    put(sink, &layout.plan[0].local_header(dos_time, dos_date))?;
+    put(sink, layout.metadata_bytes)?;
+    for (p, planned) in layout.prepared.iter().zip(layout.plan.iter_mut().skip(1)) {
+        put(sink, &planned.local_header(dos_time, dos_date))?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&p.header);
+        put(sink, &p.header)?;
+        for &i in &p.order {
+            let src = p.member.tensors[i];
+            let bytes = src
+                .bytes()
+                .map_err(|e| FormatError::io("cannot read tensor data for", src.name(), e))?;
+            if bytes.len() != p.sizes[i] {
+                return Err(FormatError::InvalidInput(format!(
+                    "tensor {:?} gave {} bytes, its dtype and shape need {}",
+                    src.name(),
+                    bytes.len(),
+                    p.sizes[i]
+                )));
+            }
+            crc.update(&bytes);
+            crate::fault::point("write.data");
+            for chunk in bytes.chunks(REPORT_CHUNK) {
+                put(sink, chunk)?;
+            }
+        }
+        planned.crc = crc.finalize();
+        sink.patch(planned.crc_field_offset(), planned.crc.to_le_bytes())?;
+    }
+    let mut tail = Vec::new();
+    for planned in &layout.plan {
+        tail.extend_from_slice(&planned.central_header(dos_time, dos_date));
+    }
+    debug_assert_eq!(tail.len() as u64, layout.cd_size);
+    tail.extend_from_slice(&end_records(
+        layout.plan.len() as u64,
+        layout.cd_offset,
+        layout.cd_size,
+        layout.force,
+    ));
+    debug_assert_eq!(layout.cd_offset + tail.len() as u64, layout.file_size);
+    put(sink, &tail)
+}
+
+/// Section 8: a temporary file in `dir`, fsynced, published under a free
+/// name, the directory fsynced.
+fn write_local(
+    dir: &Path,
+    stem: &str,
+    layout: Layout<'_, '_, '_>,
+    options: &WriteOptions,
+) -> Result<PathBuf, FormatError> {
     let dir_meta = std::fs::metadata(dir).map_err(|e| FormatError::io("cannot use directory", dir, e))?;
     if !dir_meta.is_dir() {
         return Err(FormatError::io(
@@ -205,58 +337,16 @@ pub fn write_checkpoint(
         .open(&tmp_path)
         .map_err(|e| FormatError::io("cannot create", &tmp_path, e))?;
     let tmp = TempFile { path: tmp_path.clone() };
-    let werr = |e: std::io::Error| FormatError::io("cannot write", &tmp_path, e);
-    let tracker = Tracker::maybe(options.progress.as_ref(), file_size);
-    let mut out = BufWriter::with_capacity(1 << 20, &file);
-    let mut put = |bytes: &[u8]| -> Result<(), FormatError> {
-        out.write_all(bytes).map_err(werr)?;
-        tracker.advance(bytes.len() as u64);
-        Ok(())
+    let tracker = Tracker::maybe(options.progress.as_ref(), layout.file_size);
+    let mut sink = FileSink {
+        out: BufWriter::with_capacity(1 << 20, &file),
+        path: &tmp_path,
     };
-    put(&plan[0].local_header(dos_time, dos_date))?;
-    put(&metadata_bytes)?;
-    for (p, planned) in prepared.iter().zip(plan.iter_mut().skip(1)) {
-        put(&planned.local_header(dos_time, dos_date))?;
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&p.header);
-        put(&p.header)?;
-        for &i in &p.order {
-            let src = p.member.tensors[i];
-            let bytes = src
-                .bytes()
-                .map_err(|e| FormatError::io("cannot read tensor data for", src.name(), e))?;
-            if bytes.len() != p.sizes[i] {
-                return Err(FormatError::InvalidInput(format!(
-                    "tensor {:?} gave {} bytes, its dtype and shape need {}",
-                    src.name(),
-                    bytes.len(),
-                    p.sizes[i]
-                )));
-            }
-            crc.update(&bytes);
-            crate::fault::point("write.data");
-            for chunk in bytes.chunks(REPORT_CHUNK) {
-                put(chunk)?;
-            }
-        }
-        planned.crc = crc.finalize();
-    }
-    out.flush().map_err(werr)?;
-    drop(out);
-    // The CRCs of tensor members are known only now: patch them in place.
-    for planned in &plan[1..] {
-        file.write_all_at(&planned.crc.to_le_bytes(), planned.crc_field_offset())
-            .map_err(werr)?;
-    }
-    let mut tail = Vec::new();
-    for planned in &plan {
-        tail.extend_from_slice(&planned.central_header(dos_time, dos_date));
-    }
-    debug_assert_eq!(tail.len() as u64, cd_size);
-    tail.extend_from_slice(&end_records(plan.len() as u64, cd_offset, cd_size, force));
-    debug_assert_eq!(cd_offset + tail.len() as u64, file_size);
-    file.write_all_at(&tail, cd_offset).map_err(werr)?;
-    tracker.advance(tail.len() as u64);
+    stream(&mut sink, layout, &tracker)?;
+    sink.out
+        .flush()
+        .map_err(|e| FormatError::io("cannot write", &tmp_path, e))?;
+    drop(sink);
     crate::fault::point("write.fsync");
     file.sync_all()
         .map_err(|e| FormatError::io("cannot fsync", &tmp_path, e))?;
@@ -271,6 +361,43 @@ pub fn write_checkpoint(
         .map_err(|e| FormatError::io("cannot fsync directory", dir, e))?;
     tracker.finish();
     Ok(path)
+}
+
+/// An object store: the first name no object has, streamed there as a
+/// multipart upload that completes only if the name is still free
+/// (src/storage/upload.rs). Returns the object's URL.
+fn write_remote(
+    dir: &crate::storage::Remote,
+    stem: &str,
+    layout: Layout<'_, '_, '_>,
+    options: &WriteOptions,
+) -> Result<PathBuf, FormatError> {
+    let mut target = None;
+    for n in 0..10_000u32 {
+        let name = if n == 0 {
+            format!("{stem}.zip")
+        } else {
+            format!("{stem}-{n}.zip")
+        };
+        let candidate = dir.join(&name);
+        if !candidate.exists()? {
+            target = Some(candidate);
+            break;
+        }
+    }
+    let target = target.ok_or_else(|| {
+        FormatError::InvalidInput(format!(
+            "10000 objects named {stem}-N.zip already exist in {}",
+            dir.url()
+        ))
+    })?;
+    let patches: Vec<u64> = layout.plan[1..].iter().map(|p| p.crc_field_offset()).collect();
+    let tracker = Tracker::maybe(options.progress.as_ref(), layout.file_size);
+    let mut sink = crate::storage::MultipartSink::begin(&target, layout.file_size, &patches)?;
+    stream(&mut sink, layout, &tracker)?;
+    sink.finish()?;
+    tracker.finish();
+    Ok(PathBuf::from(target.url()))
 }
 
 /// Gives the finished temporary file its final name without ever replacing

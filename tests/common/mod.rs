@@ -235,6 +235,8 @@ impl Rng {
     }
 }
 
+pub mod s3;
+
 #[cfg(feature = "torch")]
 mod tch_models;
 #[cfg(feature = "torch")]
