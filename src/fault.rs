@@ -10,13 +10,24 @@
 //! `write.fsync` (before the temporary file's fsync), `write.link` (before
 //! it is linked under its final name), `write.dir_fsync` (before the
 //! directory's fsync after the link), `manager.unlink` (before each file
-//! that retention deletes).
+//! that retention deletes), `upload.part` (before each part of an object
+//! store upload is sent), `upload.complete` (before the upload is
+//! completed under its final name).
+//!
+//! `PTS_DELAY_AT=NAME:MILLIS` makes every pass through the point NAME
+//! sleep that long first: two writers can be held inside the same window.
 
 #[cfg(feature = "fault-injection")]
 pub(crate) fn point(name: &str) {
     use std::collections::HashMap;
     use std::sync::Mutex;
     static COUNTS: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+    if let Some(millis) = std::env::var("PTS_DELAY_AT")
+        .ok()
+        .and_then(|spec| spec.strip_prefix(name)?.strip_prefix(':')?.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(millis));
+    }
     let Ok(spec) = std::env::var("PTS_KILL_AT") else {
         return;
     };
