@@ -16,6 +16,16 @@
 //!
 //! `PTS_DELAY_AT=NAME:MILLIS` makes every pass through the point NAME
 //! sleep that long first: two writers can be held inside the same window.
+//!
+//! Failing system calls, for filesystems a test machine may not have: with
+//! the feature, `PTS_LINK_ERRNO=NAME` makes every `link(2)` that publishes
+//! a file fail with that errno instead of running (`EPERM` is what vfat
+//! and many FUSE mounts answer), and `PTS_RENAMEAT2_ERRNO=NAME` does the
+//! same for `renameat2(RENAME_NOREPLACE)` (`EINVAL` is what a FUSE server
+//! without rename2 answers); see `src/format/publish.rs`. NAME is one of
+//! `EPERM`, `EOPNOTSUPP`, `ENOSYS`, `EINVAL`, `EMLINK`, `EEXIST`, `EIO`,
+//! or a number. Both are read at each call, so a process may change them
+//! between saves. Without the feature both functions return `None`.
 
 #[cfg(feature = "fault-injection")]
 pub(crate) fn point(name: &str) {
@@ -54,3 +64,42 @@ pub(crate) fn point(name: &str) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub(crate) fn point(_name: &str) {}
+
+/// The errno `PTS_LINK_ERRNO` asks `link(2)` to fail with (module docs).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn link_errno() -> Option<i32> {
+    errno_from_env("PTS_LINK_ERRNO")
+}
+
+/// The errno `PTS_RENAMEAT2_ERRNO` asks `renameat2(2)` to fail with.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn renameat2_errno() -> Option<i32> {
+    errno_from_env("PTS_RENAMEAT2_ERRNO")
+}
+
+#[cfg(feature = "fault-injection")]
+fn errno_from_env(var: &str) -> Option<i32> {
+    let value = std::env::var(var).ok()?;
+    Some(match value.as_str() {
+        "EPERM" => libc::EPERM,
+        "EOPNOTSUPP" => libc::EOPNOTSUPP,
+        "ENOSYS" => libc::ENOSYS,
+        "EINVAL" => libc::EINVAL,
+        "EMLINK" => libc::EMLINK,
+        "EEXIST" => libc::EEXIST,
+        "EIO" => libc::EIO,
+        other => other.parse().ok()?,
+    })
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn link_errno() -> Option<i32> {
+    None
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn renameat2_errno() -> Option<i32> {
+    None
+}

@@ -1,17 +1,18 @@
 //! Publishing a conversion's output without ever leaving half of it under
 //! the final name or replacing what is there: a file is written under a
-//! temporary name beside it, fsynced and hard-linked to its name; a
-//! directory is filled under a temporary name, fsynced and renamed with
-//! `RENAME_NOREPLACE`. Both fail if the name is taken, and remove the
-//! temporary on any failure.
+//! temporary name beside it, fsynced and given its name by the format's
+//! publish step (`crate::format::publish`: a hard link, or a rename with
+//! `RENAME_NOREPLACE` where the filesystem has no hard links); a directory
+//! is filled under a temporary name, fsynced and renamed with
+//! `RENAME_NOREPLACE` by the same module. Both fail if the name is taken,
+//! and remove the temporary on any failure.
 
-use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
+use crate::format::publish::{is_name_taken, publish_file, rename_noreplace};
 use crate::format::FormatError;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -100,13 +101,7 @@ impl TempFile {
             .sync_all()
             .map_err(|e| io_error("cannot fsync", &self.path, e))?;
         let target = self.dir.join(&self.name);
-        std::fs::hard_link(&self.path, &target).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::Usage(format!(
-                "{} already exists: conversions never replace a file",
-                target.display()
-            )),
-            _ => io_error("cannot publish", &target, e),
-        })?;
+        publish_file(&self.path, &target).map_err(|e| taken_or(e, &target))?;
         sync_dir(&self.dir)
     }
 
@@ -162,7 +157,7 @@ impl TempDir {
     /// either), then fsyncs the parent.
     pub(crate) fn publish(mut self) -> Result<()> {
         sync_dir(&self.path)?;
-        rename_noreplace(&self.path, &self.target)?;
+        rename_noreplace(&self.path, &self.target).map_err(|e| taken_or(e, &self.target))?;
         self.published = true;
         sync_dir(&self.parent)
     }
@@ -176,31 +171,15 @@ impl Drop for TempDir {
     }
 }
 
-fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| Error::Usage(format!("{}: a path with a NUL byte", p.display())))
-    };
-    let (cfrom, cto) = (c(from)?, c(to)?);
-    // SAFETY: two NUL-terminated paths that live across the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            cfrom.as_ptr(),
-            libc::AT_FDCWD,
-            cto.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    match e.kind() {
-        std::io::ErrorKind::AlreadyExists => Err(Error::Usage(format!(
+/// A conversion's error for a failed publish: a taken name is the
+/// caller's mistake (a usage error), anything else the filesystem's.
+fn taken_or(e: FormatError, target: &Path) -> Error {
+    if is_name_taken(&e) {
+        Error::Usage(format!(
             "{} already exists: conversions never replace a file",
-            to.display()
-        ))),
-        _ => Err(io_error("cannot publish", to, e)),
+            target.display()
+        ))
+    } else {
+        Error::Format(e)
     }
 }

@@ -8,6 +8,7 @@ mod error;
 pub(crate) mod json;
 mod lazy;
 pub mod metadata;
+pub(crate) mod publish;
 mod reader;
 mod tensors;
 mod writer;

@@ -401,23 +401,8 @@ fn write_remote(
 }
 
 /// Gives the finished temporary file its final name without ever replacing
-/// an existing file: `link(2)` fails atomically when the name is taken.
+/// an existing file (`link(2)`, or `renameat2(RENAME_NOREPLACE)` where the
+/// filesystem has no hard links): [`super::publish`].
 fn publish(tmp: &Path, dir: &Path, stem: &str) -> Result<PathBuf, FormatError> {
-    for n in 0..10_000u32 {
-        let name = if n == 0 {
-            format!("{stem}.zip")
-        } else {
-            format!("{stem}-{n}.zip")
-        };
-        let target = dir.join(name);
-        match std::fs::hard_link(tmp, &target) {
-            Ok(()) => return Ok(target),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(FormatError::io("cannot publish", target, e)),
-        }
-    }
-    Err(FormatError::InvalidInput(format!(
-        "10000 files named {stem}-N.zip already exist in {}",
-        dir.display()
-    )))
+    super::publish::publish_numbered(tmp, dir, stem)
 }
