@@ -115,3 +115,127 @@ fn a_taken_name_is_never_replaced_the_next_free_one_is_used() {
         );
     }
 }
+
+/// A child process with an environment of its own (another endpoint):
+/// opens (role `open`) or saves into (role `save`) the URL it is given,
+/// and prints the outcome as one JSON line.
+#[test]
+fn child_process_role() {
+    let Some((role, url)) = common::child_role() else {
+        return;
+    };
+    let t = common::raw("w", pytorch_saver::format::Dtype::F32, vec![1], vec![0; 4]);
+    let result = match role.as_str() {
+        "open" => Checkpoint::open(&url).map(|_| ()),
+        "save" => common::write_raw_inference(&url, "bad", &[&t], &Default::default()).map(|_| ()),
+        other => panic!("unknown role {other}"),
+    };
+    match result {
+        Ok(()) => println!("{{\"ok\": true}}"),
+        Err(e) => println!("{{\"err\": {:?}, \"kind\": {:?}}}", e.to_string(), e.kind()),
+    }
+}
+
+/// Runs a child with `endpoint` as its S3 endpoint; returns its outcome.
+fn in_child(role: &str, url: &str, endpoint: &str) -> Value {
+    let out = common::spawn_child(role, std::path::Path::new(url))
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.find("{\"").map(|i| &l[i..]))
+        .unwrap_or_else(|| panic!("no outcome: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str(line).unwrap()
+}
+
+fn assert_storage_error(outcome: &Value, url: &str, detail: &str) {
+    assert_eq!(outcome["kind"], "Storage", "{outcome}");
+    let message = outcome["err"].as_str().unwrap();
+    assert!(message.contains(url), "{message:?} names {url}");
+    assert!(message.contains(detail), "{message:?} says {detail:?}");
+}
+
+#[test]
+fn bad_locations_are_storage_errors_that_name_the_url() {
+    moto();
+    let typed = |e: pytorch_saver::format::FormatError| json!({"err": e.to_string(), "kind": e.kind()});
+
+    // A bucket that does not exist: opening and saving.
+    let url = "s3://no-such-bucket-pts/run/a.zip";
+    assert_storage_error(&typed(Checkpoint::open(url).unwrap_err()), url, "");
+    let t = common::raw("w", pytorch_saver::format::Dtype::F32, vec![1], vec![0; 4]);
+    let dir = "s3://no-such-bucket-pts/run";
+    let e = common::write_raw_inference(std::path::Path::new(dir), "x", &[&t], &Default::default()).unwrap_err();
+    assert_storage_error(&typed(e), dir, "");
+
+    // A URL of a scheme no store has, and one without a bucket.
+    let url = "foo://bucket/a.zip";
+    assert_storage_error(&typed(Checkpoint::open(url).unwrap_err()), url, "unknown URL scheme \"foo\"");
+    assert_storage_error(&typed(Checkpoint::open("s3:///a.zip").unwrap_err()), "s3:///a.zip", "no bucket");
+    let out = cli().args(["inspect", url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(url));
+
+    // Credentials the server does not know (a second server that checks
+    // them): refused at once, no retry.
+    let strict = common::s3::start_moto(&[], true);
+    let url = "s3://pts-tests/creds/a.zip";
+    for role in ["open", "save"] {
+        let target = if role == "open" { url } else { "s3://pts-tests/creds" };
+        assert_storage_error(&in_child(role, target, &strict.endpoint), target, "403");
+    }
+
+    // An endpoint nothing listens on: the bounded retries end, with the
+    // error (src/storage/store.rs `limits`).
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    for role in ["open", "save"] {
+        let target = if role == "open" { url } else { "s3://pts-tests/creds" };
+        assert_storage_error(&in_child(role, target, &closed), target, "");
+    }
+}
+
+#[test]
+fn uploads_and_downloads_report_progress_by_the_contract() {
+    use std::sync::{Arc, Mutex};
+    let dir = prefix("progress");
+    let calls = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
+    let sink = calls.clone();
+    let progress = pytorch_saver::progress::Progress::new(move |d, t| sink.lock().unwrap().push((d, t)));
+    let mut c = ModelContainer::new();
+    c.initialize(ContainerSpec::model(
+        models::MLP,
+        kw(json!({"in_dim": 2048, "hidden_dim": 2048, "n_classes": 3})),
+    ))
+    .unwrap();
+    c.set_save_progress(Some(progress.clone()));
+    let url = c.save(&dir, "p", &UserMetadata::new()).unwrap();
+    let size = pytorch_saver::storage::RemoteObject::open(match &pytorch_saver::storage::Location::parse(&url).unwrap() {
+        pytorch_saver::storage::Location::Remote(r) => r,
+        other => panic!("{other:?}"),
+    })
+    .unwrap()
+    .size();
+    let check = |calls: &[(u64, u64)], total: Option<u64>| {
+        let t = calls[0].1;
+        assert_eq!(calls.first(), Some(&(0, t)));
+        assert_eq!(calls.last(), Some(&(t, t)));
+        assert!(calls.windows(2).all(|w| w[0].0 < w[1].0 && w[1].1 == t), "{calls:?}");
+        assert!(calls.len() > 3, "reported along the way: {calls:?}");
+        if let Some(total) = total {
+            assert_eq!(t, total, "an upload's total is the object's size");
+        } else {
+            assert!(t > size, "a download counts the object's bytes and the checks after it");
+        }
+    };
+    check(&std::mem::take(&mut *calls.lock().unwrap()), Some(size));
+    let mut loaded = ModelContainer::new();
+    loaded
+        .load_with(&url, &pytorch_saver::LoadOptions::new().with_progress(progress))
+        .unwrap();
+    check(&std::mem::take(&mut *calls.lock().unwrap()), None);
+}

@@ -152,3 +152,21 @@ fn pump(mut from: TcpStream, mut to: TcpStream, counter: Option<Arc<AtomicU64>>)
     }
     let _ = to.shutdown(Shutdown::Write);
 }
+
+/// The keys of the multipart uploads begun and neither completed nor
+/// aborted under `prefix`, as the server lists them.
+pub fn list_uploads(endpoint: &str, prefix: &str) -> Vec<String> {
+    let out = Command::new(super::python())
+        .arg("-c")
+        .arg(
+            "import boto3,sys,json\n\
+             c=boto3.client('s3',endpoint_url=sys.argv[1],aws_access_key_id='testing',aws_secret_access_key='testing',region_name='us-east-1')\n\
+             r=c.list_multipart_uploads(Bucket=sys.argv[2],Prefix=sys.argv[3])\n\
+             print(json.dumps([u['Key'] for u in r.get('Uploads',[])]))",
+        )
+        .args([endpoint, BUCKET, prefix])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
