@@ -362,3 +362,40 @@ async fn complete_create_only(
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+
+    /// The temporary-key design of stores without a conditional completion
+    /// (gs://, az://), on object_store's in-memory store: the bytes arrive
+    /// whole with the patch applied, a taken name is refused, and no
+    /// temporary key is left either way.
+    #[test]
+    fn other_stores_publish_through_a_temporary_key_and_a_create_only_copy() {
+        let target = Remote::in_store(InMemory::new(), "mem://bucket", "runs/a.zip");
+        let total = 40 << 20;
+        let write = |fill: u8| {
+            let mut sink = MultipartSink::begin(&target, total, &[8]).unwrap();
+            sink.write(&[0u8; 16]).unwrap();
+            sink.write(&vec![fill; (total - 16) as usize]).unwrap();
+            sink.patch(8, [1, 2, 3, 4]).unwrap();
+            sink.finish()
+        };
+        write(7).unwrap();
+        let err = write(9).unwrap_err();
+        assert_eq!(err.kind(), "Storage");
+        assert!(err.to_string().contains("another writer"), "{err}");
+        let store = target.backend.store();
+        let got = block_on(async { store.get(target.key()).await.unwrap().bytes().await.unwrap() });
+        assert_eq!(got.len() as u64, total);
+        assert_eq!(&got[8..12], &[1, 2, 3, 4]);
+        assert!(got[16..].iter().all(|&b| b == 7), "the first writer's bytes, untouched");
+        let listed = block_on(store.list_with_delimiter(Some(&ObjectPath::from("runs")))).unwrap();
+        let keys: Vec<String> = listed.objects.iter().map(|o| o.location.to_string()).collect();
+        assert_eq!(keys, ["runs/a.zip"], "no temporary key is left");
+    }
+}

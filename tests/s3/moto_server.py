@@ -41,14 +41,20 @@ def client_env(endpoint: str) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bucket", action="append", default=[], help="create this bucket (repeatable)")
-    parser.add_argument("--auth", action="store_true", help="refuse every request as unauthenticated")
+    parser.add_argument(
+        "--bucket", action="append", default=[], help="create this bucket (repeatable)"
+    )
+    parser.add_argument(
+        "--auth", action="store_true", help="refuse every request as unauthenticated"
+    )
     args = parser.parse_args()
     if args.auth:
         # Read by moto when it is imported: no request passes unauthenticated.
         os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
     # Credentials for moto's own backend calls below; never real ones.
-    os.environ.update({k: v for k, v in client_env("http://unused").items() if k != "AWS_ENDPOINT_URL"})
+    os.environ.update(
+        {k: v for k, v in client_env("http://unused").items() if k != "AWS_ENDPOINT_URL"}
+    )
 
     import logging
 

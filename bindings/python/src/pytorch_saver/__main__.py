@@ -40,6 +40,7 @@ from ._format import read_checkpoint
 from ._format.typed import TYPE_KEY
 from ._legacy import is_legacy
 from ._resolve import Kind, resolve
+from ._storage import parse as parse_location
 from ._typed_kwargs import Decoder
 
 __all__ = ["main"]
@@ -143,7 +144,8 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         checkpoint = read_checkpoint(args.file)
     except FormatError as exc:
-        if is_legacy(args.file):
+        # Only a local file can be one of the original package.
+        if isinstance(parse_location(args.file), str) and is_legacy(args.file):
             raise FormatError(
                 f"{args.file} is a file of the original pytorch-saver (0.1): convert it with "
                 "`python -m pytorch_saver upgrade`",

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from . import _storage as storage
 from . import extra_state
 from ._assign import build_assigned
 from ._errors import (
@@ -824,11 +825,12 @@ class ModelContainer:
         if scheduler_class is not None and optim_class is None:
             raise InvalidArgumentError(_SCHEDULER_WITHOUT_OPTIMIZER, kind="Usage")
         progress = self._progress if progress is None else _check_progress(progress)
-        path = os.fspath(file_path)
+        path = storage.normalize(file_path)
         try:
             reader = CheckpointReader(path, verify=verify)
         except FormatError:
-            if not is_legacy(path):
+            # A file of the original package is a local file.
+            if not isinstance(storage.parse(path), str) or not is_legacy(path):
                 raise
             return self._load_legacy(
                 path,
@@ -953,7 +955,7 @@ class ModelContainer:
                 kind="NotInitialized",
             )
         progress = self._progress if progress is None else _check_progress(progress)
-        path = os.fspath(file_path)
+        path = storage.normalize(file_path)
         decoder = Decoder(allow=allow, classes=classes, keep_callables=True)
         with CheckpointReader(path, verify=verify) as reader:
             scan = reader.scan

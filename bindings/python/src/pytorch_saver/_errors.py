@@ -16,6 +16,7 @@ raised ValueError, RuntimeError, TypeError) keeps working::
     +-- LayerSpecError(ValueError)         a Sequential layer list that breaks docs/MODELS.md
     +-- UsageError(RuntimeError)           a call the container's current state does not allow
     +-- ManagerLockedError(RuntimeError)   another checkpoint manager holds the directory's lock
+    +-- StorageError                       object storage refused or could not be reached
     +-- InvalidArgumentError(ValueError)   an argument the call does not accept
         +-- ArgumentTypeError(TypeError)   ... because of its type
 
@@ -57,6 +58,7 @@ C++ and Go report for the same failure:
   UsageError              ``"Usage"``; ``"NotInitialized"`` for a call that
                           needs a model before there is one
   ManagerLockedError      ``"Locked"``
+  StorageError            ``"Storage"``
   InvalidArgumentError    ``"InvalidArgument"`` (the C ABI's kind for an
                           argument check); ``"InvalidInput"`` for what the
                           writer cannot write (Rust's
@@ -82,6 +84,7 @@ __all__ = [
     "MetadataError",
     "PytorchSaverError",
     "StateMismatchError",
+    "StorageError",
     "TypedValueError",
     "UnsafePickleError",
     "UnsupportedVersionError",
@@ -200,6 +203,18 @@ class ManagerLockedError(PytorchSaverError, RuntimeError):
     12.2)."""
 
     kind = "Locked"
+
+
+class StorageError(PytorchSaverError):
+    """A checkpoint on object storage (an ``s3://`` URL, or another
+    fsspec protocol for reading) could not be read or written: a missing
+    bucket or object, credentials refused, an endpoint that does not
+    answer, a scheme no installed package handles, or another writer that
+    published the same name first. The message names the URL. Not an
+    ``OSError``: a checkpoint manager resuming from storage raises it
+    instead of skipping checkpoints as unreadable."""
+
+    kind = "Storage"
 
 
 class InvalidArgumentError(PytorchSaverError, ValueError):

@@ -8,12 +8,15 @@ from Python is managed and resumed from Rust, C, C++ or Go and back:
 - ``D/.P.manager.json``: ``{"id": ..., "pinned": [file names]}``, replaced
   atomically;
 - ``D/.P.lock``: the file a live manager holds an exclusive ``flock`` on.
+
+``D`` may be an ``s3://bucket/prefix`` URL: the same layout on object
+storage, with a lock object and conditional writes in place of ``flock``
+and ``rename`` (``_series_store.py``).
 """
 
 from __future__ import annotations
 
 import builtins
-import fcntl
 import json
 import math
 import os
@@ -26,12 +29,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import _storage as storage
 from ._errors import (
     ArgumentTypeError,
     CheckpointSkippedWarning,
     FormatError,
     InvalidArgumentError,
-    ManagerLockedError,
     MetadataError,
     UsageError,
 )
@@ -39,6 +42,7 @@ from ._format import CheckpointReader
 from ._format.metadata import ManagerRecord
 from ._format.writer import _encode_metadata as encode_metadata
 from ._retention import Candidate, Policy, decide, order_key
+from ._series_store import DEFAULT_LEASE_SECONDS, LocalStore, ObjectStore, SeriesStore
 from ._snapshot import Snapshots
 
 if TYPE_CHECKING:
@@ -102,12 +106,9 @@ def _metrics(metadata: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _state_bytes(manager_id: str, pinned: list[str], extra: Mapping[str, Any]) -> bytes:
+    state = {"id": manager_id, "pinned": pinned, **extra}
+    return json.dumps(state, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
 
 
 class AsyncSave:
@@ -168,6 +169,13 @@ class CheckpointManager:
     first open. Only checkpoints of the series (named
     ``{prefix}_checkpoint_{ts}[-{n}].zip`` with this id in their manager
     block) are listed, deleted or resumed from; no other file is touched.
+
+    ``directory`` may be an ``s3://bucket/prefix`` URL (the ``s3`` extra;
+    README, "Object storage"): the same layout as objects, the lock an
+    object with a lease of ``lock_lease_seconds`` (900 by default) that
+    each save renews and that another manager may take over once it
+    expired (``_series_store.py``). A lock lost that way makes the next
+    save fail before it uploads anything.
     """
 
     def __init__(
@@ -179,6 +187,8 @@ class CheckpointManager:
         metric: str | None = None,
         mode: Literal["min", "max"] = "min",
         keep_every_steps: int | None = None,
+        *,
+        lock_lease_seconds: int = DEFAULT_LEASE_SECONDS,
     ) -> None:
         self._prefix = _check_prefix(prefix)
         keep_last = _positive(keep_last, "keep_last")
@@ -191,16 +201,22 @@ class CheckpointManager:
         if mode not in ("min", "max"):
             raise InvalidArgumentError(f"mode must be 'min' or 'max', not {mode!r}")
         self._policy = Policy(keep_last, keep_best, metric, mode, keep_every_steps)
-        self._directory = os.fspath(directory)
+        lease = _positive(lock_lease_seconds, "lock_lease_seconds")
+        assert lease is not None
         self._pattern = re.compile(
             rf"{re.escape(self._prefix)}_checkpoint_[0-9]+(?:-[0-9]+)?\.zip", re.ASCII
         )
         self._mutex = threading.Lock()
         self._snapshots = Snapshots()
         self._in_flight: AsyncSave | None = None
-        self._lock_fd = -1
-        os.makedirs(self._directory, exist_ok=True)
-        self._lock_fd = self._take_lock()
+        location = storage.parse(directory)
+        self._store: SeriesStore = (
+            LocalStore(location, self._prefix)
+            if isinstance(location, str)
+            else ObjectStore(location, self._prefix, lease)
+        )
+        self._directory = self._store.directory
+        self._store.take_lock()
         try:
             self._id, self._pinned, self._state_extra = self._read_or_create_state()
         except BaseException:
@@ -209,42 +225,20 @@ class CheckpointManager:
 
     # -- opening and closing -------------------------------------------------
 
-    def _lock_path(self) -> str:
-        return os.path.join(self._directory, f".{self._prefix}.lock")
-
-    def _state_path(self) -> str:
-        return os.path.join(self._directory, f".{self._prefix}.manager.json")
-
-    def _take_lock(self) -> int:
-        fd = os.open(self._lock_path(), os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ManagerLockedError(
-                f"another checkpoint manager holds the lock of directory {self._directory!r}, "
-                f"prefix {self._prefix!r} ({self._lock_path()}), in this process or another; "
-                "close it first"
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
     def _release_lock(self) -> None:
-        if self._lock_fd >= 0:
-            fd, self._lock_fd = self._lock_fd, -1
-            os.close(fd)  # releases the flock
+        self._store.release_lock()
 
     def _read_or_create_state(self) -> tuple[str, list[str], dict[str, Any]]:
-        path = self._state_path()
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
+        path = self._store.state_name
+        raw = self._store.read_state()
+        if raw is None:
             manager_id = str(uuid.uuid4())
-            self._write_state(manager_id, [], {})
-            return manager_id, [], {}
+            if self._store.create_state(_state_bytes(manager_id, [], {})):
+                return manager_id, [], {}
+            # Another manager created it first (object storage): read it.
+            raw = self._store.read_state()
+            if raw is None:
+                raise FormatError(f"{path}: created by another manager, then removed", kind="Io")
         try:
             state = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
@@ -261,35 +255,14 @@ class CheckpointManager:
         return found_id, list(pinned), extra
 
     def _write_state(self, manager_id: str, pinned: list[str], extra: Mapping[str, Any]) -> None:
-        """Replaces the state file atomically: a temporary file, fsynced,
-        renamed over it, the directory fsynced."""
-        state = {"id": manager_id, "pinned": pinned, **extra}
-        data = json.dumps(state, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
-        path = self._state_path()
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_directory(self._directory)
+        """Replaces the state (atomically in a directory: a rename)."""
+        self._store.write_state(_state_bytes(manager_id, pinned, extra))
 
     def close(self) -> None:
         """Wait for a save in flight, then release the lock. Raises the
         error of a background save that :meth:`wait` did not collect (after
         releasing the lock). Closing twice does nothing."""
-        if self._lock_fd < 0:
+        if not self._store.locked:
             return
         try:
             self._settle(raise_error=True)
@@ -308,14 +281,15 @@ class CheckpointManager:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_lock_fd", -1) >= 0:
+        store = getattr(self, "_store", None)
+        if store is not None and store.locked:
             in_flight = self._in_flight
             if in_flight is not None:
                 in_flight._thread.join()
             self._release_lock()
 
     def __repr__(self) -> str:
-        state = "closed" if self._lock_fd < 0 else "open"
+        state = "open" if self._store.locked else "closed"
         return (
             f"CheckpointManager({self._directory!r}, prefix={self._prefix!r}, "
             f"id={self._id!r}, {state})"
@@ -340,7 +314,7 @@ class CheckpointManager:
         return self._policy
 
     def _check_open(self) -> None:
-        if self._lock_fd < 0:
+        if not self._store.locked:
             raise UsageError(
                 f"the checkpoint manager of {self._directory!r}, prefix {self._prefix!r}, is closed"
             )
@@ -384,15 +358,13 @@ class CheckpointManager:
                 f"the retention policy ranks by metric {metric!r}: every save needs it as a "
                 f"finite number keyword argument ({metric}=...), got {got}"
             )
-        if not os.path.isdir(self._directory):
-            raise FileNotFoundError(
-                f"the checkpoint directory {self._directory!r} no longer exists; the manager "
-                "does not create it again"
-            )
+        self._store.check_exists()
         record = ManagerRecord(self._id, step, metrics)
         return container._gathered("checkpoint", metadata, manager=record)
 
     def _commit(self, gathered: _Gathered) -> str:
+        # On object storage: renew the lease, or fail before uploading.
+        self._store.refresh_lock()
         path = gathered.write(self._directory, self._prefix)
         self._apply_retention()
         return path
@@ -476,18 +448,14 @@ class CheckpointManager:
         candidates: list[Candidate] = []
         unreadable: dict[str, FormatError | OSError] = {}
         pinned = set(self._pinned)
-        try:
-            names = sorted(os.listdir(self._directory))
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"the checkpoint directory {self._directory!r} no longer exists"
-            ) from None
-        for name in names:
+        for name in self._store.names():
             if not self._pattern.fullmatch(name):
                 continue
-            path = os.path.join(self._directory, name)
+            path = self._store.join(name)
             try:
-                with CheckpointReader(path, verify=False) as reader:
+                # On object storage: ranged reads of the structure and
+                # metadata.json, not the whole object.
+                with CheckpointReader(path, verify=False, metadata_only=True) as reader:
                     metadata = reader.scan.metadata
             except (FormatError, OSError) as e:
                 unreadable[name] = e
@@ -505,9 +473,7 @@ class CheckpointManager:
     def _infos(self, candidates: list[Candidate]) -> list[CheckpointInfo]:
         kept = decide(candidates, self._policy)
         infos = [
-            CheckpointInfo(
-                os.path.join(self._directory, c.name), c.step, c.timestamp, c.metrics, rules
-            )
+            CheckpointInfo(self._store.join(c.name), c.step, c.timestamp, c.metrics, rules)
             for c, rules in zip(candidates, kept, strict=True)
         ]
         order = sorted(range(len(candidates)), key=lambda i: order_key(candidates[i]))
@@ -519,14 +485,10 @@ class CheckpointManager:
             kept = decide(candidates, self._policy)
             removed = False
             for c, rules in zip(candidates, kept, strict=True):
-                if not rules:
-                    try:
-                        os.unlink(os.path.join(self._directory, c.name))
-                    except FileNotFoundError:
-                        continue
+                if not rules and self._store.delete(c.name):
                     removed = True
             if removed:
-                _fsync_directory(self._directory)
+                self._store.deleted()
 
     def list(self) -> list[CheckpointInfo]:
         """The series' checkpoints, oldest first, read from their metadata
@@ -558,12 +520,7 @@ class CheckpointManager:
         return min(reversed(scored), key=lambda i: sign * float(i.metrics[metric]))
 
     def _series_name(self, path: str | os.PathLike[str]) -> str:
-        given = os.fspath(path)
-        name = os.path.basename(given)
-        parent = os.path.dirname(given)
-        if parent and not os.path.samefile(parent, self._directory):
-            raise InvalidArgumentError(f"{given} is not in the directory {self._directory!r}")
-        return name
+        return self._store.series_name(storage.normalize(path))
 
     def pin(self, path: str | os.PathLike[str]) -> None:
         """Keep the checkpoint ``path`` (of the series) whatever the policy,
@@ -612,7 +569,7 @@ class CheckpointManager:
         with self._mutex:
             candidates, unreadable = self._scan()
         for name, error in unreadable.items():
-            path = os.path.join(self._directory, name)
+            path = self._store.join(name)
             warnings.warn(
                 f"skipped {path}: it cannot be read ({type(error).__name__}: {error})",
                 CheckpointSkippedWarning,

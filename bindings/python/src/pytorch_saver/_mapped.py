@@ -13,6 +13,9 @@ those the structure check read (the file was not replaced in between) and,
 when ``verify``, every tensor member's CRC-32 is checked over the mapping.
 A file truncated while mapped makes the next touch of a missing page raise
 SIGBUS: load with ``copy=True`` when another process may truncate it.
+
+An object on storage is not mapped: it was fetched whole into one buffer
+(``Scan.buffer``), and the tensors are views into that buffer in the same way.
 """
 
 from __future__ import annotations
@@ -95,14 +98,19 @@ def map_tensors(
     a private mapping of it (module docstring). ``verify``: check the CRC-32
     of the tensor members, telling ``advance`` the bytes checked as the
     check goes; the structure was checked by the scan."""
-    try:
-        storage = cast(
-            "torch.UntypedStorage",
-            torch.UntypedStorage.from_file(scan.path, shared=False, nbytes=scan.file_size),
-        )
-    except RuntimeError as exc:
-        raise FormatError(f"{scan.path}: cannot map the file: {exc}", kind="Io") from exc
-    base = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (scan.file_size,), (1,))
+    if scan.buffer is not None:
+        # An object fetched from storage: the tensors are views into the
+        # one buffer it was read into, not a second copy.
+        base = scan.buffer
+    else:
+        try:
+            storage = cast(
+                "torch.UntypedStorage",
+                torch.UntypedStorage.from_file(scan.path, shared=False, nbytes=scan.file_size),
+            )
+        except RuntimeError as exc:
+            raise FormatError(f"{scan.path}: cannot map the file: {exc}", kind="Io") from exc
+        base = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (scan.file_size,), (1,))
     model = _member_tensors(base, scan.model, verify, advance)
     optimizer: dict[str, torch.Tensor] = {}
     if scan.optimizer is not None:

@@ -8,6 +8,7 @@ checked against the file's size."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -22,6 +23,8 @@ import torch
 from .._crc import crc32
 from .._errors import FormatError
 from .._progress import ProgressCallback, Tracker
+from .._storage import ObjectURL, RangeReader, fetch
+from .._storage import parse as parse_location
 from . import EXTRA_MEMBER, MEMBER_ORDER, METADATA_MEMBER, MODEL_MEMBER, OPTIMIZER_MEMBER
 from .json import JsonError, parse_object
 from .metadata import MAX_METADATA_BYTES, Metadata, OptimizerSection, parse
@@ -85,7 +88,8 @@ class Checkpoint:
 
 
 class _File:
-    """Positioned, bounds-checked reads of an open file."""
+    """Positioned, bounds-checked reads of an open file; the subclasses read
+    an object fetched into memory or fetched by ranges (``_storage.py``)."""
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
@@ -129,6 +133,38 @@ class _File:
             crc = crc32(chunk, crc)
             done += len(chunk)
         return crc
+
+
+class _BufferFile(_File):
+    """A whole object fetched into a uint8 tensor."""
+
+    def __init__(self, buffer: torch.Tensor) -> None:
+        super().__init__(-1, buffer.numel())
+        self._view = writable_bytes(buffer) if buffer.numel() else memoryview(b"")
+
+    def read(self, start: int, length: int, what: str) -> bytes:
+        self.check(start, length, what)
+        return bytes(self._view[start : start + length])
+
+    def read_into(self, buf: memoryview, start: int, what: str) -> None:
+        self.check(start, len(buf), what)
+        buf[:] = self._view[start : start + len(buf)]
+
+
+class _RangedFile(_File):
+    """An object read by ranged requests as the structure check asks for
+    its bytes (a metadata-only scan)."""
+
+    def __init__(self, ranges: RangeReader) -> None:
+        super().__init__(-1, ranges.size)
+        self._ranges = ranges
+
+    def read(self, start: int, length: int, what: str) -> bytes:
+        self.check(start, length, what)
+        return self._ranges.read(start, length)
+
+    def read_into(self, buf: memoryview, start: int, what: str) -> None:
+        buf[:] = self.read(start, len(buf), what)
 
 
 @dataclass
@@ -492,6 +528,9 @@ class Scan:
     optimizer: TensorMember | None
     extra: TensorMember | None = None
     """``extra.safetensors`` (version 2), when the file has extra state."""
+    buffer: torch.Tensor | None = None
+    """The whole file as a CPU uint8 tensor, for an object fetched from
+    storage: loads view their tensors into it (``_mapped.py``)."""
 
 
 def _scan_tensor_member(f: _File, m: _Member, optimizer: OptimizerSection | None) -> TensorMember:
@@ -642,8 +681,26 @@ class CheckpointReader:
     the tensor members' CRC-32 either: a structural fault is then reported
     as such even when a CRC mismatch precedes it."""
 
-    def __init__(self, path: str | os.PathLike[str], *, verify: bool = True) -> None:
-        path_str = os.fspath(path)
+    def __init__(
+        self, path: str | os.PathLike[str], *, verify: bool = True, metadata_only: bool = False
+    ) -> None:
+        location = parse_location(path)
+        if isinstance(location, ObjectURL):
+            # An object on storage (_storage.py): fetched whole into one
+            # buffer that loads view their tensors into, or, for a scan of
+            # the metadata alone (``metadata_only``), by the ranges read.
+            self._fd = -1
+            if metadata_only:
+                self._file: _File = _RangedFile(RangeReader(location))
+                self.scan = _scan(self._file, location.url, verify)
+            else:
+                buffer = fetch(location, writable_bytes)
+                self._file = _BufferFile(buffer)
+                self.scan = dataclasses.replace(
+                    _scan(self._file, location.url, verify), buffer=buffer
+                )
+            return
+        path_str = location
         # O_NONBLOCK: opening a FIFO must not hang; it is refused below.
         self._fd = os.open(path_str, os.O_RDONLY | os.O_NONBLOCK)
         try:

@@ -15,15 +15,18 @@ import struct
 import sys
 import zlib
 from collections.abc import Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import torch
 
 from .._errors import FormatError, InvalidArgumentError, MetadataError
 from .._progress import ProgressCallback, Tracker
+from .._storage import parse as parse_location
 from . import EXTRA_MEMBER, INTERNALS_KEY, METADATA_MEMBER, MODEL_MEMBER, OPTIMIZER_MEMBER
 from .json import MAX_JSON_DEPTH, SURROGATE, U64_LIMIT, JsonError, parse_object
 from .metadata import MAX_METADATA_BYTES, Metadata, parse, to_json
+from .multipart import MultipartSink
+from .publish import publish_numbered
 from .tensors import PlannedTensor, build_header, writable_bytes
 from .zip import PlannedMember, dos_time_date, end_records
 
@@ -150,15 +153,9 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 def _publish(tmp: str, directory: str, stem: str) -> str:
     """Gives the finished temporary file its final name without ever
-    replacing a file: ``link(2)`` fails when the name is taken."""
-    for n in range(10_000):
-        target = os.path.join(directory, f"{stem}.zip" if n == 0 else f"{stem}-{n}.zip")
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            continue
-        return target
-    raise FileExistsError(f"10000 files named {stem}-N.zip already exist in {directory}")
+    replacing a file (``link(2)``, or ``renameat2(RENAME_NOREPLACE)`` where
+    the filesystem has no hard links): :mod:`.publish`."""
+    return publish_numbered(tmp, directory, stem)
 
 
 def _check_prefix(prefix: str | None) -> str:
@@ -208,6 +205,14 @@ def write_checkpoint(
     version that cannot hold the file). The data goes to a temporary file in ``directory`` that is
     fsynced, published with ``link(2)`` and then unlinked, and the
     directory fsynced; on failure the temporary file is removed.
+
+    ``directory`` may be an ``s3://bucket/prefix`` URL (``_storage.py``;
+    the ``s3`` extra): the file is streamed as a multipart upload with
+    bounded memory, named as on disk (the first free name by HEAD) and
+    completed create-only, and the URL returned; on any failure the
+    upload is aborted and no object appears (``multipart.py``).
+    :class:`StorageError` when the storage fails or another writer
+    published the same name first.
 
     ``progress(done, total)`` (``_progress.py``) hears the bytes written,
     ``total`` being the size the file will have: ``(0, total)`` once
@@ -303,11 +308,11 @@ def _write_checkpoint(
     for member in members:
         plan.append(PlannedMember.plan(member.name, plan[-1].end, member.size, force_zip64))
 
-    dir_str = os.fspath(directory)
-    if not os.path.isdir(dir_str):
-        if not os.path.exists(dir_str):
-            raise FileNotFoundError(f"directory {dir_str!r} does not exist")
-        raise NotADirectoryError(f"{dir_str!r} is not a directory")
+    location = parse_location(directory)
+    if isinstance(location, str) and not os.path.isdir(location):
+        if not os.path.exists(location):
+            raise FileNotFoundError(f"directory {location!r} does not exist")
+        raise NotADirectoryError(f"{location!r} is not a directory")
     stem = f"{stem_prefix}{document.internals.kind}_{document.timestamp}"
     dos_time, dos_date = dos_time_date(document.timestamp)
     cd_offset = plan[-1].end
@@ -316,56 +321,134 @@ def _write_checkpoint(
     cd_size = sum(len(e.central_header(dos_time, dos_date)) for e in plan)
     file_size = cd_offset + cd_size + len(end_records(len(plan), cd_offset, cd_size, force_zip64))
     tracker = Tracker(progress, file_size)
-    tmp = os.path.join(dir_str, f".{stem}.zip.{os.getpid()}.{next(_temp_names)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    sink: _Sink
+    if isinstance(location, str):
+        sink = _LocalSink(location, stem)
+    else:
+        sink = MultipartSink(location, stem, file_size)
     try:
-        with open(fd, "wb", buffering=_CHUNK) as out:
-            tracker.advance(out.write(plan[0].local_header(dos_time, dos_date)))
-            tracker.advance(out.write(metadata_bytes))
-            for member, entry in zip(members, plan[1:], strict=True):
-                tracker.advance(out.write(entry.local_header(dos_time, dos_date)))
-                tracker.advance(out.write(member.header))
-                crc = zlib.crc32(member.header)
-                for t in member.tensors:
-                    written = 0
-                    for chunk in _tensor_bytes(t, member.name):
-                        crc = zlib.crc32(chunk, crc)
-                        out.write(chunk)
-                        written += len(chunk)
-                        tracker.advance(len(chunk))
-                    if written != t.nbytes:
-                        raise _invalid(
-                            f"{member.name}: tensor {t.name!r} gave {written} bytes, its dtype "
-                            f"and shape need {t.nbytes}"
-                        )
-                entry.crc = crc
-            out.flush()
-            # The CRCs of tensor members are known only now: patch them in.
-            for entry in plan[1:]:
-                _pwrite_all(fd, struct.pack("<I", entry.crc), entry.crc_field_offset)
-            central = b"".join(e.central_header(dos_time, dos_date) for e in plan)
-            tail = central + end_records(len(plan), cd_offset, len(central), force_zip64)
-            assert cd_offset + len(tail) == file_size, "the file's size was planned wrong"
-            _pwrite_all(fd, tail, cd_offset)
-            tracker.advance(len(tail))
-            os.fsync(fd)
-        path = _publish(tmp, dir_str, stem)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        tracker.advance(sink.write(plan[0].local_header(dos_time, dos_date)))
+        tracker.advance(sink.write(metadata_bytes))
+        for member, entry in zip(members, plan[1:], strict=True):
+            # The CRC is known only once the member is written: patched in.
+            sink.expect_patch(entry.crc_field_offset, 4)
+            tracker.advance(sink.write(entry.local_header(dos_time, dos_date)))
+            tracker.advance(sink.write(member.header))
+            crc = zlib.crc32(member.header)
+            for t in member.tensors:
+                written = 0
+                for chunk in _tensor_bytes(t, member.name):
+                    crc = zlib.crc32(chunk, crc)
+                    sink.write(chunk)
+                    written += len(chunk)
+                    tracker.advance(len(chunk))
+                if written != t.nbytes:
+                    raise _invalid(
+                        f"{member.name}: tensor {t.name!r} gave {written} bytes, its dtype "
+                        f"and shape need {t.nbytes}"
+                    )
+            entry.crc = crc
+            sink.patch(entry.crc_field_offset, struct.pack("<I", crc))
+        central = b"".join(e.central_header(dos_time, dos_date) for e in plan)
+        tail = central + end_records(len(plan), cd_offset, len(central), force_zip64)
+        assert cd_offset + len(tail) == file_size, "the file's size was planned wrong"
+        sink.write(tail)
+        tracker.advance(len(tail))
+        path = sink.publish()
+    except BaseException:
+        sink.discard()
+        raise
     try:
         # Reported once the file is published, as the contract wants of
         # the last call; a callback that raises takes the file back.
         tracker.finish()
     except BaseException:
-        os.unlink(path)
+        sink.withdraw()
         raise
     finally:
-        dir_fd = os.open(dir_str, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        sink.settle()
+    return path
+
+
+class _Sink(Protocol):
+    """Where the writer's bytes go, in order: a temporary file published
+    under a free name (:class:`_LocalSink`) or a multipart upload to object
+    storage (``multipart.py``). ``expect_patch`` announces a range that
+    ``patch`` will overwrite once known (a member's CRC-32), before the
+    bytes are written."""
+
+    def write(self, data: bytes | memoryview) -> int: ...
+
+    def expect_patch(self, offset: int, length: int) -> None: ...
+
+    def patch(self, offset: int, data: bytes) -> None: ...
+
+    def publish(self) -> str: ...
+
+    def discard(self) -> None: ...
+
+    def withdraw(self) -> None: ...
+
+    def settle(self) -> None: ...
+
+
+class _LocalSink:
+    """A temporary file in the target directory, fsynced and published with
+    ``link(2)`` under a name no file has (:func:`_publish`); removed on
+    failure. ``settle`` fsyncs the directory."""
+
+    def __init__(self, directory: str, stem: str) -> None:
+        self._directory = directory
+        self._stem = stem
+        self._tmp = os.path.join(directory, f".{stem}.zip.{os.getpid()}.{next(_temp_names)}.tmp")
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            self._out = open(self._fd, "wb", buffering=_CHUNK)  # noqa: SIM115 (closed by publish)
+        except BaseException:
+            os.close(self._fd)
+            os.unlink(self._tmp)
+            raise
+        self._path: str | None = None
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self._out.write(data)
+
+    def expect_patch(self, offset: int, length: int) -> None:
+        pass
+
+    def patch(self, offset: int, data: bytes) -> None:
+        self._out.flush()
+        _pwrite_all(self._fd, data, offset)
+
+    def publish(self) -> str:
+        self._out.flush()
+        os.fsync(self._fd)
+        self._out.close()
+        self._path = _publish(self._tmp, self._directory, self._stem)
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:  # published by renaming it
+            pass
+        return self._path
+
+    def discard(self) -> None:
+        try:
+            self._out.close()  # flushes: may fail as the write did (a full disk)
+        except OSError:
+            pass
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+    def withdraw(self) -> None:
+        if self._path is not None:
+            os.unlink(self._path)
+            self._path = None
+
+    def settle(self) -> None:
+        dir_fd = os.open(self._directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    return path
