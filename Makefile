@@ -10,6 +10,7 @@
 #               optimizer step against LibTorch's C++ optimizers and torch.optim;
 #               converting a 1 GiB torch.save file against raw I/O and
 #               torch.load(mmap) + safetensors
+#               and save/load at s3:// (moto) against local disk and plain transfers
 #   make install     the C/C++ SDK (libraries, headers, pkg-config, CMake
 #                    package) into PREFIX (default target/sdk)
 #   make header      regenerate include/pytorch_saver.h after a C ABI change
@@ -81,6 +82,7 @@ c-test: install deps
 	cc $(C_TEST_FLAGS) tests/c/test_corpus.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_corpus
 	cc $(C_TEST_FLAGS) tests/c/test_manager.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_manager
 	cc $(C_TEST_FLAGS) tests/c/test_progress.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_progress
+	cc $(C_TEST_FLAGS) tests/c/test_s3.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_s3
 	cc $(C_TEST_FLAGS) -DPTS_FAULT_INJECTION tests/c/test_panic.c -Iinclude \
 	  -Ltarget/fault -Wl,-rpath,$(CURDIR)/target/fault -lpytorch_saver -o target/c/test_panic
 	cc -std=c99 -Wall -Wextra -pedantic -Werror examples/c/main.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/example
@@ -97,6 +99,8 @@ c-test: install deps
 	rm -rf target/c/progress && mkdir -p target/c/progress
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
 	  target/c/test_progress target/c/progress
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
+	  target/c/test_s3 $(CURDIR)/$(PY) tests/s3/moto_server.py
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 target/c/test_panic
 	@# ASan does not see inside the uninstrumented Rust and libtorch code; valgrind does.
 	cc -std=c99 -g tests/c/test_capi.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_capi_plain
@@ -173,8 +177,9 @@ lint: venv deps
 
 rust-test: venv deps python-package
 	$(CARGO) test --release
-	# Saves killed at exact points need the crash points of fault-injection.
-	$(CARGO) test --release --features fault-injection --test manager_kill_points
+	# Saves killed at exact points, writers held in a window, and link(2)
+	# refused all need the crash points and errnos of fault-injection.
+	$(CARGO) test --release --features fault-injection --test manager_kill_points --test s3_faults --test no_hard_links
 
 # The pure-Python package, installed into the venv as a user would
 # (`pip install ./bindings/python`; torch and safetensors are already there).
@@ -193,6 +198,7 @@ bench: build python-package
 	$(CARGO) bench --bench manager_async
 	.venv/bin/python benches/manager_async.py
 	$(CARGO) bench --bench convert
+	$(CARGO) bench --bench s3
 
 # Coverage-guided fuzzing of the reader (needs a nightly toolchain and
 # cargo-fuzz: cargo install cargo-fuzz), seeded with the golden files;

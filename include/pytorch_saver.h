@@ -390,6 +390,13 @@ typedef pts_error_t *(*pts_model_factory_t)(void *user_data,
 #define PTS_ERROR_LOCKED 20
 
 /**
+ * An object store (a `s3://`, `gs://` or `az://` URL) refused or failed
+ * a request, or a URL is malformed or of an unknown scheme; the message
+ * names the URL.
+ */
+#define PTS_ERROR_STORAGE 21
+
+/**
  * 64-bit float (`torch.float64`, safetensors `F64`).
  */
 #define PTS_DTYPE_F64 1

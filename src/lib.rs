@@ -52,6 +52,7 @@ pub mod registry;
 /// cbindgen:ignore
 pub mod sched;
 /// Checkpoints at object store URLs (s3://, gs://, az://) as well as paths.
+/// cbindgen:ignore
 pub mod storage;
 /// cbindgen:ignore
 #[cfg(feature = "torch")]

@@ -61,6 +61,12 @@ const (
 	// CodeLocked: another checkpoint manager, in this process or another,
 	// holds the directory and prefix (OpenManager).
 	CodeLocked Code = 20
+	// CodeStorage: an object store (an s3://, gs:// or az:// URL) refused
+	// or failed a request (a missing bucket or object, refused
+	// credentials, an endpoint that does not answer within the bounded
+	// retries), or a URL is malformed or of an unknown scheme. The
+	// message names the URL.
+	CodeStorage Code = 21
 )
 
 var codeNames = [...]string{
@@ -84,6 +90,7 @@ var codeNames = [...]string{
 	CodeNotFound:           "not found",
 	CodePanic:              "internal error",
 	CodeLocked:             "locked",
+	CodeStorage:            "object storage error",
 }
 
 // String returns a short description of the code, such as "not found".
@@ -163,6 +170,7 @@ var codeKinds = [...]string{
 	CodeNotFound:           "NotFound",
 	CodePanic:              "Panic",
 	CodeLocked:             "Locked",
+	CodeStorage:            "Storage",
 }
 
 // kind is the kind of an error made from the bare code c.
@@ -227,4 +235,6 @@ var (
 	ErrPanic = &Error{Code: CodePanic}
 	// ErrLocked matches every error with CodeLocked.
 	ErrLocked = &Error{Code: CodeLocked}
+	// ErrStorage matches every error with CodeStorage.
+	ErrStorage = &Error{Code: CodeStorage}
 )

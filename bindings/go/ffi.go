@@ -71,6 +71,7 @@ var (
 	_ [CodeNotFound - C.PTS_ERROR_NOT_FOUND]struct{}                     = [0]struct{}{}
 	_ [CodePanic - C.PTS_ERROR_PANIC]struct{}                            = [0]struct{}{}
 	_ [CodeLocked - C.PTS_ERROR_LOCKED]struct{}                          = [0]struct{}{}
+	_ [CodeStorage - C.PTS_ERROR_STORAGE]struct{}                        = [0]struct{}{}
 )
 
 // takeError turns an error object the library returned into a Go error

@@ -55,6 +55,10 @@ pub const PTS_ERROR_NOT_FOUND: pts_error_code_t = 18;
 pub const PTS_ERROR_PANIC: pts_error_code_t = 19;
 /// Another checkpoint manager holds the directory and prefix (its lock).
 pub const PTS_ERROR_LOCKED: pts_error_code_t = 20;
+/// An object store (a `s3://`, `gs://` or `az://` URL) refused or failed
+/// a request, or a URL is malformed or of an unknown scheme; the message
+/// names the URL.
+pub const PTS_ERROR_STORAGE: pts_error_code_t = 21;
 
 /// An error: a code and a message. Owned by whoever received it; free it
 /// with `pts_error_free`. Immutable: a `const pts_error_t *` may be read
@@ -96,6 +100,7 @@ fn code_of(e: &Error) -> pts_error_code_t {
             FormatError::UnsupportedVersion { .. } => PTS_ERROR_UNSUPPORTED_VERSION,
             FormatError::TensorNotFound { .. } => PTS_ERROR_NOT_FOUND,
             FormatError::InvalidInput(_) => PTS_ERROR_INVALID_ARGUMENT,
+            FormatError::Storage { .. } => PTS_ERROR_STORAGE,
             _ => PTS_ERROR_FORMAT,
         },
         Error::UnknownName { .. } => PTS_ERROR_UNKNOWN_NAME,
@@ -138,6 +143,7 @@ fn kind_of_code(code: pts_error_code_t) -> &'static str {
         PTS_ERROR_NOT_FOUND => "NotFound",
         PTS_ERROR_PANIC => "Panic",
         PTS_ERROR_LOCKED => "Locked",
+        PTS_ERROR_STORAGE => "Storage",
         _ => "Callback",
     }
 }

@@ -490,6 +490,10 @@ fn map_file(path: &Path) -> Result<(PrivateMapping, File), FormatError> {
     Ok((PrivateMapping(Arc::new(map)), file))
 }
 
+/// What a caller of an open plans to process after it, from the tensor
+/// data bytes of each member (see `Checkpoint::open_tracked`).
+type PlanMore<'a> = dyn Fn(&[(MemberName, u64)]) -> u64 + 'a;
+
 /// The bytes of an object fetched into anonymous memory, which then backs
 /// the checkpoint as a file's mapping does: the tail first (end records
 /// and central directory), to plan the operation's progress, then the
@@ -500,7 +504,7 @@ fn fetch_object(
     remote: &crate::storage::Remote,
     verify: bool,
     progress: Option<&Progress>,
-    more: &dyn Fn(&[(MemberName, u64)]) -> u64,
+    more: &PlanMore<'_>,
 ) -> Result<(PrivateMapping, Tracker), FormatError> {
     let object = crate::storage::RemoteObject::open(remote)?;
     let len = object.size();
