@@ -172,8 +172,16 @@ fn bad_locations_are_storage_errors_that_name_the_url() {
 
     // A URL of a scheme no store has, and one without a bucket.
     let url = "foo://bucket/a.zip";
-    assert_storage_error(&typed(Checkpoint::open(url).unwrap_err()), url, "unknown URL scheme \"foo\"");
-    assert_storage_error(&typed(Checkpoint::open("s3:///a.zip").unwrap_err()), "s3:///a.zip", "no bucket");
+    assert_storage_error(
+        &typed(Checkpoint::open(url).unwrap_err()),
+        url,
+        "unknown URL scheme \"foo\"",
+    );
+    assert_storage_error(
+        &typed(Checkpoint::open("s3:///a.zip").unwrap_err()),
+        "s3:///a.zip",
+        "no bucket",
+    );
     let out = cli().args(["inspect", url]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(url));
@@ -214,12 +222,13 @@ fn uploads_and_downloads_report_progress_by_the_contract() {
     .unwrap();
     c.set_save_progress(Some(progress.clone()));
     let url = c.save(&dir, "p", &UserMetadata::new()).unwrap();
-    let size = pytorch_saver::storage::RemoteObject::open(match &pytorch_saver::storage::Location::parse(&url).unwrap() {
-        pytorch_saver::storage::Location::Remote(r) => r,
-        other => panic!("{other:?}"),
-    })
-    .unwrap()
-    .size();
+    let size =
+        pytorch_saver::storage::RemoteObject::open(match &pytorch_saver::storage::Location::parse(&url).unwrap() {
+            pytorch_saver::storage::Location::Remote(r) => r,
+            other => panic!("{other:?}"),
+        })
+        .unwrap()
+        .size();
     let check = |calls: &[(u64, u64)], total: Option<u64>| {
         let t = calls[0].1;
         assert_eq!(calls.first(), Some(&(0, t)));

@@ -48,7 +48,12 @@ fn outcome(out: &Output) -> serde_json::Value {
     let line = text
         .lines()
         .find_map(|l| l.find("{\"").map(|i| &l[i..]))
-        .unwrap_or_else(|| panic!("child printed no outcome: {text}{}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "child printed no outcome: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     serde_json::from_str(line).unwrap()
 }
 
@@ -79,14 +84,24 @@ fn two_writers_racing_for_one_name_publish_exactly_one_object() {
     assert_eq!(won[0]["ok"], url.as_str());
     assert_eq!(lost[0]["kind"], "Storage");
     let message = lost[0]["err"].as_str().unwrap();
-    assert!(message.contains(&url) && message.contains("another writer"), "{message}");
+    assert!(
+        message.contains(&url) && message.contains("another writer"),
+        "{message}"
+    );
 
-    assert_eq!(list_keys(&moto().endpoint, "race/"), ["race/race.zip"], "one object, nothing else");
+    assert_eq!(
+        list_keys(&moto().endpoint, "race/"),
+        ["race/race.zip"],
+        "one object, nothing else"
+    );
     let ckpt = Checkpoint::open(&url).unwrap();
     let bytes = ckpt.tensor_bytes(ckpt.tensor(MemberName::Model, "w").unwrap());
     let writer = bytes[0];
     assert!(writer == 1 || writer == 2);
-    assert!(bytes.iter().all(|&b| b == writer), "the object is one writer's file, whole");
+    assert!(
+        bytes.iter().all(|&b| b == writer),
+        "the object is one writer's file, whole"
+    );
 }
 
 #[test]
@@ -99,7 +114,12 @@ fn a_save_killed_midway_leaves_no_object() {
         .output()
         .unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(
         list_keys(&moto().endpoint, "killed/").is_empty(),
         "no object under any name in s3://{BUCKET}/killed/"

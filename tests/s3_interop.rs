@@ -41,7 +41,11 @@ fn python(mode: &str, url: &str) -> Value {
         .args(["-c", SCRIPT, mode, url])
         .output()
         .unwrap();
-    assert!(out.status.success(), "python {mode}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python {mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -71,7 +75,10 @@ fn rust_saves_to_s3_and_python_loads_the_url() {
     c.initialize(
         ContainerSpec::model(
             models::MLP,
-            json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3}).as_object().unwrap().clone(),
+            json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})
+                .as_object()
+                .unwrap()
+                .clone(),
         )
         .optimizer(optim::ADAM, json!({"lr": 0.01}).as_object().unwrap().clone()),
     )

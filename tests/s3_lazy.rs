@@ -19,8 +19,13 @@ fn one_small_tensor_of_a_256_mib_checkpoint_costs_less_than_1_mib() {
     let small_bytes: Vec<u8> = (0..64u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
     let small = common::raw("small", Dtype::F32, vec![8, 8], small_bytes.clone());
     let dir = format!("s3://{BUCKET}/lazy");
-    let url = common::write_raw_inference(std::path::Path::new(&dir), "large", &[&big, &small], &Default::default())
-        .unwrap();
+    let url = common::write_raw_inference(
+        std::path::Path::new(&dir),
+        "large",
+        &[&big, &small],
+        &Default::default(),
+    )
+    .unwrap();
 
     let before = proxy.bytes_from_server();
     let ckpt = LazyCheckpoint::open(&url).unwrap();
