@@ -128,13 +128,19 @@ fn retention_deletes_objects_and_the_lock_object_lives_while_the_manager_is_open
     let mut c = linear();
     let mut m = CheckpointManager::open(&url, policy.clone()).unwrap();
     assert_eq!(m.directory().to_str(), Some(url.as_str()));
-    assert_eq!(keys(test), BTreeSet::from([".run.lock".into(), ".run.manager.json".into()]));
+    assert_eq!(
+        keys(test),
+        BTreeSet::from([".run.lock".into(), ".run.manager.json".into()])
+    );
     let lock = lock_of(&format!("{test}/.run.lock"));
     let owner = lock["owner"].as_str().unwrap();
     let parts: Vec<&str> = owner.split(':').collect();
     assert_eq!(parts.len(), 3, "{owner}");
     assert_eq!(parts[1], std::process::id().to_string());
-    assert!(parts[2].len() == 32 && parts[2].bytes().all(|b| b.is_ascii_hexdigit()), "{owner}");
+    assert!(
+        parts[2].len() == 32 && parts[2].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{owner}"
+    );
     assert_eq!(lock["lease_seconds"], json!(900));
     assert!(lock["timestamp"].as_i64().unwrap() > 0);
     let state: Value = serde_json::from_slice(&get_object(&format!("{test}/.run.manager.json")).unwrap()).unwrap();
@@ -153,7 +159,10 @@ fn retention_deletes_objects_and_the_lock_object_lives_while_the_manager_is_open
         saved.push(m.wait().unwrap().expect("a save was in flight"));
     }
     for url in &saved {
-        assert!(url.to_str().unwrap().starts_with(&format!("{}/run_checkpoint_", prefix(test))));
+        assert!(url
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("{}/run_checkpoint_", prefix(test))));
     }
     let kept: BTreeSet<String> = saved[2..].iter().map(|p| file_name(p)).collect();
     let mut expected = kept.clone();
@@ -164,7 +173,11 @@ fn retention_deletes_objects_and_the_lock_object_lives_while_the_manager_is_open
     assert_eq!(listed.iter().map(|i| i.step).collect::<Vec<_>>(), [3, 4]);
     assert_eq!(listed[1].kept_by, [Rule::Latest, Rule::Last]);
     assert_eq!(listed[1].path, saved[3]);
-    assert_eq!(listed, list_series(&url, &policy).unwrap(), "the lock-free listing agrees");
+    assert_eq!(
+        listed,
+        list_series(&url, &policy).unwrap(),
+        "the lock-free listing agrees"
+    );
 
     m.close().unwrap();
     let mut expected = kept;
@@ -176,7 +189,10 @@ fn retention_deletes_objects_and_the_lock_object_lives_while_the_manager_is_open
     assert_eq!(again.id(), state["id"].as_str().unwrap());
     assert_eq!(again.latest().unwrap().unwrap().step, 4);
     drop(again);
-    assert!(!keys(test).contains(".run.lock"), "dropping a manager deletes its lock too");
+    assert!(
+        !keys(test).contains(".run.lock"),
+        "dropping a manager deletes its lock too"
+    );
 }
 
 #[test]
@@ -256,7 +272,10 @@ fn load_latest_skips_corrupt_objects_and_loads_the_previous_step_bit_for_bit() {
     put_object(&key_of(std::path::Path::new(&garbage)), b"not a checkpoint at all");
 
     assert_eq!(m.latest().unwrap().unwrap().path.to_str(), Some(flipped.as_str()));
-    let loaded = m.load_latest(&LoadOptions::default()).unwrap().expect("a checkpoint loads");
+    let loaded = m
+        .load_latest(&LoadOptions::default())
+        .unwrap()
+        .expect("a checkpoint loads");
     assert_eq!(loaded.path, good);
     assert_eq!(loaded.metadata["loss"], json!(0.4));
     let skipped: Vec<(String, &str)> = loaded
@@ -274,10 +293,7 @@ fn load_latest_skips_corrupt_objects_and_loads_the_previous_step_bit_for_bit() {
 
     // Into existing objects too.
     let mut target = linear();
-    let restored = m
-        .restore_latest(&mut target, &LoadOptions::default())
-        .unwrap()
-        .unwrap();
+    let restored = m.restore_latest(&mut target, &LoadOptions::default()).unwrap().unwrap();
     assert_eq!(restored.path, good);
     let got = target.model().unwrap().state_dict();
     for (name, bytes) in &expected {
@@ -344,7 +360,8 @@ fn a_second_manager_is_locked_out_and_a_stale_lock_is_taken_over() {
     let err = CheckpointManager::open(&url, Policy::new("run")).unwrap_err();
     assert_eq!(err.kind(), "Locked", "{err}");
 
-    let err = CheckpointManager::open_with(&url, Policy::new("x"), ManagerOptions { lock_lease_seconds: 0 }).unwrap_err();
+    let err =
+        CheckpointManager::open_with(&url, Policy::new("x"), ManagerOptions { lock_lease_seconds: 0 }).unwrap_err();
     assert_eq!(err.kind(), "Usage", "{err}");
 }
 

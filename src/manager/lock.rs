@@ -169,7 +169,9 @@ impl ObjectLock {
                     lock.etag = Some(lock.held(etag)?);
                     Ok(lock)
                 }
-                Conditional::Refused => Err(lock.locked(format!("its lock object {name} was taken while this manager opened"))),
+                Conditional::Refused => {
+                    Err(lock.locked(format!("its lock object {name} was taken while this manager opened")))
+                }
             };
         };
         let Some((holder, timestamp, lease)) = parse_lock(&bytes) else {

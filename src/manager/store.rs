@@ -31,6 +31,7 @@ impl SeriesDir {
 
     /// The directory as checkpoints are written into it and reported: the
     /// path, or the URL (`scheme://bucket/prefix`).
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
     pub(super) fn path(&self) -> PathBuf {
         match self {
             SeriesDir::Local(p) => p.clone(),
@@ -47,6 +48,7 @@ impl SeriesDir {
     }
 
     /// The object `name` under the prefix; `None` for a local directory.
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
     pub(super) fn object(&self, name: &str) -> Option<Remote> {
         match self {
             SeriesDir::Local(_) => None,
@@ -184,7 +186,8 @@ fn replace_local(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp).map_err(|e| FormatError::io("cannot create", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| FormatError::io("cannot write", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| FormatError::io("cannot write", &tmp, e))?;
         f.sync_all().map_err(|e| FormatError::io("cannot fsync", &tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| FormatError::io("cannot replace", &path, e))?;
         sync_dir(dir)
