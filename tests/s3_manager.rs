@@ -437,3 +437,48 @@ fn ls_lists_a_series_at_a_url_while_its_manager_holds_it() {
     assert!(keys(test).contains(".run.lock"));
     m.close().unwrap();
 }
+
+#[test]
+fn python_and_rust_managers_share_one_series_on_s3() {
+    let test = "mgr_interop";
+    let url = prefix(test);
+    let spec = |saves: &[u64]| json!({"dir": url, "prefix": "run", "keep_last": 2, "saves": saves});
+    let steps = |v: &Value| -> Vec<u64> {
+        v["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["step"].as_u64().unwrap())
+            .collect()
+    };
+    let policy = Policy {
+        keep_last: Some(2),
+        ..Policy::new("run")
+    };
+
+    // Python starts the series: steps 1, 2, 3 with keep_last=2 leave 2 and 3.
+    let py = common::run_python("manager_series_s3.py", &spec(&[1, 2, 3]));
+    assert_eq!(steps(&py), [2, 3]);
+    assert!(!keys(test).contains(".run.lock"), "Python's close deleted its lock");
+
+    // Rust opens it: the same id and checkpoints; Python is locked out
+    // while Rust holds it, by Rust's lock object.
+    let mut m = CheckpointManager::open(&url, policy).unwrap();
+    assert_eq!(m.id(), py["id"].as_str().unwrap());
+    assert_eq!(m.list().unwrap().iter().map(|i| i.step).collect::<Vec<_>>(), [2, 3]);
+    let loaded = m.load_latest(&LoadOptions::default()).unwrap().unwrap();
+    assert!(loaded.skipped.is_empty(), "{:?}", loaded.skipped);
+    assert_eq!(loaded.metadata["loss"], json!(0.25));
+    let locked = common::run_python("manager_series_s3.py", &spec(&[9]));
+    assert!(locked["locked"].is_string(), "{locked}");
+
+    // Rust continues it: step 4 deletes Python's step 2.
+    m.save(&linear(), 4, &loss(0.2)).unwrap();
+    m.close().unwrap();
+
+    // Python sees Rust's step 4 as its newest, and step 5 deletes step 3.
+    let py2 = common::run_python("manager_series_s3.py", &spec(&[5]));
+    assert_eq!(py2["id"], py["id"]);
+    assert_eq!(steps(&py2), [4, 5]);
+    assert_eq!(py2["loaded_loss"], json!(1.0 / 6.0));
+}
