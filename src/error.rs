@@ -55,9 +55,15 @@ pub enum Error {
     #[error("libtorch: {0}")]
     Torch(String),
     /// Another checkpoint manager (in this process or another) holds the
-    /// lock of the same directory and prefix (FORMAT.md 12.2).
-    #[error("another checkpoint manager holds {dir:?} with prefix {prefix:?} (its lock file .{prefix}.lock is locked): close it first")]
-    Locked { dir: std::path::PathBuf, prefix: String },
+    /// lock of the same directory (or object store prefix) and prefix
+    /// (FORMAT.md 12.2, 12.6); `holder` says how (the lock file is locked;
+    /// the lock object's owner and lease), or how this manager lost it.
+    #[error("another checkpoint manager holds {dir:?} with prefix {prefix:?} ({holder}): close it first")]
+    Locked {
+        dir: std::path::PathBuf,
+        prefix: String,
+        holder: String,
+    },
     /// A pickle (in a `torch.save` file or a file of the original
     /// package) names a global outside the allow-list of plain containers
     /// and tensor constructors: refused before anything of it ran.

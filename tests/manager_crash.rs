@@ -191,7 +191,7 @@ fn the_lock_keeps_other_processes_out_and_dies_with_its_holder() {
     }
     assert!(line.contains("HOLDING"), "{line}");
     match CheckpointManager::open(dir.path(), policy()) {
-        Err(Error::Locked { dir: d, prefix }) => {
+        Err(Error::Locked { dir: d, prefix, .. }) => {
             assert_eq!(d, dir.path());
             assert_eq!(prefix, PREFIX);
         }

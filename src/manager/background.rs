@@ -35,7 +35,7 @@ impl Background {
             .name("pts-checkpoint-save".into())
             .spawn(move || {
                 let result = snapshot
-                    .write(&series.dir)
+                    .write(&series.dir.path())
                     .and_then(|path| series.apply_retention(&policy, &pinned).map(|()| path));
                 (result, snapshot.into_buffer())
             })

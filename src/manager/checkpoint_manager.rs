@@ -6,16 +6,19 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::background::Background;
-use super::lock::DirLock;
+use super::lock::SeriesLock;
 use super::series::{self, Series};
 use super::state::State;
-use super::{CheckpointInfo, Mode, Policy};
+use super::store::SeriesDir;
+use super::{CheckpointInfo, ManagerOptions, Mode, Policy};
 use crate::container::{ModelContainer, UserMetadata};
 use crate::error::{Error, Result};
-use crate::format::{FormatError, ManagerRecord};
+use crate::format::ManagerRecord;
 
 /// A series of checkpoints in one directory under one prefix (FORMAT.md
-/// section 12). Holds the series' lock until it is closed or dropped.
+/// section 12), or under an object store prefix (`s3://bucket/prefix`,
+/// FORMAT.md 12.6) with the same behaviour. Holds the series' lock until
+/// it is closed or dropped.
 ///
 /// ```no_run
 /// use pytorch_saver::manager::{CheckpointManager, Policy};
@@ -36,18 +39,20 @@ use crate::format::{FormatError, ManagerRecord};
 /// # Ok::<(), pytorch_saver::Error>(())
 /// ```
 pub struct CheckpointManager {
+    /// The directory as given (a path, or the URL).
+    directory: PathBuf,
     pub(super) series: Series,
     policy: Policy,
     pub(super) pinned: Vec<String>,
     background: Background,
     // Dropped last: released only once the background save has finished.
-    _lock: DirLock,
+    lock: SeriesLock,
 }
 
 impl std::fmt::Debug for CheckpointManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CheckpointManager")
-            .field("dir", &self.series.dir)
+            .field("dir", &self.directory)
             .field("id", &self.series.id)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
@@ -55,30 +60,40 @@ impl std::fmt::Debug for CheckpointManager {
 }
 
 impl CheckpointManager {
-    /// Opens the series `policy.prefix` in `dir` (FORMAT.md 12.2): creates
-    /// the directory if needed, takes the lock ([`Error::Locked`] if
-    /// another manager holds it), reads or creates the state file.
+    /// Opens the series `policy.prefix` in `dir`, a path or an object
+    /// store URL (FORMAT.md 12.2, 12.6): creates a local directory if
+    /// needed, takes the lock ([`Error::Locked`] if another manager holds
+    /// it), reads or creates the state file. Default options.
     pub fn open(dir: impl AsRef<Path>, policy: Policy) -> Result<Self> {
+        Self::open_with(dir, policy, ManagerOptions::default())
+    }
+
+    /// [`open`](Self::open) with `options` (the lease of an object store
+    /// lock).
+    pub fn open_with(dir: impl AsRef<Path>, policy: Policy, options: ManagerOptions) -> Result<Self> {
         policy.validate()?;
-        let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| FormatError::io("cannot create directory", &dir, e))?;
-        let lock = DirLock::acquire(&dir, &policy.prefix)?;
-        let state = State::read_or_create(&dir, &policy.prefix)?;
+        options.validate()?;
+        let store = SeriesDir::parse(dir.as_ref())?;
+        store.create()?;
+        let lock = SeriesLock::acquire(&store, &policy.prefix, options.lock_lease_seconds)?;
+        let state = State::read_or_create(&store, &policy.prefix)?;
         Ok(CheckpointManager {
+            directory: store.path(),
             series: Series {
-                dir,
+                dir: store,
                 prefix: policy.prefix.clone(),
                 id: state.id,
             },
             policy,
             pinned: state.pinned,
             background: Background::default(),
-            _lock: lock,
+            lock,
         })
     }
 
+    /// The directory: the path, or the URL (`scheme://bucket/prefix`).
     pub fn directory(&self) -> &Path {
-        &self.series.dir
+        &self.directory
     }
 
     pub fn policy(&self) -> &Policy {
@@ -125,7 +140,8 @@ impl CheckpointManager {
     pub fn save(&mut self, container: &ModelContainer, step: u64, metadata: &UserMetadata) -> Result<PathBuf> {
         self.background.take_uncollected_error()?;
         let record = self.record(step, metadata)?;
-        let path = container.save_managed(&self.series.dir, &self.series.prefix, metadata, record)?;
+        self.lock.refresh()?;
+        let path = container.save_managed(&self.directory, &self.series.prefix, metadata, record)?;
         self.series.apply_retention(&self.policy, &self.pinned)?;
         Ok(path)
     }
@@ -138,6 +154,7 @@ impl CheckpointManager {
     pub fn save_async(&mut self, container: &ModelContainer, step: u64, metadata: &UserMetadata) -> Result<()> {
         self.background.take_uncollected_error()?;
         let record = self.record(step, metadata)?;
+        self.lock.refresh()?;
         let buffer = self.background.take_buffer();
         let snapshot = container.snapshot(&self.series.prefix, metadata, Some(record), buffer)?;
         self.background
@@ -231,15 +248,18 @@ impl CheckpointManager {
                 "{} is not a checkpoint of the series {:?} in {}",
                 path.display(),
                 self.series.prefix,
-                self.series.dir.display()
+                self.directory.display()
             ))),
         }
     }
 
-    /// Waits for the background save, releases the lock, and returns the
-    /// background save's error if nobody collected it.
+    /// Waits for the background save, releases the lock (deletes an object
+    /// store's lock object), and returns the background save's error if
+    /// nobody collected it, else the release's.
     pub fn close(mut self) -> Result<()> {
-        self.background.take_uncollected_error()
+        let saved = self.background.take_uncollected_error();
+        let released = self.lock.release();
+        saved.and(released)
     }
 }
 

@@ -1,15 +1,16 @@
 //! A series seen from outside its manager (FORMAT.md 12.1): listed
 //! without taking its lock, so that it works while a training run holds
 //! the series, and without writing anything; and the series a directory
-//! holds, found by their state files.
+//! holds, found by their state files. A directory is a path or an
+//! object store URL (`s3://bucket/prefix`).
 
 use std::path::{Path, PathBuf};
 
 use super::series::Series;
 use super::state::State;
+use super::store::SeriesDir;
 use super::{CheckpointInfo, Policy};
 use crate::error::{Error, Result};
-use crate::format::FormatError;
 
 /// A series' checkpoints as [`scan_series`] finds them.
 #[derive(Debug)]
@@ -39,7 +40,8 @@ pub fn list_series(dir: impl AsRef<Path>, policy: &Policy) -> Result<Vec<Checkpo
 pub fn scan_series(dir: impl AsRef<Path>, policy: &Policy) -> Result<SeriesListing> {
     policy.validate()?;
     let dir = dir.as_ref();
-    let Some(state) = State::read(dir, &policy.prefix)? else {
+    let store = SeriesDir::parse(dir)?;
+    let Some(state) = State::read(&store, &policy.prefix)? else {
         return Err(Error::Usage(format!(
             "{}: no checkpoint series with prefix {:?} (no .{}.manager.json)",
             dir.display(),
@@ -48,7 +50,7 @@ pub fn scan_series(dir: impl AsRef<Path>, policy: &Policy) -> Result<SeriesListi
         )));
     };
     let series = Series {
-        dir: dir.to_path_buf(),
+        dir: store,
         prefix: policy.prefix.clone(),
         id: state.id,
     };
@@ -58,17 +60,9 @@ pub fn scan_series(dir: impl AsRef<Path>, policy: &Policy) -> Result<SeriesListi
 /// The prefixes of the series in `dir` (those with a state file
 /// `.P.manager.json` whose `P` is a valid prefix), sorted.
 pub fn series_prefixes(dir: impl AsRef<Path>) -> Result<Vec<String>> {
-    let dir = dir.as_ref();
-    let entries = std::fs::read_dir(dir).map_err(|e| FormatError::io("cannot list", dir, e))?;
     let mut prefixes = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| FormatError::io("cannot list", dir, e))?;
-        let name = entry.file_name();
-        let Some(prefix) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix('.'))
-            .and_then(|n| n.strip_suffix(".manager.json"))
-        else {
+    for name in SeriesDir::parse(dir.as_ref())?.names()? {
+        let Some(prefix) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".manager.json")) else {
             continue;
         };
         if Policy::new(prefix).validate().is_ok() {

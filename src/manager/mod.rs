@@ -1,8 +1,12 @@
 //! The checkpoint manager (FORMAT.md section 12): a series of checkpoints
 //! in one directory under one prefix, a retention policy that deletes the
-//! ones it no longer keeps, and resuming from the newest good one.
+//! ones it no longer keeps, and resuming from the newest good one. The
+//! directory is a path or an object store URL (`s3://bucket/prefix`,
+//! FORMAT.md 12.6), with the same behaviour.
 //!
 //! Torch-free (the CLI's `ls` builds without libtorch):
+//! - `store.rs`: the series' directory, a local one or an object store
+//!   prefix: listing names, reading metadata, deleting, the state file;
 //! - `retention.rs`: the retention rules, a pure function (12.4);
 //! - `state.rs`: `.P.manager.json`, the series id and the pins;
 //! - `series.rs`: the series' checkpoints as the directory holds them,
@@ -12,7 +16,8 @@
 //!
 //! With the `torch` feature (they save and load a `ModelContainer`):
 //! - `checkpoint_manager.rs`: [`CheckpointManager`];
-//! - `lock.rs`: the `flock(2)` that keeps a second manager out (12.2);
+//! - `lock.rs`: what keeps a second manager out (12.2): a `flock(2)`, or
+//!   on an object store a lock object with a lease (12.6);
 //! - `background.rs`: saves written by a thread of the manager from a
 //!   snapshot;
 //! - `resume.rs`: loading the newest checkpoint that loads (12.5).
@@ -29,6 +34,7 @@ mod resume;
 pub mod retention;
 mod series;
 mod state;
+mod store;
 
 use std::path::PathBuf;
 
@@ -41,6 +47,43 @@ pub use listing::{list_series, scan_series, series_prefixes, SeriesListing};
 #[cfg(feature = "torch")]
 pub use resume::{Loaded, Restored};
 pub use retention::Rule;
+pub use store::checkpoint_size;
+
+/// The lease of an object store lock when none is given (FORMAT.md 12.6).
+pub const DEFAULT_LOCK_LEASE_SECONDS: u64 = 900;
+
+/// How a manager opens its series, beyond the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManagerOptions {
+    /// On an object store, the lease written into the lock object
+    /// (FORMAT.md 12.6): another manager takes the lock over once this
+    /// many seconds passed since the holder last wrote it (at open and
+    /// before every save). Longer than the longest time between two
+    /// saves. Unused in a local directory (a `flock` dies with its
+    /// process). Default [`DEFAULT_LOCK_LEASE_SECONDS`].
+    pub lock_lease_seconds: u64,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        ManagerOptions {
+            lock_lease_seconds: DEFAULT_LOCK_LEASE_SECONDS,
+        }
+    }
+}
+
+impl ManagerOptions {
+    /// Fails with [`Error::Usage`] naming the setting that is not valid.
+    pub fn validate(&self) -> Result<()> {
+        if self.lock_lease_seconds == 0 || i64::try_from(self.lock_lease_seconds).is_err() {
+            return Err(Error::Usage(format!(
+                "lock_lease_seconds must be at least 1 and fit in a signed 64-bit integer, got {}",
+                self.lock_lease_seconds
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// Which way the policy's metric improves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

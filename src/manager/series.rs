@@ -1,19 +1,18 @@
 //! The checkpoints that belong to a series (FORMAT.md 12.1), read from the
-//! directory (metadata only, tensor CRCs not checked), and retention
-//! applied to them (12.3 step 2).
+//! directory or prefix (metadata only, tensor CRCs not checked), and
+//! retention applied to them (12.3 step 2).
 
 use std::path::{Path, PathBuf};
 
 use super::retention::{self, Candidate};
-use super::state::sync_dir;
+use super::store::SeriesDir;
 use super::{CheckpointInfo, Policy, SeriesListing};
 use crate::error::{Error, Result};
-use crate::format::{Checkpoint, FormatError, ReadOptions};
 
 /// Where a series lives and what identifies it.
 #[derive(Debug, Clone)]
 pub(super) struct Series {
-    pub(super) dir: PathBuf,
+    pub(super) dir: SeriesDir,
     pub(super) prefix: String,
     pub(super) id: String,
 }
@@ -47,35 +46,24 @@ pub(super) fn is_checkpoint_name(name: &str, prefix: &str) -> bool {
 
 impl Series {
     pub(super) fn scan(&self) -> Result<Scan> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| FormatError::io("cannot list", &self.dir, e))?;
         let mut scan = Scan::default();
-        for entry in entries {
-            let entry = entry.map_err(|e| FormatError::io("cannot list", &self.dir, e))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if !is_checkpoint_name(name, &self.prefix) {
+        for name in self.dir.names()? {
+            if !is_checkpoint_name(&name, &self.prefix) {
                 continue;
             }
-            let path = entry.path();
-            let ckpt = match Checkpoint::open_with(
-                &path,
-                ReadOptions {
-                    verify: false,
-                    ..ReadOptions::default()
-                },
-            ) {
-                Ok(c) => c,
+            let path = self.dir.join(&name);
+            let meta = match self.dir.read_metadata(&path) {
+                Ok(m) => m,
                 Err(e) => {
                     scan.unreadable.push((path, e.into()));
                     continue;
                 }
             };
-            let meta = ckpt.metadata();
             let Some(record) = meta.manager.as_ref().filter(|r| r.id == self.id) else {
                 continue;
             };
             let candidate = Candidate {
-                name: name.to_owned(),
+                name,
                 step: record.step,
                 timestamp: meta.timestamp,
                 metrics: record.metrics.clone(),
@@ -123,7 +111,7 @@ impl Series {
     }
 
     /// Deletes the checkpoints that `policy` does not keep, then fsyncs
-    /// the directory.
+    /// a local directory.
     // Only a manager deletes, and it needs the `torch` feature.
     #[cfg_attr(not(feature = "torch"), allow(dead_code))]
     pub(super) fn apply_retention(&self, policy: &Policy, pinned: &[String]) -> Result<()> {
@@ -131,18 +119,14 @@ impl Series {
         let candidates: Vec<Candidate> = members.iter().map(|(_, c)| c.clone()).collect();
         let rules = retention::decide(&candidates, policy);
         let mut removed = false;
-        for ((path, _), kept_by) in members.iter().zip(&rules) {
+        for ((_, c), kept_by) in members.iter().zip(&rules) {
             if kept_by.is_empty() {
                 crate::fault::point("manager.unlink");
-                match std::fs::remove_file(path) {
-                    Ok(()) => removed = true,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(FormatError::io("cannot delete", path, e).into()),
-                }
+                removed |= self.dir.delete(&c.name)?;
             }
         }
         if removed {
-            sync_dir(&self.dir)?;
+            self.dir.sync()?;
         }
         Ok(())
     }

@@ -1,12 +1,13 @@
 //! The manager's state file `D/.P.manager.json` (FORMAT.md 12.1):
-//! `{"id": ID, "pinned": [file names]}`, replaced atomically.
+//! `{"id": ID, "pinned": [file names]}`, replaced atomically (on an object
+//! store: created create-only, replaced by the lock holder; 12.6).
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Read;
 
 use serde_json::{json, Value};
 
+use super::store::SeriesDir;
 use crate::error::{Error, Result};
 use crate::format::FormatError;
 
@@ -17,14 +18,17 @@ pub(super) struct State {
     pub(super) pinned: Vec<String>,
 }
 
-pub(super) fn state_path(dir: &Path, prefix: &str) -> PathBuf {
-    dir.join(format!(".{prefix}.manager.json"))
+/// The state file's name for series `prefix`.
+pub(super) fn state_name(prefix: &str) -> String {
+    format!(".{prefix}.manager.json")
 }
 
 impl State {
-    /// Reads the state file, or creates it with a new id and no pins.
+    /// Reads the state file, or creates it with a new id and no pins. On an
+    /// object store the creation is create-only: when another manager
+    /// created it first, its state is read.
     #[cfg_attr(not(feature = "torch"), allow(dead_code))]
-    pub(super) fn read_or_create(dir: &Path, prefix: &str) -> Result<Self> {
+    pub(super) fn read_or_create(dir: &SeriesDir, prefix: &str) -> Result<Self> {
         if let Some(state) = Self::read(dir, prefix)? {
             return Ok(state);
         }
@@ -32,23 +36,31 @@ impl State {
             id: new_id()?,
             pinned: Vec::new(),
         };
-        state.write(dir, prefix)?;
-        Ok(state)
+        if dir.create_file(&state_name(prefix), state.to_bytes())? {
+            return Ok(state);
+        }
+        Self::read(dir, prefix)?.ok_or_else(|| {
+            FormatError::storage(
+                "cannot read",
+                dir.join(&state_name(prefix)).display().to_string(),
+                "the state object exists (its create-only write was refused) but cannot be found",
+            )
+            .into()
+        })
     }
 
     /// Reads the state file; `None` when there is none. Never writes.
-    pub(super) fn read(dir: &Path, prefix: &str) -> Result<Option<Self>> {
-        let path = state_path(dir, prefix);
-        match std::fs::read(&path) {
-            Ok(bytes) => Self::parse(&path, &bytes).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(FormatError::io("cannot read", &path, e).into()),
+    pub(super) fn read(dir: &SeriesDir, prefix: &str) -> Result<Option<Self>> {
+        let name = state_name(prefix);
+        match dir.read(&name)? {
+            Some(bytes) => Self::parse(&dir.join(&name).display().to_string(), &bytes).map(Some),
+            None => Ok(None),
         }
     }
 
-    fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
+    fn parse(what: &str, bytes: &[u8]) -> Result<Self> {
         let invalid = |reason: &str| Error::InvalidState {
-            what: path.display().to_string(),
+            what: what.to_owned(),
             reason: reason.to_owned(),
         };
         let value: Value = serde_json::from_slice(bytes).map_err(|e| invalid(&format!("not JSON: {e}")))?;
@@ -72,44 +84,32 @@ impl State {
         })
     }
 
-    /// Replaces the state file atomically: a temporary file, fsynced,
-    /// renamed over the old one, then the directory fsynced.
-    pub(super) fn write(&self, dir: &Path, prefix: &str) -> Result<()> {
-        let path = state_path(dir, prefix);
-        let tmp = dir.join(format!(".{prefix}.manager.json.{}.tmp", std::process::id()));
-        let bytes =
-            serde_json::to_vec_pretty(&json!({"id": self.id, "pinned": self.pinned})).expect("strings serialize");
-        let result = (|| {
-            let mut f = File::create(&tmp).map_err(|e| FormatError::io("cannot create", &tmp, e))?;
-            f.write_all(&bytes)
-                .map_err(|e| FormatError::io("cannot write", &tmp, e))?;
-            f.sync_all().map_err(|e| FormatError::io("cannot fsync", &tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| FormatError::io("cannot replace", &path, e))?;
-            sync_dir(dir)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+    fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&json!({"id": self.id, "pinned": self.pinned})).expect("strings serialize")
+    }
+
+    /// Replaces the state file: atomically in a directory, one PUT on an
+    /// object store (the lock holder alone writes it).
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
+    pub(super) fn write(&self, dir: &SeriesDir, prefix: &str) -> Result<()> {
+        dir.replace(&state_name(prefix), self.to_bytes())
     }
 }
 
-/// fsyncs a directory, so that names created or removed in it last.
-pub(super) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| FormatError::io("cannot fsync directory", dir, e).into())
-}
-
-/// A random version 4 UUID in its 36-character text form.
-fn new_id() -> Result<String> {
+/// 16 random bytes, with the version 4 UUID bits set.
+pub(super) fn uuid4_bytes() -> Result<[u8; 16]> {
     let mut b = [0u8; 16];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
         .map_err(|e| FormatError::io("cannot read", "/dev/urandom", e))?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(b)
+}
+
+/// A random version 4 UUID in its 36-character text form.
+fn new_id() -> Result<String> {
+    let hex: String = uuid4_bytes()?.iter().map(|x| format!("{x:02x}")).collect();
     Ok(format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],

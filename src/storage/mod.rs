@@ -18,7 +18,7 @@ mod upload;
 
 use std::path::{Path, PathBuf};
 
-pub use object::{ListedObject, RemoteObject};
+pub use object::{Conditional, ListedObject, RemoteObject};
 pub use store::limits;
 pub(crate) use store::Remote;
 pub(crate) use upload::MultipartSink;

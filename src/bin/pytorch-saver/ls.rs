@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use pytorch_saver::manager::{scan_series, series_prefixes, CheckpointInfo, Mode, Policy, SeriesListing};
+use pytorch_saver::manager::{
+    checkpoint_size, scan_series, series_prefixes, CheckpointInfo, Mode, Policy, SeriesListing,
+};
 use serde_json::{json, Value};
 
 /// List the checkpoints a checkpoint manager keeps in DIR, newest last:
@@ -15,7 +17,8 @@ use serde_json::{json, Value};
 /// so it works while a training run holds the series.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The checkpoint directory.
+    /// The checkpoint directory: a path, or an object store URL
+    /// (`s3://bucket/prefix`).
     dir: PathBuf,
     /// Only the series with this prefix (default: every series of DIR,
     /// found by its `.P.manager.json`).
@@ -130,10 +133,10 @@ pub fn run(args: Args) -> ExitCode {
 fn rows(listing: &SeriesListing) -> Vec<Row> {
     let mut rows = Vec::new();
     for info in &listing.checkpoints {
-        match std::fs::metadata(&info.path) {
-            Ok(m) => rows.push(Row {
+        match checkpoint_size(&info.path) {
+            Ok(size) => rows.push(Row {
                 info: info.clone(),
-                size: m.len(),
+                size,
             }),
             Err(e) => eprintln!("pytorch-saver: {}: {e}, not listed", info.path.display()),
         }
