@@ -78,8 +78,9 @@ pub struct WriteOptions {
 }
 
 /// Removes the temporary name when the write ends, however it ends: after
-/// a failure nothing is left behind, after success the published name is a
-/// second link to the same file.
+/// a failure nothing is left behind; after success the published name is
+/// a second link to the same file (or, where the file was renamed because
+/// the filesystem has no hard links, the temporary name is gone already).
 struct TempFile {
     path: PathBuf,
 }

@@ -26,6 +26,7 @@ exist; nothing is left under that name on failure.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -52,6 +53,7 @@ from ._errors import (
 from ._format import RESERVED_KEYS, CheckpointReader, read_checkpoint, write_checkpoint
 from ._format.json import JsonError, parse_object
 from ._format.metadata import Internals, Metadata, Producer, check_user_keys
+from ._format.publish import publish_directory, publish_file
 from ._format.tensors import MAX_TENSOR_HEADER_BYTES, build_header, parse_header, writable_bytes
 from ._legacy import is_legacy, read_legacy
 from ._progress import ProgressCallback, Tracker
@@ -512,8 +514,8 @@ def _write_safetensors_to(
 
 
 def _publish_file(out: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Writes ``out`` through a synced temporary file beside it, linked to
-    its name (which must not exist)."""
+    """Writes ``out`` through a synced temporary file beside it, published
+    under its name (which must not exist) by :func:`publish_file`."""
     directory = os.path.dirname(out) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
     try:
@@ -521,9 +523,10 @@ def _publish_file(out: str, write: Callable[[IO[bytes]], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, out)
+        publish_file(tmp, out)
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):  # gone after a rename
+            os.unlink(tmp)
     _fsync_dir(directory)
 
 
@@ -590,9 +593,10 @@ def _write_hf(out: str, contents: _Contents, max_shard_size: int | None, tracker
                 lambda f: f.write((json.dumps(index, indent=2) + "\n").encode()),
             )
         _fsync_dir(tmp)
-        if os.path.lexists(out):
-            raise FileExistsError(f"{out} exists: convert never replaces an output")
-        os.rename(tmp, out)
+        try:
+            publish_directory(tmp, out)
+        except FileExistsError:
+            raise FileExistsError(f"{out} exists: convert never replaces an output") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -650,11 +654,11 @@ def _load_into(obj: Any, state: Any, what: str, source: str) -> None:
 
 def _publish_checkpoint(out: str, save: Callable[[str], str]) -> None:
     """Saves into a temporary directory beside ``out`` (the writer syncs
-    the file), then links the file to ``out``."""
+    the file), then publishes the file as ``out`` (:func:`publish_file`)."""
     directory = os.path.dirname(out) or "."
     tmp = tempfile.mkdtemp(dir=directory, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
     try:
-        os.link(save(tmp), out)
+        publish_file(save(tmp), out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _fsync_dir(directory)

@@ -115,6 +115,13 @@ def publish_file(tmp: str, target: str) -> None:
         ) from e
 
 
+def publish_directory(tmp: str, target: str) -> None:
+    """Renames the finished directory ``tmp`` to ``target`` with
+    ``renameat2(RENAME_NOREPLACE)``: :class:`FileExistsError` when the name
+    is taken, never a replacement (a directory has no hard links to try)."""
+    _rename_noreplace(tmp, target)
+
+
 def filesystem_name(directory: str) -> str:
     """The name of the filesystem ``directory`` is on, from ``statfs(2)``'s
     ``f_type``; the magic in hex for others, ``"unknown"`` when ``statfs``
