@@ -3,13 +3,17 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pytorch_saver::format::{dtype_name, typed, Checkpoint, ExtraEntry, Member};
+use std::path::Path;
+
+use pytorch_saver::format::{dtype_name, typed, Checkpoint, ExtraEntry, LazyCheckpoint, Member, Metadata};
 use serde_json::{json, Map, Value};
 
 /// Show what a checkpoint holds: metadata, members and tensors.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The checkpoint file.
+    /// The checkpoint file, or its URL (s3://, gs://, az://): an object is
+    /// read lazily, its structure, metadata and tensor headers only (its
+    /// CRCs are checked by `verify`).
     file: PathBuf,
     /// Print one JSON document instead of a table.
     #[arg(long)]
@@ -18,7 +22,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> ExitCode {
     let file = &args.file;
-    let ckpt = match Checkpoint::open(file) {
+    let opened = if pytorch_saver::storage::is_url(file) {
+        LazyCheckpoint::open(file).map(Opened::Lazy)
+    } else {
+        Checkpoint::open(file).map(Opened::Full)
+    };
+    let ckpt = match opened {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pytorch-saver: {}: {e}", file.display());
@@ -66,7 +75,36 @@ fn extra_tensor_count(entry: &ExtraEntry) -> usize {
     refs.len()
 }
 
-fn as_json(ckpt: &Checkpoint) -> Value {
+/// A file opened and fully checked, or an object read lazily.
+enum Opened {
+    Full(Checkpoint),
+    Lazy(LazyCheckpoint),
+}
+
+impl Opened {
+    fn path(&self) -> &Path {
+        match self {
+            Opened::Full(c) => c.path(),
+            Opened::Lazy(c) => c.path(),
+        }
+    }
+
+    fn metadata(&self) -> &Metadata {
+        match self {
+            Opened::Full(c) => c.metadata(),
+            Opened::Lazy(c) => c.metadata(),
+        }
+    }
+
+    fn members(&self) -> &[Member] {
+        match self {
+            Opened::Full(c) => c.members(),
+            Opened::Lazy(c) => c.members(),
+        }
+    }
+}
+
+fn as_json(ckpt: &Opened) -> Value {
     let meta = ckpt.metadata();
     json!({
         "path": ckpt.path(),
@@ -87,7 +125,7 @@ fn as_json(ckpt: &Checkpoint) -> Value {
     })
 }
 
-fn print_table(ckpt: &Checkpoint) {
+fn print_table(ckpt: &Opened) {
     let meta = ckpt.metadata();
     let p = &meta.producer;
     println!("file       {}", ckpt.path().display());
