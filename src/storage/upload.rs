@@ -118,37 +118,41 @@ impl MultipartSink {
     }
 
     /// Overwrites 4 bytes at `offset`, which must be one of the announced
-    /// patch offsets, written already (held or in the current part).
+    /// patch offsets, written already (held or in the current part; the
+    /// field may straddle two parts).
     pub(crate) fn patch(&mut self, offset: u64, bytes: [u8; 4]) -> Result<(), FormatError> {
         if !self.pending.remove(&offset) {
             return Err(FormatError::InvalidInput(format!(
                 "patch at {offset} was not announced"
             )));
         }
-        let apply = |buf: &mut Vec<u8>, start: u64| {
-            let at = (offset - start) as usize;
-            buf[at..at + 4].copy_from_slice(&bytes);
-        };
-        let end = self.current_start + self.current.len() as u64;
-        if offset >= self.current_start && offset + 4 <= end {
-            apply(&mut self.current, self.current_start);
-            return Ok(());
+        for (i, &b) in bytes.iter().enumerate() {
+            let at = offset + i as u64;
+            let end = self.current_start + self.current.len() as u64;
+            if (self.current_start..end).contains(&at) {
+                self.current[(at - self.current_start) as usize] = b;
+            } else if let Some(h) = self
+                .held
+                .iter_mut()
+                .find(|h| (h.start..h.start + h.bytes.len() as u64).contains(&at))
+            {
+                h.bytes[(at - h.start) as usize] = b;
+            } else {
+                return Err(FormatError::InvalidInput(format!(
+                    "patch at {offset}: byte {at} is not written yet or already sent"
+                )));
+            }
         }
-        let Some(i) = self
-            .held
-            .iter()
-            .position(|h| offset >= h.start && offset + 4 <= h.start + h.bytes.len() as u64)
-        else {
-            return Err(FormatError::InvalidInput(format!(
-                "patch at {offset} spans parts or is not written yet"
-            )));
-        };
-        let held = &mut self.held[i];
-        apply(&mut held.bytes, held.start);
-        let (start, len) = (held.start, held.bytes.len() as u64);
-        if !self.has_pending(start, len) {
-            let held = self.held.remove(i);
-            self.send(held.index, held.bytes)?;
+        // Send every held part that no unpatched field touches any more.
+        let mut i = 0;
+        while i < self.held.len() {
+            let (start, len) = (self.held[i].start, self.held[i].bytes.len() as u64);
+            if self.has_pending(start, len) {
+                i += 1;
+            } else {
+                let held = self.held.remove(i);
+                self.send(held.index, held.bytes)?;
+            }
         }
         Ok(())
     }
@@ -397,5 +401,27 @@ mod tests {
         let listed = block_on(store.list_with_delimiter(Some(&ObjectPath::from("runs")))).unwrap();
         let keys: Vec<String> = listed.objects.iter().map(|o| o.location.to_string()).collect();
         assert_eq!(keys, ["runs/a.zip"], "no temporary key is left");
+    }
+
+    /// A CRC field across a part boundary is held in both parts and
+    /// patched in both.
+    #[test]
+    fn a_field_that_straddles_two_parts_is_patched_in_both() {
+        let target = Remote::in_store(InMemory::new(), "mem://bucket", "b.zip");
+        let total = MIN_PART * 2 + 100;
+        let field = MIN_PART - 2;
+        let mut sink = MultipartSink::begin(&target, total, &[field]).unwrap();
+        sink.write(&vec![5u8; (MIN_PART + 10) as usize]).unwrap();
+        sink.write(&vec![6u8; (total - MIN_PART - 10) as usize]).unwrap();
+        assert_eq!(sink.held.len(), 2, "both full parts wait for the field");
+        sink.patch(field, [1, 2, 3, 4]).unwrap();
+        assert!(sink.held.is_empty());
+        sink.finish().unwrap();
+        let store = target.backend.store();
+        let got = block_on(async { store.get(target.key()).await.unwrap().bytes().await.unwrap() });
+        assert_eq!(got.len() as u64, total);
+        assert_eq!(&got[field as usize..field as usize + 4], &[1, 2, 3, 4]);
+        assert_eq!(got[field as usize - 1], 5);
+        assert_eq!(got[field as usize + 4], 5);
     }
 }
