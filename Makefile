@@ -198,7 +198,7 @@ bench: build python-package
 	$(CARGO) bench --bench manager_async
 	.venv/bin/python benches/manager_async.py
 	$(CARGO) bench --bench convert
-	$(CARGO) bench --bench s3
+	$(CARGO) bench --bench s3 -- --runs 3
 
 # Coverage-guided fuzzing of the reader (needs a nightly toolchain and
 # cargo-fuzz: cargo install cargo-fuzz), seeded with the golden files;
