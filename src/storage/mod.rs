@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 pub use object::{Conditional, ListedObject, RemoteObject};
 pub use store::limits;
-pub(crate) use store::Remote;
+pub use store::Remote;
 pub(crate) use upload::MultipartSink;
 
 use crate::format::FormatError;
