@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use memmap2::MmapMut;
 
 use super::metadata::{Metadata, MAX_METADATA_BYTES};
-use super::reader::{check_members, parse_central, parse_locals, Member};
+use super::reader::{check_members, parse_central, parse_locals, tensor_position, Member};
 use super::tensors::{Dtype, TensorEntry};
 use super::{FormatError, MemberName};
 use crate::storage::{Location, RemoteObject};
@@ -197,13 +197,8 @@ impl LazyCheckpoint {
 
     /// Looks up one tensor.
     pub fn tensor(&self, member: MemberName, name: &str) -> Result<&TensorEntry, FormatError> {
-        self.tensors(member)
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| FormatError::TensorNotFound {
-                member: member.as_str().into(),
-                tensor: name.into(),
-            })
+        let i = tensor_position(&self.members, member, name)?;
+        Ok(&self.tensors(member)[i])
     }
 
     /// Reads one tensor's bytes (one ranged read from an object store).

@@ -352,12 +352,7 @@ impl Checkpoint {
 
     /// The position of a tensor in [`tensors`](Self::tensors)`(member)`.
     pub fn tensor_position(&self, member: MemberName, name: &str) -> Result<usize, FormatError> {
-        self.member(member)
-            .and_then(|m| m.index.get(name).copied())
-            .ok_or_else(|| FormatError::TensorNotFound {
-                member: member.as_str().into(),
-                tensor: name.into(),
-            })
+        tensor_position(&self.members, member, name)
     }
 
     /// The tensor's bytes, zero-copy from the file's memory map.
@@ -405,6 +400,18 @@ impl Checkpoint {
         }
         Ok(())
     }
+}
+
+/// The position of tensor `name` in `member`'s tensors, among `members`.
+pub(super) fn tensor_position(members: &[Member], member: MemberName, name: &str) -> Result<usize, FormatError> {
+    members
+        .iter()
+        .find(|m| m.name == member)
+        .and_then(|m| m.index.get(name).copied())
+        .ok_or_else(|| FormatError::TensorNotFound {
+            member: member.as_str().into(),
+            tensor: name.into(),
+        })
 }
 
 /// Steps after the metadata is parsed: the members it implies are there

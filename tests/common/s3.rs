@@ -87,15 +87,26 @@ pub fn prefix(test: &str) -> String {
 /// The keys under `s3://{BUCKET}/{prefix}` (recursively), listed by the
 /// server itself through the venv's boto3, not through the library.
 pub fn list_keys(endpoint: &str, prefix: &str) -> Vec<String> {
+    boto3_keys(endpoint, "list_objects_v2", "Contents", prefix)
+}
+
+/// The keys of the multipart uploads begun and neither completed nor
+/// aborted under `prefix`, as the server lists them.
+pub fn list_uploads(endpoint: &str, prefix: &str) -> Vec<String> {
+    boto3_keys(endpoint, "list_multipart_uploads", "Uploads", prefix)
+}
+
+/// The `Key` of each item under `field` of boto3's `call` on the bucket.
+fn boto3_keys(endpoint: &str, call: &str, field: &str, prefix: &str) -> Vec<String> {
     let out = Command::new(super::python())
         .arg("-c")
         .arg(
             "import boto3,sys,json\n\
              c=boto3.client('s3',endpoint_url=sys.argv[1],aws_access_key_id='testing',aws_secret_access_key='testing',region_name='us-east-1')\n\
-             r=c.list_objects_v2(Bucket=sys.argv[2],Prefix=sys.argv[3])\n\
-             print(json.dumps([o['Key'] for o in r.get('Contents',[])]))",
+             r=getattr(c,sys.argv[4])(Bucket=sys.argv[2],Prefix=sys.argv[3])\n\
+             print(json.dumps([o['Key'] for o in r.get(sys.argv[5],[])]))",
         )
-        .args([endpoint, BUCKET, prefix])
+        .args([endpoint, BUCKET, prefix, call, field])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -151,22 +162,4 @@ fn pump(mut from: TcpStream, mut to: TcpStream, counter: Option<Arc<AtomicU64>>)
         }
     }
     let _ = to.shutdown(Shutdown::Write);
-}
-
-/// The keys of the multipart uploads begun and neither completed nor
-/// aborted under `prefix`, as the server lists them.
-pub fn list_uploads(endpoint: &str, prefix: &str) -> Vec<String> {
-    let out = Command::new(super::python())
-        .arg("-c")
-        .arg(
-            "import boto3,sys,json\n\
-             c=boto3.client('s3',endpoint_url=sys.argv[1],aws_access_key_id='testing',aws_secret_access_key='testing',region_name='us-east-1')\n\
-             r=c.list_multipart_uploads(Bucket=sys.argv[2],Prefix=sys.argv[3])\n\
-             print(json.dumps([u['Key'] for u in r.get('Uploads',[])]))",
-        )
-        .args([endpoint, BUCKET, prefix])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
