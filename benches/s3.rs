@@ -426,26 +426,15 @@ fn main() {
     let s = |d: Duration| d.as_secs_f64();
     let mib = object_size as f64 / (1 << 20) as f64;
     let save_anchor = median(plain_up.clone());
-    println!();
-    println!(
-        "{:<52} {:>9} {:>9} {:>9} {:>12}",
-        "save", "median s", "min s", "MiB/s", "vs plain up"
+    print_table(
+        ("save", "vs plain up"),
+        &[
+            ("plain multipart upload (16 MiB parts, 4 in flight)", &plain_up),
+            ("pytorch-saver save to s3://", &ours_s3),
+            ("pytorch-saver save to local disk (fsync)", &ours_local),
+        ],
+        mib,
     );
-    for (name, t) in [
-        ("plain multipart upload (16 MiB parts, 4 in flight)", &plain_up),
-        ("pytorch-saver save to s3://", &ours_s3),
-        ("pytorch-saver save to local disk (fsync)", &ours_local),
-    ] {
-        let m = median(t.clone());
-        let min = *t.iter().min().unwrap();
-        println!(
-            "{name:<52} {:>9.3} {:>9.3} {:>9.0} {:>11.2}x",
-            s(m),
-            s(min),
-            mib / s(m),
-            s(m) / s(save_anchor)
-        );
-    }
     // Loads: one object at the URL and one local file, each loaded (and
     // touched) `runs` times, and the plain download of the same object.
     let url = c.save(&prefix, "bench", &UserMetadata::new()).unwrap();
@@ -496,26 +485,15 @@ fn main() {
     );
 
     let load_anchor = median(plain_down.clone());
-    println!();
-    println!(
-        "{:<52} {:>9} {:>9} {:>9} {:>12}",
-        "load + sum of every parameter", "median s", "min s", "MiB/s", "vs plain down"
+    print_table(
+        ("load + sum of every parameter", "vs plain down"),
+        &[
+            ("plain ranged download (8 MiB, 8 in flight) + sum", &plain_down),
+            ("pytorch-saver load from s3:// + sum", &load_s3),
+            ("pytorch-saver load from local disk + sum", &load_local),
+        ],
+        mib,
     );
-    for (name, t) in [
-        ("plain ranged download (8 MiB, 8 in flight) + sum", &plain_down),
-        ("pytorch-saver load from s3:// + sum", &load_s3),
-        ("pytorch-saver load from local disk + sum", &load_local),
-    ] {
-        let m = median(t.clone());
-        let min = *t.iter().min().unwrap();
-        println!(
-            "{name:<52} {:>9.3} {:>9.3} {:>9.0} {:>11.2}x",
-            s(m),
-            s(min),
-            mib / s(m),
-            s(m) / s(load_anchor)
-        );
-    }
     println!();
     let save_ratio = s(median(ours_s3)) / s(save_anchor);
     let load_ratio = s(median(load_s3)) / s(load_anchor);
@@ -535,5 +513,27 @@ fn verdict(ok: bool) -> &'static str {
         "met"
     } else {
         "MISSED"
+    }
+}
+
+/// One table of medians: the first row is the anchor every ratio is to.
+fn print_table((title, versus): (&str, &str), rows: &[(&str, &Vec<Duration>)], mib: f64) {
+    let s = |d: Duration| d.as_secs_f64();
+    let anchor = median(rows[0].1.clone());
+    println!();
+    println!(
+        "{title:<52} {:>9} {:>9} {:>9} {versus:>12}",
+        "median s", "min s", "MiB/s"
+    );
+    for (name, t) in rows {
+        let m = median((*t).clone());
+        let min = *t.iter().min().unwrap();
+        println!(
+            "{name:<52} {:>9.3} {:>9.3} {:>9.0} {:>11.2}x",
+            s(m),
+            s(min),
+            mib / s(m),
+            s(m) / s(anchor)
+        );
     }
 }

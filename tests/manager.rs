@@ -16,7 +16,7 @@ use pytorch_saver::manager::{CheckpointManager, Mode, Policy};
 use pytorch_saver::optim::ADAM;
 use pytorch_saver::{models, ContainerSpec, Error, LoadOptions, ModelContainer, UserMetadata};
 use serde_json::{json, Map, Value};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 fn linear(in_features: i64, out_features: i64) -> ModelContainer {
     let mut c = ModelContainer::new();
@@ -24,21 +24,6 @@ fn linear(in_features: i64, out_features: i64) -> ModelContainer {
     c.initialize(ContainerSpec::model(models::LINEAR, kw.as_object().unwrap().clone()).optimizer(ADAM, Map::new()))
         .unwrap();
     c
-}
-
-fn train_step(c: &mut ModelContainer) {
-    let model = c.model().unwrap();
-    let x = Tensor::ones([2, model.parameters()[0].1.size()[1]], (Kind::Float, tch::Device::Cpu));
-    c.zero_grad().unwrap();
-    let loss = c
-        .model()
-        .unwrap()
-        .forward_t(&x, true)
-        .unwrap()
-        .square()
-        .sum(Kind::Float);
-    loss.backward();
-    c.step().unwrap();
 }
 
 fn names_on_disk(dir: &Path) -> BTreeSet<String> {
@@ -114,7 +99,7 @@ fn retention_after_every_save_is_the_pure_function_of_the_committed_list() {
                 .unwrap()
                 .with("note", "not a metric")
                 .unwrap();
-            train_step(&mut c);
+            common::train_step(&mut c);
             let path = match rng.below(2) {
                 0 => manager.save(&c, step, &meta).unwrap(),
                 _ => {
@@ -311,7 +296,7 @@ fn resuming_skips_damaged_checkpoints_and_reports_them() {
         let mut paths = Vec::new();
         let mut weights = Vec::new();
         for step in 1..=3u64 {
-            train_step(&mut c);
+            common::train_step(&mut c);
             weights.push(c.model().unwrap().state_dict()["weight"].copy());
             paths.push(m.save(&c, step, &UserMetadata::new()).unwrap());
         }
@@ -357,7 +342,7 @@ fn a_background_save_holds_the_state_at_the_call_bit_for_bit() {
     // Large enough that the write is still running during the steps.
     let mut c = linear(1024, 1024);
     for _ in 0..2 {
-        train_step(&mut c);
+        common::train_step(&mut c);
     }
     let mut m = CheckpointManager::open(dir.path(), Policy::new("bg")).unwrap();
     for round in 0..3u64 {
@@ -381,7 +366,7 @@ fn a_background_save_holds_the_state_at_the_call_bit_for_bit() {
         m.save_async(&c, round, &UserMetadata::new().with("round", round).unwrap())
             .unwrap();
         for _ in 0..5 {
-            train_step(&mut c);
+            common::train_step(&mut c);
         }
         let path = m.wait().unwrap().unwrap();
         assert!(m.wait().unwrap().is_none(), "collected once");

@@ -17,7 +17,6 @@ use pytorch_saver::manager::{list_series, series_prefixes, CheckpointManager, Ma
 use pytorch_saver::optim::ADAM;
 use pytorch_saver::{models, ContainerSpec, Error, LoadOptions, ModelContainer, UserMetadata};
 use serde_json::{json, Map, Value};
-use tch::{Kind, Tensor};
 
 fn linear() -> ModelContainer {
     let mut c = ModelContainer::new();
@@ -25,20 +24,6 @@ fn linear() -> ModelContainer {
     c.initialize(ContainerSpec::model(models::LINEAR, kw.as_object().unwrap().clone()).optimizer(ADAM, Map::new()))
         .unwrap();
     c
-}
-
-fn train_step(c: &mut ModelContainer) {
-    let x = Tensor::ones([2, 4], (Kind::Float, tch::Device::Cpu));
-    c.zero_grad().unwrap();
-    let loss = c
-        .model()
-        .unwrap()
-        .forward_t(&x, true)
-        .unwrap()
-        .square()
-        .sum(Kind::Float);
-    loss.backward();
-    c.step().unwrap();
 }
 
 fn loss(v: f64) -> UserMetadata {
@@ -149,12 +134,12 @@ fn retention_deletes_objects_and_the_lock_object_lives_while_the_manager_is_open
 
     let mut saved = Vec::new();
     for step in 1..=2u64 {
-        train_step(&mut c);
+        common::train_step(&mut c);
         saved.push(m.save(&c, step, &loss(1.0 / step as f64)).unwrap());
     }
     // In the background too: the thread deletes as the foreground does.
     for step in 3..=4u64 {
-        train_step(&mut c);
+        common::train_step(&mut c);
         m.save_async(&c, step, &loss(1.0 / step as f64)).unwrap();
         saved.push(m.wait().unwrap().expect("a save was in flight"));
     }
@@ -245,9 +230,9 @@ fn load_latest_skips_corrupt_objects_and_loads_the_previous_step_bit_for_bit() {
     let url = prefix(test);
     let mut c = linear();
     let mut m = CheckpointManager::open(&url, Policy::new("run")).unwrap();
-    train_step(&mut c);
+    common::train_step(&mut c);
     m.save(&c, 1, &loss(0.5)).unwrap();
-    train_step(&mut c);
+    common::train_step(&mut c);
     let good = m.save(&c, 2, &loss(0.4)).unwrap();
     let expected: Vec<(String, Vec<u8>)> = c
         .model()

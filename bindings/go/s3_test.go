@@ -105,6 +105,25 @@ func motoEndpoint(t testing.TB) string {
 	return moto.endpoint
 }
 
+// loadAndForward loads the container at url, checks that its metadata
+// holds the epoch given, and returns its forward of s3Input.
+func loadAndForward(t *testing.T, url string, epoch float64) ([]float32, []int64) {
+	t.Helper()
+	loaded, meta, err := LoadContainer(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loaded.Close()
+	if meta["epoch"] != epoch {
+		t.Errorf("metadata %v, want epoch %v", meta, epoch)
+	}
+	got, shape, err := loaded.Forward(s3Input, s3InputShape)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got, shape
+}
+
 // s3Input is the fixed input every forward below runs on.
 var s3Input, s3InputShape = []float32{0.5, -1, 2, 0.25, -0.75, 1.5, 0, 3}, []int64{2, 4}
 
@@ -132,18 +151,7 @@ func TestS3RoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	loaded, meta, err := LoadContainer(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer loaded.Close()
-	if meta["epoch"] != 3.0 {
-		t.Errorf("metadata %v, want epoch 3", meta)
-	}
-	got, _, err := loaded.Forward(s3Input, s3InputShape)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got, _ := loadAndForward(t, url, 3)
 	if !sameBits(got, want) {
 		t.Fatalf("loaded from %s: %v, saved %v", url, got, want)
 	}
@@ -241,18 +249,7 @@ func TestS3PythonSavesGoLoads(t *testing.T) {
 		want[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
 	}
 
-	loaded, meta, err := LoadContainer(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer loaded.Close()
-	if meta["epoch"] != 7.0 {
-		t.Errorf("metadata %v, want epoch 7", meta)
-	}
-	got, shape, err := loaded.Forward(s3Input, s3InputShape)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got, shape := loadAndForward(t, url, 7)
 	if len(shape) != 2 || shape[0] != 2 || shape[1] != 3 || !sameBits(got, want) {
 		t.Fatalf("Go's forward of %s: %v %v; Python's %v", url, got, shape, want)
 	}

@@ -131,3 +131,21 @@ pub fn train_batches(c: &mut ModelContainer, (x, y): &(Tensor, Tensor), start: u
         mse_step(c, &x.narrow(0, b * 8, 8), &y.narrow(0, b * 8, 8));
     }
 }
+
+/// One optimizer step on the sum of squares of the model's outputs for a
+/// batch of ones (two rows, as wide as the first parameter's input): a
+/// step that changes every parameter, for tests of what is saved.
+pub fn train_step(c: &mut ModelContainer) {
+    let model = c.model().unwrap();
+    let x = Tensor::ones([2, model.parameters()[0].1.size()[1]], (Kind::Float, tch::Device::Cpu));
+    c.zero_grad().unwrap();
+    let loss = c
+        .model()
+        .unwrap()
+        .forward_t(&x, true)
+        .unwrap()
+        .square()
+        .sum(Kind::Float);
+    loss.backward();
+    c.step().unwrap();
+}
