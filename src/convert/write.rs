@@ -116,6 +116,7 @@ pub(crate) fn write_pytorch_saver(contents: &Contents, output: &Path, options: &
         scheduler,
         extra: None,
         manager: None,
+        shard: None,
         producer: Producer::this_library(),
         timestamp: contents
             .timestamp

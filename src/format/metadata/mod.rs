@@ -27,6 +27,7 @@ use super::{FormatError, MemberName};
 
 pub use float::{decode_float, encode_float};
 pub use param_group::ParamGroup;
+pub(crate) use parse::producer as parse_producer;
 
 /// The format version this library writes.
 pub const FORMAT_VERSION: u64 = 2;
@@ -177,6 +178,23 @@ pub struct ManagerRecord {
     pub metrics: Map<String, Value>,
 }
 
+/// `__pytorch_saver__.shard` (FORMAT.md 13.2): the block that makes a
+/// weights file one shard of a sharded checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardBlock {
+    /// The sharded checkpoint's id: 32 lowercase hexadecimal digits
+    /// ([`is_checkpoint_id`]), the same as its `index.json`'s.
+    pub checkpoint_id: String,
+    /// The rank that wrote the shard.
+    pub rank: u64,
+}
+
+/// Whether `id` has the form of a sharded checkpoint's id (FORMAT.md
+/// 13.1): 32 lowercase hexadecimal digits.
+pub fn is_checkpoint_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// The whole `metadata.json` of a file, typed: the reserved top-level
 /// keys, the format internals and the user's keys.
 ///
@@ -202,6 +220,8 @@ pub struct Metadata {
     pub extra: Option<Vec<ExtraEntry>>,
     /// `__pytorch_saver__.manager`.
     pub manager: Option<ManagerRecord>,
+    /// `__pytorch_saver__.shard` (version 2, weights files only).
+    pub shard: Option<ShardBlock>,
     /// `__pytorch_saver__.producer`.
     pub producer: Producer,
     /// Save time, Unix seconds (UTC).
@@ -222,6 +242,7 @@ impl Metadata {
             scheduler: None,
             extra: None,
             manager: None,
+            shard: None,
             producer: Producer::this_library(),
             timestamp,
             user: Map::new(),

@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use super::typed::{self, Place, TensorRefs};
 use super::ParamGroup;
 use super::{
-    ClassSpec, ExtraEntry, FileKind, ManagerRecord, Metadata, OptimizerMetadata, Producer, SchedulerMetadata,
-    INTERNALS_KEY, SUPPORTED_VERSIONS,
+    is_checkpoint_id, ClassSpec, ExtraEntry, FileKind, ManagerRecord, Metadata, OptimizerMetadata, Producer,
+    SchedulerMetadata, ShardBlock, INTERNALS_KEY, SUPPORTED_VERSIONS,
 };
 use crate::format::{json, FormatError};
 
@@ -92,9 +92,13 @@ impl Metadata {
             None => None,
         };
         // Version 1 ignores the keys it does not define, these among them.
-        let (extra, manager) = match v2 {
-            true => (internals.remove("extra"), internals.remove("manager")),
-            false => (None, None),
+        let (extra, manager, shard) = match v2 {
+            true => (
+                internals.remove("extra"),
+                internals.remove("manager"),
+                internals.remove("shard"),
+            ),
+            false => (None, None, None),
         };
         if kind != FileKind::Checkpoint && (optimizer.is_some() || scheduler.is_some() || extra.is_some()) {
             let reason = match kind {
@@ -107,7 +111,7 @@ impl Metadata {
         if scheduler.is_some() && optimizer.is_none() {
             return Err(schema(INTERNALS_KEY, "a scheduler needs an optimizer"));
         }
-        let producer = producer(internals.remove("producer"))?;
+        let producer = producer(internals.remove("producer"), &format!("{INTERNALS_KEY}.producer"))?;
         let model_kwargs = match kind {
             FileKind::Weights => match top.model_kwargs {
                 None => None,
@@ -131,6 +135,7 @@ impl Metadata {
         };
         let extra = extra_entries(extra)?;
         let manager = manager_record(manager)?;
+        let shard = shard_block(shard, kind)?;
         let (model_kwargs, optim_kwargs, scheduler_kwargs) = match v2 {
             true => {
                 for (kwargs, key, place) in [
@@ -170,6 +175,7 @@ impl Metadata {
                 .map(|((class, state), kwargs)| SchedulerMetadata { class, kwargs, state }),
             extra,
             manager,
+            shard,
             producer,
             timestamp,
             user: top.user,
@@ -367,20 +373,22 @@ fn state(value: Option<Value>, path: &str, count: usize) -> Result<BTreeMap<usiz
     Ok(out)
 }
 
-fn producer(value: Option<Value>) -> Result<Producer, FormatError> {
-    let path = format!("{INTERNALS_KEY}.producer");
+/// A producer object (FORMAT.md 3.2) at `path`: of `metadata.json`, or of
+/// a sharded checkpoint's `index.json` (13.1), whose caller renames the
+/// error's document.
+pub(crate) fn producer(value: Option<Value>, path: &str) -> Result<Producer, FormatError> {
     let mut p = match value {
         Some(Value::Object(p)) => p,
-        Some(_) => return Err(schema(&path, "must be an object")),
-        None => return Err(schema(&path, "missing")),
+        Some(_) => return Err(schema(path, "must be an object")),
+        None => return Err(schema(path, "missing")),
     };
     Ok(Producer {
-        library: take_str(&mut p, "library", &path)?,
-        version: take_str(&mut p, "version", &path)?,
-        language: take_str(&mut p, "language", &path)?,
+        library: take_str(&mut p, "library", path)?,
+        version: take_str(&mut p, "version", path)?,
+        language: take_str(&mut p, "language", path)?,
         torch_version: match p.contains_key("torch_version") {
             false => None,
-            true => Some(take_str(&mut p, "torch_version", &path)?),
+            true => Some(take_str(&mut p, "torch_version", path)?),
         },
     })
 }
@@ -460,4 +468,45 @@ fn manager_record(value: Option<Value>) -> Result<Option<ManagerRecord>, FormatE
         ));
     }
     Ok(Some(ManagerRecord { id, step, metrics }))
+}
+
+/// `__pytorch_saver__.shard` (FORMAT.md 13.2): allowed in weights files
+/// only.
+fn shard_block(value: Option<Value>, kind: FileKind) -> Result<Option<ShardBlock>, FormatError> {
+    let path = format!("{INTERNALS_KEY}.shard");
+    let mut block = match value {
+        None => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(schema(&path, "must be an object")),
+    };
+    if kind != FileKind::Weights {
+        return Err(schema(
+            &path,
+            format!(
+                "a shard block is allowed in weights files only, not in a {} file",
+                kind.as_str()
+            ),
+        ));
+    }
+    let checkpoint_id = match block.remove("checkpoint_id") {
+        Some(Value::String(s)) if is_checkpoint_id(&s) => s,
+        Some(v) => {
+            return Err(schema(
+                &format!("{path}.checkpoint_id"),
+                format!("must be 32 lowercase hexadecimal digits, got {v}"),
+            ))
+        }
+        None => return Err(schema(&format!("{path}.checkpoint_id"), "missing")),
+    };
+    let rank = match block.remove("rank") {
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or_default(),
+        Some(v) => {
+            return Err(schema(
+                &format!("{path}.rank"),
+                format!("must be an integer >= 0, got {v}"),
+            ))
+        }
+        None => return Err(schema(&format!("{path}.rank"), "missing")),
+    };
+    Ok(Some(ShardBlock { checkpoint_id, rank }))
 }

@@ -34,6 +34,9 @@ impl Metadata {
         if self.manager.is_some() {
             return refuse(&format!("a manager block ({INTERNALS_KEY}.manager)"));
         }
+        if self.shard.is_some() {
+            return refuse(&format!("a shard block ({INTERNALS_KEY}.shard)"));
+        }
         for (kwargs, key) in self.kwargs_parts() {
             typed::to_v1(kwargs, key)?;
         }
@@ -115,6 +118,12 @@ impl Metadata {
             o.insert("step".into(), r.step.into());
             o.insert("metrics".into(), Value::Object(r.metrics.clone()));
             m.insert("manager".into(), Value::Object(o));
+        }
+        if let Some(b) = &self.shard {
+            let mut o = Map::new();
+            o.insert("checkpoint_id".into(), b.checkpoint_id.clone().into());
+            o.insert("rank".into(), b.rank.into());
+            m.insert("shard".into(), Value::Object(o));
         }
         m.insert("producer".into(), Value::Object(self.producer.to_json()));
         m

@@ -163,6 +163,15 @@ class ManagerRecord:
 
 
 @dataclass(frozen=True)
+class ShardRecord:
+    """``__pytorch_saver__.shard`` (FORMAT.md 13.2): the sharded checkpoint
+    a weights file is a shard of, and the rank that wrote it."""
+
+    checkpoint_id: str
+    rank: int
+
+
+@dataclass(frozen=True)
 class Internals:
     """``__pytorch_saver__`` (FORMAT.md 3.2); keys it does not define are
     not kept."""
@@ -178,6 +187,8 @@ class Internals:
     """In file order; None when the file has none (a present but empty
     object is an empty tuple)."""
     manager: ManagerRecord | None = None
+    shard: ShardRecord | None = None
+    """Version 2 weights files only (FORMAT.md 13.2)."""
 
 
 @dataclass(frozen=True)
@@ -386,6 +397,20 @@ def _parse_manager(value: Any) -> ManagerRecord:
     return ManagerRecord(manager_id, step, metrics)
 
 
+def _parse_shard(value: Any) -> ShardRecord:
+    """``__pytorch_saver__.shard`` (FORMAT.md 13.2)."""
+    path = f"{INTERNALS_KEY}.shard"
+    if not isinstance(value, dict):
+        raise _schema(path, "must be an object")
+    checkpoint_id = _get_str(value, "checkpoint_id", path)
+    if "rank" not in value:
+        raise _schema(f"{path}.rank", "missing")
+    rank = value["rank"]
+    if not is_uint(rank):
+        raise _schema(f"{path}.rank", "must be an integer >= 0")
+    return ShardRecord(checkpoint_id, int(rank))
+
+
 def _check_typed_values(
     model_kwargs: Mapping[str, Any] | None,
     optim_kwargs: Mapping[str, Any] | None,
@@ -506,11 +531,16 @@ def parse(meta: Mapping[str, Any]) -> Metadata:
         raise _schema("timestamp", "must be a non-negative integer (Unix seconds)")
     extra = None
     manager = None
+    shard = None
     if v2:
         if has_extra:
             extra = _parse_extra(internals["extra"])
         if "manager" in internals:
             manager = _parse_manager(internals["manager"])
+        if "shard" in internals:
+            if kind != "weights":
+                raise _schema(f"{INTERNALS_KEY}.shard", "only a weights file is a shard")
+            shard = _parse_shard(internals["shard"])
         _check_typed_values(model_kwargs, optim_kwargs, scheduler_kwargs, extra)
     else:
         model_kwargs, optim_kwargs, scheduler_kwargs = (
@@ -529,6 +559,7 @@ def parse(meta: Mapping[str, Any]) -> Metadata:
             format_version=int(version),
             extra=extra,
             manager=manager,
+            shard=shard,
         ),
         optim_kwargs=optim_kwargs,
         scheduler_kwargs=scheduler_kwargs,
@@ -607,6 +638,8 @@ def to_json(metadata: Metadata) -> dict[str, Any]:
             raise _v1_needs(f"extra state ({INTERNALS_KEY}.extra)")
         if internals.manager is not None:
             raise _v1_needs(f"a manager block ({INTERNALS_KEY}.manager)")
+        if internals.shard is not None:
+            raise _v1_needs(f"a shard block ({INTERNALS_KEY}.shard)")
         names = ("model_kwargs", "optim_kwargs", "scheduler_kwargs")
         kwargs = tuple(
             None if k is None else kwargs_to_v1(k, name)
@@ -632,6 +665,15 @@ def to_json(metadata: Metadata) -> dict[str, Any]:
             "id": internals.manager.id,
             "step": internals.manager.step,
             "metrics": dict(internals.manager.metrics),
+        }
+    if internals.shard is not None:
+        if internals.kind != "weights":
+            raise InvalidArgumentError(
+                f"{INTERNALS_KEY}.shard: only a weights file is a shard", kind="InvalidInput"
+            )
+        block["shard"] = {
+            "checkpoint_id": internals.shard.checkpoint_id,
+            "rank": internals.shard.rank,
         }
     block["producer"] = _producer_json(internals.producer)
     out[INTERNALS_KEY] = block
