@@ -83,6 +83,7 @@ c-test: install deps
 	cc $(C_TEST_FLAGS) tests/c/test_manager.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_manager
 	cc $(C_TEST_FLAGS) tests/c/test_progress.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_progress
 	cc $(C_TEST_FLAGS) tests/c/test_s3.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_s3
+	cc $(C_TEST_FLAGS) tests/c/test_sharded.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_sharded
 	cc $(C_TEST_FLAGS) -DPTS_FAULT_INJECTION tests/c/test_panic.c -Iinclude \
 	  -Ltarget/fault -Wl,-rpath,$(CURDIR)/target/fault -lpytorch_saver -o target/c/test_panic
 	cc -std=c99 -Wall -Wextra -pedantic -Werror examples/c/main.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/example
@@ -93,6 +94,10 @@ c-test: install deps
 	  target/c/test_hostile tests/hostile
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
 	  target/c/test_corpus tests/corpus
+	rm -rf target/c/sharded && mkdir -p target/c/sharded
+	python3 tests/corpus/generate.py --write-valid target/c/sharded
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
+	  target/c/test_sharded tests/corpus/sharded target/c/sharded
 	rm -rf target/c/manager && mkdir -p target/c/manager
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
 	  target/c/test_manager target/c/manager

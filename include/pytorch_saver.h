@@ -125,6 +125,15 @@ typedef struct pts_model_t pts_model_t;
 typedef struct pts_registry_t pts_registry_t;
 
 /**
+ * An open sharded checkpoint: its index and every shard's structure
+ * checked at open (no tensor data read). Read-only: a
+ * `const pts_sharded_t *` may be shared by threads. Owned by the caller;
+ * free it with `pts_sharded_free`, after which nothing borrowed from it
+ * may be used.
+ */
+typedef struct pts_sharded_t pts_sharded_t;
+
+/**
  * One tracked object's state: a typed value (JSON text, docs/FORMAT.md
  * 11.2) in which each tensor is a tag `{"__type__": "tensor", "name":
  * NAME}`, and the tensors those tags name. Borrowed: the library hands it
@@ -1273,6 +1282,82 @@ pts_error_t *pts_kwargs_bool_or(const pts_kwargs_t *kwargs,
  * `pts_string_free`.
  */
 pts_error_t *pts_kwargs_json(const pts_kwargs_t *kwargs, char **out);
+
+/**
+ * Opens the sharded checkpoint at `location`: a directory or object-store
+ * prefix URL holding `index.json`, or the path or URL of the
+ * `index.json` itself. Checks the index (chunks tiling every tensor) and
+ * opens every shard (size, kind, shard block, chunk tensors), reading no
+ * tensor data; `pts_sharded_verify` checks every CRC-32. A location
+ * without an index is `PTS_ERROR_FORMAT` of kind `"NotCommitted"`; the
+ * other refusals have kinds `"ChunkTiling"`, `"MissingShard"`,
+ * `"ShardMismatch"`, `"Json"`, `"Schema"`, `"UnsupportedVersion"`,
+ * `"TensorNotFound"` or a shard's own format kind. On success `*out` is a
+ * new handle the caller frees.
+ */
+pts_error_t *pts_sharded_open(const char *location, pts_sharded_t **out);
+
+/**
+ * The text of `index.json`, as read. Borrowed: valid until the handle is
+ * freed.
+ */
+pts_error_t *pts_sharded_index(const pts_sharded_t *sharded, const char **out);
+
+/**
+ * The number of tensors in the index.
+ */
+pts_error_t *pts_sharded_tensor_count(const pts_sharded_t *sharded, size_t *out);
+
+/**
+ * The name of the tensor at `index` in name order (0 to count - 1).
+ * Borrowed: valid until the handle is freed.
+ */
+pts_error_t *pts_sharded_tensor_name(const pts_sharded_t *sharded, size_t index, const char **out);
+
+/**
+ * A tensor's dtype, global shape and assembled byte size. `*shape`
+ * points to `*ndim` sizes (not to be read when `*ndim` is 0, a scalar),
+ * borrowed until the handle is freed. An unknown name is
+ * `PTS_ERROR_NOT_FOUND`.
+ */
+pts_error_t *pts_sharded_tensor_info(const pts_sharded_t *sharded,
+                                     const char *name,
+                                     pts_dtype_t *dtype,
+                                     const int64_t **shape,
+                                     size_t *ndim,
+                                     size_t *nbytes);
+
+/**
+ * Assembles a tensor from its chunks into `data` (C-contiguous,
+ * little-endian); `len` must equal its byte size. Reads each chunk from
+ * its shard (a ranged read from an object store).
+ */
+pts_error_t *pts_sharded_tensor_read(const pts_sharded_t *sharded,
+                                     const char *name,
+                                     void *data,
+                                     size_t len);
+
+/**
+ * Reads every shard whole and checks it as `pts_checkpoint_open` does
+ * (every CRC-32); the error names the first shard that fails.
+ */
+pts_error_t *pts_sharded_verify(const pts_sharded_t *sharded);
+
+/**
+ * Writes the sharded checkpoint at `location` as one ordinary file at
+ * `out_path` (ending in `.zip`; a path or an object-store URL): a
+ * container checkpoint as the checkpoint or inference file its index
+ * describes, anything else as a weights file. Every shard is verified
+ * first; tensors are assembled one at a time. An existing `out_path` is
+ * never replaced (`PTS_ERROR_IO`); a failure leaves no file.
+ */
+pts_error_t *pts_sharded_consolidate(const char *location, const char *out_path);
+
+/**
+ * Frees a sharded checkpoint handle and everything borrowed from it.
+ * NULL is a no-op.
+ */
+void pts_sharded_free(pts_sharded_t *sharded);
 
 /**
  * A new CPU tensor with a copy of `len` bytes at `data` (native byte

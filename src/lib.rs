@@ -9,6 +9,8 @@
 //! - [`sched`]: torch.optim.lr_scheduler's schedulers, same math and state.
 //! - [`ModelContainer`]: initialize, save, save_inference, load, restore.
 //! - [`InferenceModel`]: a loaded model that many threads run at once.
+//! - [`sharded`]: sharded checkpoints (one shard per rank and an index)
+//!   read as one, and consolidated into one file.
 //! - [`tch_bridge`]: tch tensors to and from the format's tensors, and
 //!   tensors over a checkpoint's mapped memory (zero-copy loads).
 //! - [`capi`]: the C ABI (`include/pytorch_saver.h`) over all of it.
@@ -51,6 +53,8 @@ pub mod progress;
 pub mod registry;
 /// cbindgen:ignore
 pub mod sched;
+/// cbindgen:ignore
+pub mod sharded;
 /// Checkpoints at object store URLs (s3://, gs://, az://) as well as paths.
 /// cbindgen:ignore
 pub mod storage;

@@ -93,16 +93,23 @@ impl pts_error_t {
 }
 
 /// The code of a crate error.
+/// A format error's code; a shard's own error (`InShard`) has the code
+/// of the error it wraps, as it has its kind.
+fn format_code(f: &FormatError) -> pts_error_code_t {
+    match f {
+        FormatError::Io { .. } => PTS_ERROR_IO,
+        FormatError::UnsupportedVersion { .. } => PTS_ERROR_UNSUPPORTED_VERSION,
+        FormatError::TensorNotFound { .. } => PTS_ERROR_NOT_FOUND,
+        FormatError::InvalidInput(_) => PTS_ERROR_INVALID_ARGUMENT,
+        FormatError::Storage { .. } => PTS_ERROR_STORAGE,
+        FormatError::InShard { source, .. } => format_code(source),
+        _ => PTS_ERROR_FORMAT,
+    }
+}
+
 fn code_of(e: &Error) -> pts_error_code_t {
     match e {
-        Error::Format(f) => match f {
-            FormatError::Io { .. } => PTS_ERROR_IO,
-            FormatError::UnsupportedVersion { .. } => PTS_ERROR_UNSUPPORTED_VERSION,
-            FormatError::TensorNotFound { .. } => PTS_ERROR_NOT_FOUND,
-            FormatError::InvalidInput(_) => PTS_ERROR_INVALID_ARGUMENT,
-            FormatError::Storage { .. } => PTS_ERROR_STORAGE,
-            _ => PTS_ERROR_FORMAT,
-        },
+        Error::Format(f) => format_code(f),
         Error::UnknownName { .. } => PTS_ERROR_UNKNOWN_NAME,
         Error::DuplicateName { .. } => PTS_ERROR_DUPLICATE_NAME,
         Error::InvalidKwargs { .. } => PTS_ERROR_INVALID_KWARGS,

@@ -27,6 +27,7 @@ mod manager;
 mod model;
 mod progress;
 mod registry;
+mod sharded;
 mod tensor;
 
 use std::ffi::{c_char, CStr, CString};
@@ -42,6 +43,7 @@ pub use manager::*;
 pub use model::*;
 pub use progress::*;
 pub use registry::*;
+pub use sharded::*;
 pub use tensor::*;
 
 /// Major version of the library. The header's `PTS_VERSION` string comes

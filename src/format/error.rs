@@ -133,10 +133,51 @@ pub enum FormatError {
         url: String,
         reason: String,
     },
+    /// A sharded checkpoint's `index.json` is not valid JSON or not an
+    /// object (FORMAT.md 13.5 step 2). Its kind is `Json`, as for
+    /// `metadata.json`; the message names `index.json`.
+    #[error("index.json: {0}")]
+    IndexJson(String),
+    /// A sharded checkpoint's `index.json` is JSON but breaks the schema
+    /// of FORMAT.md 13.1 (steps 2 and 3 of 13.5). Its kind is `Schema`,
+    /// as for `metadata.json`; the message names `index.json`.
+    #[error("index.json: field {field}: {reason}")]
+    IndexSchema { field: String, reason: String },
+    /// A location holds no `index.json`: no sharded checkpoint was
+    /// committed there (an interrupted save leaves shard files without
+    /// one; FORMAT.md 13.5 step 1).
+    #[error("{location}: no index.json: no sharded checkpoint was committed there")]
+    NotCommitted { location: String },
+    /// The chunks of a tensor of a sharded checkpoint overlap or leave
+    /// elements uncovered (FORMAT.md 13.5 step 3).
+    #[error("index.json: tensor {tensor:?}: {reason}")]
+    ChunkTiling { tensor: String, reason: String },
+    /// A shard file that the index names does not exist (FORMAT.md 13.5
+    /// step 4).
+    #[error("shard file {file} named by index.json does not exist")]
+    MissingShard { file: String },
+    /// A shard file exists but is not the one the index describes: its
+    /// size, kind, shard block (checkpoint id, rank), or a chunk's tensor
+    /// (dtype, shape) differs, or it holds a tensor no chunk names
+    /// (FORMAT.md 13.5 step 4).
+    #[error("shard file {file}: {reason}")]
+    ShardMismatch { file: String, reason: String },
+    /// A shard file of a sharded checkpoint failed a check of its own
+    /// (FORMAT.md section 9, or a chunk's tensor missing from it): the
+    /// error, with the file named. Its kind is the inner error's.
+    #[error("shard file {file}: {source}")]
+    InShard {
+        file: String,
+        #[source]
+        source: Box<FormatError>,
+    },
 }
 
 impl FormatError {
-    /// The error's kind: the variant's name, stable across releases and
+    /// The error's kind: the variant's name (`IndexJson` and `IndexSchema`
+    /// excepted: `Json` and `Schema`, the kinds of the same checks on
+    /// `metadata.json`; and `InShard`, whose kind is its inner error's),
+    /// stable across releases and
     /// the same string in every language's reader (docs/FORMAT.md section
     /// 9 lists them with the check that produces each).
     pub fn kind(&self) -> &'static str {
@@ -168,6 +209,13 @@ impl FormatError {
             FormatError::TypedValue { .. } => "TypedValue",
             FormatError::InvalidInput(_) => "InvalidInput",
             FormatError::Storage { .. } => "Storage",
+            FormatError::IndexJson(_) => "Json",
+            FormatError::IndexSchema { .. } => "Schema",
+            FormatError::NotCommitted { .. } => "NotCommitted",
+            FormatError::ChunkTiling { .. } => "ChunkTiling",
+            FormatError::MissingShard { .. } => "MissingShard",
+            FormatError::ShardMismatch { .. } => "ShardMismatch",
+            FormatError::InShard { source, .. } => source.kind(),
         }
     }
 

@@ -2572,6 +2572,460 @@ def v2_cases() -> list[Case]:
     return cases
 
 
+# ---------------------------------------------------------------------------
+# Sharded checkpoints (FORMAT.md section 13): directories under sharded/,
+# each an index.json and shard files, with their own manifest.
+
+SHARDED = HERE / "sharded"
+SHARDED_MANIFEST = SHARDED / "manifest.json"
+CHECKPOINT_ID = "0123456789abcdef0123456789abcdef"
+OTHER_CHECKPOINT_ID = "fedcba9876543210fedcba9876543210"
+PYTHON_PRODUCER = {"library": "pytorch-saver", "version": "0.2.0", "language": "python"}
+PACK = {"F32": "f", "F64": "d", "I64": "q", "I32": "i"}
+
+
+@dataclass
+class GlobalTensor:
+    """A tensor of a sharded checkpoint: element i is ``base + i``, and each
+    chunk is ``(rank, offsets, sizes)``."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    base: int
+    chunks: list[tuple[int, list[int], list[int]]]
+    requires_grad: bool = False
+
+
+def numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def element_values(t: GlobalTensor, offsets: list[int], sizes: list[int]) -> list[int]:
+    """The values of the box ``offsets``/``sizes`` of ``t``, in C order."""
+    out = []
+    for k in range(numel(sizes)):
+        flat, rest = 0, k
+        pos = []
+        for d in reversed(range(len(sizes))):
+            pos.append(offsets[d] + rest % sizes[d])
+            rest //= sizes[d]
+        pos.reverse()
+        for d, p in enumerate(pos):
+            flat = flat * t.shape[d] + p
+        out.append(t.base + flat)
+    return out
+
+
+def pack(dtype: str, values: list[int]) -> bytes:
+    return struct.pack(f"<{len(values)}{PACK[dtype]}", *values)
+
+
+def chunk_name(t: GlobalTensor, i: int) -> str:
+    return f"{t.name}@{i}"
+
+
+def shard_name(rank: int, world: int) -> str:
+    return f"shard-{rank:05}-of-{world:05}_weights_{TIMESTAMP}.zip"
+
+
+def shard_metadata(checkpoint_id: str, rank: int) -> Any:
+    return {
+        "timestamp": TIMESTAMP,
+        "__pytorch_saver__": {
+            "format_version": 2,
+            "kind": "weights",
+            "shard": {"checkpoint_id": checkpoint_id, "rank": rank},
+            "producer": dict(PYTHON_PRODUCER),
+        },
+    }
+
+
+@dataclass
+class Sharded:
+    """A sharded checkpoint being built: its tensors and values, then
+    edits of the shards' metadata, their tensors and the index."""
+
+    tensors: list[GlobalTensor]
+    world: int = 2
+    values: dict[str, Any] = field(default_factory=dict)
+    container: Any = None
+    planner: Callable[[str], list[Any]] = lambda name: [name]
+    shard_meta: dict[int, Callable[[Any], Any]] = field(default_factory=dict)
+    shard_tensors: dict[int, Callable[[list[Tensor]], Any]] = field(default_factory=dict)
+
+    def files(self, edit_index: Callable[[Any], Any] | None = None) -> dict[str, bytes]:
+        """Every file: the shards, then index.json (edited by
+        ``edit_index`` after the shard sizes are in it)."""
+        files: dict[str, bytes] = {}
+        shards = []
+        for rank in range(self.world):
+            tensors = []
+            for t in self.tensors:
+                for i, (r, offsets, sizes) in enumerate(t.chunks):
+                    if r == rank:
+                        data = pack(t.dtype, element_values(t, offsets, sizes))
+                        tensors.append(Tensor(chunk_name(t, i), t.dtype, sizes, data))
+            if not tensors:
+                continue
+            if rank in self.shard_tensors:
+                self.shard_tensors[rank](tensors)
+            meta = shard_metadata(CHECKPOINT_ID, rank)
+            if rank in self.shard_meta:
+                self.shard_meta[rank](meta)
+            data = bytes(
+                build(
+                    [
+                        Member("metadata.json", meta_bytes(meta)),
+                        Member("model.safetensors", safetensors(tensors)),
+                    ]
+                ).data
+            )
+            name = shard_name(rank, self.world)
+            files[name] = data
+            shards.append({"file": name, "rank": rank, "size": len(data)})
+        position = {s["rank"]: i for i, s in enumerate(shards)}
+        index: dict[str, Any] = {
+            "format": "pytorch-saver-sharded",
+            "format_version": 1,
+            "checkpoint_id": CHECKPOINT_ID,
+            "timestamp": TIMESTAMP,
+            "producer": dict(PYTHON_PRODUCER),
+            "world_size": self.world,
+            "shards": shards,
+            "tensors": {
+                t.name: {
+                    "dtype": t.dtype,
+                    "shape": t.shape,
+                    "requires_grad": t.requires_grad,
+                    "chunks": [
+                        {"offsets": o, "sizes": z, "shard": position[r], "tensor": chunk_name(t, i)}
+                        for i, (r, o, z) in enumerate(t.chunks)
+                    ],
+                }
+                for t in self.tensors
+            },
+            "values": self.values,
+            "planner_data": {
+                n: self.planner(n) for n in [t.name for t in self.tensors] + list(self.values)
+            },
+        }
+        if self.container is not None:
+            index["container"] = self.container
+        if edit_index is not None:
+            edit_index(index)
+        files["index.json"] = json.dumps(index, indent=2).encode()
+        return files
+
+
+def sharded_weights() -> Sharded:
+    """Two ranks: ``w`` split by rows, ``emb`` by columns, ``b`` whole on
+    rank 0, the scalar ``scale`` on rank 1, and two values."""
+    return Sharded(
+        [
+            GlobalTensor("w", "F32", [4, 3], 0, [(0, [0, 0], [2, 3]), (1, [2, 0], [2, 3])], True),
+            GlobalTensor("b", "F32", [3], 100, [(0, [0], [3])], True),
+            GlobalTensor("emb", "I64", [2, 4], 1000, [(0, [0, 0], [2, 2]), (1, [0, 2], [2, 2])]),
+            GlobalTensor("scale", "F64", [], 7, [(1, [], [])]),
+        ],
+        values={"epoch": 3, "note": "two ranks"},
+    )
+
+
+ADAM_GROUP = {
+    "lr": 0.01,
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+    "weight_decay": 0,
+    "amsgrad": False,
+    "maximize": False,
+    "foreach": None,
+    "capturable": False,
+    "differentiable": False,
+    "fused": None,
+    "decoupled_weight_decay": False,
+}
+MLP_PARAMS = [
+    ("fc1.weight", [4, 4]),
+    ("fc1.bias", [4]),
+    ("hidden_layers.0.weight", [2, 4]),
+    ("hidden_layers.0.bias", [2]),
+]
+
+
+def sharded_container() -> Sharded:
+    """A model container's checkpoint saved by two ranks:
+    pytorch_saver.models.MLP(in_dim=4, hidden_dim=4, n_classes=2,
+    n_layers=1) with torch.optim.Adam; matrices and their moments split by
+    rows, vectors and steps whole on rank 0."""
+    tensors = []
+    base = 0
+
+    def add(name: str, shape: list[int], grad: bool) -> None:
+        nonlocal base
+        if len(shape) == 2:
+            half = shape[0] // 2
+            chunks = [(0, [0, 0], [half, shape[1]]), (1, [half, 0], [shape[0] - half, shape[1]])]
+        else:
+            chunks = [(0, [0] * len(shape), list(shape))]
+        tensors.append(GlobalTensor(name, "F32", shape, base, chunks, grad))
+        base += 100
+
+    for name, shape in MLP_PARAMS:
+        add(f"model.{name}", shape, True)
+    for i, (_, shape) in enumerate(MLP_PARAMS):
+        add(f"optimizer.state.{i}.exp_avg", shape, False)
+        add(f"optimizer.state.{i}.exp_avg_sq", shape, False)
+        add(f"optimizer.state.{i}.step", [], False)
+    metadata = {
+        "model_kwargs": {"in_dim": 4, "hidden_dim": 4, "n_classes": 2, "n_layers": 1},
+        "optim_kwargs": {"lr": 0.01},
+        "timestamp": TIMESTAMP,
+        "__pytorch_saver__": {
+            "format_version": 2,
+            "kind": "checkpoint",
+            "model": {"class": "pytorch_saver.models.MLP"},
+            "optimizer": {
+                "class": "torch.optim.Adam",
+                "param_groups": [dict(ADAM_GROUP, params=[0, 1, 2, 3])],
+                "param_names": [n for n, _ in MLP_PARAMS],
+                "state": {str(i): {} for i in range(len(MLP_PARAMS))},
+            },
+            "producer": dict(PYTHON_PRODUCER),
+        },
+    }
+
+    def planner(name: str) -> list[Any]:
+        head, rest = name.split(".", 1)
+        return [head, rest]
+
+    return Sharded(
+        tensors,
+        container={
+            "metadata": metadata,
+            "placements": {"fc1.weight": {"mesh_shape": [2], "placements": ["S(0)"]}},
+        },
+        planner=planner,
+    )
+
+
+def expected_values(sharded: Sharded) -> Any:
+    """What the tensors of a valid sharded checkpoint hold, assembled."""
+    return {
+        "values": sharded.values,
+        "tensors": {
+            t.name: {
+                "dtype": t.dtype,
+                "shape": t.shape,
+                "data": element_values(t, [0] * len(t.shape), t.shape),
+            }
+            for t in sharded.tensors
+        },
+    }
+
+
+@dataclass
+class ShardedCase:
+    directory: str
+    kind: str
+    message: str
+    what: str
+    files: dict[str, bytes]
+
+
+def sharded_cases() -> list[ShardedCase]:
+    cases = []
+    row0 = shard_name(0, 2)
+    row1 = shard_name(1, 2)
+
+    def add(directory: str, kind: str, message: str, what: str, files: dict[str, bytes]) -> None:
+        cases.append(ShardedCase(directory, kind, message, what, files))
+
+    def with_w_chunks(chunks: list[tuple[int, list[int], list[int]]]) -> Sharded:
+        s = sharded_weights()
+        s.tensors[0] = replace(s.tensors[0], chunks=chunks)
+        return s
+
+    files = sharded_weights().files()
+    del files["index.json"]
+    add(
+        "no_index",
+        "NotCommitted",
+        "no_index: no index.json: no sharded checkpoint was committed there",
+        "both shards of a valid checkpoint, without index.json "
+        "(a save interrupted before its commit)",
+        files,
+    )
+    files = sharded_weights().files()
+    del files[row1]
+    add(
+        "missing_shard",
+        "MissingShard",
+        f"{row1} named by index.json does not exist",
+        "the index names two shards; the second file is not there",
+        files,
+    )
+    add(
+        "chunks_overlap",
+        "ChunkTiling",
+        'index.json: tensor "w": chunks 0 (offsets [0, 0], sizes [3, 3]) '
+        "and 1 (offsets [2, 0], sizes [2, 3]) overlap",
+        "w [4, 3]: rank 0 holds rows 0..3 and rank 1 rows 2..4 (row 2 twice)",
+        with_w_chunks([(0, [0, 0], [3, 3]), (1, [2, 0], [2, 3])]).files(),
+    )
+    add(
+        "chunks_gap",
+        "ChunkTiling",
+        'index.json: tensor "w": its chunks cover 9 of its 12 elements: 3 elements are in no chunk',
+        "w [4, 3]: rank 0 holds row 0 and rank 1 rows 2..4 (row 1 in no chunk)",
+        with_w_chunks([(0, [0, 0], [1, 3]), (1, [2, 0], [2, 3])]).files(),
+    )
+    s = sharded_weights()
+    s.shard_meta[1] = lambda m: m["__pytorch_saver__"]["shard"].__setitem__(
+        "checkpoint_id", OTHER_CHECKPOINT_ID
+    )
+    add(
+        "shard_other_checkpoint",
+        "ShardMismatch",
+        f"{row1}: belongs to checkpoint {OTHER_CHECKPOINT_ID}; "
+        f"index.json is checkpoint {CHECKPOINT_ID}",
+        "the second shard's shard block names another checkpoint_id (a shard of another save)",
+        s.files(),
+    )
+    s = sharded_weights()
+    s.shard_meta[1] = lambda m: m["__pytorch_saver__"]["shard"].__setitem__("rank", 0)
+    add(
+        "shard_rank_differs",
+        "ShardMismatch",
+        f"{row1}: was written by rank 0; index.json says rank 1",
+        "the second shard's shard block says rank 0, the index rank 1",
+        s.files(),
+    )
+    files = sharded_weights().files()
+    size = len(files[row0])
+    add(
+        "shard_size_differs",
+        "ShardMismatch",
+        f"{row0}: is {size} bytes; index.json says {size + 1}",
+        "the index gives the first shard's size 1 byte more than the file has",
+        sharded_weights().files(lambda i: i["shards"][0].__setitem__("size", size + 1)),
+    )
+    add(
+        "index_version_2",
+        "UnsupportedVersion",
+        "format version 2 of index.json is not supported",
+        "index.json has format_version 2",
+        sharded_weights().files(lambda i: i.__setitem__("format_version", 2)),
+    )
+    s = with_w_chunks([(0, [0, 0], [2, 3]), (1, [3, 0], [1, 3])])
+
+    def outside(index: Any) -> None:
+        index["tensors"]["w"]["chunks"][1]["sizes"] = [2, 3]
+
+    s.shard_tensors[1] = lambda ts: ts.__setitem__(
+        0, Tensor("w@1", "F32", [2, 3], pack("F32", [9, 10, 11, 12, 13, 14]))
+    )
+    add(
+        "chunk_outside_tensor",
+        "Schema",
+        "index.json: field tensors.w.chunks[1]: lies outside the tensor: "
+        "along dimension 0 it covers 3..3+2, the tensor 0..4",
+        "w [4, 3]: its second chunk holds rows 3..5",
+        s.files(outside),
+    )
+    files = sharded_weights().files()
+    files["index.json"] = files["index.json"][:-2]
+    add(
+        "index_not_json",
+        "Json",
+        "index.json: ",
+        "index.json ends before its closing brace",
+        files,
+    )
+    s = sharded_weights()
+    s.shard_tensors[0] = lambda ts: ts.__setitem__(0, replace(ts[0], name="w@0-renamed"))
+    add(
+        "chunk_tensor_missing",
+        "TensorNotFound",
+        f'{row0}: model.safetensors: no tensor named "w@0"',
+        "the first shard holds w's chunk under another name than the index's",
+        s.files(),
+    )
+    s = sharded_weights()
+    s.shard_tensors[1] = lambda ts: ts.append(Tensor("stray", "F32", [1], f32(1.0)))
+    add(
+        "shard_unnamed_tensor",
+        "ShardMismatch",
+        f'{row1}: holds tensor "stray", which no chunk of index.json names',
+        "the second shard holds a tensor no chunk names",
+        s.files(),
+    )
+    return cases
+
+
+def write_sharded_corpus() -> tuple[int, list[str]]:
+    """Writes the sharded cases that are not there yet, checking those that
+    are, and their manifest; returns the files added and the problems."""
+    problems = []
+    added = 0
+    cases = sharded_cases()
+    names = [c.directory for c in cases]
+    assert len(set(names)) == len(names), "a sharded case directory is used twice"
+    for case in cases:
+        directory = SHARDED / case.directory
+        if directory.exists():
+            present = sorted(p.name for p in directory.iterdir())
+            if present != sorted(case.files):
+                problems.append(
+                    f"{directory} holds {present}, this script writes {sorted(case.files)}"
+                )
+            for name, data in case.files.items():
+                path = directory / name
+                if path.exists() and path.read_bytes() != data:
+                    problems.append(
+                        f"{path} exists and differs from what this script writes: corpus files are "
+                        "never rewritten; give the changed case a new directory name"
+                    )
+            continue
+        directory.mkdir(parents=True)
+        for name, data in case.files.items():
+            (directory / name).write_bytes(data)
+            added += 1
+    if not problems:
+        old: dict[str, Any] = {}
+        if SHARDED_MANIFEST.exists():
+            old = {c["file"]: c for c in json.loads(SHARDED_MANIFEST.read_text())["cases"]}
+        entries = {
+            c.directory: {"file": c.directory, "kind": c.kind, "message": c.message, "what": c.what}
+            for c in cases
+        }
+        for name, entry_ in old.items():
+            if name not in entries and (SHARDED / name).exists():
+                entries[name] = entry_
+        manifest = {"cases": [entries[name] for name in sorted(entries)]}
+        SHARDED_MANIFEST.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return added, problems
+
+
+def write_valid_sharded(directory: Path) -> None:
+    """The valid sharded checkpoints the cases break, each a directory,
+    with what their tensors hold assembled (``<name>.expected.json``)."""
+    for name, sharded in [
+        ("sharded_weights", sharded_weights()),
+        ("sharded_container", sharded_container()),
+    ]:
+        target = directory / name
+        target.mkdir()
+        for file, data in sharded.files().items():
+            (target / file).write_bytes(data)
+        (directory / f"{name}.expected.json").write_text(
+            json.dumps(expected_values(sharded), indent=2)
+        )
+
+
 def all_cases() -> list[Case]:
     cases = zip_cases() + metadata_cases() + tensor_cases() + two_defect_cases() + v2_cases()
     names = [c.file for c in cases]
@@ -2598,9 +3052,12 @@ def main() -> int:
             continue
         path.write_bytes(case.data)
         added += 1
+    sharded_added, sharded_problems = write_sharded_corpus()
+    problems += sharded_problems
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
+    added += sharded_added
     entries = {
         c.file: {"file": c.file, "kind": c.kind, "message": c.message, "what": c.what}
         for c in cases
@@ -2616,9 +3073,11 @@ def main() -> int:
 
 def write_valid(directory: str) -> int:
     """Writes the valid version 2 files the cases break into ``directory``
-    (for tests/corpus.rs; not part of the corpus)."""
+    (for tests/corpus.rs; not part of the corpus), and the valid sharded
+    checkpoints the sharded cases break (for tests/sharded.rs)."""
     for name, data in valid_v2_files().items():
         (Path(directory) / name).write_bytes(data)
+    write_valid_sharded(Path(directory))
     return 0
 
 

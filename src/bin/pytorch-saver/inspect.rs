@@ -1,4 +1,5 @@
-//! `pytorch-saver inspect FILE [--json]`: what a checkpoint holds.
+//! `pytorch-saver inspect FILE [--json]`: what a checkpoint, or a sharded
+//! checkpoint, holds.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +7,7 @@ use std::process::ExitCode;
 use std::path::Path;
 
 use pytorch_saver::format::{dtype_name, typed, Checkpoint, ExtraEntry, LazyCheckpoint, Member, Metadata};
+use pytorch_saver::sharded::{is_sharded_location, ShardedCheckpoint};
 use serde_json::{json, Map, Value};
 
 /// Show what a checkpoint holds: metadata, members and tensors.
@@ -13,7 +15,10 @@ use serde_json::{json, Map, Value};
 pub struct Args {
     /// The checkpoint file, or its URL (s3://, gs://, az://): an object is
     /// read lazily, its structure, metadata and tensor headers only (its
-    /// CRCs are checked by `verify`).
+    /// CRCs are checked by `verify`). A directory, an index.json or a
+    /// prefix URL is a sharded checkpoint: its index and every shard's
+    /// structure are checked, and its tensors listed with their global
+    /// shapes.
     file: PathBuf,
     /// Print one JSON document instead of a table.
     #[arg(long)]
@@ -22,6 +27,23 @@ pub struct Args {
 
 pub fn run(args: Args) -> ExitCode {
     let file = &args.file;
+    if let Some(location) = file.to_str().filter(|l| is_sharded_location(l)) {
+        return match ShardedCheckpoint::open(location) {
+            Ok(s) if args.json => {
+                let text = serde_json::to_string_pretty(&sharded_json(&s)).expect("JSON values serialize");
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Ok(s) => {
+                print_sharded(&s);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pytorch-saver: {location}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opened = if pytorch_saver::storage::is_url(file) {
         LazyCheckpoint::open(file).map(Opened::Lazy)
     } else {
@@ -195,5 +217,100 @@ fn print_table(ckpt: &Opened) {
                 t.byte_len()
             );
         }
+    }
+}
+
+fn sharded_json(s: &ShardedCheckpoint) -> Value {
+    let index = s.index();
+    let tensors: Vec<Value> = index
+        .tensors
+        .iter()
+        .map(|(name, t)| {
+            json!({
+                "name": name,
+                "dtype": dtype_name(t.dtype),
+                "shape": t.shape,
+                "bytes": t.byte_len(),
+                "chunks": t.chunks.len(),
+            })
+        })
+        .collect();
+    let shards: Vec<Value> = index
+        .shards
+        .iter()
+        .map(|e| json!({"file": e.file, "rank": e.rank, "size": e.size}))
+        .collect();
+    json!({
+        "location": s.location(),
+        "sharded": true,
+        "format_version": index.format_version,
+        "checkpoint_id": index.checkpoint_id,
+        "timestamp": index.timestamp,
+        "world_size": index.world_size,
+        "kind": index.container.as_ref().map_or("weights", |c| c.metadata.kind.as_str()),
+        "container": index.container.as_ref().map(|c| c.metadata.to_json()),
+        "values": index.values,
+        "shards": shards,
+        "tensors": tensors,
+    })
+}
+
+fn print_sharded(s: &ShardedCheckpoint) {
+    let index = s.index();
+    let p = &index.producer;
+    println!("location   {}", s.location());
+    println!(
+        "format     sharded v{}, {} ranks, {} shard files, written by {} {} ({})",
+        index.format_version,
+        index.world_size,
+        index.shards.len(),
+        p.library,
+        p.version,
+        p.language
+    );
+    println!("checkpoint {}", index.checkpoint_id);
+    println!("timestamp  {}", index.timestamp);
+    match &index.container {
+        Some(c) => {
+            let meta = &c.metadata;
+            let kwargs = |kwargs: &Map<String, Value>| Value::Object(kwargs.clone());
+            println!("container  {}", meta.kind.as_str());
+            if let Some(m) = &meta.model {
+                println!("model      {} {}", m.class, kwargs(&m.kwargs));
+            }
+            if let Some(o) = &meta.optimizer {
+                println!("optimizer  {} {}", o.class, kwargs(&o.kwargs));
+            }
+            if let Some(sch) = &meta.scheduler {
+                println!("scheduler  {} {}", sch.class, kwargs(&sch.kwargs));
+            }
+        }
+        None => println!("container  none (consolidates to a weights file)"),
+    }
+    let values: Vec<String> = index.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !values.is_empty() {
+        println!("values     {}", values.join(" "));
+    }
+    println!();
+    println!("{:<6} {:>14}  file", "rank", "bytes");
+    for e in &index.shards {
+        println!("{:<6} {:>14}  {}", e.rank, e.size, e.file);
+    }
+    println!();
+    println!("tensors ({}, global shapes)", index.tensors.len());
+    let width = index.tensors.keys().map(String::len).max().unwrap_or(4).max(4);
+    println!(
+        "  {:<width$}  {:<5} {:<20} {:>12} {:>7}",
+        "name", "dtype", "shape", "bytes", "chunks"
+    );
+    for (name, t) in &index.tensors {
+        println!(
+            "  {:<width$}  {:<5} {:<20} {:>12} {:>7}",
+            name,
+            dtype_name(t.dtype),
+            format!("{:?}", t.shape),
+            t.byte_len(),
+            t.chunks.len()
+        );
     }
 }

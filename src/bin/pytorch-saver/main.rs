@@ -6,6 +6,7 @@
 //! `verify` and `diff`, found invalid or different files), 2 on a usage
 //! error (and, for `diff`, when a file cannot be read).
 
+mod consolidate;
 mod convert;
 mod diff;
 mod inspect;
@@ -21,7 +22,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "pytorch-saver",
     version,
-    about = "Inspect, verify, compare and convert pytorch-saver checkpoints"
+    about = "Inspect, verify, compare, convert and consolidate pytorch-saver checkpoints"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +34,7 @@ enum Command {
     Inspect(inspect::Args),
     Verify(verify::Args),
     Convert(convert::Args),
+    Consolidate(consolidate::Args),
     Diff(diff::Args),
     Ls(ls::Args),
 }
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Consolidate(args) => consolidate::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Ls(args) => ls::run(args),
     }
