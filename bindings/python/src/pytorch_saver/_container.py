@@ -48,6 +48,7 @@ from ._format.metadata import (
     check_user_keys,
 )
 from ._format.reader import Advance, tensor_member_bytes
+from ._format.writer import _check_prefix as check_prefix
 from ._legacy import is_legacy, read_legacy
 from ._mapped import map_tensors
 from ._progress import ProgressCallback, Tracker
@@ -148,6 +149,39 @@ def _construct(
         ) from exc
 
 
+def _sharded_location(path: str) -> bool:
+    """Whether ``path`` names a sharded checkpoint (its ``index.json``, or a
+    directory holding one)."""
+    parsed = storage.parse(path)
+    if isinstance(parsed, storage.ObjectURL):
+        return parsed.key.rstrip("/").rsplit("/", 1)[-1] == "index.json"
+    return os.path.basename(parsed) == "index.json" or os.path.isfile(
+        os.path.join(parsed, "index.json")
+    )
+
+
+def _distributed_model(model: nn.Module) -> bool:
+    """Whether ``model`` has a distributed parameter (a DTensor)."""
+    if not torch.distributed.is_available():
+        return False
+    from .distributed._container import is_distributed
+
+    return is_distributed(model)
+
+
+def _model_class(model: nn.Module) -> type:
+    """The class ``model`` was built as: FSDP2's ``fully_shard`` gives the
+    model a class of its own (``FSDP<Name>``, whose bases are FSDP's module
+    and the model's class), which no loader could build."""
+    cls = type(model)
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FSDPModule
+
+        if issubclass(cls, FSDPModule):
+            return next(b for b in cls.__bases__ if not issubclass(b, FSDPModule))
+    return cls
+
+
 def _label(cls: object) -> str:
     return class_name(cls) if isinstance(cls, type) else repr(cls)
 
@@ -188,12 +222,17 @@ def _build(
     device: torch.device | str | None = None,
     assign: Mapping[str, torch.Tensor] | None = None,
     version: int = 2,
+    prepare: Callable[[nn.Module], nn.Module] | None = None,
 ) -> _Built:
     """Build the objects; the model class is checked before it is called,
     and every kwarg is encoded for a file of ``version`` before anything
     is built (:class:`MetadataError` naming the kwarg otherwise).
     With ``assign``, the model is built around those tensors (its state
     dict) without initialising its parameters (``_assign.py``).
+
+    ``prepare`` (a sharded load distributing the model on a device mesh)
+    takes the built model, before the optimizer is built over its
+    parameters.
 
     Optimizer and scheduler classes given by the caller are called as given
     (the caller chose them) and what they return is checked; the container's
@@ -219,6 +258,8 @@ def _build(
         # Before the optimizer exists, so that its state lands on the
         # parameters' device when it is loaded.
         model = model.to(device)
+    if prepare is not None:
+        model = prepare(model)
     built = _Built(model=model, model_kwargs=m_saved)
     if optim_class is None or o_kwargs is None:
         return built
@@ -610,10 +651,18 @@ class ModelContainer:
         optim_kwargs: Mapping[str, Any] | None = None,
         scheduler_class: Callable[..., Scheduler] | None = None,
         scheduler_kwargs: Mapping[str, Any] | None = None,
+        *,
+        distribute: Callable[[nn.Module], nn.Module] | None = None,
     ) -> ModelObjects:
         """Build ``model_class(**model_kwargs)``, then, if given,
         ``optim_class(model.parameters(), **optim_kwargs)`` and
         ``scheduler_class(optimizer, **scheduler_kwargs)``, and hold them.
+
+        ``distribute`` is called with the built model before the optimizer
+        is built over its parameters, and returns the model to hold: the
+        place to distribute it on a device mesh
+        (FSDP2's ``fully_shard(model, mesh=mesh)``, ``distribute_module``),
+        whereupon :meth:`save` writes sharded checkpoints.
 
         ``optim_kwargs`` may describe several parameter groups with
         ``param_groups=[{"params": ["fc1.weight", ...], "lr": ...}, ...]``,
@@ -649,6 +698,7 @@ class ModelContainer:
             scheduler_class,
             scheduler_kwargs,
             version=self._format_version,
+            prepare=distribute,
         )
         return self._adopt(built)
 
@@ -663,7 +713,14 @@ class ModelContainer:
         ``optim_kwargs``, ``scheduler_kwargs``, ``timestamp``,
         ``__pytorch_saver__``), else :class:`MetadataError` and nothing is
         written. An existing file is never replaced. :class:`UsageError` (a
-        ``RuntimeError``) if nothing was initialized or loaded."""
+        ``RuntimeError``) if nothing was initialized or loaded.
+
+        A model with distributed parameters (DTensors, under an initialized
+        process group) is saved sharded: every rank calls ``save``, and
+        together they write ``{folder_path}/{prefix}_checkpoint_{ts}/`` with
+        one shard per rank and ``index.json`` (docs/FORMAT.md 13), whose path
+        is returned; :meth:`load` reads it back on any number of ranks.
+        Tracked extra state is refused there (it differs between ranks)."""
         return self._save("checkpoint", folder_path, prefix, kwargs)
 
     def save_inference(self, folder_path: StrPath, prefix: str | None = None, **kwargs: Any) -> str:
@@ -679,7 +736,34 @@ class ModelContainer:
         user_metadata: Mapping[str, Any],
         timestamp: int | None = None,
     ) -> str:
+        if self.model is not None and _distributed_model(self.model):
+            return self._save_sharded(kind, folder_path, prefix, user_metadata, timestamp)
         return self._gathered(kind, user_metadata, timestamp).write(folder_path, prefix)
+
+    def _save_sharded(
+        self,
+        kind: str,
+        folder_path: StrPath,
+        prefix: str | None,
+        user_metadata: Mapping[str, Any],
+        timestamp: int | None,
+    ) -> str:
+        """A model with distributed parameters: every rank calls this, and
+        together they write one sharded checkpoint (FORMAT.md 13.3)."""
+        from .distributed._container import agreed, save_sharded
+
+        if self._tracked and kind == "checkpoint":
+            raise UsageError(
+                "a sharded checkpoint carries no extra state (each rank's RNG and counters "
+                f"differ): stop tracking {sorted(self._tracked)} or save them separately",
+                kind="Usage",
+            )
+        ts = agreed(int(time.time()) if timestamp is None else timestamp)
+        gathered = self._gathered(kind, user_metadata, ts)
+        stem = f"{check_prefix(prefix)}{kind}_{ts}"
+        return save_sharded(
+            gathered.metadata, gathered.model, gathered.optimizer, os.fspath(folder_path), stem
+        )
 
     def _gathered(
         self,
@@ -723,7 +807,7 @@ class ModelContainer:
             timestamp=int(time.time()) if timestamp is None else timestamp,
             internals=Internals(
                 kind="checkpoint" if kind == "checkpoint" else "inference",
-                model_class=class_name(type(self.model)),
+                model_class=class_name(_model_class(self.model)),
                 producer=Producer.this_package(),
                 optimizer=optimizer,
                 scheduler=scheduler,
@@ -754,6 +838,7 @@ class ModelContainer:
         copy: bool = False,
         verify: bool = True,
         progress: ProgressCallback | None = None,
+        distribute: Callable[[nn.Module], nn.Module] | None = None,
     ) -> tuple[dict[str, Any], ModelObjects]:
         """Rebuild the objects saved in ``file_path`` and load their state.
 
@@ -810,6 +895,17 @@ class ModelContainer:
         A file of the original package (0.1.x) loads too when the classes are
         given; its state is matched by position.
 
+        ``file_path`` may name a sharded checkpoint (its ``index.json``, or
+        its directory), as :meth:`save` writes for a model with distributed
+        parameters (docs/FORMAT.md 13.3). Every rank of the process group
+        calls ``load``: the model is built, handed to ``distribute`` (as
+        :meth:`initialize` takes it; by default FSDP2's ``fully_shard`` on a
+        1-D CPU mesh over the default process group, and nothing in a
+        single process) before the optimizer is built over it, and
+        ``torch.distributed.checkpoint`` loads each rank's part, whatever
+        the number of ranks that saved. ``copy``, ``device``, ``track`` and
+        ``progress`` do not apply to it.
+
         ``progress(done, total)`` (the container's :attr:`progress` when
         None) hears the bytes processed once the file's structure is
         checked: the tensor bytes CRC-checked (``verify``) plus those
@@ -826,6 +922,22 @@ class ModelContainer:
             raise InvalidArgumentError(_SCHEDULER_WITHOUT_OPTIMIZER, kind="Usage")
         progress = self._progress if progress is None else _check_progress(progress)
         path = storage.normalize(file_path)
+        if _sharded_location(path):
+            from .distributed._container import load_sharded
+
+            metadata, built = load_sharded(
+                path,
+                model_class,
+                optim_class,
+                scheduler_class,
+                allow=allow,
+                classes=classes,
+                callables=callables,
+                distribute=distribute,
+                verify=verify,
+                version=self._format_version,
+            )
+            return metadata, self._adopt(built)
         try:
             reader = CheckpointReader(path, verify=verify)
         except FormatError:
