@@ -90,3 +90,55 @@ fn rust_saves_to_s3_and_python_loads_the_url() {
     assert_eq!(loaded["out"].as_str().unwrap(), rust_out(&c));
     assert_eq!(loaded["loss"], json!(0.5));
 }
+
+/// Python: `dcp.save` through `pytorch_saver.distributed.Writer` to URL (one
+/// process), printing the tensors' values as {name: [floats]}.
+const SHARDED_SCRIPT: &str = r#"
+import json, sys, warnings, torch
+import torch.distributed.checkpoint as dcp
+from pytorch_saver.distributed import Writer
+warnings.simplefilter("ignore")
+state = {"w": torch.arange(12, dtype=torch.float32).view(3, 4) / 3, "b": torch.ones(5), "step": 9}
+dcp.save(state, storage_writer=Writer(sys.argv[1]), no_dist=True)
+print(json.dumps({"w": state["w"].flatten().tolist(), "b": state["b"].tolist()}))
+"#;
+
+/// A sharded checkpoint that Python's DCP writer put on S3 opens in Rust
+/// by its URL (the prefix and the index's URL alike), verifies, and
+/// consolidates into a local weights file holding its values.
+#[test]
+fn python_writes_sharded_to_s3_and_rust_opens_and_consolidates_it() {
+    use pytorch_saver::format::{Checkpoint, MemberName};
+    use pytorch_saver::sharded::{consolidate, ShardedCheckpoint};
+
+    let url = format!("{}/sharded", prefix("interop_sharded"));
+    let out = Command::new(common::python())
+        .args(["-c", SHARDED_SCRIPT, &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    let values: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for location in [url.clone(), format!("{url}/index.json")] {
+        let sharded = ShardedCheckpoint::open(&location).unwrap();
+        sharded.verify().unwrap();
+        assert_eq!(sharded.tensor_names(), ["b", "w"]);
+        assert_eq!(sharded.values()["step"], json!(9));
+        let w = sharded.read_tensor("w").unwrap();
+        let got: Vec<f64> = w
+            .chunks_exact(4)
+            .map(|b| f64::from(f32::from_le_bytes(b.try_into().unwrap())))
+            .collect();
+        assert_eq!(json!(got), values["w"]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("whole.zip");
+    consolidate(&url, file.to_str().unwrap()).unwrap();
+    let whole = Checkpoint::open(&file).unwrap();
+    let names: Vec<&str> = whole
+        .tensors(MemberName::Model)
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert_eq!(whole.metadata().user["step"], json!(9));
+}

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from pytorch_saver import RNG, ClassResolutionError, Counters, ModelContainer, read_checkpoint
+from pytorch_saver.distributed import read_tensors, verify
 
 GOLDEN = Path(__file__).resolve().parents[3] / "tests" / "golden"
 FILES = sorted(GOLDEN.glob("v*/*.zip"))
@@ -180,3 +181,23 @@ def test_the_rust_v2_checkpoint_restores_its_rng_into_python() -> None:
     assert counters.state_dict() == saved_counters
     for name, t in objs.model.state_dict().items():
         assert hex_of(t) == want["tensors"]["model.safetensors"][name]["hex"], name
+
+
+SHARDED = sorted((GOLDEN / "sharded_v1").glob("*.json"))
+
+
+@pytest.mark.parametrize("sidecar_path", SHARDED, ids=[p.stem for p in SHARDED])
+def test_a_golden_sharded_checkpoint_reads_and_loads_as_recorded(sidecar_path: Path) -> None:
+    want = json.loads(sidecar_path.read_text())
+    index = GOLDEN / want["index"]
+    verify(index)
+    whole = read_tensors(index)
+    assert sorted(whole) == sorted(want["tensors"])
+    for name, t in want["tensors"].items():
+        assert hex_of(whole[name]) == t["hex"], name
+    _, objs = ModelContainer().load(index)
+    forward = want["forward"]
+    objs.model.eval()
+    with torch.no_grad():
+        out = objs.model(tensor(forward["input"], forward["shape"]))
+    assert torch.allclose(out.flatten(), torch.tensor(forward["output"]), rtol=1e-6, atol=1e-6)
