@@ -204,6 +204,7 @@ bench: build python-package
 	.venv/bin/python benches/manager_async.py
 	$(CARGO) bench --bench convert
 	$(CARGO) bench --bench s3 -- --runs 3
+	.venv/bin/python benches/sharded.py --runs 5
 
 # Coverage-guided fuzzing of the reader (needs a nightly toolchain and
 # cargo-fuzz: cargo install cargo-fuzz), seeded with the golden files;
