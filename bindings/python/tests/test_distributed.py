@@ -218,3 +218,10 @@ def test_writer_and_reader_at_an_s3_url(s3: S3Dir) -> None:
     with pytest.raises(FormatError) as missing:
         read_index(f"{s3.url}/nothing-here")
     assert missing.value.kind == "NotCommitted"
+
+
+def test_a_sharded_load_refuses_what_it_cannot_honour(trained: Path) -> None:
+    index = json.loads((trained / "train.json").read_text())["index"]
+    for options in ({"track": {"rng": pytorch_saver.RNG()}}, {"device": "cpu"}, {"copy": True}):
+        with pytest.raises(UsageError, match="is a sharded checkpoint"):
+            pytorch_saver.ModelContainer().load(index, **options)  # type: ignore[arg-type]

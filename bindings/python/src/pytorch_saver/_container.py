@@ -903,8 +903,9 @@ class ModelContainer:
         1-D CPU mesh over the default process group, and nothing in a
         single process) before the optimizer is built over it, and
         ``torch.distributed.checkpoint`` loads each rank's part, whatever
-        the number of ranks that saved. ``copy``, ``device``, ``track`` and
-        ``progress`` do not apply to it.
+        the number of ranks that saved. ``copy``, ``device`` and ``track``
+        are refused there (:class:`UsageError`), and ``progress`` does not
+        apply.
 
         ``progress(done, total)`` (the container's :attr:`progress` when
         None) hears the bytes processed once the file's structure is
@@ -924,6 +925,14 @@ class ModelContainer:
         path = storage.normalize(file_path)
         if _sharded_location(path):
             from .distributed._container import load_sharded
+
+            if track or device is not None or copy:
+                raise UsageError(
+                    f"{path} is a sharded checkpoint: it carries no extra state to track, "
+                    "and its tensors land where distribute() puts the model (no device or "
+                    "copy option)",
+                    kind="Usage",
+                )
 
             metadata, built = load_sharded(
                 path,
