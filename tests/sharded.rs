@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pytorch_saver::format::{
-    write_checkpoint, BytesTensor, Checkpoint, Dtype, FileKind, MemberName, Metadata, Producer, TensorMember,
-    TensorSource, WriteOptions, FORMAT_VERSION,
+    write_checkpoint, BytesTensor, Checkpoint, Dtype, FileKind, MemberName, Metadata, TensorMember, TensorSource,
+    WriteOptions,
 };
 use pytorch_saver::sharded::{consolidate, ShardedCheckpoint};
 use serde_json::{json, Value};
@@ -263,19 +263,7 @@ fn consolidation_writes_the_ordinary_file_and_never_replaces_one() {
 
 /// A shard as a rank writes it with this library's writer.
 fn write_shard(dir: &Path, stem: &str, id: &str, rank: u64, tensors: &[BytesTensor<'_>]) -> PathBuf {
-    let mut meta = Metadata {
-        format_version: FORMAT_VERSION,
-        kind: FileKind::Weights,
-        model: None,
-        optimizer: None,
-        scheduler: None,
-        extra: None,
-        manager: None,
-        shard: None,
-        producer: Producer::this_library(),
-        timestamp: 1_800_000_000,
-        user: Default::default(),
-    };
+    let mut meta = Metadata::weights(1_800_000_000, Default::default());
     meta.shard = Some(pytorch_saver::format::metadata::ShardBlock {
         checkpoint_id: id.into(),
         rank,

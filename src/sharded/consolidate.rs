@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::ShardedCheckpoint;
 use crate::format::{
-    write_checkpoint, Dtype, FileKind, FormatError, MemberName, Metadata, Producer, TensorMember, TensorSource,
-    WriteOptions, FORMAT_VERSION,
+    write_checkpoint, Dtype, FormatError, MemberName, Metadata, TensorMember, TensorSource, WriteOptions,
 };
 use crate::storage::{is_url, Location};
 
@@ -138,19 +137,7 @@ fn plan(sharded: &ShardedCheckpoint) -> (Metadata, Vec<PlannedMember<'_>>) {
             (metadata, members)
         }
         None => {
-            let metadata = Metadata {
-                format_version: FORMAT_VERSION,
-                kind: FileKind::Weights,
-                model: None,
-                optimizer: None,
-                scheduler: None,
-                extra: None,
-                manager: None,
-                shard: None,
-                producer: Producer::this_library(),
-                timestamp: index.timestamp,
-                user: index.values.clone(),
-            };
+            let metadata = Metadata::weights(index.timestamp, index.values.clone());
             let all = names.iter().map(|&n| (n, n)).collect();
             (metadata, vec![(MemberName::Model, all)])
         }

@@ -233,6 +233,24 @@ pub struct Metadata {
 impl Metadata {
     /// A file of this library's version and production holding a model
     /// alone, with no user metadata; add the rest through the fields.
+    /// A weights file's metadata (FORMAT.md 11.1): no class, the user
+    /// metadata `user`.
+    pub fn weights(timestamp: u64, user: Map<String, Value>) -> Self {
+        Metadata {
+            format_version: FORMAT_VERSION,
+            kind: FileKind::Weights,
+            model: None,
+            optimizer: None,
+            scheduler: None,
+            extra: None,
+            manager: None,
+            shard: None,
+            producer: Producer::this_library(),
+            timestamp,
+            user,
+        }
+    }
+
     pub fn new(kind: FileKind, model: ClassSpec, timestamp: u64) -> Self {
         Metadata {
             format_version: FORMAT_VERSION,

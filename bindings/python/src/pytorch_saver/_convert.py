@@ -53,7 +53,7 @@ from ._errors import (
 from ._format import RESERVED_KEYS, CheckpointReader, read_checkpoint, write_checkpoint
 from ._format.json import JsonError, parse_object
 from ._format.metadata import Internals, Metadata, Producer, check_user_keys
-from ._format.publish import publish_directory, publish_file
+from ._format.publish import fsync_directory, publish_directory, publish_file
 from ._format.tensors import MAX_TENSOR_HEADER_BYTES, build_header, parse_header, writable_bytes
 from ._legacy import is_legacy, read_legacy
 from ._progress import ProgressCallback, Tracker
@@ -472,14 +472,6 @@ def _read_legacy(path: str, tracker: Tracker) -> _Contents:
 # Writers
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _tensor_chunks(tensor: torch.Tensor) -> Iterable[memoryview]:
     t = tensor.detach().to("cpu").contiguous()
     if not t.numel():
@@ -527,7 +519,7 @@ def _publish_file(out: str, write: Callable[[IO[bytes]], None]) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):  # gone after a rename
             os.unlink(tmp)
-    _fsync_dir(directory)
+    fsync_directory(directory)
 
 
 def _safetensors_metadata(user: Mapping[str, Any]) -> dict[str, str]:
@@ -592,7 +584,7 @@ def _write_hf(out: str, contents: _Contents, max_shard_size: int | None, tracker
                 os.path.join(tmp, HF_INDEX),
                 lambda f: f.write((json.dumps(index, indent=2) + "\n").encode()),
             )
-        _fsync_dir(tmp)
+        fsync_directory(tmp)
         try:
             publish_directory(tmp, out)
         except FileExistsError:
@@ -600,7 +592,7 @@ def _write_hf(out: str, contents: _Contents, max_shard_size: int | None, tracker
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(directory)
+    fsync_directory(directory)
 
 
 def _write_file(path: str, write: Callable[[IO[bytes]], object]) -> None:
@@ -661,7 +653,7 @@ def _publish_checkpoint(out: str, save: Callable[[str], str]) -> None:
         publish_file(save(tmp), out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _fsync_dir(directory)
+    fsync_directory(directory)
 
 
 def _write_pytorch_saver(out: str, contents: _Contents, inference: bool, tracker: Tracker) -> None:

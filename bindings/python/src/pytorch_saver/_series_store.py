@@ -31,6 +31,7 @@ import uuid
 from typing import Any, Final
 
 from ._errors import InvalidArgumentError, ManagerLockedError, StorageError
+from ._format.publish import fsync_directory
 from ._storage import (
     ObjectURL,
     is_not_found,
@@ -42,14 +43,6 @@ from ._storage import (
 __all__ = ["DEFAULT_LEASE_SECONDS", "LocalStore", "ObjectStore", "SeriesStore"]
 
 DEFAULT_LEASE_SECONDS: Final = 900
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalStore:
@@ -134,7 +127,7 @@ class LocalStore:
             except FileNotFoundError:
                 pass
             raise
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def check_exists(self) -> None:
         if not os.path.isdir(self.directory):
@@ -159,7 +152,7 @@ class LocalStore:
         return True
 
     def deleted(self) -> None:
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def series_name(self, given: str) -> str:
         name = os.path.basename(given)

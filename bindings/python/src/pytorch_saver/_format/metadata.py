@@ -571,7 +571,7 @@ def parse(meta: Mapping[str, Any]) -> Metadata:
 # dataclasses -> JSON
 
 
-def _producer_json(producer: Producer) -> dict[str, Any]:
+def producer_json(producer: Producer) -> dict[str, Any]:
     out = {"library": producer.library, "version": producer.version, "language": producer.language}
     if producer.torch_version is not None:
         out["torch_version"] = producer.torch_version
@@ -675,6 +675,6 @@ def to_json(metadata: Metadata) -> dict[str, Any]:
             "checkpoint_id": internals.shard.checkpoint_id,
             "rank": internals.shard.rank,
         }
-    block["producer"] = _producer_json(internals.producer)
+    block["producer"] = producer_json(internals.producer)
     out[INTERNALS_KEY] = block
     return out

@@ -66,6 +66,15 @@ _FILESYSTEMS: Final = {
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def fsync_directory(directory: str) -> None:
+    """fsyncs ``directory``, so that the names published in it last."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def publish_numbered(tmp: str, directory: str, stem: str) -> str:
     """Publishes ``tmp`` (in ``directory``) as ``{stem}.zip``, or
     ``{stem}-{n}.zip`` with the smallest n >= 1 that no file has, and

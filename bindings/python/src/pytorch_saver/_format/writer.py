@@ -26,7 +26,7 @@ from . import EXTRA_MEMBER, INTERNALS_KEY, METADATA_MEMBER, MODEL_MEMBER, OPTIMI
 from .json import MAX_JSON_DEPTH, SURROGATE, U64_LIMIT, JsonError, parse_object
 from .metadata import MAX_METADATA_BYTES, Metadata, parse, to_json
 from .multipart import MultipartSink
-from .publish import publish_numbered
+from .publish import fsync_directory, publish_numbered
 from .tensors import PlannedTensor, build_header, writable_bytes
 from .zip import PlannedMember, dos_time_date, end_records
 
@@ -447,8 +447,4 @@ class _LocalSink:
             self._path = None
 
     def settle(self) -> None:
-        dir_fd = os.open(self._directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_directory(self._directory)

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from .._errors import FormatError, UnsupportedVersionError
 from .._format.json import JsonError, is_uint, parse_object
-from .._format.metadata import MAX_METADATA_BYTES, Producer
+from .._format.metadata import MAX_METADATA_BYTES, Producer, producer_json
 from .._format.tensors import DTYPES_BY_NAME, Dtype
 
 __all__ = [
@@ -472,13 +472,6 @@ def parse_index(raw: bytes) -> Index:
     )
 
 
-def _producer_json(producer: Producer) -> dict[str, Any]:
-    out = {"library": producer.library, "version": producer.version, "language": producer.language}
-    if producer.torch_version is not None:
-        out["torch_version"] = producer.torch_version
-    return out
-
-
 def _chunk_json(chunk: Chunk) -> dict[str, Any]:
     return {
         "offsets": list(chunk.offsets),
@@ -496,7 +489,7 @@ def encode_index(index: Index) -> bytes:
         "format_version": INDEX_VERSION,
         "checkpoint_id": index.checkpoint_id,
         "timestamp": index.timestamp,
-        "producer": _producer_json(index.producer),
+        "producer": producer_json(index.producer),
         "world_size": index.world_size,
         "shards": [{"file": s.file, "rank": s.rank, "size": s.size} for s in index.shards],
         "tensors": {

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from .._errors import FormatError, StorageError
-from .._format.publish import publish_file
+from .._format.publish import fsync_directory, publish_file
 from .._storage import (
     ObjectURL,
     _fsspec_filesystem,
@@ -24,14 +24,6 @@ from .._storage import (
 from ._index import INDEX_NAME
 
 __all__ = ["Location"]
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Location:
@@ -145,20 +137,9 @@ class Location:
         """:class:`FormatError` of kind ``InvalidInput`` when the location
         already holds a committed checkpoint: a location holds one, never
         overwritten."""
-        exists: bool
         if self.url is not None:
-            client, url = self._s3()
-            target = url.child(INDEX_NAME)
-            with translate(target.url, client):
-                try:
-                    client.head_object(Bucket=target.bucket, Key=target.key)
-                    exists = True
-                except Exception as e:
-                    if not is_not_found(e):
-                        raise
-                    exists = False
-        else:
-            exists = os.path.lexists(os.path.join(self.path, INDEX_NAME))
+            self._s3()  # this package writes to s3:// only: say so before anything
+        exists = self.size(INDEX_NAME) is not None
         if exists:
             raise FormatError(
                 f"{self.join(INDEX_NAME)} exists: {self.text} holds a committed checkpoint, which "
@@ -199,7 +180,7 @@ class Location:
                     f"{target} exists: another save committed this location first",
                     kind="InvalidInput",
                 ) from None
-            _fsync_directory(self.path)
+            fsync_directory(self.path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
