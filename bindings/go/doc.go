@@ -71,6 +71,16 @@
 // single-threaded even for forward), so it too may be shared, with calls
 // running one at a time; use a Model for parallel inference.
 //
+// # Sharded checkpoints
+//
+// OpenSharded opens a sharded checkpoint (docs/FORMAT.md section 13: the
+// shards that the ranks of a torch.distributed job wrote, and the
+// index.json that names them) by its directory, object-store prefix or
+// index, as one checkpoint: Index gives the parsed index, TensorNames and
+// TensorInfo the global tensors, ReadFloat32 and the other readers a
+// tensor assembled from its chunks, and Verify checks every shard's CRCs.
+// Consolidate writes one ordinary file from it, which LoadContainer serves.
+//
 // # Memory
 //
 // Each Go value owns its C handle. Close frees it at once; calling Close

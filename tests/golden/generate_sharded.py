@@ -37,12 +37,11 @@ DTYPES = {torch.float32: "F32", torch.int64: "I64"}
 
 def _rank(rank: int, port: int) -> None:
     import torch.distributed as dist
+    from pytorch_saver import ModelContainer
+    from pytorch_saver.models import MLP
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
-
-    from pytorch_saver import ModelContainer
-    from pytorch_saver.models import MLP
 
     dist.init_process_group(
         "gloo",
@@ -117,9 +116,7 @@ def main() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ranks = [
-        subprocess.Popen([sys.executable, __file__, str(r), str(port)]) for r in range(WORLD)
-    ]
+    ranks = [subprocess.Popen([sys.executable, __file__, str(r), str(port)]) for r in range(WORLD)]
     return max(p.wait() for p in ranks)
 
 
