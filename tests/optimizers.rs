@@ -5,7 +5,9 @@
 
 mod common;
 
-use pytorch_saver::optim::{Optimizer, ADAGRAD, ADAM, ADAMW, RMSPROP, SGD};
+use pytorch_saver::optim::{
+    Optimizer, ADADELTA, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, NADAM, RADAM, RMSPROP, RPROP, SGD,
+};
 use pytorch_saver::Error;
 use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
@@ -53,6 +55,43 @@ fn scenarios() -> Vec<(&'static str, Value)> {
             ADAGRAD,
             json!({"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.01}),
         ),
+        (ADAMAX, json!({})),
+        (
+            ADAMAX,
+            json!({"lr": 0.01, "betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 0.01, "maximize": true}),
+        ),
+        (NADAM, json!({})),
+        (NADAM, json!({"lr": 0.01, "weight_decay": 0.01, "momentum_decay": 0.01})),
+        (
+            NADAM,
+            json!({"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": true}),
+        ),
+        (
+            NADAM,
+            json!({"lr": 0.005, "betas": [0.8, 0.99], "eps": 1e-6, "maximize": true}),
+        ),
+        (RADAM, json!({})),
+        (RADAM, json!({"lr": 0.01, "weight_decay": 0.01, "betas": [0.8, 0.99]})),
+        (
+            RADAM,
+            json!({"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": true, "maximize": true}),
+        ),
+        (ADADELTA, json!({})),
+        (
+            ADADELTA,
+            json!({"lr": 0.5, "rho": 0.8, "eps": 1e-5, "weight_decay": 0.01, "maximize": true}),
+        ),
+        (RPROP, json!({})),
+        (
+            RPROP,
+            json!({"lr": 0.05, "etas": [0.3, 1.5], "step_sizes": [1e-4, 0.2], "maximize": true}),
+        ),
+        (ASGD, json!({})),
+        (
+            ASGD,
+            json!({"lr": 0.05, "lambd": 0.01, "alpha": 0.5, "t0": 20.0, "weight_decay": 0.01}),
+        ),
+        (ASGD, json!({"lr": 0.02, "t0": 0.0, "maximize": true})),
         (
             ADAM,
             json!({"lr": 0.01, "param_groups": [
@@ -216,6 +255,15 @@ fn unknown_names_and_bad_kwargs_are_errors_naming_them() {
             json!({"initial_accumulator_value": -0.1}),
             "\"initial_accumulator_value\"",
         ),
+        (ADAMAX, json!({"betas": [1.0, 0.9]}), "betas[0]"),
+        (NADAM, json!({"momentum_decay": -0.1}), "\"momentum_decay\""),
+        (RADAM, json!({"amsgrad": true}), "unexpected kwarg \"amsgrad\""),
+        (ADADELTA, json!({"rho": 1.5}), "\"rho\""),
+        (RPROP, json!({"etas": [0.5, 0.9]}), "0 < a < 1 < b"),
+        (RPROP, json!({"etas": [0.0, 1.2]}), "\"etas\""),
+        (RPROP, json!({"step_sizes": [1e-6]}), "\"step_sizes\""),
+        (ASGD, json!({"t0": "soon"}), "\"t0\""),
+        (ASGD, json!({"weight_decay": -1.0}), "\"weight_decay\""),
         (
             SGD,
             json!({"param_groups": [{"params": ["w"]}]}),
@@ -249,6 +297,54 @@ fn unknown_names_and_bad_kwargs_are_errors_naming_them() {
             err.to_string().contains(needle),
             "{class} {kw}: {err} should mention {needle}"
         );
+    }
+}
+
+#[test]
+fn constructor_ranges_include_what_pytorch_accepts() {
+    // Adadelta's rho may be 1 (PyTorch checks 0 <= rho <= 1); ASGD does
+    // not check lambd, alpha or t0.
+    for (class, kw) in [
+        (ADADELTA, json!({"rho": 1.0})),
+        (ADADELTA, json!({"rho": 0.0})),
+        (ASGD, json!({"lambd": -1.0, "alpha": -0.5, "t0": -3})),
+        (RPROP, json!({"step_sizes": [5, 1]})),
+    ] {
+        Optimizer::new(class, &kwargs(kw.clone()), two_params()).unwrap_or_else(|e| panic!("{class} {kw}: {e}"));
+    }
+}
+
+/// NAdam's `mu_product` and ASGD's `eta` and `mu` are rank-0 state: they
+/// load as one element whatever the parameter's shape, cast to the
+/// parameter's dtype as PyTorch's load_state_dict does; another shape is
+/// refused naming the parameter.
+#[test]
+fn rank_0_state_loads_as_one_element_and_other_shapes_are_refused() {
+    for (class, key) in [(NADAM, "mu_product"), (ASGD, "eta"), (ASGD, "mu")] {
+        let build = |params| Optimizer::new(class, &Map::new(), params).unwrap();
+        let params = two_params();
+        let mut opt = build(params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect());
+        (&params[0].1 * 2.0).sum(Kind::Float).backward();
+        (&params[1].1 * 3.0).sum(Kind::Float).backward();
+        opt.step().unwrap();
+        let sd = opt.state_dict().unwrap();
+        assert_eq!(sd.state[&0][key].size(), Vec::<i64>::new(), "{class} {key}");
+        assert_eq!(sd.state[&0][key].kind(), Kind::Float, "{class} {key}");
+
+        let mut fresh = build(two_params());
+        fresh.load_state_dict(opt.state_dict().unwrap()).unwrap();
+        let loaded = fresh.state(0).unwrap();
+        assert!(common::bit_equal(&loaded[key], &sd.state[&0][key]), "{class} {key}");
+
+        let mut bad = opt.state_dict().unwrap();
+        let wrong = Tensor::ones([2], (Kind::Float, tch::Device::Cpu));
+        bad.state.get_mut(&1).unwrap().insert(key.into(), wrong);
+        let err = fresh.load_state_dict(bad).unwrap_err();
+        assert!(
+            matches!(&err, Error::StateMismatch { tensor, .. } if tensor == "b"),
+            "{class} {key}: {err:?}"
+        );
+        assert!(err.to_string().contains(key), "{class}: {err}");
     }
 }
 

@@ -14,7 +14,7 @@ use common::{batch_data as data, train_batches as train};
 use pytorch_saver::format::{
     self, BytesTensor, Checkpoint, MemberName, Metadata, TensorMember, TensorSource, WriteOptions,
 };
-use pytorch_saver::optim::{ADAGRAD, ADAM, ADAMW, RMSPROP, SGD};
+use pytorch_saver::optim::{ADADELTA, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, NADAM, RADAM, RMSPROP, RPROP, SGD};
 use pytorch_saver::sched;
 use pytorch_saver::{models, ContainerSpec, Error, ModelContainer, UserMetadata};
 use serde_json::{json, Map, Value};
@@ -65,6 +65,42 @@ fn configs() -> Vec<(&'static str, Value, &'static str, Value)> {
             json!({"lr": 0.05, "lr_decay": 0.001}),
             sched::LINEAR_LR,
             json!({"start_factor": 0.5, "total_iters": 40}),
+        ),
+        (
+            ADAMAX,
+            json!({"lr": 0.01, "weight_decay": 0.001}),
+            sched::EXPONENTIAL_LR,
+            json!({"gamma": 0.99}),
+        ),
+        (
+            NADAM,
+            json!({"lr": 0.01, "decoupled_weight_decay": true, "weight_decay": 0.01}),
+            sched::ONE_CYCLE_LR,
+            json!({"max_lr": 0.05, "total_steps": 200}),
+        ),
+        (
+            RADAM,
+            json!({"lr": 0.01}),
+            sched::COSINE_ANNEALING_LR,
+            json!({"T_max": 30}),
+        ),
+        (
+            ADADELTA,
+            json!({"rho": 0.8}),
+            sched::STEP_LR,
+            json!({"step_size": 20, "gamma": 0.5}),
+        ),
+        (
+            RPROP,
+            json!({"lr": 0.005, "step_sizes": [1e-5, 0.1]}),
+            sched::MULTI_STEP_LR,
+            json!({"milestones": [30, 60], "gamma": 0.5}),
+        ),
+        (
+            ASGD,
+            json!({"lr": 0.05, "t0": 10.0}),
+            sched::CONSTANT_LR,
+            json!({"factor": 0.5, "total_iters": 30}),
         ),
     ]
 }

@@ -19,6 +19,11 @@ use crate::format::{
 };
 use crate::progress::Tracker;
 
+/// The per-parameter optimizer state that torch 2.13 keeps as one-element
+/// tensors, whatever the parameter's shape (FORMAT.md 5): every
+/// optimizer's `step`, NAdam's `mu_product`, ASGD's `eta` and `mu`.
+const RANK0_STATE: [&str; 4] = ["step", "mu_product", "eta", "mu"];
+
 /// Buffers have no optimizer state: the entries of a state dict that are
 /// not parameters, by the suffixes of torch.nn's normalization layers.
 const BUFFER_SUFFIXES: &[&str] = &["running_mean", "running_var", "num_batches_tracked"];
@@ -273,7 +278,7 @@ fn optimizer_metadata(
             .get(name.as_str())
             .ok_or_else(|| cannot(format!("parameter {index}, {name:?}, is not in the model's state dict")))?;
         for t in tensors {
-            let fits = if t.name == "step" {
+            let fits = if RANK0_STATE.contains(&t.name.as_str()) {
                 t.shape.iter().product::<usize>() == 1
             } else {
                 t.shape == param.shape

@@ -6,7 +6,7 @@ use tch::Tensor;
 
 use super::options::Hp;
 use super::state::ParamState;
-use super::{adagrad, adam, rmsprop, sgd, ParamGroup};
+use super::{adadelta, adagrad, adam, adamax, asgd, nadam, radam, rmsprop, rprop, sgd, ParamGroup};
 use crate::error::{Error, Result};
 
 /// `torch.optim.SGD`
@@ -19,10 +19,24 @@ pub const ADAMW: &str = "torch.optim.AdamW";
 pub const RMSPROP: &str = "torch.optim.RMSprop";
 /// `torch.optim.Adagrad`
 pub const ADAGRAD: &str = "torch.optim.Adagrad";
+/// `torch.optim.Adamax`
+pub const ADAMAX: &str = "torch.optim.Adamax";
+/// `torch.optim.NAdam`
+pub const NADAM: &str = "torch.optim.NAdam";
+/// `torch.optim.RAdam`
+pub const RADAM: &str = "torch.optim.RAdam";
+/// `torch.optim.Adadelta`
+pub const ADADELTA: &str = "torch.optim.Adadelta";
+/// `torch.optim.Rprop`
+pub const RPROP: &str = "torch.optim.Rprop";
+/// `torch.optim.ASGD`
+pub const ASGD: &str = "torch.optim.ASGD";
 
 /// Every optimizer name this library knows.
 pub fn names() -> &'static [&'static str] {
-    &[ADAGRAD, ADAM, ADAMW, RMSPROP, SGD]
+    &[
+        ADADELTA, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, NADAM, RADAM, RMSPROP, RPROP, SGD,
+    ]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +46,12 @@ pub(super) enum Algorithm {
     AdamW,
     RmsProp,
     Adagrad,
+    Adamax,
+    NAdam,
+    RAdam,
+    Adadelta,
+    Rprop,
+    Asgd,
 }
 
 impl Algorithm {
@@ -42,6 +62,12 @@ impl Algorithm {
             ADAMW => Algorithm::AdamW,
             RMSPROP => Algorithm::RmsProp,
             ADAGRAD => Algorithm::Adagrad,
+            ADAMAX => Algorithm::Adamax,
+            NADAM => Algorithm::NAdam,
+            RADAM => Algorithm::RAdam,
+            ADADELTA => Algorithm::Adadelta,
+            RPROP => Algorithm::Rprop,
+            ASGD => Algorithm::Asgd,
             _ => {
                 return Err(Error::UnknownName {
                     kind: "optimizer",
@@ -59,6 +85,12 @@ impl Algorithm {
             Algorithm::AdamW => ADAMW,
             Algorithm::RmsProp => RMSPROP,
             Algorithm::Adagrad => ADAGRAD,
+            Algorithm::Adamax => ADAMAX,
+            Algorithm::NAdam => NADAM,
+            Algorithm::RAdam => RADAM,
+            Algorithm::Adadelta => ADADELTA,
+            Algorithm::Rprop => RPROP,
+            Algorithm::Asgd => ASGD,
         }
     }
 
@@ -70,6 +102,12 @@ impl Algorithm {
             Algorithm::Adam | Algorithm::AdamW => adam::HYPERPARAMETERS,
             Algorithm::RmsProp => rmsprop::HYPERPARAMETERS,
             Algorithm::Adagrad => adagrad::HYPERPARAMETERS,
+            Algorithm::Adamax => adamax::HYPERPARAMETERS,
+            Algorithm::NAdam => nadam::HYPERPARAMETERS,
+            Algorithm::RAdam => radam::HYPERPARAMETERS,
+            Algorithm::Adadelta => adadelta::HYPERPARAMETERS,
+            Algorithm::Rprop => rprop::HYPERPARAMETERS,
+            Algorithm::Asgd => asgd::HYPERPARAMETERS,
         }
     }
 
@@ -87,13 +125,30 @@ impl Algorithm {
     }
 
     /// The per-parameter state keys this algorithm may hold; `step` is a
-    /// rank-0 float32 CPU tensor, every other one has the parameter's shape.
+    /// rank-0 float32 CPU tensor, the [`scalar_state_keys`](Self::scalar_state_keys)
+    /// are rank-0 too, every other one has the parameter's shape.
     pub(super) fn state_keys(self) -> &'static [&'static str] {
         match self {
             Algorithm::Sgd => sgd::STATE_KEYS,
             Algorithm::Adam | Algorithm::AdamW => adam::STATE_KEYS,
             Algorithm::RmsProp => rmsprop::STATE_KEYS,
             Algorithm::Adagrad => adagrad::STATE_KEYS,
+            Algorithm::Adamax => adamax::STATE_KEYS,
+            Algorithm::NAdam => nadam::STATE_KEYS,
+            Algorithm::RAdam => radam::STATE_KEYS,
+            Algorithm::Adadelta => adadelta::STATE_KEYS,
+            Algorithm::Rprop => rprop::STATE_KEYS,
+            Algorithm::Asgd => asgd::STATE_KEYS,
+        }
+    }
+
+    /// The state keys besides `step` that hold a rank-0 tensor (NAdam's
+    /// `mu_product`, ASGD's `eta` and `mu`).
+    pub(super) fn scalar_state_keys(self) -> &'static [&'static str] {
+        match self {
+            Algorithm::NAdam => nadam::SCALAR_STATE_KEYS,
+            Algorithm::Asgd => asgd::SCALAR_STATE_KEYS,
+            _ => &[],
         }
     }
 
@@ -104,6 +159,12 @@ impl Algorithm {
             Algorithm::Adam | Algorithm::AdamW => adam::required_state(group),
             Algorithm::RmsProp => rmsprop::required_state(group),
             Algorithm::Adagrad => Ok(adagrad::required_state()),
+            Algorithm::Adamax => Ok(adamax::required_state()),
+            Algorithm::NAdam => Ok(nadam::required_state()),
+            Algorithm::RAdam => Ok(radam::required_state()),
+            Algorithm::Adadelta => Ok(adadelta::required_state()),
+            Algorithm::Rprop => Ok(rprop::required_state()),
+            Algorithm::Asgd => Ok(asgd::required_state()),
         }
     }
 
@@ -122,6 +183,12 @@ pub(super) enum Hyper {
     Adam(adam::AdamHp),
     RmsProp(rmsprop::RmsPropHp),
     Adagrad(adagrad::AdagradHp),
+    Adamax(adamax::AdamaxHp),
+    NAdam(nadam::NAdamHp),
+    RAdam(radam::RAdamHp),
+    Adadelta(adadelta::AdadeltaHp),
+    Rprop(rprop::RpropHp),
+    Asgd(asgd::AsgdHp),
 }
 
 impl Hyper {
@@ -131,6 +198,12 @@ impl Hyper {
             Algorithm::Adam | Algorithm::AdamW => Hyper::Adam(adam::AdamHp::read(g)?),
             Algorithm::RmsProp => Hyper::RmsProp(rmsprop::RmsPropHp::read(g)?),
             Algorithm::Adagrad => Hyper::Adagrad(adagrad::AdagradHp::read(g)?),
+            Algorithm::Adamax => Hyper::Adamax(adamax::AdamaxHp::read(g)?),
+            Algorithm::NAdam => Hyper::NAdam(nadam::NAdamHp::read(g)?),
+            Algorithm::RAdam => Hyper::RAdam(radam::RAdamHp::read(g)?),
+            Algorithm::Adadelta => Hyper::Adadelta(adadelta::AdadeltaHp::read(g)?),
+            Algorithm::Rprop => Hyper::Rprop(rprop::RpropHp::read(g)?),
+            Algorithm::Asgd => Hyper::Asgd(asgd::AsgdHp::read(g)?),
         })
     }
 
@@ -141,6 +214,12 @@ impl Hyper {
             Hyper::Adam(h) => adam::step(h, param, grad, state),
             Hyper::RmsProp(h) => rmsprop::step(h, param, grad, state),
             Hyper::Adagrad(h) => adagrad::step(h, param, grad, state),
+            Hyper::Adamax(h) => adamax::step(h, param, grad, state),
+            Hyper::NAdam(h) => nadam::step(h, param, grad, state),
+            Hyper::RAdam(h) => radam::step(h, param, grad, state),
+            Hyper::Adadelta(h) => adadelta::step(h, param, grad, state),
+            Hyper::Rprop(h) => rprop::step(h, param, grad, state),
+            Hyper::Asgd(h) => asgd::step(h, param, grad, state),
         }
     }
 }

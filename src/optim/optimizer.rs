@@ -1,5 +1,5 @@
-//! The optimizer object: torch.optim's SGD, Adam, AdamW, RMSprop and
-//! Adagrad behind one type, step by step the single-tensor ("for-loop")
+//! The optimizer object: torch.optim's optimizers (`algorithm.rs` lists
+//! them) behind one type, step by step the single-tensor ("for-loop")
 //! code path of PyTorch 2.13, same ATen ops with the same scalars, so the
 //! results are bit-identical to PyTorch's on the same libtorch, and the
 //! state is PyTorch's `state_dict()` layout. Construction, the step loop

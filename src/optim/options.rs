@@ -23,11 +23,25 @@ pub(super) enum Ty {
     Bool,
     /// `true`, `false` or `null` (foreach, fused).
     OptBool,
+    /// A float in `[min, max]`, both ends included (Adadelta's `rho`).
+    FloatClosed {
+        min: f64,
+        max: f64,
+    },
     /// Two floats in `[0, 1)` (betas).
     Betas,
+    /// Two floats `a, b` with `0 < a < 1 < b` (Rprop's `etas`).
+    Etas,
+    /// Two floats, unchecked (Rprop's `step_sizes`).
+    Pair,
 }
 
 pub(super) const NON_NEG: Ty = Ty::Float { min: 0.0, max: None };
+/// Any float: a hyperparameter PyTorch's constructor does not check.
+pub(super) const ANY: Ty = Ty::Float {
+    min: f64::NEG_INFINITY,
+    max: None,
+};
 
 /// One hyperparameter: PyTorch's key, check and default (as PyTorch
 /// writes it: `0` for an int default, `0.0` for a float one).
@@ -49,6 +63,20 @@ macro_rules! hp {
 }
 pub(super) use hp;
 
+/// A list of two numbers (`betas`, `etas`, `step_sizes`).
+fn pair(key: &str, v: &Value) -> std::result::Result<(f64, f64), String> {
+    match v {
+        Value::Array(a) if a.len() == 2 => {
+            let number = |i: usize| {
+                a[i].as_f64()
+                    .ok_or_else(|| format!("{key}[{i}] must be a number, got {}", a[i]))
+            };
+            Ok((number(0)?, number(1)?))
+        }
+        _ => Err(format!("must be a list of two numbers, got {v}")),
+    }
+}
+
 /// Checks one hyperparameter value; the reason names what is wrong.
 fn check_value(hp: &Hp, v: &Value) -> std::result::Result<(), String> {
     let in_range = |x: f64, min: f64, max: Option<f64>| {
@@ -65,16 +93,27 @@ fn check_value(hp: &Hp, v: &Value) -> std::result::Result<(), String> {
         (Ty::Bool, Value::Bool(_)) | (Ty::OptBool, Value::Bool(_) | Value::Null) => Ok(()),
         (Ty::Bool, _) => Err(format!("must be a boolean, got {v}")),
         (Ty::OptBool, _) => Err(format!("must be a boolean or null, got {v}")),
-        (Ty::Betas, Value::Array(a)) if a.len() == 2 => {
-            for (i, b) in a.iter().enumerate() {
-                let x = b
-                    .as_f64()
-                    .ok_or_else(|| format!("betas[{i}] must be a number, got {b}"))?;
-                in_range(x, 0.0, Some(1.0)).map_err(|e| format!("betas[{i}] {e}"))?;
+        (Ty::FloatClosed { min, max }, Value::Number(n)) => {
+            let x = n.as_f64().unwrap_or(f64::NAN);
+            if (min..=max).contains(&x) {
+                Ok(())
+            } else {
+                Err(format!("must be between {min} and {max}, got {x}"))
             }
-            Ok(())
         }
-        (Ty::Betas, _) => Err(format!("must be a list of two numbers, got {v}")),
+        (Ty::FloatClosed { .. }, _) => Err(format!("must be a number, got {v}")),
+        (Ty::Betas, _) => {
+            let (b0, b1) = pair("betas", v)?;
+            in_range(b0, 0.0, Some(1.0)).map_err(|e| format!("betas[0] {e}"))?;
+            in_range(b1, 0.0, Some(1.0)).map_err(|e| format!("betas[1] {e}"))
+        }
+        (Ty::Etas, _) => match pair("etas", v)? {
+            (minus, plus) if 0.0 < minus && minus < 1.0 && 1.0 < plus => Ok(()),
+            (minus, plus) => Err(format!(
+                "must be two numbers a, b with 0 < a < 1 < b, got {minus}, {plus}"
+            )),
+        },
+        (Ty::Pair, _) => pair(hp.key, v).map(|_| ()),
     }
 }
 

@@ -54,6 +54,23 @@ pub(super) fn convert_state(alg: Algorithm, name: &str, param: &Tensor, key: &st
             .f_to_kind(Kind::Float)?
             .f_to_device(Device::Cpu)?);
     }
+    if alg.scalar_state_keys().contains(&key) {
+        // PyTorch's load_state_dict casts every state tensor but `step`
+        // to a floating parameter's dtype and device, rank-0 ones included.
+        if t.numel() != 1 {
+            return Err(mismatch(format!(
+                "state {key:?} must have one element, has shape {:?}",
+                t.size()
+            )));
+        }
+        let t = t.f_reshape(&[] as &[i64])?;
+        let kind = if param.is_floating_point() {
+            param.f_kind()?
+        } else {
+            t.f_kind()?
+        };
+        return Ok(t.f_to_device(param.device())?.f_to_kind(kind)?);
+    }
     if t.size() != param.size() {
         return Err(mismatch(format!(
             "optimizer state {key:?} has shape {:?}, the parameter {:?}",
@@ -71,7 +88,15 @@ pub(super) fn convert_state(alg: Algorithm, name: &str, param: &Tensor, key: &st
 
 /// A `step` counter: a rank-0 float32 CPU tensor, as PyTorch keeps it.
 pub(super) fn step_tensor(value: f64) -> Result<Tensor> {
-    Ok(Tensor::f_from_slice(&[value as f32])?.f_reshape(&[] as &[i64])?)
+    scalar_tensor(value, Device::Cpu)
+}
+
+/// A rank-0 float32 tensor on `device` (PyTorch's `_get_scalar_dtype()`
+/// state: NAdam's `mu_product`, ASGD's `eta` and `mu`).
+pub(super) fn scalar_tensor(value: f64, device: Device) -> Result<Tensor> {
+    Ok(Tensor::f_from_slice(&[value as f32])?
+        .f_reshape(&[] as &[i64])?
+        .f_to_device(device)?)
 }
 
 /// The state tensor `key`, created with `init` if absent.

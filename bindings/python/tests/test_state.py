@@ -47,6 +47,15 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
     "adamw": (torch.optim.AdamW, {"lr": 1e-2, "betas": (0.85, 0.99)}),
     "rmsprop-centered": (torch.optim.RMSprop, {"lr": 1e-3, "centered": True, "momentum": 0.5}),
     "adagrad": (torch.optim.Adagrad, {"lr": 0.1, "initial_accumulator_value": 0.1}),
+    "adamax": (torch.optim.Adamax, {"lr": 1e-2, "weight_decay": 0.01}),
+    "nadam-decoupled": (
+        torch.optim.NAdam,
+        {"lr": 1e-2, "weight_decay": 0.01, "decoupled_weight_decay": True},
+    ),
+    "radam": (torch.optim.RAdam, {"lr": 1e-2}),
+    "adadelta": (torch.optim.Adadelta, {"rho": 0.8}),
+    "rprop": (torch.optim.Rprop, {"lr": 1e-2, "etas": (0.4, 1.3)}),
+    "asgd": (torch.optim.ASGD, {"lr": 1e-2, "t0": 2.0}),
 }
 
 SCHEDULERS: dict[str, tuple[type[Any], dict[str, Any]]] = {
