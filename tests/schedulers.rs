@@ -228,6 +228,46 @@ fn scenarios() -> Vec<Scenario> {
             json!({"mode": "max", "patience": 5, "factor": 0.7}),
         )
         .metrics(true, 4),
+        scenario(CYCLIC_LR, json!({"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 50})),
+        scenario(
+            CYCLIC_LR,
+            json!({"base_lr": 0.001, "max_lr": 0.1, "step_size_up": 30, "step_size_down": 70, "mode": "triangular2"}),
+        ),
+        scenario(
+            CYCLIC_LR,
+            json!({"base_lr": 0.01, "max_lr": 0.2, "step_size_up": 40, "mode": "exp_range", "gamma": 0.997,
+                   "base_momentum": 0.85, "max_momentum": 0.95}),
+        ),
+        // PyTorch's built-in modes override scale_mode (triangular2: "cycle").
+        scenario(
+            CYCLIC_LR,
+            json!({"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 25, "mode": "triangular2",
+                   "scale_mode": "iterations"}),
+        ),
+        scenario(
+            CYCLIC_LR,
+            json!({"base_lr": [0.01, 0], "max_lr": [0.1, 1], "step_size_up": 33, "step_size_down": 17.5,
+                   "base_momentum": [0.8, 0.85], "max_momentum": [0.9, 1]}),
+        ),
+        scenario(
+            CYCLIC_LR,
+            json!({"base_lr": 0.001, "max_lr": 0.006, "step_size_up": 100, "mode": "exp_range", "gamma": 0.999}),
+        )
+        .adam(),
+        scenario(
+            CYCLIC_LR,
+            json!({"base_lr": 0.001, "max_lr": 0.01, "step_size_up": 60, "step_size_down": 20, "mode": "triangular2"}),
+        )
+        .adam(),
+        scenario(
+            CYCLIC_LR,
+            json!({"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 20, "cycle_momentum": false}),
+        ),
+        scenario(
+            CYCLIC_LR,
+            json!({"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 10, "last_epoch": 25}),
+        )
+        .resuming([0.2, 0.1]),
     ]
 }
 
@@ -551,9 +591,9 @@ fn assert_names_kwarg(err: Error, class: &str, key: &str) {
 }
 
 #[test]
-fn names_lists_all_ten_schedulers() {
+fn names_lists_all_eleven_schedulers() {
     let names = sched::names();
-    assert_eq!(names.len(), 10);
+    assert_eq!(names.len(), 11);
     for n in names {
         assert!(n.starts_with("torch.optim.lr_scheduler."), "{n}");
     }
@@ -569,10 +609,10 @@ fn names_lists_all_ten_schedulers() {
 
 #[test]
 fn unknown_scheduler_is_refused_listing_the_known_ones() {
-    match build_err("torch.optim.lr_scheduler.CyclicLR", json!({}), &sgd_groups()) {
+    match build_err("torch.optim.lr_scheduler.LambdaLR", json!({}), &sgd_groups()) {
         Error::UnknownName { kind, name, known } => {
             assert_eq!(kind, "scheduler");
-            assert_eq!(name, "torch.optim.lr_scheduler.CyclicLR");
+            assert_eq!(name, "torch.optim.lr_scheduler.LambdaLR");
             for n in sched::names() {
                 assert!(known.contains(n), "{known} lacks {n}");
             }
@@ -653,6 +693,47 @@ fn bad_kwargs_are_refused_naming_the_kwarg() {
         ),
         (REDUCE_LR_ON_PLATEAU, json!({"min_lr": [0.1]}), "min_lr"),
         (REDUCE_LR_ON_PLATEAU, json!({"last_epoch": 3}), "last_epoch"),
+        (CYCLIC_LR, json!({"max_lr": 0.1}), "base_lr"),
+        (CYCLIC_LR, json!({"base_lr": 0.01}), "max_lr"),
+        (CYCLIC_LR, json!({"base_lr": [0.01], "max_lr": 0.1}), "base_lr"),
+        (CYCLIC_LR, json!({"base_lr": 0.01, "max_lr": [0.1, 0.2, 0.3]}), "max_lr"),
+        (
+            CYCLIC_LR,
+            json!({"base_lr": 0.01, "max_lr": 0.1, "mode": "exp"}),
+            "mode",
+        ),
+        (
+            CYCLIC_LR,
+            json!({"base_lr": 0.01, "max_lr": 0.1, "scale_mode": "epoch"}),
+            "scale_mode",
+        ),
+        (
+            CYCLIC_LR,
+            json!({"base_lr": 0.01, "max_lr": 0.1, "step_size_up": "10"}),
+            "step_size_up",
+        ),
+        (
+            CYCLIC_LR,
+            json!({"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 0, "step_size_down": 0}),
+            "step_size_down",
+        ),
+        // step_size_up=0: PyTorch's initial step divides 0 by a step_ratio of 0.
+        (
+            CYCLIC_LR,
+            json!({"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 0, "step_size_down": 10}),
+            "ZeroDivisionError",
+        ),
+        (
+            CYCLIC_LR,
+            json!({"base_lr": 0.01, "max_lr": 0.1, "max_momentum": [0.9]}),
+            "max_momentum",
+        ),
+        (
+            CYCLIC_LR,
+            json!({"base_lr": 0.01, "max_lr": 0.1, "cycle_momentum": 1}),
+            "cycle_momentum",
+        ),
+        (CYCLIC_LR, json!({"base_lr": 0.01, "max_lr": 0.1, "gama": 0.9}), "gama"),
     ];
     for (class, kw, key) in cases {
         assert_names_kwarg(build_err(class, kw, &sgd), class, key);
@@ -681,6 +762,74 @@ fn one_cycle_momentum_needs_momentum_or_betas() {
 }
 
 #[test]
+fn cyclic_refuses_a_custom_scale_fn_which_no_file_can_carry() {
+    for f in [json!("lambda x: 0.5 ** x"), json!({"__callable__": "f"})] {
+        let kw = json!({"base_lr": 0.01, "max_lr": 0.1, "scale_fn": f});
+        let err = build_err(sched::CYCLIC_LR, kw, &sgd_groups());
+        assert!(err.to_string().contains("callable"), "{err}");
+        assert_names_kwarg(err, sched::CYCLIC_LR, "scale_fn");
+    }
+    // None is PyTorch's default.
+    let mut groups = sgd_groups();
+    let kw = kwargs(json!({"base_lr": 0.01, "max_lr": 0.1, "scale_fn": null}));
+    let s = Scheduler::new(sched::CYCLIC_LR, &kw, &mut groups).unwrap();
+    let state = s.state_dict();
+    assert_eq!(state.keys().next_back().map(String::as_str), Some("_scale_fn_custom"));
+    assert_eq!(state["_scale_fn_custom"], Value::Null);
+}
+
+#[test]
+fn cyclic_momentum_needs_momentum_or_betas() {
+    let bare: Vec<ParamGroup> = LRS
+        .iter()
+        .enumerate()
+        .map(|(i, &lr)| ParamGroup::new(vec![i], kwargs(json!({"lr": lr, "weight_decay": 0}))))
+        .collect();
+    let kw = json!({"base_lr": 0.01, "max_lr": 0.1});
+    assert_names_kwarg(
+        build_err(sched::CYCLIC_LR, kw, &bare),
+        sched::CYCLIC_LR,
+        "cycle_momentum",
+    );
+    let mut groups = bare.clone();
+    let kw = kwargs(json!({"base_lr": 0.01, "max_lr": 0.1, "cycle_momentum": false}));
+    let s = Scheduler::new(sched::CYCLIC_LR, &kw, &mut groups).unwrap();
+    let state = s.state_dict();
+    for key in ["use_beta1", "base_momentums", "max_momentums"] {
+        assert!(!state.contains_key(key), "{key} without cycle_momentum");
+    }
+    assert_eq!(groups[0].lr().unwrap(), 0.01);
+    assert!(groups[0].get("max_momentum").is_none());
+}
+
+#[test]
+fn cyclic_state_with_a_custom_scale_fn_does_not_load() {
+    let (mut s, groups) = stepped(sched::CYCLIC_LR, json!({"base_lr": 0.01, "max_lr": 0.1}));
+    let before = s.state_dict();
+    let mut bad = before.clone();
+    bad.insert("_scale_fn_custom".into(), json!({"factor": 0.5}));
+    match s.load_state_dict(&bad, &groups) {
+        Err(Error::InvalidState { what, reason }) => {
+            assert!(what.contains("_scale_fn_custom"), "{what}");
+            assert!(reason.contains("callable"), "{reason}");
+        }
+        r => panic!("expected InvalidState, got {r:?}"),
+    }
+    assert_eq!(s.state_dict(), before);
+    let mut bad = before.clone();
+    bad.insert("mode".into(), json!("exp"));
+    assert!(matches!(
+        s.load_state_dict(&bad, &groups),
+        Err(Error::InvalidState { .. })
+    ));
+    // scale_mode follows mode on load, as PyTorch's _init_scale_fn does.
+    let mut state = before.clone();
+    state.insert("scale_mode".into(), json!("iterations"));
+    s.load_state_dict(&state, &groups).unwrap();
+    assert_eq!(s.state_dict(), before);
+}
+
+#[test]
 fn resuming_with_last_epoch_needs_initial_lr() {
     use pytorch_saver::sched::*;
     for (class, kw) in [
@@ -690,6 +839,7 @@ fn resuming_with_last_epoch_needs_initial_lr() {
             ONE_CYCLE_LR,
             json!({"max_lr": 0.1, "total_steps": 100, "last_epoch": 10}),
         ),
+        (CYCLIC_LR, json!({"base_lr": 0.01, "max_lr": 0.1, "last_epoch": 10})),
     ] {
         assert_names_kwarg(build_err(class, kw, &sgd_groups()), class, "initial_lr");
     }
@@ -709,6 +859,7 @@ fn groups_without_lr_are_refused_unchanged() {
             sched::COSINE_ANNEALING_LR => json!({"T_max": 2}),
             sched::COSINE_ANNEALING_WARM_RESTARTS => json!({"T_0": 2}),
             sched::ONE_CYCLE_LR => json!({"max_lr": 0.1, "total_steps": 10, "cycle_momentum": false}),
+            sched::CYCLIC_LR => json!({"base_lr": 0.01, "max_lr": 0.1}),
             _ => json!({}),
         };
         match build_err(class, kw, &groups) {
@@ -792,6 +943,11 @@ fn load_state_dict_refuses_bad_states_and_changes_nothing() {
         (COSINE_ANNEALING_WARM_RESTARTS, json!({"T_0": 2})),
         (ONE_CYCLE_LR, json!({"max_lr": 0.1, "total_steps": 100})),
         (REDUCE_LR_ON_PLATEAU, json!({})),
+        (CYCLIC_LR, json!({"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 2})),
+        (
+            CYCLIC_LR,
+            json!({"base_lr": [0.01, 0], "max_lr": 1, "mode": "exp_range", "gamma": 0.9}),
+        ),
     ];
     for (class, kw) in all {
         let (mut s, groups) = stepped(class, kw);

@@ -1,10 +1,11 @@
 //! LR schedulers with torch.optim.lr_scheduler's math and `state_dict()`.
 //!
-//! Ten of PyTorch 2.13's schedulers, under PyTorch's class names, over the
+//! Eleven of PyTorch 2.13's schedulers, under PyTorch's class names, over the
 //! optimizer's [`ParamGroup`]s. Each mirrors PyTorch exactly:
 //!
 //! - the constructor does to the groups what PyTorch's does (`initial_lr`,
-//!   OneCycleLR's `max_lr`/`min_lr`/`max_momentum`/`base_momentum`, and the
+//!   OneCycleLR's `max_lr`/`min_lr`/`max_momentum`/`base_momentum`,
+//!   CyclicLR's `lr`/`max_momentum`/`base_momentum`, and the
 //!   initial step that sets `lr`), with PyTorch's kwargs, defaults and checks;
 //! - `step()` evaluates PyTorch's recursive ("chainable") `get_lr()`
 //!   operation by operation in f64, with glibc's `cos`/`pow` as Python's
@@ -21,6 +22,7 @@
 
 mod base;
 mod chainable;
+mod cyclic;
 mod kwargs;
 mod one_cycle;
 mod plateau;
@@ -32,6 +34,7 @@ use serde_json::{Map, Value};
 
 use self::base::{Base, Update};
 use self::chainable::{ConstantLr, CosineAnnealingLr, ExponentialLr, LinearLr, MultiStepLr, PolynomialLr, StepLr};
+use self::cyclic::Cyclic;
 use self::one_cycle::OneCycle;
 use self::plateau::Plateau;
 use self::state::StateReader;
@@ -60,8 +63,11 @@ pub const COSINE_ANNEALING_WARM_RESTARTS: &str = "torch.optim.lr_scheduler.Cosin
 pub const ONE_CYCLE_LR: &str = "torch.optim.lr_scheduler.OneCycleLR";
 /// `torch.optim.lr_scheduler.ReduceLROnPlateau`: decay when a metric stalls.
 pub const REDUCE_LR_ON_PLATEAU: &str = "torch.optim.lr_scheduler.ReduceLROnPlateau";
+/// `torch.optim.lr_scheduler.CyclicLR`: cyclical learning rates (triangular,
+/// triangular2, exp_range), with momentum cycling.
+pub const CYCLIC_LR: &str = "torch.optim.lr_scheduler.CyclicLR";
 
-const NAMES: [&str; 10] = [
+const NAMES: [&str; 11] = [
     STEP_LR,
     MULTI_STEP_LR,
     EXPONENTIAL_LR,
@@ -72,6 +78,7 @@ const NAMES: [&str; 10] = [
     COSINE_ANNEALING_WARM_RESTARTS,
     ONE_CYCLE_LR,
     REDUCE_LR_ON_PLATEAU,
+    CYCLIC_LR,
 ];
 
 /// The class names of every scheduler, PyTorch's fully qualified names.
@@ -108,6 +115,7 @@ enum EpochSched {
     Cosine(CosineAnnealingLr),
     WarmRestarts(WarmRestarts),
     OneCycle(OneCycle),
+    Cyclic(Cyclic),
 }
 
 impl EpochSched {
@@ -122,6 +130,7 @@ impl EpochSched {
             EpochSched::Polynomial(s) => s.get_lr(b, groups)?,
             EpochSched::Cosine(s) => s.get_lr(b, groups)?,
             EpochSched::OneCycle(s) => return s.get_lr(class, b, groups),
+            EpochSched::Cyclic(s) => return s.get_lr(b, groups),
             EpochSched::WarmRestarts(_) => unreachable!("CosineAnnealingWarmRestarts overrides step()"),
         };
         Ok(Update::lrs(lrs))
@@ -154,6 +163,14 @@ impl EpochSched {
             EpochSched::Cosine(s) => s.write(m),
             EpochSched::WarmRestarts(s) => s.write(m),
             EpochSched::OneCycle(s) => s.write(m),
+            EpochSched::Cyclic(s) => s.write(m),
+        }
+    }
+
+    /// Keys some schedulers write after (or over) the base class's.
+    fn write_tail(&self, m: &mut Map<String, Value>) {
+        if let EpochSched::Cyclic(s) = self {
+            s.write_tail(m);
         }
     }
 
@@ -169,6 +186,7 @@ impl EpochSched {
             EpochSched::Cosine(_) => EpochSched::Cosine(CosineAnnealingLr::read(r)?),
             EpochSched::WarmRestarts(_) => EpochSched::WarmRestarts(WarmRestarts::read(r)?),
             EpochSched::OneCycle(_) => EpochSched::OneCycle(OneCycle::read(r)?),
+            EpochSched::Cyclic(_) => EpochSched::Cyclic(Cyclic::read(r)?),
         })
     }
 }
@@ -178,7 +196,8 @@ impl Scheduler {
     /// `groups`, doing exactly what PyTorch's constructor does to them:
     /// `initial_lr` (set to `lr` when `last_epoch` is -1, required in every
     /// group otherwise), OneCycleLR's `initial_lr`/`max_lr`/`min_lr` and
-    /// momentum keys, and the initial step that sets each `lr`.
+    /// momentum keys, CyclicLR's `lr` (its `base_lr`) and momentum keys, and
+    /// the initial step that sets each `lr`.
     /// ReduceLROnPlateau leaves the groups alone, as in PyTorch.
     ///
     /// `kwargs` are PyTorch's, with its defaults and checks. An unknown
@@ -203,6 +222,7 @@ impl Scheduler {
         } else {
             let last_epoch = kw.i64_or("last_epoch", -1)?;
             let mut setup = None;
+            let mut cyclic_setup = None;
             let mut sched = match name {
                 STEP_LR => EpochSched::Step(StepLr::from_kwargs(&kw)?),
                 MULTI_STEP_LR => EpochSched::MultiStep(MultiStepLr::from_kwargs(&kw)?),
@@ -217,11 +237,19 @@ impl Scheduler {
                     setup = Some(one_cycle_setup);
                     EpochSched::OneCycle(s)
                 }
+                CYCLIC_LR => {
+                    let (s, setup) = Cyclic::from_kwargs(&kw, &scratch, last_epoch)?;
+                    cyclic_setup = Some(setup);
+                    EpochSched::Cyclic(s)
+                }
                 _ => unreachable!("every name in NAMES has a constructor"),
             };
             kw.finish()?;
             if let Some(setup) = &setup {
                 OneCycle::prepare(setup, &mut scratch);
+            }
+            if let Some(setup) = &cyclic_setup {
+                Cyclic::prepare(setup, &mut scratch);
             }
             let mut base = Base::init(&kw, &mut scratch, last_epoch)?;
             // PyTorch's _initial_step.
@@ -232,6 +260,11 @@ impl Scheduler {
                 e => e,
             })?;
             base.is_initial = false;
+            if let EpochSched::Cyclic(c) = &sched {
+                // CyclicLR's `self.base_lrs = base_lrs` after the base
+                // constructor.
+                base.base_lrs = c.base_lrs();
+            }
             State::Epoch { base, sched }
         };
         groups.clone_from_slice(&scratch);
@@ -259,7 +292,8 @@ impl Scheduler {
     }
 
     /// Advances one step and writes each group's new `lr` (and, for
-    /// OneCycleLR with `cycle_momentum`, its `momentum` or `betas[0]`).
+    /// OneCycleLR and CyclicLR with `cycle_momentum`, its `momentum` or
+    /// `betas[0]`).
     /// Call it after the optimizer's step, as in PyTorch.
     ///
     /// Errors ([`Error::Usage`]): ReduceLROnPlateau (it needs a metric), a
@@ -300,8 +334,9 @@ impl Scheduler {
 
     /// PyTorch's `state_dict()`: the same keys in the same order (private
     /// ones such as `_step_count`, `_is_initial`,
-    /// `_get_lr_called_within_step`, `_last_lr` and OneCycleLR's
-    /// `_schedule_phases` included) and the same values, as JSON (see the
+    /// `_get_lr_called_within_step`, `_last_lr`, OneCycleLR's
+    /// `_schedule_phases` and CyclicLR's `_scale_fn_custom`, always null,
+    /// included) and the same values, as JSON (see the
     /// module documentation for the encoding).
     pub fn state_dict(&self) -> Map<String, Value> {
         match &self.state {
@@ -309,6 +344,7 @@ impl Scheduler {
                 let mut m = Map::new();
                 sched.write(&mut m);
                 base.write(&mut m);
+                sched.write_tail(&mut m);
                 m
             }
             State::Plateau(p) => p.write(),

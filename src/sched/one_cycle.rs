@@ -390,7 +390,7 @@ impl OneCycle {
 
 /// Every group's `betas` must be a list (PyTorch: a tuple) to replace its
 /// first element.
-fn check_betas(groups: &[ParamGroup]) -> Result<()> {
+pub(crate) fn check_betas(groups: &[ParamGroup]) -> Result<()> {
     for g in groups {
         match g.get("betas") {
             Some(Value::Array(_)) => {}
@@ -412,7 +412,7 @@ fn check_betas(groups: &[ParamGroup]) -> Result<()> {
 }
 
 /// `group["betas"] = (value, *group["betas"][1:])`.
-fn set_beta1(g: &mut ParamGroup, value: Value) {
+pub(crate) fn set_beta1(g: &mut ParamGroup, value: Value) {
     if let Some(Value::Array(betas)) = g.options.get_mut("betas") {
         match betas.first_mut() {
             Some(first) => *first = value,
