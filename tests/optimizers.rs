@@ -6,7 +6,8 @@
 mod common;
 
 use pytorch_saver::optim::{
-    Optimizer, ADADELTA, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, NADAM, RADAM, RMSPROP, RPROP, SGD,
+    Optimizer, ADADELTA, ADAFACTOR, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, MUON, NADAM, RADAM, RMSPROP, RPROP, SGD,
+    SPARSE_ADAM,
 };
 use pytorch_saver::Error;
 use serde_json::{json, Map, Value};
@@ -15,6 +16,18 @@ use tch::{Kind, Tensor};
 const STEPS: usize = 200;
 /// The parameters of optim_reference.py, in its order.
 const NAMES: [&str; 6] = ["a.weight", "a.bias", "b.weight", "c", "d", "e"];
+/// Its 2-D parameters: the ones a Muon scenario optimizes (Muon refuses
+/// the others, as PyTorch's does).
+const NAMES_2D: [&str; 2] = ["a.weight", "b.weight"];
+
+/// The parameters a scenario of `class` optimizes.
+fn scenario_params(class: &str) -> &'static [&'static str] {
+    if class == MUON {
+        &NAMES_2D
+    } else {
+        &NAMES
+    }
+}
 
 fn kwargs(v: Value) -> Map<String, Value> {
     v.as_object().expect("kwargs object").clone()
@@ -92,6 +105,30 @@ fn scenarios() -> Vec<(&'static str, Value)> {
             json!({"lr": 0.05, "lambd": 0.01, "alpha": 0.5, "t0": 20.0, "weight_decay": 0.01}),
         ),
         (ASGD, json!({"lr": 0.02, "t0": 0.0, "maximize": true})),
+        (ADAFACTOR, json!({})),
+        (
+            ADAFACTOR,
+            json!({"lr": 0.05, "beta2_decay": -0.5, "eps": [1e-30, 1e-3], "d": 2.0, "weight_decay": 0.01}),
+        ),
+        (ADAFACTOR, json!({"lr": 0.005, "maximize": true, "eps": [null, 1e-2]})),
+        // eps1 null takes the machine epsilon of the group's first
+        // parameter (float64 "d" here) for the whole group, as PyTorch does.
+        (
+            ADAFACTOR,
+            json!({"param_groups": [
+                {"params": ["d", "a.weight", "c"]},
+                {"params": ["b.weight", "a.bias", "e"], "lr": 0.02, "weight_decay": 0.1},
+            ]}),
+        ),
+        (MUON, json!({})),
+        (
+            MUON,
+            json!({"lr": 0.02, "momentum": 0.9, "nesterov": false, "weight_decay": 0.01, "adjust_lr_fn": "match_rms_adamw"}),
+        ),
+        (
+            MUON,
+            json!({"ns_steps": 3, "ns_coefficients": [3.0, -3.2, 1.2], "eps": 1e-6, "adjust_lr_fn": "original"}),
+        ),
         (
             ADAM,
             json!({"lr": 0.01, "param_groups": [
@@ -118,7 +155,10 @@ fn optimizers_match_torch_optim_over_200_steps() {
         "seed": 1234,
         "steps": STEPS,
         "out": out,
-        "scenarios": scenarios.iter().map(|(c, k)| json!({"class": c, "kwargs": k})).collect::<Vec<_>>(),
+        "scenarios": scenarios
+            .iter()
+            .map(|(c, k)| json!({"class": c, "kwargs": k, "params": scenario_params(c)}))
+            .collect::<Vec<_>>(),
     });
     let reference: Vec<Value> = serde_json::from_value(common::run_python("optim_reference.py", &spec)).unwrap();
     let tensors = common::read_safetensors(&out);
@@ -127,7 +167,7 @@ fn optimizers_match_torch_optim_over_200_steps() {
     let mut identical = 0;
     let mut compared = 0;
     for (s, (class, kw)) in scenarios.iter().enumerate() {
-        let params: Vec<(String, Tensor)> = NAMES
+        let params: Vec<(String, Tensor)> = scenario_params(class)
             .iter()
             .map(|n| {
                 (
@@ -264,6 +304,18 @@ fn unknown_names_and_bad_kwargs_are_errors_naming_them() {
         (RPROP, json!({"step_sizes": [1e-6]}), "\"step_sizes\""),
         (ASGD, json!({"t0": "soon"}), "\"t0\""),
         (ASGD, json!({"weight_decay": -1.0}), "\"weight_decay\""),
+        (ADAFACTOR, json!({"beta2_decay": 0.5}), "\"beta2_decay\""),
+        (ADAFACTOR, json!({"d": 0.5}), "\"d\""),
+        (ADAFACTOR, json!({"eps": [-1.0, 1e-3]}), "eps[0]"),
+        (ADAFACTOR, json!({"eps": [null, -1.0]}), "eps[1]"),
+        (ADAFACTOR, json!({"eps": 1e-3}), "\"eps\""),
+        (ADAFACTOR, json!({"amsgrad": true}), "unexpected kwarg \"amsgrad\""),
+        (MUON, json!({"adjust_lr_fn": "cosine"}), "\"adjust_lr_fn\""),
+        (MUON, json!({"ns_steps": 100}), "\"ns_steps\""),
+        (MUON, json!({"ns_steps": 2.5}), "\"ns_steps\""),
+        (MUON, json!({"ns_coefficients": [3.0, -4.0]}), "\"ns_coefficients\""),
+        (MUON, json!({"momentum": -0.9}), "\"momentum\""),
+        (MUON, json!({"foreach": false}), "unexpected kwarg \"foreach\""),
         (
             SGD,
             json!({"param_groups": [{"params": ["w"]}]}),
@@ -300,6 +352,88 @@ fn unknown_names_and_bad_kwargs_are_errors_naming_them() {
     }
 }
 
+/// Muon takes 2-D parameters only, refused at construction with PyTorch's
+/// reason and the parameter's name; SparseAdam is refused by name, saying
+/// why (it needs sparse gradients), not as an unknown optimizer.
+#[test]
+fn muon_refuses_non_2d_parameters_and_sparse_adam_is_refused_by_name() {
+    let err = Optimizer::new(MUON, &Map::new(), two_params()).unwrap_err();
+    assert!(matches!(err, Error::InvalidKwargs { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("Muon only supports 2D parameters"), "{message}");
+    assert!(message.contains("[2]") && message.contains("\"b\""), "{message}");
+    let only_w = two_params().into_iter().take(1).collect();
+    Optimizer::new(MUON, &Map::new(), only_w).unwrap();
+
+    let err = Optimizer::new(SPARSE_ADAM, &Map::new(), two_params()).unwrap_err();
+    assert!(matches!(err, Error::Usage(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(SPARSE_ADAM) && message.contains("sparse gradients"),
+        "{message}"
+    );
+}
+
+/// Adafactor keeps `row_var` (last dimension 1) and `col_var`
+/// (second-to-last 1) for a matrix and `variance` for a vector: a loaded
+/// state is checked against those shapes, and a factored state missing a
+/// factor is refused, each naming the parameter.
+#[test]
+fn adafactor_state_has_factored_shapes_and_loads_checked() {
+    let build = |params| Optimizer::new(ADAFACTOR, &Map::new(), params).unwrap();
+    let params = two_params();
+    let mut opt = build(params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect());
+    for _ in 0..3 {
+        opt.zero_grad().unwrap();
+        (&params[0].1 * &params[0].1).sum(Kind::Float).backward();
+        (&params[1].1 * 3.0).sum(Kind::Float).backward();
+        opt.step().unwrap();
+    }
+    let sd = opt.state_dict().unwrap();
+    let keys = |i: usize| sd.state[&i].keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(0), ["col_var", "row_var", "step"]);
+    assert_eq!(keys(1), ["step", "variance"]);
+    assert_eq!(sd.state[&0]["row_var"].size(), [2, 1]);
+    assert_eq!(sd.state[&0]["col_var"].size(), [1, 3]);
+    assert_eq!(sd.state[&1]["variance"].size(), [2]);
+    assert_eq!(sd.state[&0]["step"].double_value(&[]), 3.0);
+
+    let mut fresh = build(two_params());
+    fresh.load_state_dict(opt.state_dict().unwrap()).unwrap();
+    for (key, t) in &sd.state[&0] {
+        assert!(common::bit_equal(&fresh.state(0).unwrap()[key], t), "{key}");
+    }
+
+    let ones = |shape: &[i64]| Tensor::ones(shape, (Kind::Float, tch::Device::Cpu));
+    let cases: [(usize, &str, Option<Tensor>, &str, &str); 5] = [
+        (
+            0,
+            "row_var",
+            Some(ones(&[2, 3])),
+            "w",
+            "\"row_var\" has shape [2, 3], expected [2, 1]",
+        ),
+        (0, "col_var", Some(ones(&[2, 1])), "w", "expected [1, 3]"),
+        (0, "variance", Some(ones(&[2, 3])), "w", "at most one dimension"),
+        (1, "row_var", Some(ones(&[2, 1])), "b", "two or more dimensions"),
+        (0, "col_var", None, "w", "lacks \"col_var\""),
+    ];
+    for (index, key, tensor, name, needle) in cases {
+        let mut bad = opt.state_dict().unwrap();
+        let state = bad.state.get_mut(&index).unwrap();
+        match tensor {
+            Some(t) => state.insert(key.into(), t),
+            None => state.remove(key),
+        };
+        let err = fresh.load_state_dict(bad).unwrap_err();
+        assert!(
+            matches!(&err, Error::StateMismatch { tensor, .. } if tensor == name),
+            "{key}: {err:?}"
+        );
+        assert!(err.to_string().contains(needle), "{key}: {err} should mention {needle}");
+    }
+}
+
 #[test]
 fn constructor_ranges_include_what_pytorch_accepts() {
     // Adadelta's rho may be 1 (PyTorch checks 0 <= rho <= 1); ASGD does
@@ -309,6 +443,10 @@ fn constructor_ranges_include_what_pytorch_accepts() {
         (ADADELTA, json!({"rho": 0.0})),
         (ASGD, json!({"lambd": -1.0, "alpha": -0.5, "t0": -3})),
         (RPROP, json!({"step_sizes": [5, 1]})),
+        (
+            ADAFACTOR,
+            json!({"beta2_decay": 0.0, "d": 1.0, "eps": [0.0, 0.0], "lr": 0.0}),
+        ),
     ] {
         Optimizer::new(class, &kwargs(kw.clone()), two_params()).unwrap_or_else(|e| panic!("{class} {kw}: {e}"));
     }

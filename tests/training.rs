@@ -14,7 +14,9 @@ use common::{batch_data as data, train_batches as train};
 use pytorch_saver::format::{
     self, BytesTensor, Checkpoint, MemberName, Metadata, TensorMember, TensorSource, WriteOptions,
 };
-use pytorch_saver::optim::{ADADELTA, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, NADAM, RADAM, RMSPROP, RPROP, SGD};
+use pytorch_saver::optim::{
+    ADADELTA, ADAFACTOR, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, NADAM, RADAM, RMSPROP, RPROP, SGD,
+};
 use pytorch_saver::sched;
 use pytorch_saver::{models, ContainerSpec, Error, ModelContainer, UserMetadata};
 use serde_json::{json, Map, Value};
@@ -33,7 +35,9 @@ fn mlp_kwargs() -> Map<String, Value> {
 }
 
 /// Optimizer and scheduler pairs covering every optimizer and the
-/// schedulers with the most state.
+/// schedulers with the most state. Muon is not here: it takes 2-D
+/// parameters only and the MLP has biases (tests/optimizers.rs compares
+/// it with torch.optim on 2-D parameters).
 fn configs() -> Vec<(&'static str, Value, &'static str, Value)> {
     vec![
         (
@@ -101,6 +105,12 @@ fn configs() -> Vec<(&'static str, Value, &'static str, Value)> {
             json!({"lr": 0.05, "t0": 10.0}),
             sched::CONSTANT_LR,
             json!({"factor": 0.5, "total_iters": 30}),
+        ),
+        (
+            ADAFACTOR,
+            json!({"lr": 0.02, "weight_decay": 0.01}),
+            sched::COSINE_ANNEALING_LR,
+            json!({"T_max": 40, "eta_min": 0.001}),
         ),
     ]
 }

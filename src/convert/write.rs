@@ -24,6 +24,20 @@ use crate::progress::Tracker;
 /// optimizer's `step`, NAdam's `mu_product`, ASGD's `eta` and `mu`.
 const RANK0_STATE: [&str; 4] = ["step", "mu_product", "eta", "mu"];
 
+/// Whether optimizer state `key` of shape `state` fits a parameter of
+/// shape `param`: one element for the [`RANK0_STATE`], Adafactor's
+/// factored `row_var` (last dimension 1) and `col_var` (second-to-last 1)
+/// for a parameter of two or more dimensions, else the parameter's shape.
+fn state_fits(key: &str, state: &[usize], param: &[usize]) -> bool {
+    let n = param.len();
+    match key {
+        k if RANK0_STATE.contains(&k) => state.iter().product::<usize>() == 1,
+        "row_var" if n > 1 => state[..] == [&param[..n - 1], &[1]].concat()[..],
+        "col_var" if n > 1 => state[..] == [&param[..n - 2], &[1], &param[n - 1..]].concat()[..],
+        _ => state == param,
+    }
+}
+
 /// Buffers have no optimizer state: the entries of a state dict that are
 /// not parameters, by the suffixes of torch.nn's normalization layers.
 const BUFFER_SUFFIXES: &[&str] = &["running_mean", "running_var", "num_batches_tracked"];
@@ -278,12 +292,7 @@ fn optimizer_metadata(
             .get(name.as_str())
             .ok_or_else(|| cannot(format!("parameter {index}, {name:?}, is not in the model's state dict")))?;
         for t in tensors {
-            let fits = if RANK0_STATE.contains(&t.name.as_str()) {
-                t.shape.iter().product::<usize>() == 1
-            } else {
-                t.shape == param.shape
-            };
-            if !fits {
+            if !state_fits(&t.name, &t.shape, &param.shape) {
                 return Err(cannot(format!(
                     "state {:?} of parameter {index} has shape {:?}, and {name:?} has {:?}",
                     t.name, t.shape, param.shape
@@ -338,5 +347,20 @@ mod tests {
             t("fc.bias", Dtype::BF16),
         ];
         assert_eq!(derived_param_names(&model), ["conv.weight", "bn.weight", "fc.bias"]);
+    }
+
+    #[test]
+    fn adafactor_factored_state_fits_its_reduced_shapes() {
+        assert!(state_fits("row_var", &[4, 1], &[4, 3]));
+        assert!(state_fits("col_var", &[1, 3], &[4, 3]));
+        assert!(state_fits("row_var", &[2, 4, 1], &[2, 4, 3]));
+        assert!(state_fits("col_var", &[2, 1, 3], &[2, 4, 3]));
+        assert!(!state_fits("row_var", &[4, 3], &[4, 3]));
+        assert!(!state_fits("col_var", &[4, 1], &[4, 3]));
+        // A vector's Adafactor state is `variance`, of its own shape.
+        assert!(!state_fits("row_var", &[1], &[4]));
+        assert!(state_fits("variance", &[4], &[4]));
+        assert!(state_fits("step", &[], &[4, 3]));
+        assert!(state_fits("exp_avg", &[4, 3], &[4, 3]));
     }
 }

@@ -6,7 +6,7 @@ use tch::Tensor;
 
 use super::options::Hp;
 use super::state::ParamState;
-use super::{adadelta, adagrad, adam, adamax, asgd, nadam, radam, rmsprop, rprop, sgd, ParamGroup};
+use super::{adadelta, adafactor, adagrad, adam, adamax, asgd, muon, nadam, radam, rmsprop, rprop, sgd, ParamGroup};
 use crate::error::{Error, Result};
 
 /// `torch.optim.SGD`
@@ -31,11 +31,17 @@ pub const ADADELTA: &str = "torch.optim.Adadelta";
 pub const RPROP: &str = "torch.optim.Rprop";
 /// `torch.optim.ASGD`
 pub const ASGD: &str = "torch.optim.ASGD";
+/// `torch.optim.Adafactor`
+pub const ADAFACTOR: &str = "torch.optim.Adafactor";
+/// `torch.optim.Muon` (2-D parameters only)
+pub const MUON: &str = "torch.optim.Muon";
+/// `torch.optim.SparseAdam`: known, and refused (see [`Algorithm::from_name`]).
+pub const SPARSE_ADAM: &str = "torch.optim.SparseAdam";
 
 /// Every optimizer name this library knows.
 pub fn names() -> &'static [&'static str] {
     &[
-        ADADELTA, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, NADAM, RADAM, RMSPROP, RPROP, SGD,
+        ADADELTA, ADAFACTOR, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, MUON, NADAM, RADAM, RMSPROP, RPROP, SGD,
     ]
 }
 
@@ -52,6 +58,8 @@ pub(super) enum Algorithm {
     Adadelta,
     Rprop,
     Asgd,
+    Adafactor,
+    Muon,
 }
 
 impl Algorithm {
@@ -68,6 +76,16 @@ impl Algorithm {
             ADADELTA => Algorithm::Adadelta,
             RPROP => Algorithm::Rprop,
             ASGD => Algorithm::Asgd,
+            ADAFACTOR => Algorithm::Adafactor,
+            MUON => Algorithm::Muon,
+            // Known, but its step needs sparse gradients (COO tensors from
+            // nn.Embedding(sparse=True)); tch hands the step dense ones.
+            SPARSE_ADAM => {
+                return Err(Error::Usage(format!(
+                    "{SPARSE_ADAM} is not supported: it needs sparse gradients, and tch gives the \
+                     optimizer dense ones only; use {ADAM} or {ADAMW} instead"
+                )))
+            }
             _ => {
                 return Err(Error::UnknownName {
                     kind: "optimizer",
@@ -91,6 +109,8 @@ impl Algorithm {
             Algorithm::Adadelta => ADADELTA,
             Algorithm::Rprop => RPROP,
             Algorithm::Asgd => ASGD,
+            Algorithm::Adafactor => ADAFACTOR,
+            Algorithm::Muon => MUON,
         }
     }
 
@@ -108,6 +128,8 @@ impl Algorithm {
             Algorithm::Adadelta => adadelta::HYPERPARAMETERS,
             Algorithm::Rprop => rprop::HYPERPARAMETERS,
             Algorithm::Asgd => asgd::HYPERPARAMETERS,
+            Algorithm::Adafactor => adafactor::HYPERPARAMETERS,
+            Algorithm::Muon => muon::HYPERPARAMETERS,
         }
     }
 
@@ -126,7 +148,7 @@ impl Algorithm {
 
     /// The per-parameter state keys this algorithm may hold; `step` is a
     /// rank-0 float32 CPU tensor, the [`scalar_state_keys`](Self::scalar_state_keys)
-    /// are rank-0 too, every other one has the parameter's shape.
+    /// are rank-0 too, every other one has the [`state_shape`](Self::state_shape).
     pub(super) fn state_keys(self) -> &'static [&'static str] {
         match self {
             Algorithm::Sgd => sgd::STATE_KEYS,
@@ -139,6 +161,8 @@ impl Algorithm {
             Algorithm::Adadelta => adadelta::STATE_KEYS,
             Algorithm::Rprop => rprop::STATE_KEYS,
             Algorithm::Asgd => asgd::STATE_KEYS,
+            Algorithm::Adafactor => adafactor::STATE_KEYS,
+            Algorithm::Muon => muon::STATE_KEYS,
         }
     }
 
@@ -152,8 +176,28 @@ impl Algorithm {
         }
     }
 
-    /// The state keys a parameter's non-empty state must have under `group`.
-    pub(super) fn required_state(self, group: &ParamGroup) -> Result<Vec<&'static str>> {
+    /// The shape of state `key` (neither `step` nor a scalar key) for a
+    /// parameter of `shape`, or why such a parameter has no such state:
+    /// the parameter's own shape, but for Adafactor's factored
+    /// `row_var` (last dimension 1) and `col_var` (second-to-last 1).
+    pub(super) fn state_shape(self, key: &str, shape: &[i64]) -> std::result::Result<Vec<i64>, String> {
+        match self {
+            Algorithm::Adafactor => adafactor::state_shape(key, shape),
+            _ => Ok(shape.to_vec()),
+        }
+    }
+
+    /// PyTorch's constructor checks of one parameter (Muon: 2-D only).
+    pub(super) fn check_param(self, name: &str, param: &Tensor) -> std::result::Result<(), String> {
+        match self {
+            Algorithm::Muon => muon::check_param(name, param),
+            _ => Ok(()),
+        }
+    }
+
+    /// The state keys a non-empty state of a parameter of `shape` must have
+    /// under `group`.
+    pub(super) fn required_state(self, group: &ParamGroup, shape: &[i64]) -> Result<Vec<&'static str>> {
         match self {
             Algorithm::Sgd => Ok(sgd::required_state()),
             Algorithm::Adam | Algorithm::AdamW => adam::required_state(group),
@@ -165,6 +209,8 @@ impl Algorithm {
             Algorithm::Adadelta => Ok(adadelta::required_state()),
             Algorithm::Rprop => Ok(rprop::required_state()),
             Algorithm::Asgd => Ok(asgd::required_state()),
+            Algorithm::Adafactor => Ok(adafactor::required_state(shape)),
+            Algorithm::Muon => Ok(muon::required_state()),
         }
     }
 
@@ -189,6 +235,8 @@ pub(super) enum Hyper {
     Adadelta(adadelta::AdadeltaHp),
     Rprop(rprop::RpropHp),
     Asgd(asgd::AsgdHp),
+    Adafactor(adafactor::AdafactorHp),
+    Muon(muon::MuonHp),
 }
 
 impl Hyper {
@@ -204,6 +252,8 @@ impl Hyper {
             Algorithm::Adadelta => Hyper::Adadelta(adadelta::AdadeltaHp::read(g)?),
             Algorithm::Rprop => Hyper::Rprop(rprop::RpropHp::read(g)?),
             Algorithm::Asgd => Hyper::Asgd(asgd::AsgdHp::read(g)?),
+            Algorithm::Adafactor => Hyper::Adafactor(adafactor::AdafactorHp::read(g)?),
+            Algorithm::Muon => Hyper::Muon(muon::MuonHp::read(g)?),
         })
     }
 
@@ -220,6 +270,8 @@ impl Hyper {
             Hyper::Adadelta(h) => adadelta::step(h, param, grad, state),
             Hyper::Rprop(h) => rprop::step(h, param, grad, state),
             Hyper::Asgd(h) => asgd::step(h, param, grad, state),
+            Hyper::Adafactor(h) => adafactor::step(h, param, grad, state),
+            Hyper::Muon(h) => muon::step(h, param, grad, state),
         }
     }
 }

@@ -12,6 +12,7 @@
 // tensor is heap-allocated for tch's Tensor::from_ptr to own.
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/linalg_vector_norm.h>
 
 #include <cstdlib>
 
@@ -50,6 +51,35 @@ char *pts_kernel_addcmul_(at::Tensor *self, const at::Tensor *t1, const at::Tens
 char *pts_kernel_addcdiv_(at::Tensor *self, const at::Tensor *t1, const at::Tensor *t2,
                           double value) {
   return guard([&] { self->addcdiv_(*t1, *t2, value); });
+}
+
+// *out = beta * self + alpha * (mat1 @ mat2) (torch.addmm with beta and alpha)
+char *pts_kernel_addmm(const at::Tensor *self, const at::Tensor *mat1, const at::Tensor *mat2,
+                       double beta, double alpha, at::Tensor **out) {
+  return guard([&] { *out = new at::Tensor(self->addmm(*mat1, *mat2, beta, alpha)); });
+}
+
+// *out = self.clamp(min=min) (torch.clamp with no max; tch requires both)
+char *pts_kernel_clamp_min(const at::Tensor *self, double min, at::Tensor **out) {
+  return guard([&] { *out = new at::Tensor(self->clamp(min, c10::nullopt)); });
+}
+
+// self.clamp_(min=min)
+char *pts_kernel_clamp_min_(at::Tensor *self, double min) {
+  return guard([&] { self->clamp_(min, c10::nullopt); });
+}
+
+// *out = torch.linalg.vector_norm(self, 2, dim, keepdim): the whole tensor
+// when dim_len < 0, else over the dim_len dims at dim (Tensor.norm's path).
+char *pts_kernel_vector_norm(const at::Tensor *self, const int64_t *dim, int64_t dim_len,
+                             bool keepdim, at::Tensor **out) {
+  return guard([&] {
+    at::OptionalIntArrayRef dims = c10::nullopt;
+    if (dim_len >= 0) {
+      dims = at::IntArrayRef(dim, static_cast<size_t>(dim_len));
+    }
+    *out = new at::Tensor(at::linalg_vector_norm(*self, 2, dims, keepdim, c10::nullopt));
+  });
 }
 
 // self.grad = None (PyTorch's zero_grad(set_to_none=True)); tch can only zero it.

@@ -1,5 +1,6 @@
 //! Safe wrappers over src/optim/kernels.cpp: the ATen ops with the scalar
-//! arguments (`alpha`, `value`) that tch 0.26 leaves out, and clearing a
+//! arguments (`alpha`, `value`, `beta`, a clamp's lone `min`) and the
+//! `linalg_vector_norm` that tch 0.26 leaves out, and clearing a
 //! gradient. With `tch_bridge` (tensors over a mapping) and `capi`, the only
 //! FFI in the crate; see the C++ file for why these exist.
 
@@ -23,6 +24,23 @@ extern "C" {
     ) -> *mut c_char;
     fn pts_kernel_addcmul_(s: *mut C_tensor, t1: *const C_tensor, t2: *const C_tensor, value: f64) -> *mut c_char;
     fn pts_kernel_addcdiv_(s: *mut C_tensor, t1: *const C_tensor, t2: *const C_tensor, value: f64) -> *mut c_char;
+    fn pts_kernel_addmm(
+        s: *const C_tensor,
+        mat1: *const C_tensor,
+        mat2: *const C_tensor,
+        beta: f64,
+        alpha: f64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn pts_kernel_clamp_min(s: *const C_tensor, min: f64, out: *mut *mut C_tensor) -> *mut c_char;
+    fn pts_kernel_clamp_min_(s: *mut C_tensor, min: f64) -> *mut c_char;
+    fn pts_kernel_vector_norm(
+        s: *const C_tensor,
+        dim: *const i64,
+        dim_len: i64,
+        keepdim: bool,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn pts_kernel_clear_grad(s: *mut C_tensor) -> *mut c_char;
 }
 
@@ -78,6 +96,39 @@ pub fn addcmul_(a: &mut Tensor, t1: &Tensor, t2: &Tensor, value: f64) -> Result<
 /// `a += value * t1 / t2` (Tensor.addcdiv_ with value).
 pub fn addcdiv_(a: &mut Tensor, t1: &Tensor, t2: &Tensor, value: f64) -> Result<()> {
     check(unsafe { pts_kernel_addcdiv_(a.as_mut_ptr(), t1.as_ptr(), t2.as_ptr(), value) })
+}
+
+/// `beta * a + alpha * (m1 @ m2)` (torch.addmm with beta and alpha).
+pub fn addmm(a: &Tensor, m1: &Tensor, m2: &Tensor, beta: f64, alpha: f64) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    check(unsafe { pts_kernel_addmm(a.as_ptr(), m1.as_ptr(), m2.as_ptr(), beta, alpha, &mut out) })?;
+    owned(out)
+}
+
+/// `a.clamp(min=min)`: at::clamp with no upper bound (tch's `clamp`
+/// takes both; `clamp_min` is another ATen op).
+pub fn clamp_min(a: &Tensor, min: f64) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    check(unsafe { pts_kernel_clamp_min(a.as_ptr(), min, &mut out) })?;
+    owned(out)
+}
+
+/// `a.clamp_(min=min)`.
+pub fn clamp_min_(a: &mut Tensor, min: f64) -> Result<()> {
+    check(unsafe { pts_kernel_clamp_min_(a.as_mut_ptr(), min) })
+}
+
+/// `torch.linalg.vector_norm(a, 2, dim, keepdim)`, what `Tensor.norm()`,
+/// `Tensor.norm(2)` and `torch.norm(a, dim=d, keepdim=k)` run; `dim` None:
+/// over the whole tensor.
+pub fn vector_norm(a: &Tensor, dim: Option<&[i64]>, keepdim: bool) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    let (ptr, len) = match dim {
+        Some(d) => (d.as_ptr(), d.len() as i64),
+        None => (std::ptr::null(), -1),
+    };
+    check(unsafe { pts_kernel_vector_norm(a.as_ptr(), ptr, len, keepdim, &mut out) })?;
+    owned(out)
 }
 
 /// Sets the tensor's `.grad` to undefined (PyTorch's `grad = None`).

@@ -1,13 +1,15 @@
 //! Optimizers with torch.optim's math and `state_dict()` layout: SGD,
-//! Adam, AdamW, RMSprop, Adagrad, Adamax, NAdam, RAdam, Adadelta, Rprop
-//! and ASGD under PyTorch's names and kwargs.
+//! Adam, AdamW, RMSprop, Adagrad, Adamax, NAdam, RAdam, Adadelta, Rprop,
+//! ASGD, Adafactor and Muon under PyTorch's names and kwargs (SparseAdam
+//! is refused: it needs sparse gradients).
 //! tch 0.26 has optimizers but exposes none of their state, so these are
 //! implemented here on tch tensors, op for op as PyTorch 2.13 does.
 //!
 //! - [`Optimizer`] (optimizer.rs): construction, step loop, state dict.
 //! - algorithm.rs: the names, and dispatch to each algorithm's file.
 //! - sgd.rs, adam.rs (Adam and AdamW), rmsprop.rs, adagrad.rs, adamax.rs,
-//!   nadam.rs, radam.rs, adadelta.rs, rprop.rs, asgd.rs: each algorithm's
+//!   nadam.rs, radam.rs, adadelta.rs, rprop.rs, asgd.rs, adafactor.rs,
+//!   muon.rs: each algorithm's
 //!   hyperparameter table, state keys and step.
 //! - options.rs: hyperparameter checks, kwargs into group options.
 //! - state.rs: per-parameter state, its helpers and loaded-state checks.
@@ -16,6 +18,8 @@
 
 #[cfg(feature = "torch")]
 mod adadelta;
+#[cfg(feature = "torch")]
+mod adafactor;
 #[cfg(feature = "torch")]
 mod adagrad;
 #[cfg(feature = "torch")]
@@ -29,6 +33,8 @@ mod asgd;
 mod group;
 #[cfg(feature = "torch")]
 pub(crate) mod kernels;
+#[cfg(feature = "torch")]
+mod muon;
 #[cfg(feature = "torch")]
 mod nadam;
 #[cfg(feature = "torch")]
@@ -47,7 +53,10 @@ mod sgd;
 mod state;
 
 #[cfg(feature = "torch")]
-pub use algorithm::{names, ADADELTA, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, NADAM, RADAM, RMSPROP, RPROP, SGD};
+pub use algorithm::{
+    names, ADADELTA, ADAFACTOR, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, MUON, NADAM, RADAM, RMSPROP, RPROP, SGD,
+    SPARSE_ADAM,
+};
 pub use group::ParamGroup;
 #[cfg(feature = "torch")]
 pub use optimizer::Optimizer;

@@ -64,6 +64,9 @@ impl Optimizer {
             Some(spec) => build_groups(algorithm, class, spec, &base, &index, &kw)?,
         };
         kw.finish()?;
+        for (name, tensor) in &params {
+            algorithm.check_param(name, tensor).map_err(|reason| kw.error(reason))?;
+        }
         let mut opt = Optimizer {
             algorithm,
             kwargs: kwargs.clone(),
@@ -314,7 +317,7 @@ impl Optimizer {
             let param = &self.params[j];
             let mut converted = ParamState::new();
             if !saved_state.is_empty() {
-                for key in alg.required_state(group_of[&j])? {
+                for key in alg.required_state(group_of[&j], &param.tensor.size())? {
                     if !saved_state.contains_key(key) {
                         return Err(Error::StateMismatch {
                             tensor: param.name.clone(),

@@ -34,6 +34,22 @@ pub(super) enum Ty {
     Etas,
     /// Two floats, unchecked (Rprop's `step_sizes`).
     Pair,
+    /// A float at most `max`, `max` included (Adafactor's `beta2_decay`).
+    FloatAtMost {
+        max: f64,
+    },
+    /// Adafactor's `eps`: `[eps1, eps2]`, eps1 null (the dtype's machine
+    /// epsilon) or at least 0, eps2 at least 0.
+    AdafactorEps,
+    /// Three floats, unchecked (Muon's `ns_coefficients`).
+    Triple,
+    /// An integer below `below` (Muon's `ns_steps`, which PyTorch refuses
+    /// from 100 on when it steps; here at construction).
+    IntBelow {
+        below: i64,
+    },
+    /// null or one of these strings (Muon's `adjust_lr_fn`).
+    OptChoice(&'static [&'static str]),
 }
 
 pub(super) const NON_NEG: Ty = Ty::Float { min: 0.0, max: None };
@@ -114,6 +130,31 @@ fn check_value(hp: &Hp, v: &Value) -> std::result::Result<(), String> {
             )),
         },
         (Ty::Pair, _) => pair(hp.key, v).map(|_| ()),
+        (Ty::FloatAtMost { max }, Value::Number(n)) => match n.as_f64() {
+            Some(x) if x <= max => Ok(()),
+            _ => Err(format!("must be at most {max}, got {n}")),
+        },
+        (Ty::FloatAtMost { .. }, _) => Err(format!("must be a number, got {v}")),
+        (Ty::AdafactorEps, Value::Array(a)) if a.len() == 2 => {
+            if !a[0].is_null() {
+                let eps1 = a[0]
+                    .as_f64()
+                    .ok_or_else(|| format!("eps[0] must be null or a number, got {}", a[0]))?;
+                in_range(eps1, 0.0, None).map_err(|e| format!("eps[0] (epsilon1) {e}"))?;
+            }
+            let eps2 = a[1]
+                .as_f64()
+                .ok_or_else(|| format!("eps[1] must be a number, got {}", a[1]))?;
+            in_range(eps2, 0.0, None).map_err(|e| format!("eps[1] (epsilon2) {e}"))
+        }
+        (Ty::AdafactorEps, _) => Err(format!("must be a list [eps1 or null, eps2], got {v}")),
+        (Ty::Triple, Value::Array(a)) if a.len() == 3 && a.iter().all(Value::is_number) => Ok(()),
+        (Ty::Triple, _) => Err(format!("must be a list of three numbers, got {v}")),
+        (Ty::IntBelow { below }, Value::Number(n)) if n.as_i64().is_some_and(|i| i < below) => Ok(()),
+        (Ty::IntBelow { below }, _) => Err(format!("must be an integer below {below}, got {v}")),
+        (Ty::OptChoice(_), Value::Null) => Ok(()),
+        (Ty::OptChoice(choices), Value::String(c)) if choices.contains(&c.as_str()) => Ok(()),
+        (Ty::OptChoice(choices), _) => Err(format!("must be null or one of {choices:?}, got {v}")),
     }
 }
 

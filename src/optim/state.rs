@@ -71,9 +71,10 @@ pub(super) fn convert_state(alg: Algorithm, name: &str, param: &Tensor, key: &st
         };
         return Ok(t.f_to_device(param.device())?.f_to_kind(kind)?);
     }
-    if t.size() != param.size() {
+    let expected = alg.state_shape(key, &param.size()).map_err(mismatch)?;
+    if t.size() != expected {
         return Err(mismatch(format!(
-            "optimizer state {key:?} has shape {:?}, the parameter {:?}",
+            "optimizer state {key:?} has shape {:?}, expected {expected:?} (the parameter's is {:?})",
             t.size(),
             param.size()
         )));

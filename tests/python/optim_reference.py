@@ -3,11 +3,14 @@ path) on seeded parameters and gradients and writes everything the Rust
 test needs to repeat and compare the run.
 
 stdin: {"seed": int, "steps": int, "out": path, "scenarios": [{"class": name,
-"kwargs": {...}}]}, where kwargs may hold "param_groups": [{"params":
-[names], ...overrides}]. Writes `out` (safetensors: init.<name>,
-grad.<step>.<name>, final.<s>.<name>, state.<s>.<index>.<key>) and prints
-JSON: per scenario the internals of layout.to_layout."""
+"kwargs": {...}, "params": [names]}]}, where kwargs may hold "param_groups":
+[{"params": [names], ...overrides}] and "params", if present, picks the
+parameters the scenario optimizes (Muon takes the 2-D ones only). Writes
+`out` (safetensors: init.<name>, grad.<step>.<name>, final.<s>.<name>,
+state.<s>.<index>.<key>) and prints JSON: per scenario the internals of
+layout.to_layout."""
 
+import inspect
 import json
 import sys
 
@@ -50,7 +53,8 @@ def main():
 
     results = []
     for s, scenario in enumerate(spec["scenarios"]):
-        params = {n: init[n].clone().requires_grad_() for n, _, _ in PARAMS}
+        chosen = scenario.get("params") or [n for n, _, _ in PARAMS]
+        params = {n: init[n].clone().requires_grad_() for n, _, _ in PARAMS if n in chosen}
         kwargs = dict(scenario["kwargs"])
         cls = getattr(torch.optim, scenario["class"].rsplit(".", 1)[1])
         groups = kwargs.pop("param_groups", None)
@@ -64,17 +68,23 @@ def main():
                 target.append(group)
         if "betas" in kwargs:
             kwargs["betas"] = tuple(kwargs["betas"])
-        opt = cls(target, foreach=False, **kwargs)
+        # foreach=False pins PyTorch's single-tensor path (Muon has only that
+        # one and no foreach kwarg).
+        if "foreach" in inspect.signature(cls).parameters:
+            kwargs["foreach"] = False
+        opt = cls(target, **kwargs)
         for step in range(spec["steps"]):
             opt.zero_grad()
             for n, g in grads[step].items():
-                (params[n] * g).sum().backward()
+                if n in params:
+                    (params[n] * g).sum().backward()
             opt.step()
         names = {p: n for n, p in params.items()}
         internals, tensors = to_layout(opt, names)
         # foreach=False was passed only to pin PyTorch's code path.
         for g in internals["param_groups"]:
-            g["foreach"] = None
+            if "foreach" in g:
+                g["foreach"] = None
         results.append(internals)
         out.update({f"final.{s}.{n}": p.detach() for n, p in params.items()})
         out.update({f"state.{s}.{k[len('state.') :]}": t for k, t in tensors.items()})

@@ -56,6 +56,7 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
     "adadelta": (torch.optim.Adadelta, {"rho": 0.8}),
     "rprop": (torch.optim.Rprop, {"lr": 1e-2, "etas": (0.4, 1.3)}),
     "asgd": (torch.optim.ASGD, {"lr": 1e-2, "t0": 2.0}),
+    "adafactor": (torch.optim.Adafactor, {"lr": 1e-2, "weight_decay": 0.01}),
 }
 
 SCHEDULERS: dict[str, tuple[type[Any], dict[str, Any]]] = {
@@ -69,6 +70,7 @@ SCHEDULERS: dict[str, tuple[type[Any], dict[str, Any]]] = {
     "CosineAnnealingWarmRestarts": (sched.CosineAnnealingWarmRestarts, {"T_0": 3, "T_mult": 2}),
     "OneCycleLR": (sched.OneCycleLR, {"max_lr": 0.1, "total_steps": 20, "cycle_momentum": True}),
     "ReduceLROnPlateau": (sched.ReduceLROnPlateau, {"patience": 1, "factor": 0.5}),
+    "CyclicLR": (sched.CyclicLR, {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 2}),
 }
 
 

@@ -37,7 +37,7 @@ __all__ = [
 
 # Optimizer hyperparameters that PyTorch keeps as tuples; JSON has only lists.
 # (`eps` is a pair for Adafactor, a float elsewhere.)
-_TUPLE_KEYS: Final = frozenset({"betas", "etas", "step_sizes", "eps"})
+_TUPLE_KEYS: Final = frozenset({"betas", "etas", "step_sizes", "eps", "ns_coefficients"})
 
 # Per-parameter state that has its parameter's shape in PyTorch's optimizers.
 # Other keys (Adafactor's row_var, ASGD's eta, a custom optimizer's) have
@@ -56,6 +56,7 @@ _PARAMETER_SHAPED: Final = frozenset(
         "prev",
         "step_size",
         "exp_inf",
+        "variance",
     }
 )
 
