@@ -234,8 +234,15 @@ def dcp_round_trip(rank: int, world: int, out: Path) -> None:
 
 
 def tracked_refused(rank: int, world: int, out: Path) -> None:
-    """A container that tracks extra state refuses a sharded save."""
+    """A container that tracks extra state refuses a sharded save, and a
+    checkpoint manager refuses a sharded model."""
     container, _ = _container(world)
+    with pytorch_saver.CheckpointManager(out / f"managed-{rank}", "run") as manager:
+        try:
+            manager.save(container, step=1)
+        except pytorch_saver.UsageError as e:
+            if rank == 0:
+                (out / "manager_refused.txt").write_text(str(e))
     container.track("counters", pytorch_saver.Counters(step=1))
     try:
         container.save(str(out / "saved"), "run")

@@ -189,10 +189,12 @@ def test_the_reader_takes_the_index_path_and_checks_crcs(tmp_path: Path) -> None
     assert info.value.kind == "CrcMismatch"
 
 
-def test_tracked_state_is_refused_in_a_sharded_save(tmp_path: Path) -> None:
+def test_tracked_state_and_a_manager_are_refused_for_a_sharded_model(tmp_path: Path) -> None:
     assert _ranks("tracked_refused", 2, tmp_path) == 0
     assert "carries no extra state" in (tmp_path / "refused.txt").read_text()
     assert not list(tmp_path.glob("saved/*/index.json"))
+    assert "keeps single-file checkpoints" in (tmp_path / "manager_refused.txt").read_text()
+    assert not list(tmp_path.glob("managed-*/*.zip"))
 
 
 def test_a_plain_state_dict_checkpoint_is_not_a_container(tmp_path: Path) -> None:

@@ -336,7 +336,7 @@ class CheckpointManager:
     def _gather(
         self, container: ModelContainer, step: int, metadata: Mapping[str, Any]
     ) -> _Gathered:
-        from ._container import ModelContainer
+        from ._container import ModelContainer, _distributed_model
 
         self._check_open()
         if not isinstance(container, ModelContainer):
@@ -357,6 +357,12 @@ class CheckpointManager:
             raise MetadataError(
                 f"the retention policy ranks by metric {metric!r}: every save needs it as a "
                 f"finite number keyword argument ({metric}=...), got {got}"
+            )
+        if container.model is not None and _distributed_model(container.model):
+            raise UsageError(
+                "a checkpoint manager keeps single-file checkpoints; this container's model "
+                "has distributed parameters: save it with container.save (a sharded checkpoint)",
+                kind="Usage",
             )
         self._store.check_exists()
         record = ManagerRecord(self._id, step, metrics)
