@@ -117,7 +117,7 @@ def test_a_killed_rank_leaves_no_index_and_the_earlier_checkpoint_whole(tmp_path
         dcp.load({"w": torch.zeros(1)}, storage_reader=Reader(tmp_path / "killed"), no_dist=True)
     # DCP reports a failed metadata read as an AssertionError of its own,
     # with the reader's message.
-    assert "holds no committed sharded checkpoint" in str(_failure(info.value))
+    assert "no sharded checkpoint was committed there" in str(_failure(info.value))
     with pytest.raises(FormatError) as direct:
         pytorch_saver.ModelContainer().load(tmp_path / "killed" / "index.json")
     assert direct.value.kind == "NotCommitted"
@@ -143,7 +143,7 @@ def _save_single(state: dict[str, Any], location: Path | str) -> None:
 @pytest.mark.parametrize(
     ("value", "why"),
     [
-        (object(), "Unsupported global"),
+        (object(), "which is not allowed"),
         ((1, 2), "a tuple"),
         ({1, 2}, "set"),
         (float("nan"), "not a finite number"),

@@ -35,7 +35,7 @@ from . import _legacy
 from ._errors import FormatError, UnsafePickleError
 from ._format.tensors import writable_bytes
 
-__all__ = ["TorchFile", "is_torch_zip", "read_torch_file"]
+__all__ = ["TorchFile", "is_torch_zip", "read_torch_bytes", "read_torch_file"]
 
 KIND: Final = "InvalidForeign"
 """The kind of the FormatError a malformed input raises (as Rust's
@@ -242,9 +242,20 @@ def read_torch_file(
     cannot be read. ``advance(n)`` hears each chunk of storage bytes read.
     """
     path_str = os.fspath(path)
-    size = os.stat(path_str).st_size
+    return _read(path_str, os.stat(path_str).st_size, path_str, advance)
+
+
+def read_torch_bytes(data: bytes, what: str) -> TorchFile:
+    """:func:`read_torch_file` of a ``torch.save`` archive held in memory
+    (``what`` names it in errors), with the same restrictions."""
+    return _read(io.BytesIO(data), len(data), what, lambda n: None)
+
+
+def _read(
+    source: str | io.BytesIO, size: int, path_str: str, advance: Callable[[int], None]
+) -> TorchFile:
     try:
-        with zipfile.ZipFile(path_str) as zf:
+        with zipfile.ZipFile(source) as zf:
             prefix = _archive_prefix(zf, path_str)
             if f"{prefix}byteorder" in zf.namelist():
                 info = zf.getinfo(f"{prefix}byteorder")

@@ -3,30 +3,28 @@ the index (docs/FORMAT.md 13.1), never pickled.
 
 DCP's planners hand a value to the storage layer as the bytes of
 ``torch.save(value)`` and take it back through ``torch.load``. The writer
-reads those bytes with torch's restricted unpickler
-(``weights_only=True``: it builds containers and primitives only and
-refuses any other global, so nothing in them runs code), then admits only
-what JSON holds exactly; the reader hands the planner bytes it made itself
-with ``torch.save`` from the stored JSON.
+reads those bytes with this package's restricted reader of ``torch.save``
+archives (``_torch_file.py``: it scans the pickle first and refuses any
+global that is not a plain container or a tensor, so nothing in it runs
+code), then admits only what JSON holds exactly; the reader hands the
+planner bytes it made itself with ``torch.save`` from the stored JSON.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import pickle
-import re
 from typing import Any
 
 import torch
 
-from .._errors import MetadataError
+from .._errors import FormatError, MetadataError, UnsafePickleError
 from .._format.json import is_uint
+from .._torch_file import read_torch_bytes
 
 __all__ = ["json_value", "value_stream"]
 
 _INT_MIN = -(1 << 63)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _why_not_json(value: Any, path: str) -> str | None:
@@ -58,32 +56,22 @@ def _why_not_json(value: Any, path: str) -> str | None:
     return f"{path}: a {type(value).__name__}"
 
 
-def _refusal(e: BaseException) -> str:
-    """The line of the unpickler's refusal that names what it refused."""
-    lines = [_ANSI.sub("", line).strip() for line in str(e).splitlines()]
-    for line in lines:
-        if "Unsupported global" in line or "Unsupported operand" in line:
-            return line.split(". Please")[0].rstrip(".")
-    return next((line for line in lines if line), type(e).__name__)
-
-
 def json_value(name: str, data: io.BytesIO) -> Any:
     """The value in ``data`` (``torch.save`` bytes), when it is plain JSON;
     :class:`MetadataError` naming ``name`` otherwise."""
-    data.seek(0)
+    why = (
+        f"the value {name!r} of the state dict is not plain JSON, so a sharded checkpoint "
+        "cannot hold it"
+    )
     try:
-        value = torch.load(data, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
-        raise MetadataError(
-            f"the value {name!r} of the state dict is not plain JSON, so a sharded checkpoint "
-            f"cannot hold it (it would need pickle): {_refusal(e)}"
-        ) from None
+        value = read_torch_bytes(data.getvalue(), f"the value {name!r}").obj
+    except UnsafePickleError as e:
+        raise MetadataError(f"{why} (it would need pickle): {e}") from None
+    except FormatError as e:
+        raise MetadataError(f"{why}: {e}") from None
     reason = _why_not_json(value, name)
     if reason is not None:
-        raise MetadataError(
-            f"the value {name!r} of the state dict is not plain JSON, so a sharded checkpoint "
-            f"cannot hold it: {reason}"
-        )
+        raise MetadataError(f"{why}: {reason}")
     return value
 
 

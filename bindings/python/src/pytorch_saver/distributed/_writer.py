@@ -94,8 +94,8 @@ class Writer(StorageWriter):
     holding every tensor's global shape, dtype and chunks, and the
     non-tensor values as JSON. A location holds one checkpoint: saving to
     one that has an index fails. A value that is not plain JSON (DCP hands
-    values over as ``torch.save`` bytes, read back here with torch's
-    restricted unpickler) is refused, naming its key
+    values over as ``torch.save`` bytes, read back here by the package's
+    restricted reader, never ``torch.load``) is refused, naming its key
     (:class:`MetadataError`, inside DCP's ``CheckpointException``), and no
     index is written. Tensors of dtypes the format has no name for
     (complex, float8) are refused the same way.
