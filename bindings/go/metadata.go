@@ -261,6 +261,12 @@ func copyObject(m map[string]any) map[string]any { return cloneTypedObject(m) }
 // encoding/json lets through: a repeated key, a number that does not fit
 // a float64, nesting deeper than 127 levels.
 func decodeMetadataObject(text string) (map[string]any, error) {
+	return decodeStrictObject(text, "metadata.json")
+}
+
+// decodeStrictObject is decodeMetadataObject for the JSON document named
+// what (metadata.json, index.json): its errors are of kind "Json".
+func decodeStrictObject(text, what string) (map[string]any, error) {
 	dec := json.NewDecoder(strings.NewReader(text))
 	dec.UseNumber()
 	v, err := decodeJSONValue(dec, 1)
@@ -270,11 +276,11 @@ func decodeMetadataObject(text string) (map[string]any, error) {
 		}
 	}
 	if err != nil {
-		return nil, &Error{Code: CodeFormat, Kind: "Json", Message: "metadata.json: " + err.Error()}
+		return nil, &Error{Code: CodeFormat, Kind: "Json", Message: what + ": " + err.Error()}
 	}
 	object, ok := v.(map[string]any)
 	if !ok {
-		return nil, &Error{Code: CodeFormat, Kind: "Json", Message: "metadata.json: the top level is not an object"}
+		return nil, &Error{Code: CodeFormat, Kind: "Json", Message: what + ": the top level is not an object"}
 	}
 	return object, nil
 }

@@ -6,10 +6,8 @@ package pytorchsaver
 import "C"
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"runtime"
 	"slices"
@@ -427,20 +425,9 @@ func (x *ShardedIndex) Time() time.Time { return time.Unix(x.Timestamp, 0).UTC()
 // (chunks inside their tensor and tiling it, shard positions and ranks,
 // names unique) are not repeated here.
 func ParseShardedIndex(text string) (*ShardedIndex, error) {
-	dec := json.NewDecoder(strings.NewReader(text))
-	dec.UseNumber()
-	v, err := decodeJSONValue(dec, 1)
-	if err == nil {
-		if _, extra := dec.Token(); extra != io.EOF {
-			err = errors.New("data after the top-level value")
-		}
-	}
+	object, err := decodeStrictObject(text, "index.json")
 	if err != nil {
-		return nil, &Error{Code: CodeFormat, Kind: "Json", Message: "index.json: " + err.Error()}
-	}
-	object, ok := v.(map[string]any)
-	if !ok {
-		return nil, &Error{Code: CodeFormat, Kind: "Json", Message: "index.json: the top level is not an object"}
+		return nil, err
 	}
 	return newShardedIndex(object)
 }

@@ -9,7 +9,7 @@
 use serde_json::{Map, Value};
 
 use super::base::{Base, Momentum, Update};
-use super::one_cycle::{check_betas, set_beta1};
+use super::one_cycle::{check_betas, cycled_momentum_is_beta1, set_beta1};
 use super::pymath::{div, pow, Num};
 use super::state::{num_list, StateReader};
 use crate::error::{Error, Result};
@@ -142,19 +142,7 @@ impl Cyclic {
         let mut setup_momenta = None;
         let mut use_beta1 = false;
         if cycle_momentum {
-            // PyTorch asks the optimizer's defaults; every group holds the
-            // defaults' keys, so the groups tell the same.
-            use_beta1 = !groups.is_empty() && groups.iter().all(|g| g.options.contains_key("betas"));
-            let momentum = groups.iter().all(|g| g.options.contains_key("momentum"));
-            if !use_beta1 && !momentum {
-                return Err(kw.error(
-                    "cycle_momentum: optimizer must support momentum or beta1 with `cycle_momentum` option enabled \
-                     (every param group needs \"momentum\" or \"betas\"; pass cycle_momentum=false otherwise)",
-                ));
-            }
-            if use_beta1 {
-                check_betas(groups)?;
-            }
+            use_beta1 = cycled_momentum_is_beta1(kw, groups)?;
             let base = base_momentum.expand(kw, "base_momentum", n)?;
             let max = max_momentum.expand(kw, "max_momentum", n)?;
             if last_epoch == -1 {

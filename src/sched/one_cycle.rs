@@ -240,19 +240,7 @@ impl OneCycle {
         let mut use_beta1 = false;
         let mut momenta = None;
         if cycle_momentum {
-            // PyTorch asks the optimizer's defaults; every group holds the
-            // defaults' keys, so the groups tell the same.
-            use_beta1 = !groups.is_empty() && groups.iter().all(|g| g.options.contains_key("betas"));
-            let momentum = groups.iter().all(|g| g.options.contains_key("momentum"));
-            if !use_beta1 && !momentum {
-                return Err(kw.error(
-                    "cycle_momentum: optimizer must support momentum or beta1 with `cycle_momentum` option enabled \
-                     (every param group needs \"momentum\" or \"betas\"; pass cycle_momentum=false otherwise)",
-                ));
-            }
-            if use_beta1 {
-                check_betas(groups)?;
-            }
+            use_beta1 = cycled_momentum_is_beta1(kw, groups)?;
             let max_m = max_momentum.expand(kw, "max_momentum", groups.len())?;
             let base_m = base_momentum.expand(kw, "base_momentum", groups.len())?;
             if last_epoch == -1 {
@@ -386,6 +374,25 @@ impl OneCycle {
             use_beta1,
         })
     }
+}
+
+/// Which option momentum cycling drives (OneCycleLR, CyclicLR): `true`
+/// for Adam-like `betas[0]`, `false` for `momentum`; an error when the
+/// groups have neither. PyTorch asks the optimizer's defaults; every group
+/// holds the defaults' keys, so the groups tell the same.
+pub(crate) fn cycled_momentum_is_beta1(kw: &Kwargs, groups: &[ParamGroup]) -> Result<bool> {
+    let use_beta1 = !groups.is_empty() && groups.iter().all(|g| g.options.contains_key("betas"));
+    let momentum = groups.iter().all(|g| g.options.contains_key("momentum"));
+    if !use_beta1 && !momentum {
+        return Err(kw.error(
+            "cycle_momentum: optimizer must support momentum or beta1 with `cycle_momentum` option enabled \
+             (every param group needs \"momentum\" or \"betas\"; pass cycle_momentum=false otherwise)",
+        ));
+    }
+    if use_beta1 {
+        check_betas(groups)?;
+    }
+    Ok(use_beta1)
 }
 
 /// Every group's `betas` must be a list (PyTorch: a tuple) to replace its
