@@ -20,6 +20,15 @@ pub enum Error {
     /// A second registration under a name already taken.
     #[error("a {kind} named {name:?} is already registered")]
     DuplicateName { kind: &'static str, name: String },
+    /// A class this language cannot build: PyTorch's LambdaLR and
+    /// MultiplicativeLR (their `lr_lambda` is a Python callable, which no
+    /// file carries), SparseAdam; `reason` says why and what to do.
+    #[error("{kind} {name:?} is not supported here: {reason}")]
+    UnsupportedClass {
+        kind: &'static str,
+        name: String,
+        reason: String,
+    },
     /// Constructor kwargs that the class does not accept.
     #[error("{class}: {reason}")]
     InvalidKwargs { class: String, reason: String },
@@ -86,6 +95,7 @@ impl Error {
             Error::Format(f) => f.kind(),
             Error::UnknownName { .. } => "UnknownName",
             Error::DuplicateName { .. } => "DuplicateName",
+            Error::UnsupportedClass { .. } => "UnsupportedClass",
             Error::InvalidKwargs { .. } => "InvalidKwargs",
             Error::Factory { .. } => "Factory",
             Error::ReservedMetadataKey(_) => "ReservedMetadataKey",

@@ -34,6 +34,11 @@ struct Scenario {
 
 const LRS: [f64; 2] = [0.1, 0.05];
 
+/// A child scheduler of a composite, as the file holds it: a `spec` tag.
+fn child(class: &str, kwargs: Value) -> Value {
+    json!({"__type__": "spec", "class": class, "kwargs": kwargs})
+}
+
 fn scenario(class: &'static str, kwargs: Value) -> Scenario {
     let short = class.rsplit('.').next().unwrap();
     Scenario {
@@ -268,6 +273,102 @@ fn scenarios() -> Vec<Scenario> {
             json!({"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 10, "last_epoch": 25}),
         )
         .resuming([0.2, 0.1]),
+    ]
+    .into_iter()
+    .chain(composite_scenarios())
+    .collect()
+}
+
+/// SequentialLR and ChainedScheduler, their children given as spec tags.
+fn composite_scenarios() -> Vec<Scenario> {
+    use pytorch_saver::sched::*;
+    let warmup = || {
+        json!({"schedulers": [child(LINEAR_LR, json!({"start_factor": 0.1, "total_iters": 5})),
+                              child(COSINE_ANNEALING_LR, json!({"T_max": 995}))],
+               "milestones": [5]})
+    };
+    vec![
+        // The standard warmup.
+        scenario(SEQUENTIAL_LR, warmup()),
+        scenario(SEQUENTIAL_LR, warmup()).adam(),
+        scenario(
+            SEQUENTIAL_LR,
+            json!({"schedulers": [child(CONSTANT_LR, json!({"factor": 0.5, "total_iters": 10})),
+                                  child(EXPONENTIAL_LR, json!({"gamma": 0.99})),
+                                  child(STEP_LR, json!({"step_size": 50, "gamma": 0.5}))],
+                   "milestones": [100, 400]}),
+        ),
+        scenario(
+            SEQUENTIAL_LR,
+            json!({"schedulers": [child(CONSTANT_LR, json!({"factor": 0.25, "total_iters": 30})),
+                                  child(EXPONENTIAL_LR, json!({"gamma": 0.995})),
+                                  child(MULTI_STEP_LR, json!({"milestones": [100, 300, 300], "gamma": 0.5}))],
+                   "milestones": [50, 300]}),
+        )
+        .adam(),
+        scenario(
+            SEQUENTIAL_LR,
+            json!({"schedulers": [child(LINEAR_LR, json!({"start_factor": 0.5, "total_iters": 20})),
+                                  child(CYCLIC_LR, json!({"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 50}))],
+                   "milestones": [100]}),
+        ),
+        scenario(
+            SEQUENTIAL_LR,
+            json!({"schedulers": [child(LINEAR_LR, json!({"start_factor": 0.2, "total_iters": 10})),
+                                  child(ONE_CYCLE_LR, json!({"max_lr": 0.3, "total_steps": 1000}))],
+                   "milestones": [10]}),
+        )
+        .adam(),
+        scenario(
+            SEQUENTIAL_LR,
+            json!({"schedulers": [child(LINEAR_LR, json!({"start_factor": 0.1, "total_iters": 30})),
+                                  child(POLYNOMIAL_LR, json!({"total_iters": 400, "power": 2})),
+                                  child(COSINE_ANNEALING_WARM_RESTARTS, json!({"T_0": 50, "T_mult": 2}))],
+                   "milestones": [30, 500]}),
+        ),
+        // LinearLR, ConstantLR and ExponentialLR switched to at a
+        // milestone (their closed forms).
+        scenario(
+            SEQUENTIAL_LR,
+            json!({"schedulers": [child(STEP_LR, json!({"step_size": 30, "gamma": 0.8})),
+                                  child(LINEAR_LR, json!({"start_factor": 0.5, "end_factor": 0.9, "total_iters": 100})),
+                                  child(CONSTANT_LR, json!({"factor": 0.3, "total_iters": 200})),
+                                  child(EXPONENTIAL_LR, json!({"gamma": 0.995}))],
+                   "milestones": [100, 300, 600]}),
+        )
+        .adam(),
+        // SequentialLR's own last_epoch.
+        scenario(SEQUENTIAL_LR, {
+            let mut kw = warmup();
+            kw["last_epoch"] = json!(10);
+            kw
+        }),
+        scenario(
+            CHAINED_SCHEDULER,
+            json!({"schedulers": [child(CONSTANT_LR, json!({"factor": 0.5, "total_iters": 20})),
+                                  child(EXPONENTIAL_LR, json!({"gamma": 0.995}))]}),
+        ),
+        scenario(
+            CHAINED_SCHEDULER,
+            json!({"schedulers": [child(MULTI_STEP_LR, json!({"milestones": [200, 600], "gamma": 0.5})),
+                                  child(LINEAR_LR, json!({"start_factor": 0.2, "total_iters": 50}))]}),
+        )
+        .adam(),
+        // Composites within composites, as PyTorch allows them.
+        scenario(
+            SEQUENTIAL_LR,
+            json!({"schedulers": [child(CHAINED_SCHEDULER, json!({"schedulers": [
+                                      child(LINEAR_LR, json!({"start_factor": 0.1, "total_iters": 20})),
+                                      child(EXPONENTIAL_LR, json!({"gamma": 0.999}))]})),
+                                  child(COSINE_ANNEALING_LR, json!({"T_max": 900, "eta_min": 0.001}))],
+                   "milestones": [100]}),
+        ),
+        scenario(
+            CHAINED_SCHEDULER,
+            json!({"schedulers": [child(SEQUENTIAL_LR, warmup()),
+                                  child(MULTI_STEP_LR, json!({"milestones": [300, 700]}))]}),
+        )
+        .adam(),
     ]
 }
 
@@ -591,9 +692,11 @@ fn assert_names_kwarg(err: Error, class: &str, key: &str) {
 }
 
 #[test]
-fn names_lists_all_eleven_schedulers() {
+fn names_lists_all_thirteen_schedulers() {
     let names = sched::names();
-    assert_eq!(names.len(), 11);
+    assert_eq!(names.len(), 13);
+    assert!(names.contains(&sched::SEQUENTIAL_LR) && names.contains(&sched::CHAINED_SCHEDULER));
+    assert!(!names.contains(&sched::LAMBDA_LR) && !names.contains(&sched::MULTIPLICATIVE_LR));
     for n in names {
         assert!(n.starts_with("torch.optim.lr_scheduler."), "{n}");
     }
@@ -609,16 +712,151 @@ fn names_lists_all_eleven_schedulers() {
 
 #[test]
 fn unknown_scheduler_is_refused_listing_the_known_ones() {
-    match build_err("torch.optim.lr_scheduler.LambdaLR", json!({}), &sgd_groups()) {
-        Error::UnknownName { kind, name, known } => {
-            assert_eq!(kind, "scheduler");
-            assert_eq!(name, "torch.optim.lr_scheduler.LambdaLR");
-            for n in sched::names() {
-                assert!(known.contains(n), "{known} lacks {n}");
+    const NO_SUCH: &str = "torch.optim.lr_scheduler.NoSuchLR";
+    let as_child = json!({"schedulers": [child(sched::LINEAR_LR, json!({})), child(NO_SUCH, json!({}))],
+                          "milestones": [5]});
+    for err in [
+        build_err(NO_SUCH, json!({}), &sgd_groups()),
+        // A composite's child: the same error as at top level.
+        build_err(sched::SEQUENTIAL_LR, as_child, &sgd_groups()),
+    ] {
+        match err {
+            Error::UnknownName { kind, name, known } => {
+                assert_eq!(kind, "scheduler");
+                assert_eq!(name, NO_SUCH);
+                for n in sched::names() {
+                    assert!(known.contains(n), "{known} lacks {n}");
+                }
             }
+            e => panic!("expected UnknownName, got {e:?}"),
         }
-        e => panic!("expected UnknownName, got {e:?}"),
     }
+}
+
+/// LambdaLR and MultiplicativeLR take a Python callable (`lr_lambda`),
+/// which no file carries: building one, at top level or as a composite's
+/// child, is UnsupportedClass naming the class and saying why.
+#[test]
+fn lambda_schedulers_are_unsupported_naming_the_class() {
+    use pytorch_saver::format::typed;
+    for class in [sched::LAMBDA_LR, sched::MULTIPLICATIVE_LR] {
+        let kw = json!({"lr_lambda": typed::callable("warmup")});
+        let chained =
+            json!({"schedulers": [child(sched::EXPONENTIAL_LR, json!({"gamma": 0.9})), child(class, kw.clone())]});
+        for err in [
+            build_err(class, kw.clone(), &sgd_groups()),
+            build_err(sched::CHAINED_SCHEDULER, chained, &sgd_groups()),
+        ] {
+            assert_eq!(err.kind(), "UnsupportedClass");
+            match &err {
+                Error::UnsupportedClass { kind, name, reason } => {
+                    assert_eq!(*kind, "scheduler");
+                    assert_eq!(name, class);
+                    assert!(reason.contains("Python") && reason.contains("lambda"), "{reason}");
+                }
+                e => panic!("{class}: expected UnsupportedClass, got {e:?}"),
+            }
+            assert!(err.to_string().contains(class), "{err}");
+        }
+    }
+}
+
+/// A file whose metadata names LambdaLR (its kwargs with a `callable`
+/// tag, its state PyTorch's LambdaLR state_dict), as the Python package
+/// writes one: the container refuses it with UnsupportedClass naming the
+/// class, and is left as it was. (The container needs libtorch.)
+#[cfg(feature = "torch")]
+#[test]
+fn a_checkpoint_naming_lambda_lr_is_refused_and_the_container_is_untouched() {
+    use pytorch_saver::format::{
+        typed, write_checkpoint, BytesTensor, Checkpoint, SchedulerMetadata, TensorMember, TensorSource, WriteOptions,
+    };
+    use pytorch_saver::{models, optim, ContainerSpec, ModelContainer, UserMetadata};
+
+    let dir = tempfile::tempdir().unwrap();
+    tch::manual_seed(7);
+    let mut c = ModelContainer::new();
+    c.initialize(
+        ContainerSpec::model(
+            models::MLP,
+            kwargs(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})),
+        )
+        .optimizer(optim::SGD, kwargs(json!({"lr": 0.1, "momentum": 0.9})))
+        .scheduler(sched::STEP_LR, kwargs(json!({"step_size": 3}))),
+    )
+    .unwrap();
+    let saved = c.save(dir.path(), "step", &UserMetadata::new()).unwrap();
+
+    // The same file with LambdaLR in the scheduler's place, written with
+    // the format layer.
+    let ckpt = Checkpoint::open(&saved).unwrap();
+    let mut meta = ckpt.metadata().clone();
+    meta.format_version = 2;
+    let lambda_state = json!({"base_lrs": [0.1], "last_epoch": 0, "_step_count": 1, "_is_initial": false,
+                              "_get_lr_called_within_step": false, "_last_lr": [0.1], "lr_lambdas": [null]});
+    meta.scheduler = Some(SchedulerMetadata {
+        class: sched::LAMBDA_LR.into(),
+        kwargs: kwargs(json!({"lr_lambda": typed::callable("warmup")})),
+        state: kwargs(lambda_state),
+    });
+    let tensors: Vec<Vec<BytesTensor>> = meta
+        .members()
+        .into_iter()
+        .skip(1)
+        .map(|m| {
+            ckpt.tensors(m)
+                .iter()
+                .map(|e| BytesTensor {
+                    name: e.name.clone(),
+                    dtype: e.dtype,
+                    shape: e.shape.clone(),
+                    data: ckpt.tensor_bytes(e).into(),
+                })
+                .collect()
+        })
+        .collect();
+    let members: Vec<TensorMember> = meta
+        .members()
+        .into_iter()
+        .skip(1)
+        .zip(&tensors)
+        .map(|(name, ts)| TensorMember {
+            name,
+            tensors: ts.iter().map(|t| t as &dyn TensorSource).collect(),
+        })
+        .collect();
+    let lambda_file = write_checkpoint(dir.path(), "lambda", &meta, &members, &WriteOptions::default()).unwrap();
+
+    let before_state = c.scheduler().unwrap().state_dict();
+    let before_params: Vec<(String, tch::Tensor)> = c
+        .model()
+        .unwrap()
+        .parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect();
+    let err = c.load(&lambda_file).unwrap_err();
+    match &err {
+        Error::UnsupportedClass { kind, name, reason } => {
+            assert_eq!(*kind, "scheduler");
+            assert_eq!(name, sched::LAMBDA_LR);
+            assert!(reason.contains("Python"), "{reason}");
+        }
+        e => panic!("expected UnsupportedClass, got {e:?}"),
+    }
+    assert_eq!(c.scheduler().unwrap().class(), sched::STEP_LR, "the container changed");
+    assert_eq!(c.scheduler().unwrap().state_dict(), before_state);
+    let after = c.model().unwrap().parameters();
+    assert_eq!(after.len(), before_params.len());
+    for ((n, a), (m, b)) in after.iter().zip(&before_params) {
+        assert_eq!(n, m);
+        assert!(a.equal(b), "{n} changed");
+    }
+    // A fresh container refuses it the same way, and the original loads.
+    let mut fresh = ModelContainer::new();
+    assert_eq!(fresh.load(&lambda_file).unwrap_err().kind(), "UnsupportedClass");
+    assert!(fresh.model().is_err(), "a refused load left a model behind");
+    fresh.load(&saved).unwrap();
 }
 
 #[test]
@@ -860,6 +1098,9 @@ fn groups_without_lr_are_refused_unchanged() {
             sched::COSINE_ANNEALING_WARM_RESTARTS => json!({"T_0": 2}),
             sched::ONE_CYCLE_LR => json!({"max_lr": 0.1, "total_steps": 10, "cycle_momentum": false}),
             sched::CYCLIC_LR => json!({"base_lr": 0.01, "max_lr": 0.1}),
+            sched::SEQUENTIAL_LR => json!({"schedulers": [child(sched::STEP_LR, json!({"step_size": 2}))],
+                                           "milestones": []}),
+            sched::CHAINED_SCHEDULER => json!({"schedulers": [child(sched::STEP_LR, json!({"step_size": 2}))]}),
             _ => json!({}),
         };
         match build_err(class, kw, &groups) {
@@ -1046,4 +1287,151 @@ fn load_state_dict_checks_what_pytorch_checks_on_load() {
         s.load_state_dict(&bad, &groups),
         Err(Error::InvalidState { .. })
     ));
+}
+
+// ------------------------------------------------------------ composites
+
+/// PyTorch's checks of SequentialLR and ChainedScheduler, each naming the
+/// kwarg; the groups unchanged.
+#[test]
+fn composite_kwargs_are_checked_naming_the_kwarg() {
+    use pytorch_saver::sched::*;
+    let linear = || child(LINEAR_LR, json!({}));
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            SEQUENTIAL_LR,
+            json!({"schedulers": [], "milestones": []}),
+            "at least one scheduler",
+        ),
+        (CHAINED_SCHEDULER, json!({"schedulers": []}), "at least one scheduler"),
+        (SEQUENTIAL_LR, json!({"milestones": []}), "schedulers"),
+        (SEQUENTIAL_LR, json!({"schedulers": [linear()]}), "milestones"),
+        (
+            SEQUENTIAL_LR,
+            json!({"schedulers": [linear(), linear()], "milestones": []}),
+            "milestones",
+        ),
+        (
+            SEQUENTIAL_LR,
+            json!({"schedulers": [linear()], "milestones": [3]}),
+            "milestones",
+        ),
+        (
+            SEQUENTIAL_LR,
+            json!({"schedulers": [linear()], "milestones": [], "last_epoch": 1.5}),
+            "last_epoch",
+        ),
+        (
+            SEQUENTIAL_LR,
+            json!({"schedulers": [{"class": LINEAR_LR, "kwargs": {}}], "milestones": []}),
+            "schedulers",
+        ),
+        (
+            SEQUENTIAL_LR,
+            json!({"schedulers": linear(), "milestones": []}),
+            "schedulers",
+        ),
+        (
+            SEQUENTIAL_LR,
+            json!({"schedulers": [linear(), child(REDUCE_LR_ON_PLATEAU, json!({}))], "milestones": [3]}),
+            "ReduceLROnPlateau",
+        ),
+        (
+            CHAINED_SCHEDULER,
+            json!({"schedulers": [child(REDUCE_LR_ON_PLATEAU, json!({}))]}),
+            "ReduceLROnPlateau",
+        ),
+        (
+            CHAINED_SCHEDULER,
+            json!({"schedulers": [linear()], "optimizer": null}),
+            "optimizer",
+        ),
+        (
+            CHAINED_SCHEDULER,
+            json!({"schedulers": [linear()], "milestones": []}),
+            "milestones",
+        ),
+        // A child's own kwargs: named with the child's index and class.
+        (
+            SEQUENTIAL_LR,
+            json!({"schedulers": [linear(), child(STEP_LR, json!({"gamma": 0.5}))], "milestones": [3]}),
+            "schedulers[1] (torch.optim.lr_scheduler.StepLR): missing required kwarg \"step_size\"",
+        ),
+    ];
+    for (class, kw, key) in cases {
+        assert_names_kwarg(build_err(class, kw, &sgd_groups()), class, key);
+    }
+}
+
+/// A composite's step is all or nothing: where PyTorch raises (a
+/// composite child reached at a SequentialLR milestone has no get_lr(),
+/// PyTorch's NotImplementedError), the scheduler and groups are unchanged.
+#[test]
+fn a_composite_child_at_a_milestone_is_an_error_that_changes_nothing() {
+    use pytorch_saver::sched::*;
+    let kw = json!({"schedulers": [child(LINEAR_LR, json!({})),
+                                   child(CHAINED_SCHEDULER, json!({"schedulers": [child(EXPONENTIAL_LR, json!({"gamma": 0.9}))]}))],
+                    "milestones": [3]});
+    let mut groups = sgd_groups();
+    let mut s = Scheduler::new(SEQUENTIAL_LR, &kwargs(kw), &mut groups).unwrap();
+    assert!(!s.needs_metric());
+    s.step(&mut groups).unwrap();
+    s.step(&mut groups).unwrap();
+    let (state, before) = (s.state_dict(), groups.clone());
+    match s.step(&mut groups) {
+        Err(Error::Usage(m)) => assert!(m.contains("NotImplementedError"), "{m}"),
+        r => panic!("expected a Usage error, got {r:?}"),
+    }
+    assert_eq!(s.state_dict(), state);
+    assert_eq!(groups, before);
+    assert!(s.step_with_metric(&mut groups, 1.0).is_err());
+}
+
+/// A composite's state: each child's entry of `_schedulers` is checked as
+/// that child checks its own state; a wrong count, a bad milestone list or
+/// a bad child entry is InvalidState naming the key, and nothing changes.
+#[test]
+fn composite_load_state_dict_refuses_bad_states_and_changes_nothing() {
+    use pytorch_saver::sched::*;
+    let kw = json!({"schedulers": [child(LINEAR_LR, json!({"start_factor": 0.1, "total_iters": 5})),
+                                   child(COSINE_ANNEALING_LR, json!({"T_max": 95}))],
+                    "milestones": [5]});
+    let (mut s, groups) = stepped(SEQUENTIAL_LR, kw.clone());
+    let good = s.state_dict();
+    let edit = |f: &dyn Fn(&mut Map<String, Value>)| {
+        let mut m = good.clone();
+        f(&mut m);
+        m
+    };
+    let cases: Vec<(Map<String, Value>, &str)> = vec![
+        (edit(&|m| drop(m.remove("_schedulers"))), "_schedulers"),
+        (
+            edit(&|m| m["_schedulers"].as_array_mut().unwrap().truncate(1)),
+            "_schedulers",
+        ),
+        (edit(&|m| m["_schedulers"][1] = json!([])), "_schedulers"),
+        (
+            edit(&|m| drop(m["_schedulers"][1].as_object_mut().unwrap().remove("T_max"))),
+            "T_max",
+        ),
+        (edit(&|m| m["_schedulers"][0]["base_lrs"] = json!([0.1])), "base_lrs"),
+        (edit(&|m| m["_milestones"] = json!([5, 10])), "_milestones"),
+        (edit(&|m| m["_milestones"] = json!(["5"])), "_milestones"),
+        (edit(&|m| m["last_epoch"] = json!(1.5)), "last_epoch"),
+        (edit(&|m| drop(m.insert("extra".into(), json!(1)))), "extra"),
+    ];
+    for (state, key) in cases {
+        match s.load_state_dict(&state, &groups) {
+            Err(Error::InvalidState { what, reason }) => {
+                assert!(what.contains(key) || reason.contains(key), "{key}: {what}: {reason}")
+            }
+            r => panic!("{key}: expected InvalidState, got {r:?}"),
+        }
+        assert_eq!(s.state_dict(), good, "{key}: the scheduler changed");
+    }
+    // A good state of another point in the schedule loads whole.
+    let (mut other, _) = stepped(SEQUENTIAL_LR, kw);
+    other.step(&mut groups.clone()).unwrap();
+    s.load_state_dict(&other.state_dict(), &groups).unwrap();
+    assert_eq!(s.state_dict(), other.state_dict());
 }

@@ -67,6 +67,12 @@ const (
 	// retries), or a URL is malformed or of an unknown scheme. The
 	// message names the URL.
 	CodeStorage Code = 21
+	// CodeUnsupportedClass: a class this library cannot build, though a
+	// file may name it: PyTorch's LambdaLR and MultiplicativeLR (their
+	// lr_lambda is a Python callable, which no file carries: load such a
+	// file with the Python package, passing the lambda), SparseAdam. The
+	// message names the class and says why.
+	CodeUnsupportedClass Code = 22
 )
 
 var codeNames = [...]string{
@@ -91,6 +97,7 @@ var codeNames = [...]string{
 	CodePanic:              "internal error",
 	CodeLocked:             "locked",
 	CodeStorage:            "object storage error",
+	CodeUnsupportedClass:   "unsupported class",
 }
 
 // String returns a short description of the code, such as "not found".
@@ -171,6 +178,7 @@ var codeKinds = [...]string{
 	CodePanic:              "Panic",
 	CodeLocked:             "Locked",
 	CodeStorage:            "Storage",
+	CodeUnsupportedClass:   "UnsupportedClass",
 }
 
 // kind is the kind of an error made from the bare code c.
@@ -237,4 +245,6 @@ var (
 	ErrLocked = &Error{Code: CodeLocked}
 	// ErrStorage matches every error with CodeStorage.
 	ErrStorage = &Error{Code: CodeStorage}
+	// ErrUnsupportedClass matches every error with CodeUnsupportedClass.
+	ErrUnsupportedClass = &Error{Code: CodeUnsupportedClass}
 )

@@ -29,7 +29,7 @@ func TestErrorValues(t *testing.T) {
 	if !errors.Is(wrapped, ErrNotFound) || !errors.As(wrapped, &e) || e.Code != CodeNotFound {
 		t.Fatal("a wrapped error still matches")
 	}
-	for c := CodeNullArgument; c <= CodeLocked; c++ {
+	for c := CodeNullArgument; c <= CodeUnsupportedClass; c++ {
 		if c.String() == "" || c.String() == Code(99).String() {
 			t.Errorf("code %d has no name", c)
 		}
@@ -73,7 +73,7 @@ func mustKind(t *testing.T, err error, code Code, kind string) {
 func TestErrorKinds(t *testing.T) {
 	// The Go table of codes' kinds is the library's: an error object made
 	// from a bare code comes back with that code's kind.
-	for c := CodeNullArgument; c <= CodeLocked; c++ {
+	for c := CodeNullArgument; c <= CodeUnsupportedClass; c++ {
 		mustKind(t, takeError(newCError(c, "m")), c, c.kind())
 	}
 	mustKind(t, takeError(newCError(0, "m")), CodeCallback, "Callback")

@@ -59,6 +59,12 @@ pub const PTS_ERROR_LOCKED: pts_error_code_t = 20;
 /// a request, or a URL is malformed or of an unknown scheme; the message
 /// names the URL.
 pub const PTS_ERROR_STORAGE: pts_error_code_t = 21;
+/// A class this library cannot build, though the file may name it:
+/// PyTorch's LambdaLR and MultiplicativeLR (their `lr_lambda` is a Python
+/// callable, which no file carries: load such a file with the Python
+/// package, passing the lambda), SparseAdam. The message names the class
+/// and says why.
+pub const PTS_ERROR_UNSUPPORTED_CLASS: pts_error_code_t = 22;
 
 /// An error: a code and a message. Owned by whoever received it; free it
 /// with `pts_error_free`. Immutable: a `const pts_error_t *` may be read
@@ -112,6 +118,7 @@ fn code_of(e: &Error) -> pts_error_code_t {
         Error::Format(f) => format_code(f),
         Error::UnknownName { .. } => PTS_ERROR_UNKNOWN_NAME,
         Error::DuplicateName { .. } => PTS_ERROR_DUPLICATE_NAME,
+        Error::UnsupportedClass { .. } => PTS_ERROR_UNSUPPORTED_CLASS,
         Error::InvalidKwargs { .. } => PTS_ERROR_INVALID_KWARGS,
         Error::Factory { .. } => PTS_ERROR_FACTORY,
         Error::ReservedMetadataKey(_) | Error::InvalidMetadata { .. } => PTS_ERROR_INVALID_METADATA,
@@ -151,6 +158,7 @@ fn kind_of_code(code: pts_error_code_t) -> &'static str {
         PTS_ERROR_PANIC => "Panic",
         PTS_ERROR_LOCKED => "Locked",
         PTS_ERROR_STORAGE => "Storage",
+        PTS_ERROR_UNSUPPORTED_CLASS => "UnsupportedClass",
         _ => "Callback",
     }
 }

@@ -2,13 +2,15 @@
 //! from the group's current one: StepLR, MultiStepLR, ExponentialLR,
 //! ConstantLR, LinearLR, PolynomialLR, CosineAnnealingLR. Each formula
 //! is PyTorch 2.13's, operation by operation, so results are bit-identical.
+//! Each also has PyTorch's `_get_closed_form_lr()`, from `base_lrs` at
+//! `last_epoch`, which SequentialLR uses when it switches to a child.
 
 use std::f64::consts::PI;
 
 use serde_json::{Map, Value};
 
 use super::base::{group_lrs, scaled_lrs, Base};
-use super::pymath::{cos, div, floor_mod, mul_int, pow, Num};
+use super::pymath::{cos, div, floor_div, floor_mod, mul_int, pow, Num};
 use super::state::StateReader;
 use crate::error::Result;
 use crate::kwargs::Kwargs;
@@ -34,6 +36,12 @@ impl StepLr {
             return group_lrs(groups);
         }
         scaled_lrs(groups, self.gamma.f())
+    }
+
+    /// `base_lr * gamma ** (last_epoch // step_size)`.
+    pub(crate) fn closed_form_lr(&self, b: &Base) -> Result<Vec<f64>> {
+        let factor = self.gamma.pow_int(floor_div(b.last_epoch, self.step_size)?)?;
+        Ok(b.base_lrs.iter().map(|&base| base * factor).collect())
     }
 
     pub(crate) fn write(&self, m: &mut Map<String, Value>) {
@@ -78,6 +86,18 @@ impl MultiStepLr {
             None => group_lrs(groups),
             Some(&(_, count)) => scaled_lrs(groups, self.gamma.pow_int(count)?),
         }
+    }
+
+    /// `base_lr * gamma ** bisect_right(sorted(milestones.elements()), last_epoch)`:
+    /// the number of milestones (with their counts) at or before the epoch.
+    pub(crate) fn closed_form_lr(&self, b: &Base) -> Result<Vec<f64>> {
+        let passed = self
+            .milestones
+            .iter()
+            .filter(|&&(m, count)| m <= b.last_epoch && count > 0)
+            .try_fold(0i64, |n, &(_, count)| super::pymath::add_int(n, count))?;
+        let factor = self.gamma.pow_int(passed)?;
+        Ok(b.base_lrs.iter().map(|&base| base * factor).collect())
     }
 
     /// The Counter as JSON: an object from the milestone (a decimal string,
@@ -136,6 +156,12 @@ impl ExponentialLr {
         scaled_lrs(groups, self.gamma.f())
     }
 
+    /// `base_lr * gamma ** last_epoch`.
+    pub(crate) fn closed_form_lr(&self, b: &Base) -> Result<Vec<f64>> {
+        let factor = self.gamma.pow_int(b.last_epoch)?;
+        Ok(b.base_lrs.iter().map(|&base| base * factor).collect())
+    }
+
     pub(crate) fn write(&self, m: &mut Map<String, Value>) {
         m.insert("gamma".into(), self.gamma.to_json());
     }
@@ -175,6 +201,14 @@ impl ConstantLr {
             return group_lrs(groups);
         }
         scaled_lrs(groups, div(1.0, self.factor.f())?)
+    }
+
+    /// `base_lr * (factor + (last_epoch >= total_iters) * (1 - factor))`.
+    pub(crate) fn closed_form_lr(&self, b: &Base) -> Result<Vec<f64>> {
+        let factor = self.factor.f();
+        let done = f64::from(u8::from(b.last_epoch >= self.total_iters));
+        let f = factor + done * (1.0 - factor);
+        Ok(b.base_lrs.iter().map(|&base| base * f).collect())
     }
 
     pub(crate) fn write(&self, m: &mut Map<String, Value>) {
@@ -234,6 +268,15 @@ impl LinearLr {
         scaled_lrs(groups, 1.0 + div(end - start, denominator)?)
     }
 
+    /// `base_lr * (start_factor + (end_factor - start_factor) *
+    /// min(total_iters, last_epoch) / total_iters)`.
+    pub(crate) fn closed_form_lr(&self, b: &Base) -> Result<Vec<f64>> {
+        let (start, end) = (self.start_factor.f(), self.end_factor.f());
+        let done = self.total_iters.min(b.last_epoch) as f64;
+        let f = start + div((end - start) * done, self.total_iters as f64)?;
+        Ok(b.base_lrs.iter().map(|&base| base * f).collect())
+    }
+
     pub(crate) fn write(&self, m: &mut Map<String, Value>) {
         m.insert("start_factor".into(), self.start_factor.to_json());
         m.insert("end_factor".into(), self.end_factor.to_json());
@@ -277,6 +320,13 @@ impl PolynomialLr {
             self.power.f(),
         )?;
         scaled_lrs(groups, decay_factor)
+    }
+
+    /// `base_lr * (1.0 - min(total_iters, last_epoch) / total_iters) ** power`.
+    pub(crate) fn closed_form_lr(&self, b: &Base) -> Result<Vec<f64>> {
+        let done = self.total_iters.min(b.last_epoch) as f64;
+        let f = pow(1.0 - div(done, self.total_iters as f64)?, self.power.f())?;
+        Ok(b.base_lrs.iter().map(|&base| base * f).collect())
     }
 
     pub(crate) fn write(&self, m: &mut Map<String, Value>) {
@@ -339,6 +389,16 @@ impl CosineAnnealingLr {
             .iter()
             .map(|g| Ok(ratio * (g.lr()? - eta_min) + eta_min))
             .collect()
+    }
+
+    /// `eta_min + (base_lr - eta_min) * (1 + cos(pi * last_epoch / T_max)) / 2`.
+    pub(crate) fn closed_form_lr(&self, b: &Base) -> Result<Vec<f64>> {
+        let eta_min = self.eta_min.f();
+        let c = 1.0 + cos(div(PI * b.last_epoch as f64, self.t_max as f64)?)?;
+        Ok(b.base_lrs
+            .iter()
+            .map(|&base| eta_min + (base - eta_min) * c / 2.0)
+            .collect())
     }
 
     pub(crate) fn write(&self, m: &mut Map<String, Value>) {

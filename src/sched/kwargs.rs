@@ -1,8 +1,9 @@
 //! The kwarg getters the schedulers need beyond the common ones: Python
 //! numbers that keep their int/float type, per-group values ("float or
-//! list"), strings, lists of ints and optional ints.
+//! list"), strings, lists of ints and optional ints, and the composites'
+//! lists of child scheduler specs.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::pymath::Num;
 use crate::error::Result;
@@ -85,6 +86,23 @@ impl Kwargs<'_> {
         match self.take(key) {
             None => Err(self.error(format!("missing required kwarg {key:?}"))),
             Some(v @ Value::Array(items)) => items.iter().map(|x| x.as_i64().ok_or_else(|| bad(v))).collect(),
+            Some(v) => Err(bad(v)),
+        }
+    }
+}
+
+impl Kwargs<'_> {
+    /// A list of `spec` tags (FORMAT.md 11.2) that must be present: each
+    /// child's class name and kwargs (SequentialLR's `schedulers`).
+    pub(crate) fn required_spec_list(&self, key: &str) -> Result<Vec<(&str, &Map<String, Value>)>> {
+        let bad = |v: &Value| {
+            self.error(format!(
+                "kwarg {key:?} must be a list of scheduler specs ({{\"__type__\": \"spec\", \"class\": ..., \"kwargs\": {{...}}}}), got {v}"
+            ))
+        };
+        match self.take(key) {
+            None => Err(self.error(format!("missing required kwarg {key:?}"))),
+            Some(v @ Value::Array(items)) => items.iter().map(|x| typed::as_spec(x).ok_or_else(|| bad(v))).collect(),
             Some(v) => Err(bad(v)),
         }
     }

@@ -1,7 +1,11 @@
 //! LR schedulers with torch.optim.lr_scheduler's math and `state_dict()`.
 //!
-//! Eleven of PyTorch 2.13's schedulers, under PyTorch's class names, over the
-//! optimizer's [`ParamGroup`]s. Each mirrors PyTorch exactly:
+//! Thirteen of PyTorch 2.13's fifteen schedulers, under PyTorch's class
+//! names, over the optimizer's [`ParamGroup`]s; the composites
+//! SequentialLR and ChainedScheduler hold child schedulers of the others
+//! (`composite.rs`). LambdaLR and MultiplicativeLR take a Python callable,
+//! which no file carries: building or loading one is
+//! [`Error::UnsupportedClass`]. Each mirrors PyTorch exactly:
 //!
 //! - the constructor does to the groups what PyTorch's does (`initial_lr`,
 //!   OneCycleLR's `max_lr`/`min_lr`/`max_momentum`/`base_momentum`,
@@ -22,6 +26,7 @@
 
 mod base;
 mod chainable;
+mod composite;
 mod cyclic;
 mod kwargs;
 mod one_cycle;
@@ -34,9 +39,11 @@ use serde_json::{Map, Value};
 
 use self::base::{Base, Update};
 use self::chainable::{ConstantLr, CosineAnnealingLr, ExponentialLr, LinearLr, MultiStepLr, PolynomialLr, StepLr};
+use self::composite::Composite;
 use self::cyclic::Cyclic;
 use self::one_cycle::OneCycle;
 use self::plateau::Plateau;
+use self::pymath::add_int;
 use self::state::StateReader;
 use self::warm_restarts::WarmRestarts;
 use crate::error::{Error, Result};
@@ -66,8 +73,19 @@ pub const REDUCE_LR_ON_PLATEAU: &str = "torch.optim.lr_scheduler.ReduceLROnPlate
 /// `torch.optim.lr_scheduler.CyclicLR`: cyclical learning rates (triangular,
 /// triangular2, exp_range), with momentum cycling.
 pub const CYCLIC_LR: &str = "torch.optim.lr_scheduler.CyclicLR";
+/// `torch.optim.lr_scheduler.SequentialLR`: child schedulers one after the
+/// other, switching at milestones (the usual warmup recipe).
+pub const SEQUENTIAL_LR: &str = "torch.optim.lr_scheduler.SequentialLR";
+/// `torch.optim.lr_scheduler.ChainedScheduler`: every child stepped in turn.
+pub const CHAINED_SCHEDULER: &str = "torch.optim.lr_scheduler.ChainedScheduler";
+/// `torch.optim.lr_scheduler.LambdaLR`: takes a Python callable, which no
+/// file can carry; refused here with [`Error::UnsupportedClass`].
+pub const LAMBDA_LR: &str = "torch.optim.lr_scheduler.LambdaLR";
+/// `torch.optim.lr_scheduler.MultiplicativeLR`: takes a Python callable,
+/// which no file can carry; refused here with [`Error::UnsupportedClass`].
+pub const MULTIPLICATIVE_LR: &str = "torch.optim.lr_scheduler.MultiplicativeLR";
 
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 13] = [
     STEP_LR,
     MULTI_STEP_LR,
     EXPONENTIAL_LR,
@@ -79,7 +97,12 @@ const NAMES: [&str; 11] = [
     ONE_CYCLE_LR,
     REDUCE_LR_ON_PLATEAU,
     CYCLIC_LR,
+    SEQUENTIAL_LR,
+    CHAINED_SCHEDULER,
 ];
+
+/// The schedulers whose kwargs hold a Python callable (`lr_lambda`).
+const PYTHON_ONLY: [&str; 2] = [LAMBDA_LR, MULTIPLICATIVE_LR];
 
 /// The class names of every scheduler, PyTorch's fully qualified names.
 pub fn names() -> &'static [&'static str] {
@@ -102,6 +125,8 @@ enum State {
     Epoch { base: Base, sched: EpochSched },
     /// ReduceLROnPlateau, which has its own.
     Plateau(Plateau),
+    /// SequentialLR or ChainedScheduler, over child schedulers.
+    Composite(Box<Composite>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +192,33 @@ impl EpochSched {
         }
     }
 
+    /// PyTorch's `_update_lr(epoch)`, which SequentialLR calls with epoch 0
+    /// on the child it switches to: `last_epoch = epoch`, then the closed
+    /// form `_get_closed_form_lr()` where the class has one, `get_lr()`
+    /// otherwise. Leaves `_step_count` alone. All or nothing.
+    fn update_lr_at(&mut self, class: &str, b: &mut Base, groups: &mut [ParamGroup], epoch: i64) -> Result<()> {
+        b.check_groups(class, groups)?;
+        let mut next = b.clone();
+        next.last_epoch = epoch;
+        next.get_lr_called_within_step = true;
+        let update = match self {
+            EpochSched::Step(s) => Update::lrs(s.closed_form_lr(&next)?),
+            EpochSched::MultiStep(s) => Update::lrs(s.closed_form_lr(&next)?),
+            EpochSched::Exponential(s) => Update::lrs(s.closed_form_lr(&next)?),
+            EpochSched::Constant(s) => Update::lrs(s.closed_form_lr(&next)?),
+            EpochSched::Linear(s) => Update::lrs(s.closed_form_lr(&next)?),
+            EpochSched::Polynomial(s) => Update::lrs(s.closed_form_lr(&next)?),
+            EpochSched::Cosine(s) => Update::lrs(s.closed_form_lr(&next)?),
+            EpochSched::WarmRestarts(s) => Update::lrs(s.get_lr(&next)?),
+            EpochSched::OneCycle(_) | EpochSched::Cyclic(_) => self.get_lr(class, &next, groups)?,
+        };
+        next.get_lr_called_within_step = false;
+        update.apply(groups);
+        next.last_lr = update.lrs;
+        *b = next;
+        Ok(())
+    }
+
     /// Keys some schedulers write after (or over) the base class's.
     fn write_tail(&self, m: &mut Map<String, Value>) {
         if let EpochSched::Cyclic(s) = self {
@@ -200,12 +252,28 @@ impl Scheduler {
     /// the initial step that sets each `lr`.
     /// ReduceLROnPlateau leaves the groups alone, as in PyTorch.
     ///
-    /// `kwargs` are PyTorch's, with its defaults and checks. An unknown
-    /// class is [`Error::UnknownName`]; a missing, unknown or invalid kwarg
+    /// SequentialLR and ChainedScheduler build their children (the `spec`
+    /// tags of their `schedulers` kwarg) in order over the same groups,
+    /// then do what PyTorch's composite constructors do (see
+    /// `composite.rs`).
+    ///
+    /// `kwargs` are PyTorch's, with its defaults and checks. LambdaLR and
+    /// MultiplicativeLR (a Python callable in their kwargs), at top level
+    /// or as a child, are [`Error::UnsupportedClass`]. An unknown
+    /// class, a child's included, is [`Error::UnknownName`]; a missing, unknown or invalid kwarg
     /// (or one that makes the initial step fail) is [`Error::InvalidKwargs`]
     /// naming it; a group without a usable `lr` is [`Error::InvalidState`].
     /// On error the groups are unchanged.
     pub fn new(class: &str, kwargs: &Map<String, Value>, groups: &mut [ParamGroup]) -> Result<Self> {
+        if let Some(name) = PYTHON_ONLY.iter().find(|n| **n == class) {
+            return Err(Error::UnsupportedClass {
+                kind: "scheduler",
+                name: (*name).to_owned(),
+                reason: "its lr_lambda is a Python callable, which no file carries: the lambda lives only in \
+                         Python; load the checkpoint with the Python package, passing the lambda"
+                    .into(),
+            });
+        }
         let name = NAMES
             .iter()
             .copied()
@@ -219,6 +287,8 @@ impl Scheduler {
         let mut scratch = groups.to_vec();
         let state = if name == REDUCE_LR_ON_PLATEAU {
             State::Plateau(Plateau::new(&kw, &scratch)?)
+        } else if name == SEQUENTIAL_LR || name == CHAINED_SCHEDULER {
+            State::Composite(Box::new(Composite::new(name, &kw, &mut scratch)?))
         } else {
             let last_epoch = kw.i64_or("last_epoch", -1)?;
             let mut setup = None;
@@ -242,7 +312,7 @@ impl Scheduler {
                     cyclic_setup = Some(setup);
                     EpochSched::Cyclic(s)
                 }
-                _ => unreachable!("every name in NAMES has a constructor"),
+                _ => unreachable!("every other name in NAMES has a constructor"),
             };
             kw.finish()?;
             if let Some(setup) = &setup {
@@ -291,6 +361,58 @@ impl Scheduler {
         matches!(self.state, State::Plateau(_))
     }
 
+    /// SequentialLR's `recursive_undo` on this scheduler: a composite
+    /// passes it to its children, any other goes back one epoch.
+    fn undo(&mut self) -> Result<()> {
+        match &mut self.state {
+            State::Composite(c) => c.undo(),
+            State::Epoch { base, .. } => {
+                base.last_epoch = add_int(base.last_epoch, -1)?;
+                Ok(())
+            }
+            State::Plateau(_) => Err(Error::Usage(format!("{} cannot be a composite's child", self.class))),
+        }
+    }
+
+    /// PyTorch's `_initial_step()`, which SequentialLR runs again on the
+    /// child due at epoch 0. Not all or nothing: the caller works on copies.
+    fn initial_step(&mut self, groups: &mut [ParamGroup]) -> Result<()> {
+        match &mut self.state {
+            State::Composite(c) => c.initial_step(groups),
+            State::Epoch { base, sched } => {
+                base.step_count = 0;
+                base.is_initial = true;
+                sched.step(self.class, base, groups)?;
+                base.is_initial = false;
+                Ok(())
+            }
+            State::Plateau(_) => Err(Error::Usage(format!("{} cannot be a composite's child", self.class))),
+        }
+    }
+
+    /// PyTorch's `_update_lr(epoch)` (see [`EpochSched::update_lr_at`]);
+    /// a composite has no `get_lr()`, where PyTorch raises
+    /// NotImplementedError.
+    fn update_lr_at(&mut self, groups: &mut [ParamGroup], epoch: i64) -> Result<()> {
+        match &mut self.state {
+            State::Epoch { base, sched } => sched.update_lr_at(self.class, base, groups, epoch),
+            _ => Err(Error::Usage(format!(
+                "{} has no get_lr() to switch to at a SequentialLR milestone (PyTorch raises \
+                 NotImplementedError here)",
+                self.class
+            ))),
+        }
+    }
+
+    /// [`step`](Self::step) without the copies that make a composite's
+    /// step all or nothing (a composite's own step works on copies).
+    fn step_in_place(&mut self, groups: &mut [ParamGroup]) -> Result<()> {
+        match &mut self.state {
+            State::Composite(c) => c.step(groups),
+            _ => self.step(groups),
+        }
+    }
+
     /// Advances one step and writes each group's new `lr` (and, for
     /// OneCycleLR and CyclicLR with `cycle_momentum`, its `momentum` or
     /// `betas[0]`).
@@ -308,6 +430,14 @@ impl Scheduler {
                 self.class
             ))),
             State::Epoch { base, sched } => sched.step(self.class, base, groups),
+            State::Composite(c) => {
+                let mut next = c.clone();
+                let mut scratch = groups.to_vec();
+                next.step(&mut scratch)?;
+                *c = next;
+                groups.clone_from_slice(&scratch);
+                Ok(())
+            }
         }
     }
 
@@ -317,7 +447,7 @@ impl Scheduler {
     pub fn step_with_metric(&mut self, groups: &mut [ParamGroup], metric: f64) -> Result<()> {
         match &mut self.state {
             State::Plateau(p) => p.step(self.class, groups, metric),
-            State::Epoch { .. } => Err(Error::Usage(format!(
+            State::Epoch { .. } | State::Composite(_) => Err(Error::Usage(format!(
                 "{} does not take a metric: call step",
                 self.class
             ))),
@@ -329,6 +459,7 @@ impl Scheduler {
         match &self.state {
             State::Epoch { base, .. } => &base.last_lr,
             State::Plateau(p) => p.last_lr(),
+            State::Composite(c) => c.last_lr(),
         }
     }
 
@@ -337,7 +468,8 @@ impl Scheduler {
     /// `_get_lr_called_within_step`, `_last_lr`, OneCycleLR's
     /// `_schedule_phases` and CyclicLR's `_scale_fn_custom`, always null,
     /// included) and the same values, as JSON (see the
-    /// module documentation for the encoding).
+    /// module documentation for the encoding). A composite's ends with
+    /// `_schedulers`, each child's `state_dict()`.
     pub fn state_dict(&self) -> Map<String, Value> {
         match &self.state {
             State::Epoch { base, sched } => {
@@ -348,6 +480,7 @@ impl Scheduler {
                 m
             }
             State::Plateau(p) => p.write(),
+            State::Composite(c) => c.write(),
         }
     }
 
@@ -358,8 +491,10 @@ impl Scheduler {
     /// `groups.len()`, is [`Error::InvalidState`] naming the key, and the
     /// scheduler is left as it was. `_is_initial` and
     /// `_get_lr_called_within_step` may be absent and `verbose` present
-    /// (states written by older PyTorch versions). Like PyTorch, it does
-    /// not touch the groups: load the optimizer's state for those.
+    /// (states written by older PyTorch versions). A composite checks each
+    /// entry of `_schedulers` as that child checks its own state, and a
+    /// list of another length. Like PyTorch, it does not touch the groups:
+    /// load the optimizer's state for those.
     pub fn load_state_dict(&mut self, state: &Map<String, Value>, groups: &[ParamGroup]) -> Result<()> {
         let mut r = StateReader::new(self.class, state, groups.len());
         let loaded = match &self.state {
@@ -371,6 +506,7 @@ impl Scheduler {
                 }
             }
             State::Plateau(_) => State::Plateau(Plateau::read(&mut r)?),
+            State::Composite(c) => State::Composite(Box::new(c.read_like(&mut r, groups)?)),
         };
         r.finish()?;
         self.state = loaded;

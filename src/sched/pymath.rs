@@ -77,6 +77,17 @@ pub(crate) fn floor_mod(a: i64, b: i64) -> Result<i64> {
     Ok(if r != 0 && ((r < 0) != (b < 0)) { r + b } else { r })
 }
 
+/// `a // b` for ints: floored.
+pub(crate) fn floor_div(a: i64, b: i64) -> Result<i64> {
+    if b == 0 {
+        return Err(raised("ZeroDivisionError: integer division or modulo by zero"));
+    }
+    let q = a
+        .checked_div(b)
+        .ok_or_else(|| Error::Usage("integer overflow past i64 (Python ints are unbounded)".into()))?;
+    Ok(if a % b != 0 && ((a < 0) != (b < 0)) { q - 1 } else { q })
+}
+
 /// `math.cos(x)`: glibc's cos, and a ValueError for an infinite argument.
 pub(crate) fn cos(x: f64) -> Result<f64> {
     if x.is_infinite() {
@@ -125,6 +136,11 @@ mod tests {
         assert_eq!(floor_mod(-6, 3).unwrap(), 0);
         assert_eq!(floor_mod(7, 3).unwrap(), 1);
         assert!(floor_mod(1, 0).is_err());
+        assert_eq!(floor_div(-7, 3).unwrap(), -3);
+        assert_eq!(floor_div(7, -3).unwrap(), -3);
+        assert_eq!(floor_div(-6, 3).unwrap(), -2);
+        assert_eq!(floor_div(7, 3).unwrap(), 2);
+        assert!(floor_div(1, 0).is_err());
     }
 
     #[test]

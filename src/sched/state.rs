@@ -61,6 +61,15 @@ impl<'a> StateReader<'a> {
         self.typed(key, "an integer", Value::as_i64)
     }
 
+    /// An integer that may be absent.
+    pub(crate) fn i64_opt(&mut self, key: &str) -> Result<Option<i64>> {
+        if self.map.contains_key(key) {
+            self.i64(key).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// A boolean.
     pub(crate) fn bool(&mut self, key: &str) -> Result<bool> {
         self.typed(key, "a boolean", Value::as_bool)

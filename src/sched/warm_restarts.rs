@@ -65,13 +65,7 @@ impl WarmRestarts {
             }
             (add_int(b.last_epoch, 1)?, t_cur, t_i)
         };
-        let eta_min = self.eta_min.f();
-        let c = 1.0 + cos(div(PI * t_cur as f64, t_i as f64)?)?;
-        let lrs: Vec<f64> = b
-            .base_lrs
-            .iter()
-            .map(|&base| eta_min + (base - eta_min) * c / 2.0)
-            .collect();
+        let lrs = self.lrs(&b.base_lrs, t_cur, t_i)?;
 
         self.t_cur = t_cur;
         self.t_i = t_i;
@@ -82,6 +76,21 @@ impl WarmRestarts {
         }
         b.last_lr = lrs;
         Ok(())
+    }
+
+    /// `get_lr()`: `eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2`
+    /// (SequentialLR's `_update_lr(0)` calls it with `T_cur` as it is).
+    pub(crate) fn get_lr(&self, b: &Base) -> Result<Vec<f64>> {
+        self.lrs(&b.base_lrs, self.t_cur, self.t_i)
+    }
+
+    fn lrs(&self, base_lrs: &[f64], t_cur: i64, t_i: i64) -> Result<Vec<f64>> {
+        let eta_min = self.eta_min.f();
+        let c = 1.0 + cos(div(PI * t_cur as f64, t_i as f64)?)?;
+        Ok(base_lrs
+            .iter()
+            .map(|&base| eta_min + (base - eta_min) * c / 2.0)
+            .collect())
     }
 
     pub(crate) fn write(&self, m: &mut Map<String, Value>) {

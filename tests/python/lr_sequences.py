@@ -14,7 +14,10 @@ Output on stdout: {"results": [{"lrs", "momenta", "snapshots", "resumed"}, ...]}
 The JSON form of a state_dict (shared with the Rust core): tuples become
 lists, non-finite floats {"__float__": "inf" | "-inf" | "nan"}, and
 MultiStepLR's Counter of milestones an object keyed by the milestone in
-decimal. Only stdlib and torch are used.
+decimal. SequentialLR's and ChainedScheduler's children are given as the
+file's `spec` tags ({"__type__": "spec", "class": ..., "kwargs": {...}}) in
+their "schedulers" kwarg and built here, in order, on the same optimizer,
+as a user's Python builds them. Only stdlib and torch are used.
 """
 
 import json
@@ -41,6 +44,32 @@ def lrs(optimizer: torch.optim.Optimizer) -> list[float]:
     return [g["lr"] for g in optimizer.param_groups]
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, name: str, kwargs: dict[str, Any]) -> Any:
+    """Scheduler `name` over `optimizer`; a composite's children (spec tags
+    in "schedulers") are built first, in order, on the same optimizer."""
+    assert name.startswith(PREFIX), name
+    sched_class = getattr(lr_scheduler, name.removeprefix(PREFIX))
+    kwargs = dict(kwargs)
+    if "schedulers" in kwargs:
+        children = []
+        for spec in kwargs.pop("schedulers"):
+            assert spec["__type__"] == "spec", spec
+            children.append(make_scheduler(optimizer, spec["class"], spec["kwargs"]))
+        if sched_class is lr_scheduler.ChainedScheduler:
+            return sched_class(children, **kwargs)
+        return sched_class(optimizer, children, **kwargs)
+    return sched_class(optimizer, **kwargs)
+
+
+def state_from_json(state: dict[str, Any]) -> dict[str, Any]:
+    """A scheduler state from JSON; a composite's `_schedulers` entry by entry."""
+    children = state.get("_schedulers")
+    out = scheduler_state({k: v for k, v in state.items() if k != "_schedulers"})
+    if children is not None:
+        out["_schedulers"] = [state_from_json(c) for c in children]
+    return out
+
+
 def build(scenario: dict[str, Any]) -> tuple[torch.optim.Optimizer, Any]:
     params = [torch.nn.Parameter(torch.zeros(n)) for n in (2, 3)]
     groups = [{"params": [p], "lr": lr} for p, lr in zip(params, scenario["lrs"], strict=True)]
@@ -50,10 +79,7 @@ def build(scenario: dict[str, Any]) -> tuple[torch.optim.Optimizer, Any]:
         optimizer.param_groups, scenario.get("initial_lrs") or [], strict=False
     ):
         g["initial_lr"] = initial_lr
-    name = scenario["class"]
-    assert name.startswith(PREFIX), name
-    sched_class = getattr(lr_scheduler, name.removeprefix(PREFIX))
-    return optimizer, sched_class(optimizer, **scenario["kwargs"])
+    return optimizer, make_scheduler(optimizer, scenario["class"], scenario["kwargs"])
 
 
 def advance(sched: Any, metrics: list[float] | None, i: int) -> None:
@@ -91,7 +117,7 @@ def run(scenario: dict[str, Any]) -> dict[str, Any]:
         for g, saved in zip(optimizer.param_groups, resume["groups"], strict=True):
             for k, v in saved.items():
                 g[k] = tuple(v) if k == "betas" else decode(v)
-        sched.load_state_dict(scheduler_state(resume["state"]))
+        sched.load_state_dict(state_from_json(resume["state"]))
         resumed: dict[str, list[Any]] = {"lrs": [], "momenta": []}
         for i in range(resume["steps"]):
             advance(sched, resume.get("metrics"), i)

@@ -3,8 +3,9 @@
 stdin: {"checkpoint": path written by Rust, "data": safetensors with X and Y,
 "start": step the checkpoint was saved at, "steps": n, "extra": m,
 "out": directory}. Reads the checkpoint with zipfile + safetensors + json
-only, rebuilds model, optimizer and scheduler with torch's own classes and
-their load_state_dict, then:
+only, rebuilds model, optimizer and scheduler with torch's own classes (a
+composite scheduler's children from the spec tags of its kwargs, as
+lr_sequences.py builds them) and their load_state_dict, then:
   1. trains `steps` steps and writes out/from_rust.safetensors;
   2. trains `extra` more steps and writes its whole state in the
      pytorch-saver layout: out/python_state.safetensors (model.<name>,
@@ -19,7 +20,8 @@ import sys
 import zipfile
 
 import torch
-from layout import encode, from_layout, scheduler_state, to_layout
+from layout import encode, from_layout, to_layout
+from lr_sequences import make_scheduler, state_from_json
 from safetensors.torch import load, load_file, save_file
 from torch import nn
 
@@ -61,14 +63,13 @@ def load_checkpoint(path):
         kwargs["betas"] = tuple(kwargs["betas"])
     opt_cls = torch_class(internals["optimizer"]["class"], torch.optim, "torch.optim.")
     opt = opt_cls(model.parameters(), **kwargs)
-    sched_cls = torch_class(
-        internals["scheduler"]["class"], torch.optim.lr_scheduler, "torch.optim.lr_scheduler."
-    )
     # Construct both, then load both: a scheduler's constructor steps the
-    # optimizer's lr, which the loaded param_groups then overwrite.
-    sched = sched_cls(opt, **meta["scheduler_kwargs"])
+    # optimizer's lr, which the loaded param_groups then overwrite. A
+    # composite (SequentialLR, ChainedScheduler) builds its children from
+    # the spec tags of its kwargs, and loads each child's state.
+    sched = make_scheduler(opt, internals["scheduler"]["class"], meta["scheduler_kwargs"])
     opt.load_state_dict(from_layout(internals["optimizer"], opt_tensors))
-    sched.load_state_dict(scheduler_state(internals["scheduler"]["state"]))
+    sched.load_state_dict(state_from_json(internals["scheduler"]["state"]))
     return model, opt, sched
 
 
