@@ -3,11 +3,16 @@ pytorch_saver.ModelContainer (the installed package, not this repo's Rust
 code), saving, and resuming files written by Rust.
 
 stdin JSON, by mode:
-  {"mode": "train", "data": X/Y safetensors, "out": dir, "steps": n, "total": m}
-      builds MLP + Adam + CosineAnnealingWarmRestarts, trains steps 0..n, saves
-      ("half"), trains on to m uninterrupted and saves again ("whole");
+  {"mode": "train", "config": CONFIG, "data": X/Y safetensors, "out": dir,
+   "steps": n, "total": m}
+      builds the model, optimizer and scheduler of CONFIG, trains steps 0..n,
+      saves ("half"), trains on to m uninterrupted and saves again ("whole");
   {"mode": "resume", "checkpoint": path, "data": ..., "out": dir, "start": s, "steps": n}
       loads the file with no classes given, trains steps s..s+n, saves ("resumed").
+CONFIG is {"model": [class name, kwargs], "optimizer": [class name, kwargs],
+"scheduler": [class name, kwargs]}, the kwargs typed values as a file holds
+them (docs/FORMAT.md 11.2: a composite's children are spec tags), which the
+package decodes into what its initialize takes (children as Specs).
 stdout: JSON with the paths written. The training loop is tests/training.rs's:
 batch b = step % 8 of 8 rows, MSE, optimizer step, scheduler step.
 """
@@ -17,12 +22,9 @@ import sys
 
 import torch
 from pytorch_saver import ModelContainer
-from pytorch_saver.models import MLP
+from pytorch_saver._resolve import resolve
+from pytorch_saver._typed_kwargs import Decoder
 from safetensors.torch import load_file
-
-MODEL_KWARGS = {"in_dim": 4, "hidden_dim": 16, "n_classes": 3}
-OPTIM_KWARGS = {"lr": 0.01}
-SCHED_KWARGS = {"T_0": 7, "T_mult": 2, "eta_min": 0.001}
 
 
 def train(objs, data, start, steps):
@@ -37,6 +39,17 @@ def train(objs, data, start, steps):
         objs.scheduler.step()
 
 
+def built_from(config):
+    """(class, kwargs) for the model, optimizer and scheduler of CONFIG, in
+    the order initialize takes them."""
+    decoder = Decoder()
+    args = []
+    for kind, key in (("model", "model"), ("optimizer", "optimizer"), ("scheduler", "scheduler")):
+        name, kwargs = config[key]
+        args += [resolve(name, kind), decoder.kwargs(kwargs, f"{key} kwargs", name)]
+    return args
+
+
 def main():
     spec = json.load(sys.stdin)
     torch.set_num_threads(1)
@@ -44,14 +57,7 @@ def main():
     if spec["mode"] == "train":
         torch.manual_seed(11)
         container = ModelContainer()
-        objs = container.initialize(
-            MLP,
-            MODEL_KWARGS,
-            torch.optim.Adam,
-            OPTIM_KWARGS,
-            torch.optim.lr_scheduler.CosineAnnealingWarmRestarts,
-            SCHED_KWARGS,
-        )
+        objs = container.initialize(*built_from(spec["config"]))
         train(objs, data, 0, spec["steps"])
         half = container.save(spec["out"], "python_half", step=spec["steps"])
         train(objs, data, spec["steps"], spec["total"] - spec["steps"])

@@ -48,6 +48,7 @@ PUBLIC = {
     "ModelObjects",
     "PytorchSaverError",
     "RNG",
+    "Spec",
     "StateMismatchError",
     "StorageError",
     "TypedValueError",

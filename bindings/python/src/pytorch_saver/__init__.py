@@ -20,7 +20,9 @@ Example (``Model`` is your ``nn.Module`` subclass)::
 
 Kwargs may hold tuples, classes, dtypes, dataclasses, ``argparse.Namespace``,
 Hugging Face configs and objects of codecs registered with
-:func:`register_codec` (docs/FORMAT.md 11.2).
+:func:`register_codec` (docs/FORMAT.md 11.2). The child schedulers of
+``SequentialLR`` and ``ChainedScheduler`` are given as :class:`Spec` (or
+``{"class": cls, "kwargs": {...}}``) and built over the optimizer.
 
 Loading never executes code from a file: class names resolve only to
 registered classes (:func:`register`), torch's own classes, the built-in
@@ -60,7 +62,7 @@ from ._errors import (
 from ._format import FORMAT_VERSION, Checkpoint, read_checkpoint
 from ._manager import AsyncSave, CheckpointInfo, CheckpointManager
 from ._resolve import class_name, register
-from ._typed_kwargs import register_codec
+from ._typed_kwargs import Spec, register_codec
 from ._version import __version__
 from .extra_state import RNG, Counters
 
@@ -84,6 +86,7 @@ __all__ = [
     "ModelObjects",
     "PytorchSaverError",
     "RNG",
+    "Spec",
     "StateMismatchError",
     "StorageError",
     "TypedValueError",

@@ -24,6 +24,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from . import _storage as storage
 from . import extra_state
 from ._assign import build_assigned
+from ._composite import composite_state, scheduler_call
 from ._errors import (
     ArgumentTypeError,
     ClassResolutionError,
@@ -60,10 +61,9 @@ from ._state import (
     kwargs_to_json,
     optimizer_layout,
     optimizer_state_dict,
-    scheduler_state_from_json,
     scheduler_state_to_json,
 )
-from ._typed_kwargs import CALLABLE_KWARGS, Decoder, encode_kwargs, encode_state
+from ._typed_kwargs import Decoder, encode_kwargs, encode_scheduler_kwargs, encode_state
 
 __all__ = ["ModelContainer", "ModelObjects", "Scheduler", "upgrade"]
 
@@ -105,13 +105,14 @@ class _Built:
 
 
 def _encoded(
-    kwargs: dict[str, Any], where: str, version: int, callable_keys: frozenset[str] = frozenset()
+    kwargs: dict[str, Any], where: str, version: int, scheduler_class: object = None
 ) -> dict[str, Any]:
     """The kwargs as a file of ``version`` records them, encoded now, when
     the constructor receives them: a value with no typed form is refused
     before anything is built (never at save, after training), and a list
     the caller changes later (a Sequential's layers) does not change what
-    ``save`` writes."""
+    ``save`` writes. A scheduler's kwargs (``scheduler_class`` given) may
+    hold functions (``lr_lambda``) and child specs (``schedulers``)."""
     if version == 1:
         try:
             return kwargs_to_json(kwargs, where)
@@ -120,13 +121,10 @@ def _encoded(
                 f"{exc}; the container writes format version 1 (format_version=1), whose kwargs "
                 "are plain JSON: use version 2 for typed kwargs"
             ) from None
-    return encode_kwargs(kwargs, where, callable_keys)
-
-
-def _callable_keys(scheduler_class: object) -> frozenset[str]:
-    if not isinstance(scheduler_class, type):
-        return frozenset()
-    return CALLABLE_KWARGS.get(class_name(scheduler_class), frozenset())
+    if scheduler_class is not None:
+        encoded: dict[str, Any] = encode_scheduler_kwargs(scheduler_class, kwargs, where)
+        return encoded
+    return encode_kwargs(kwargs, where)
 
 
 def _kwargs(kwargs: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
@@ -249,7 +247,7 @@ def _build(
         o_saved = _encoded(o_kwargs, "optim_kwargs", version)
     if scheduler_class is not None:
         s_kwargs = _kwargs(scheduler_kwargs, "scheduler_kwargs")
-        s_saved = _encoded(s_kwargs, "scheduler_kwargs", version, _callable_keys(scheduler_class))
+        s_saved = _encoded(s_kwargs, "scheduler_kwargs", version, scheduler_class)
     if assign is None:
         model = _construct(model_type, _label(model_type), "model", (), m_kwargs)
     else:
@@ -272,9 +270,9 @@ def _build(
     built.optimizer, built.optim_kwargs = optimizer, o_saved
     if scheduler_class is None or s_kwargs is None:
         return built
-    scheduler = _construct(
-        scheduler_class, _label(scheduler_class), "scheduler", (optimizer,), s_kwargs
-    )
+    # A composite's children are built first, over the same optimizer.
+    s_args, s_call = scheduler_call(scheduler_class, optimizer, s_kwargs)
+    scheduler = _construct(scheduler_class, _label(scheduler_class), "scheduler", s_args, s_call)
     if not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
         raise ClassResolutionError(
             f"{_label(scheduler_class)} built a {type(scheduler).__name__}, not an LR scheduler"
@@ -375,9 +373,15 @@ def _decoded_metadata(saved: Metadata, decoder: Decoder) -> dict[str, Any]:
     """The flat metadata with the kwargs decoded into the objects they stand
     for (FORMAT.md 11.2)."""
     metadata = saved.flat()
-    for key in ("model_kwargs", "optim_kwargs", "scheduler_kwargs"):
+    internals = saved.internals
+    owners = {
+        "model_kwargs": internals.model_class,
+        "optim_kwargs": _class_of(internals.optimizer),
+        "scheduler_kwargs": _class_of(internals.scheduler),
+    }
+    for key, owner in owners.items():
         if key in metadata:
-            metadata[key] = decoder.kwargs(metadata[key], key)
+            metadata[key] = decoder.kwargs(metadata[key], key, owner)
     return metadata
 
 
@@ -676,7 +680,17 @@ class ModelContainer:
         :func:`pytorch_saver.register_codec`, nested in lists, dicts, tuples
         and those objects; and the ``lr_lambda`` function of ``LambdaLR`` or
         ``MultiplicativeLR`` (saved as a placeholder: pass the function to
-        :meth:`load` again, ``callables={"lr_lambda": fn}``). Every kwarg is
+        :meth:`load` again, ``callables={"lr_lambda": fn}``).
+
+        ``SequentialLR`` and ``ChainedScheduler`` take their children as
+        specs: ``{"schedulers": [{"class": LinearLR, "kwargs": {...}},
+        Spec(CosineAnnealingLR, {...})], "milestones": [5]}``. Each child is
+        built over the optimizer, in order, then the composite (the
+        optimizer passed by keyword); the file records the children as
+        ``spec`` tags. A ``LambdaLR`` child's function is supplied to
+        :meth:`load` under its position, ``callables={"schedulers[0].lr_lambda":
+        fn}``. A child that is not a spec raises :class:`MetadataError`
+        naming it (``scheduler_kwargs['schedulers'][1]``). Every kwarg is
         encoded before anything is built: one that cannot be saved (a
         lambda, an open file, a tensor) raises :class:`MetadataError` (a
         ``ValueError``) naming it (``model_kwargs['act']``) and the codecs
@@ -870,7 +884,11 @@ class ModelContainer:
         the classes given as arguments first, and is checked to be what its
         tag needs before anything is called. ``callables`` supplies the
         functions a file cannot hold (``{"lr_lambda": warmup}`` for a
-        ``LambdaLR``).
+        ``LambdaLR``; ``{"schedulers[0].lr_lambda": warmup}`` for one that
+        is the first child of a ``SequentialLR``). A composite scheduler's
+        children are rebuilt from their specs (their classes resolved like
+        the others) over the loaded optimizer, then the composite, whose
+        saved state must hold one state per child.
 
         ``track`` restores extra state (:meth:`track`) into the objects
         given, ``{"rng": pytorch_saver.RNG(), "scaler": scaler}``: each name
@@ -1020,7 +1038,7 @@ class ModelContainer:
         scheduler_state = None
         if built.scheduler is not None:
             assert internals.scheduler is not None
-            scheduler_state = scheduler_state_from_json(internals.scheduler.state)
+            scheduler_state = composite_state(built.scheduler, internals.scheduler.state)
         if optimizer_state is not None:
             _load_into(built.optimizer, optimizer_state, "optimizer")
         if scheduler_state is not None:
@@ -1115,7 +1133,7 @@ class ModelContainer:
         scheduler_state = None
         if self.scheduler is not None:
             assert internals.scheduler is not None
-            scheduler_state = scheduler_state_from_json(internals.scheduler.state)
+            scheduler_state = composite_state(self.scheduler, internals.scheduler.state)
         # Everything is checked: the end is reported before anything changes,
         # so that a callback that raises leaves everything as it was.
         report.finish()

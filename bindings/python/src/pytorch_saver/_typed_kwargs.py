@@ -21,6 +21,12 @@ plain JSON; what JSON has no form for becomes a tag, an object with the key
 - LambdaLR's and MultiplicativeLR's ``lr_lambda`` (a function, or a list of
   them): ``{"__type__": "callable", "name": "mod.warmup"}``, a placeholder
   for the function the caller passes again to ``load`` (``callables=``);
+- each child of the ``schedulers`` kwarg of ``SequentialLR`` and
+  ``ChainedScheduler`` (a :class:`Spec`, or a dict ``{"class": cls,
+  "kwargs": {...}}``): ``{"__type__": "spec", "class": "mod.Qual",
+  "kwargs": {...}}``, its kwargs encoded as a scheduler's (so a ``LambdaLR``
+  child's ``lr_lambda`` is a placeholder too, supplied at load under
+  ``"schedulers[<i>].lr_lambda"``);
 - in extra state only, a tensor: ``{"__type__": "tensor", "name": ...}``,
   the tensor itself going to ``extra.safetensors``.
 
@@ -64,13 +70,16 @@ from ._resolve import class_name, resolve_value_class
 
 __all__ = [
     "CALLABLE_KWARGS",
+    "SPEC_KWARGS",
     "Decoder",
     "Spec",
     "codec_names",
     "encode_kwargs",
+    "encode_scheduler_kwargs",
     "encode_state",
     "has_tags",
     "register_codec",
+    "spec_parts",
 ]
 
 _DTYPES: Final[dict[str, torch.dtype]] = {
@@ -90,6 +99,14 @@ CALLABLE_KWARGS: Final[dict[str, frozenset[str]]] = {
 """Scheduler class name -> the kwargs that may hold a function (a
 ``callable`` placeholder in the file, supplied again at load)."""
 
+SPEC_KWARGS: Final[dict[str, frozenset[str]]] = {
+    "torch.optim.lr_scheduler.SequentialLR": frozenset({"schedulers"}),
+    "torch.optim.lr_scheduler.ChainedScheduler": frozenset({"schedulers"}),
+}
+"""Scheduler class name -> the kwargs that hold a list of child schedulers,
+each written as a ``spec`` tag (its class and kwargs) for the scheduler to
+build over the same optimizer."""
+
 _HF_BASES: Final = frozenset(
     {
         ("transformers.configuration_utils", "PretrainedConfig"),
@@ -100,10 +117,11 @@ _HF_BASES: Final = frozenset(
 
 @dataclass(frozen=True)
 class Spec:
-    """A ``spec`` tag decoded (FORMAT.md 11.2): a class and the kwargs to
-    build it with, for the object that receives it to build (the child
-    schedulers of ``SequentialLR``). This package does not write spec tags
-    yet; it reads them into this."""
+    """A ``spec`` tag (FORMAT.md 11.2): a class and the kwargs to build it
+    with, for the object that receives it to build (the child schedulers of
+    ``SequentialLR`` and ``ChainedScheduler``). Decoding reads spec tags
+    into this; ``initialize`` accepts it (or ``{"class": cls, "kwargs":
+    {...}}``) for each child scheduler."""
 
     cls: type
     kwargs: dict[str, Any]
@@ -400,6 +418,13 @@ class _Encoder:
             return self._class_tag(value, where)
         if isinstance(value, torch.Tensor):
             return self._tensor_tag(value, where, parts)
+        if isinstance(value, Spec):
+            raise self._refuse(
+                where,
+                value,
+                "is a Spec: only the schedulers kwarg of SequentialLR and ChainedScheduler "
+                "holds child specs",
+            )
         if id(value) in self._active:
             raise self._refuse(where, value, "contains itself")
         self._active.add(id(value))
@@ -463,6 +488,72 @@ def encode_kwargs(
         else:
             out[key] = encoder.value(value, path, (key,))
     return out
+
+
+def encode_scheduler_kwargs(scheduler_class: object, kwargs: Mapping[str, Any], where: str) -> Any:
+    """A scheduler's constructor kwargs as typed values: its ``lr_lambda``
+    (``LambdaLR``, ``MultiplicativeLR``) as ``callable`` placeholders, and
+    the children of a composite's ``schedulers`` kwarg (``SequentialLR``,
+    ``ChainedScheduler``; :data:`SPEC_KWARGS`) as ``spec`` tags whose kwargs
+    are encoded by the same rules, for the child's class. A child must be a
+    :class:`Spec` or a dict ``{"class": <a class>, "kwargs": {...}}``
+    (``kwargs`` may be left out); anything else raises
+    :class:`MetadataError` naming its path
+    (``scheduler_kwargs['schedulers'][1]``)."""
+    name = class_name(scheduler_class) if isinstance(scheduler_class, type) else ""
+    spec_keys = SPEC_KWARGS.get(name, frozenset())
+    plain = {k: v for k, v in kwargs.items() if k not in spec_keys}
+    encoded = encode_kwargs(plain, where, CALLABLE_KWARGS.get(name, frozenset()))
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in spec_keys:
+            out[key] = _spec_tags(value, f"{where}[{key!r}]", name)
+        else:
+            out[key] = encoded[key]
+    return out
+
+
+def _spec_tags(children: object, where: str, owner: str) -> list[dict[str, Any]]:
+    if not isinstance(children, (list, tuple)) or not children:
+        raise MetadataError(
+            f"{where} must be a non-empty list of child schedulers for {owner}, each a "
+            'pytorch_saver.Spec or {"class": <a scheduler class>, "kwargs": {...}}, not '
+            f"{children!r:.200}"
+        )
+    return [_spec_tag(child, f"{where}[{i}]") for i, child in enumerate(children)]
+
+
+def spec_parts(child: object, where: str) -> tuple[type, Mapping[str, Any]]:
+    """The class and kwargs of a child scheduler as ``initialize`` takes it
+    (a :class:`Spec`, or a dict ``{"class": cls, "kwargs": {...}}``);
+    :class:`MetadataError` naming ``where`` for anything else."""
+    if isinstance(child, Spec):
+        cls: object = child.cls
+        kwargs: object = child.kwargs
+    elif isinstance(child, Mapping) and "class" in child and set(child) <= {"class", "kwargs"}:
+        cls, kwargs = child["class"], child.get("kwargs", {})
+    else:
+        raise MetadataError(
+            f"{where} is not a child scheduler: give a pytorch_saver.Spec or "
+            f'{{"class": <a scheduler class>, "kwargs": {{...}}}}, not {child!r:.200}'
+        )
+    if not isinstance(cls, type):
+        raise MetadataError(f"{where}['class'] must be a scheduler class, not {cls!r:.200}")
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise MetadataError(
+            f"{where}['kwargs'] must be a mapping with str keys, not {kwargs!r:.200}"
+        )
+    return cls, kwargs
+
+
+def _spec_tag(child: object, where: str) -> dict[str, Any]:
+    cls, kwargs = spec_parts(child, where)
+    name = _Encoder()._class_tag(cls, f"{where}['class']")["name"]
+    return {
+        TYPE_KEY: "spec",
+        "class": name,
+        "kwargs": encode_scheduler_kwargs(cls, kwargs, f"{where}['kwargs']"),
+    }
 
 
 def _is_function_or_list(value: object) -> bool:
@@ -554,11 +645,16 @@ class Decoder:
             )
         return obj
 
-    def kwargs(self, kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
-        """Decoded constructor kwargs; at the top level, ``callable``
-        placeholders are replaced by ``callables[key]``."""
+    def kwargs(
+        self, kwargs: Mapping[str, Any], where: str, owner: str | None = None
+    ) -> dict[str, Any]:
+        """Decoded constructor kwargs of the class ``owner`` (for messages);
+        at the top level, ``callable`` placeholders are replaced by
+        ``callables[key]``, and in the kwargs of the ``i``-th child of a
+        top-level list of ``spec`` tags (a composite scheduler's
+        ``schedulers``) by ``callables["<key>[<i>].<child key>"]``."""
         try:
-            return self._kwargs(kwargs, where)
+            return self._kwargs(kwargs, where, "", owner)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, PytorchSaverError):
                 raise
@@ -573,26 +669,41 @@ class Decoder:
                 raise
             raise TypedValueError(f"{where}: a malformed typed value: {exc!r}") from exc
 
-    def _kwargs(self, kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
+    def _kwargs(
+        self, kwargs: Mapping[str, Any], where: str, prefix: str, owner: str | None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in kwargs.items():
             path = f"{where}[{key!r}]"
+            name = f"{prefix}{key}"
             if _is_callable_tag(value) or (
                 isinstance(value, list) and value and all(_is_callable_tag(v) for v in value)
             ):
-                if key not in self.callables and self.keep_callables:
+                if name not in self.callables and self.keep_callables:
                     out[key] = value
                     continue
-                if key not in self.callables:
+                if name not in self.callables:
                     names = [v["name"] for v in value] if isinstance(value, list) else value["name"]
+                    of = f" of {owner}" if owner else ""
                     raise TypedValueError(
-                        f"{path} is the function {names!r}, which a file cannot hold: pass it "
-                        f"to load (load(path, callables={{{key!r}: fn}}))"
+                        f"{path}{of} is the function {names!r}, which a file cannot hold: pass "
+                        f"it to load (load(path, callables={{{name!r}: fn}}))"
                     )
-                out[key] = self.callables[key]
+                out[key] = self.callables[name]
+            elif isinstance(value, list) and value and all(_is_spec_tag(v) for v in value):
+                out[key] = [
+                    self._spec(v, f"{path}[{i}]", f"{name}[{i}].") for i, v in enumerate(value)
+                ]
             else:
                 out[key] = self.value(value, path)
         return out
+
+    def _spec(self, tag: dict[str, Any], where: str, prefix: str) -> Spec:
+        cls = self._a_class(tag["class"], where)
+        kwargs = tag["kwargs"]
+        if not isinstance(kwargs, dict):
+            raise TypedValueError(f"{where}: a spec's kwargs must be an object, not {kwargs!r}")
+        return Spec(cls, self._kwargs(kwargs, f"{where}.kwargs", prefix, tag["class"]))
 
     def value(self, value: Any, where: str) -> Any:
         if isinstance(value, list):
@@ -634,7 +745,8 @@ class Decoder:
         if kind == "callable":
             raise TypedValueError(
                 f"{where} is the function {tag['name']!r}: only a top-level kwarg of "
-                "LambdaLR or MultiplicativeLR may be a function"
+                "LambdaLR or MultiplicativeLR (or of such a child of SequentialLR or "
+                "ChainedScheduler) may be a function"
             )
         raise TypedValueError(f"{where}: unknown typed value {kind!r}")
 
@@ -689,3 +801,7 @@ class Decoder:
 
 def _is_callable_tag(value: Any) -> bool:
     return isinstance(value, dict) and value.get(TYPE_KEY) == "callable"
+
+
+def _is_spec_tag(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(TYPE_KEY) == "spec"

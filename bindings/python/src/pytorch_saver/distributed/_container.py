@@ -196,6 +196,7 @@ def load_sharded(
 ) -> tuple[dict[str, Any], Any]:
     """``ModelContainer.load`` of a sharded container checkpoint: (flat
     metadata, the built objects as ``_Built``)."""
+    from .._composite import composite_state
     from .._container import (
         _build,
         _constructor_kwargs,
@@ -207,7 +208,7 @@ def load_sharded(
     )
     from .._format.metadata import parse as parse_metadata
     from .._resolve import resolve
-    from .._state import optimizer_state_dict, scheduler_state_from_json
+    from .._state import optimizer_state_dict
     from .._typed_kwargs import Decoder
     from . import read_index
 
@@ -263,6 +264,8 @@ def load_sharded(
     if built.scheduler is not None:
         assert internals.scheduler is not None
         _load_into(
-            built.scheduler, scheduler_state_from_json(internals.scheduler.state), "scheduler"
+            built.scheduler,
+            composite_state(built.scheduler, internals.scheduler.state),
+            "scheduler",
         )
     return metadata, built
