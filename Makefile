@@ -84,6 +84,8 @@ c-test: install deps
 	cc $(C_TEST_FLAGS) tests/c/test_progress.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_progress
 	cc $(C_TEST_FLAGS) tests/c/test_s3.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_s3
 	cc $(C_TEST_FLAGS) tests/c/test_sharded.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_sharded
+	cc $(C_TEST_FLAGS) tests/c/test_lbfgs.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/test_lbfgs
+	cc $(C_TEST_FLAGS) tests/c/test_optim_registry.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -lm -o target/c/test_optim_registry
 	cc $(C_TEST_FLAGS) -DPTS_FAULT_INJECTION tests/c/test_panic.c -Iinclude \
 	  -Ltarget/fault -Wl,-rpath,$(CURDIR)/target/fault -lpytorch_saver -o target/c/test_panic
 	cc -std=c99 -Wall -Wextra -pedantic -Werror examples/c/main.c $$($(PKG_SDK) --cflags --libs pytorch_saver) -o target/c/example
@@ -98,6 +100,12 @@ c-test: install deps
 	python3 tests/corpus/generate.py --write-valid target/c/sharded
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
 	  target/c/test_sharded tests/corpus/sharded target/c/sharded
+	rm -rf target/c/lbfgs && mkdir -p target/c/lbfgs
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
+	  target/c/test_lbfgs target/c/lbfgs
+	rm -rf target/c/optim_registry && mkdir -p target/c/optim_registry
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
+	  target/c/test_optim_registry target/c/optim_registry
 	rm -rf target/c/manager && mkdir -p target/c/manager
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 RUST_BACKTRACE=0 \
 	  target/c/test_manager target/c/manager

@@ -116,6 +116,21 @@ typedef struct pts_model_builder_t pts_model_builder_t;
 typedef struct pts_model_t pts_model_t;
 
 /**
+ * A parameter group's hyperparameters, as a step function reads them
+ * (`pts_optim_group_f64`, `_i64`, `_bool`). Borrowed: valid only during
+ * the call it is passed to.
+ */
+typedef struct pts_optim_group_t pts_optim_group_t;
+
+/**
+ * One parameter's optimizer state (PyTorch's `optimizer.state[p]`): the
+ * tensors a step function gets (`pts_optim_state_get`) and sets
+ * (`pts_optim_state_set`) by key. Borrowed: valid only during the step
+ * call it is passed to.
+ */
+typedef struct pts_optim_state_t pts_optim_state_t;
+
+/**
  * A registry: class name -> model factory. Containers take a snapshot of
  * it when they are created, so registering later does not change them.
  * Owned by the caller; free it with `pts_registry_free` (factories live
@@ -255,6 +270,85 @@ typedef struct {
    */
   pts_finalizer_t free_user_data;
 } pts_stateful_t;
+
+/**
+ * The closure of `pts_container_step_closure`: zero the gradients (for
+ * example `pts_tensor_set_grad(param, NULL)`), compute the loss, set the
+ * gradients (a backward pass, or `pts_tensor_set_grad`), write the loss
+ * to `*loss` and return NULL; or return an error object, which ends the
+ * step and is returned to the step's caller as it is (same object).
+ */
+typedef pts_error_t *(*pts_closure_t)(void *user_data, double *loss);
+
+/**
+ * One per-parameter state key of a user optimizer class.
+ */
+typedef struct {
+  /**
+   * The key (`momentum_buffer`): non-empty, no `.`.
+   */
+  const char *name;
+  /**
+   * True: a rank-0 tensor (a step counter); false: a tensor of the
+   * parameter's shape.
+   */
+  bool rank0;
+  /**
+   * True: a parameter's non-empty state must hold it (a file whose
+   * state lacks it is refused).
+   */
+  bool required;
+} pts_optim_state_key_t;
+
+/**
+ * A user optimizer's step on one parameter: update `param` in place from
+ * `grad` (read-only), reading the hyperparameters from `group` and
+ * creating or advancing `state`. Called under no_grad, for every
+ * parameter that has a gradient, group by group. Every handle is
+ * borrowed for the call. Returns NULL, or an error (made with
+ * `pts_error_new`) that the library takes ownership of and reports,
+ * with its message, as `PTS_ERROR_CALLBACK` from the step.
+ */
+typedef pts_error_t *(*pts_optim_step_t)(void *user_data,
+                                         const pts_optim_group_t *group,
+                                         pts_tensor_t *param,
+                                         const pts_tensor_t *grad,
+                                         pts_optim_state_t *state);
+
+/**
+ * A check of a group's hyperparameters across keys, on kwargs and on
+ * groups loaded from a file (each key's JSON type is checked before).
+ * Returns NULL, or an error whose message says what is wrong.
+ */
+typedef pts_error_t *(*pts_optim_check_group_t)(void *user_data, const pts_optim_group_t *group);
+
+/**
+ * An optimizer class: read when it is registered (the library copies
+ * what it needs), the function pointers kept.
+ */
+typedef struct {
+  /**
+   * The hyperparameters (the param_group keys, which are the class's
+   * kwargs) with their defaults, as one JSON object in PyTorch's order,
+   * such as `{"lr": 0.01, "beta": 0.9}`. `lr` is required and its
+   * default must be a number; a value given for a key must have its
+   * default's JSON type (null accepts anything).
+   */
+  const char *hyperparameters_json;
+  /**
+   * The state keys (`n_state_keys` of them; NULL when 0).
+   */
+  const pts_optim_state_key_t *state_keys;
+  size_t n_state_keys;
+  /**
+   * The step function (required).
+   */
+  pts_optim_step_t step;
+  /**
+   * A group check, or NULL for none.
+   */
+  pts_optim_check_group_t check_group;
+} pts_optimizer_class_t;
 
 /**
  * A model factory: builds the model `kwargs` describe and adds its
@@ -404,6 +498,15 @@ typedef pts_error_t *(*pts_model_factory_t)(void *user_data,
  * names the URL.
  */
 #define PTS_ERROR_STORAGE 21
+
+/**
+ * A class this library cannot build, though the file may name it:
+ * PyTorch's LambdaLR and MultiplicativeLR (their `lr_lambda` is a Python
+ * callable, which no file carries: load such a file with the Python
+ * package, passing the lambda), SparseAdam. The message names the class
+ * and says why.
+ */
+#define PTS_ERROR_UNSUPPORTED_CLASS 22
 
 /**
  * 64-bit float (`torch.float64`, safetensors `F64`).
@@ -972,6 +1075,22 @@ pts_error_t *pts_state_tensor_at(const pts_state_t *state, const char *path, pts
 pts_error_t *pts_state_i64_at(const pts_state_t *state, const char *path, int64_t *out);
 
 /**
+ * `optimizer.step(closure)`: LBFGS calls `closure(user_data, &loss)` as
+ * often as its iterations and line search need (with grad mode enabled);
+ * any other optimizer calls it once, then steps. `*out_loss` is the loss
+ * of the first call. While the step runs the container has lent its
+ * optimizer to it: the callback may run `pts_container_forward`, read
+ * `pts_container_parameter` and set gradients, and a call that needs the
+ * optimizer (`pts_container_step`, `pts_container_zero_grad`, ...) fails
+ * with `PTS_ERROR_USAGE`. An error the callback returns comes back from
+ * this call unchanged; the parameters are then as the step left them.
+ */
+pts_error_t *pts_container_step_closure(pts_container_t *container,
+                                        pts_closure_t closure,
+                                        void *user_data,
+                                        double *out_loss);
+
+/**
  * New options at the defaults (verify, zero-copy). The caller frees `*out`.
  */
 pts_error_t *pts_load_options_new(pts_load_options_t **out);
@@ -1173,6 +1292,65 @@ pts_error_t *pts_model_state_tensor(const pts_model_t *model, const char *name, 
  * No forward call may be running on it.
  */
 void pts_model_free(pts_model_t *model);
+
+/**
+ * Registers an optimizer class under `name` (use the Python class's
+ * `module.QualName`), so that containers built on this registry
+ * initialize, step, save and load it as a built-in one. A
+ * `torch.optim.*` name, a name already registered and a class without
+ * `lr` are refused. The library takes ownership of `user_data` whatever
+ * the outcome: `free_user_data` (may be NULL) runs once, when the last
+ * registry, container or optimizer using the class is freed, or before
+ * this returns on error. The functions may be called from any thread
+ * that uses a container built on this registry.
+ */
+pts_error_t *pts_registry_register_optimizer(pts_registry_t *registry,
+                                             const char *name,
+                                             const pts_optimizer_class_t *cls,
+                                             void *user_data,
+                                             pts_finalizer_t free_user_data);
+
+/**
+ * Whether `name` is a registered optimizer class (the built-in ones are
+ * not registered: they are always there).
+ */
+pts_error_t *pts_registry_contains_optimizer(const pts_registry_t *registry,
+                                             const char *name,
+                                             bool *out);
+
+/**
+ * A number hyperparameter (an integer is accepted, as in Python).
+ * Missing or not a number: `PTS_ERROR_INVALID_STATE` naming the key.
+ */
+pts_error_t *pts_optim_group_f64(const pts_optim_group_t *group, const char *key, double *out);
+
+/**
+ * An integer hyperparameter.
+ */
+pts_error_t *pts_optim_group_i64(const pts_optim_group_t *group, const char *key, int64_t *out);
+
+/**
+ * A boolean hyperparameter.
+ */
+pts_error_t *pts_optim_group_bool(const pts_optim_group_t *group, const char *key, bool *out);
+
+/**
+ * The state tensor `key`: `*out` is a new handle sharing its storage
+ * (write through it to update the state in place; the caller frees the
+ * handle), or NULL when the state has no such key (the first step).
+ */
+pts_error_t *pts_optim_state_get(const pts_optim_state_t *state,
+                                 const char *key,
+                                 pts_tensor_t **out);
+
+/**
+ * Sets the state tensor `key` (one of the class's state keys) to share
+ * `tensor`'s storage; the handle stays the caller's. After the step the
+ * library checks each tensor's shape against the class's layout.
+ */
+pts_error_t *pts_optim_state_set(pts_optim_state_t *state,
+                                 const char *key,
+                                 const pts_tensor_t *tensor);
 
 /**
  * A new registry holding the built-in classes (`torch.nn.Linear`,
@@ -1416,6 +1594,26 @@ pts_error_t *pts_tensor_nbytes(const pts_tensor_t *tensor, size_t *out);
 pts_error_t *pts_tensor_copy_to_buffer(const pts_tensor_t *tensor, void *data, size_t len);
 
 /**
+ * Overwrites the tensor's elements in place with `len` bytes at `data`
+ * (native byte order, C-contiguous, the tensor's dtype; `len` must equal
+ * `pts_tensor_nbytes`), on whatever device the tensor is, without
+ * recording it for autograd (as under `torch.no_grad()`): how a C or Go
+ * optimizer step updates a parameter or its state. Every handle sharing
+ * the storage sees the new values.
+ */
+pts_error_t *pts_tensor_copy_from_buffer(pts_tensor_t *tensor, const void *data, size_t len);
+
+/**
+ * PyTorch's `tensor.backward(gradient)`: back-propagates `gradient` (the
+ * tensor's shape) through the graph that computed `tensor`, adding to
+ * the `.grad` of every leaf that requires gradients. On a parameter
+ * handle (`pts_container_parameter`) it adds `gradient` to the
+ * parameter's `.grad`: how a C or Go caller that computes gradients
+ * itself hands them to the optimizer before `pts_container_step`.
+ */
+pts_error_t *pts_tensor_backward(const pts_tensor_t *tensor, const pts_tensor_t *gradient);
+
+/**
  * Wraps a C++ `torch::Tensor` with no copy: `torch_tensor` points to a
  * `torch::Tensor` (an `at::Tensor`) of the same libtorch this library
  * links; the new handle shares its storage and autograd state, and the
@@ -1436,6 +1634,15 @@ pts_error_t *pts_tensor_torch_ptr(const pts_tensor_t *tensor, const void **out);
  * references it). NULL is a no-op.
  */
 void pts_tensor_free(pts_tensor_t *tensor);
+
+/**
+ * Sets `tensor`'s gradient (its `.grad`) to a copy of `grad`, which must
+ * have the tensor's shape and dtype; with `grad` NULL, clears it
+ * (PyTorch's `grad = None`, what `zero_grad` does). `tensor` must require
+ * gradients: a parameter from `pts_container_parameter` does. For a C
+ * closure of `pts_container_step_closure`, which has no autograd.
+ */
+pts_error_t *pts_tensor_set_grad(pts_tensor_t *tensor, const pts_tensor_t *grad);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -11,6 +11,7 @@ use tch::{nn, Kind, Tensor};
 
 use crate::error::{panic_message, torch_message, Error, Result};
 pub use crate::kwargs::Kwargs;
+use crate::optim::{Optimizer, OptimizerClass, UserClass};
 
 /// What a model runs: a fallible forward with a train flag. Every tch
 /// module is one (a libtorch panic inside it becomes an error); models
@@ -68,10 +69,12 @@ struct Entry {
     layout: Option<Arc<ModelLayout>>,
 }
 
-/// Name -> factory for every class a checkpoint may name.
+/// Name -> factory for every class a checkpoint may name: models, and
+/// the optimizer classes a user adds to the built-in `torch.optim` ones.
 #[derive(Clone)]
 pub struct Registry {
     models: BTreeMap<String, Entry>,
+    optimizers: BTreeMap<String, Arc<UserClass>>,
 }
 
 impl Default for Registry {
@@ -82,7 +85,10 @@ impl Default for Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("models", &self.models.keys()).finish()
+        f.debug_struct("Registry")
+            .field("models", &self.models.keys())
+            .field("optimizers", &self.optimizers.keys())
+            .finish()
     }
 }
 
@@ -98,6 +104,7 @@ impl Registry {
     pub fn empty() -> Self {
         Registry {
             models: BTreeMap::new(),
+            optimizers: BTreeMap::new(),
         }
     }
 
@@ -154,6 +161,46 @@ impl Registry {
             name: name.into(),
             known: self.models.keys().cloned().collect::<Vec<_>>().join(", "),
         })
+    }
+
+    /// Registers an optimizer class under `name` (use the Python class's
+    /// `module.QualName` so that files from Python resolve to it). Built-in
+    /// names come first: a `torch.optim.*` name is refused
+    /// ([`Error::DuplicateName`]), as is a name already registered or a
+    /// class whose declarations are inconsistent (no `lr`, a key twice).
+    pub fn register_optimizer<C: OptimizerClass>(&mut self, name: &str, class: C) -> Result<()> {
+        let class = UserClass::new(name, Box::new(class))?;
+        if self.optimizers.contains_key(name) {
+            return Err(Error::DuplicateName {
+                kind: "optimizer",
+                name: name.into(),
+            });
+        }
+        self.optimizers.insert(name.to_owned(), Arc::new(class));
+        Ok(())
+    }
+
+    /// The registered optimizer class names, sorted (the built-in ones
+    /// are [`optim::names`](crate::optim::names)).
+    pub fn optimizer_names(&self) -> impl Iterator<Item = &str> {
+        self.optimizers.keys().map(String::as_str)
+    }
+
+    /// Whether `name` is a registered optimizer class.
+    pub fn has_optimizer(&self, name: &str) -> bool {
+        self.optimizers.contains_key(name)
+    }
+
+    /// Builds the optimizer named `class`, built-in or registered, over
+    /// `params` (see [`Optimizer::new`]). An unknown name is
+    /// [`Error::UnknownName`] listing the built-in and registered names.
+    pub fn build_optimizer(
+        &self,
+        class: &str,
+        kwargs: &Map<String, Value>,
+        params: Vec<(String, Tensor)>,
+    ) -> Result<Optimizer> {
+        Optimizer::build(class, &self.optimizers, kwargs, params)
     }
 
     /// Builds a model (`loading`: see [`Kwargs::loading`]). Unknown

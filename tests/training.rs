@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::{batch_data as data, train_batches as train};
 use pytorch_saver::format::{
@@ -22,10 +21,6 @@ use pytorch_saver::{models, ContainerSpec, Error, ModelContainer, UserMetadata};
 use serde_json::{json, Map, Value};
 use tch::Tensor;
 
-const ROLE: &str = "PTS_TRAINING_ROLE";
-const CKPT: &str = "PTS_TRAINING_CKPT";
-const OUT: &str = "PTS_TRAINING_OUT";
-
 fn kw(v: Value) -> Map<String, Value> {
     v.as_object().expect("an object").clone()
 }
@@ -34,8 +29,22 @@ fn mlp_kwargs() -> Map<String, Value> {
     kw(json!({"in_dim": 4, "hidden_dim": 16, "n_classes": 3}))
 }
 
+/// A composite's child scheduler, as the file holds it: a `spec` tag.
+fn child(class: &str, kwargs: Value) -> Value {
+    json!({"__type__": "spec", "class": class, "kwargs": kwargs})
+}
+
+/// The usual warmup: LinearLR for `warmup` steps, then CosineAnnealingLR.
+fn warmup(start_factor: f64, warmup: i64, t_max: i64, eta_min: f64) -> Value {
+    json!({"schedulers": [child(sched::LINEAR_LR, json!({"start_factor": start_factor, "total_iters": warmup})),
+                          child(sched::COSINE_ANNEALING_LR, json!({"T_max": t_max, "eta_min": eta_min}))],
+           "milestones": [warmup]})
+}
+
 /// Optimizer and scheduler pairs covering every optimizer and the
-/// schedulers with the most state. Muon is not here: it takes 2-D
+/// schedulers with the most state; the newer optimizers under the
+/// composite schedulers (most under SequentialLR's warmup, whose switch
+/// falls before or after the save at step 50) and CyclicLR. Muon is not here: it takes 2-D
 /// parameters only and the MLP has biases (tests/optimizers.rs compares
 /// it with torch.optim on 2-D parameters).
 fn configs() -> Vec<(&'static str, Value, &'static str, Value)> {
@@ -73,44 +82,47 @@ fn configs() -> Vec<(&'static str, Value, &'static str, Value)> {
         (
             ADAMAX,
             json!({"lr": 0.01, "weight_decay": 0.001}),
-            sched::EXPONENTIAL_LR,
-            json!({"gamma": 0.99}),
+            sched::SEQUENTIAL_LR,
+            warmup(0.1, 10, 90, 0.0),
         ),
         (
             NADAM,
             json!({"lr": 0.01, "decoupled_weight_decay": true, "weight_decay": 0.01}),
-            sched::ONE_CYCLE_LR,
-            json!({"max_lr": 0.05, "total_steps": 200}),
+            sched::SEQUENTIAL_LR,
+            warmup(0.2, 60, 40, 0.001),
         ),
         (
             RADAM,
             json!({"lr": 0.01}),
-            sched::COSINE_ANNEALING_LR,
-            json!({"T_max": 30}),
+            sched::SEQUENTIAL_LR,
+            warmup(0.25, 5, 30, 0.0),
         ),
         (
             ADADELTA,
             json!({"rho": 0.8}),
-            sched::STEP_LR,
-            json!({"step_size": 20, "gamma": 0.5}),
+            sched::CHAINED_SCHEDULER,
+            json!({"schedulers": [child(sched::CONSTANT_LR, json!({"factor": 0.5, "total_iters": 30})),
+                                  child(sched::EXPONENTIAL_LR, json!({"gamma": 0.99}))]}),
         ),
         (
             RPROP,
             json!({"lr": 0.005, "step_sizes": [1e-5, 0.1]}),
-            sched::MULTI_STEP_LR,
-            json!({"milestones": [30, 60], "gamma": 0.5}),
+            sched::CHAINED_SCHEDULER,
+            json!({"schedulers": [child(sched::LINEAR_LR, json!({"start_factor": 0.5, "total_iters": 20})),
+                                  child(sched::MULTI_STEP_LR, json!({"milestones": [30, 60], "gamma": 0.5}))]}),
         ),
         (
             ASGD,
             json!({"lr": 0.05, "t0": 10.0}),
-            sched::CONSTANT_LR,
-            json!({"factor": 0.5, "total_iters": 30}),
+            sched::CYCLIC_LR,
+            json!({"base_lr": 0.01, "max_lr": 0.05, "step_size_up": 15, "mode": "triangular2",
+                   "cycle_momentum": false}),
         ),
         (
             ADAFACTOR,
             json!({"lr": 0.02, "weight_decay": 0.01}),
-            sched::COSINE_ANNEALING_LR,
-            json!({"T_max": 40, "eta_min": 0.001}),
+            sched::SEQUENTIAL_LR,
+            warmup(0.1, 30, 70, 0.001),
         ),
     ]
 }
@@ -169,31 +181,13 @@ fn assert_bit_identical(a: &Snapshot, b: &Snapshot, label: &str) {
     assert_eq!(a.scheduler, b.scheduler, "{label}: scheduler state differs");
 }
 
-fn spawn_resume(ckpt: &Path, out: &Path) -> PathBuf {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_process_role", "--nocapture", "--test-threads=1"])
-        .env(ROLE, "resume")
-        .env(CKPT, ckpt)
-        .env(OUT, out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "child failed: {stdout}");
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once("SAVED: ").map(|(_, p)| p))
-        .unwrap_or_else(|| panic!("child printed no path: {stdout}"));
-    PathBuf::from(line)
-}
-
 /// What a child process runs: load a checkpoint knowing nothing else,
 /// train 50 more steps, save. Without the role variable it does nothing.
 #[test]
 fn child_process_role() {
-    let (Ok(role), Ok(ckpt), Ok(out)) = (std::env::var(ROLE), std::env::var(CKPT), std::env::var(OUT)) else {
+    let Some((ckpt, out)) = common::resume_role() else {
         return;
     };
-    assert_eq!(role, "resume");
     let mut c = ModelContainer::new();
     let meta = c.load(&ckpt).unwrap();
     let start = meta["step"].as_u64().unwrap() as usize;
@@ -201,7 +195,7 @@ fn child_process_role() {
     let path = c
         .save(&out, "resumed", &UserMetadata::new().with("step", start + 50).unwrap())
         .unwrap();
-    println!("SAVED: {}", path.display());
+    common::report_saved(&path);
 }
 
 #[test]
@@ -218,7 +212,7 @@ fn resume_in_a_fresh_process_equals_uninterrupted_training_bit_for_bit() {
         let ckpt = first
             .save(dir.path(), "half", &UserMetadata::new().with("step", 50).unwrap())
             .unwrap();
-        let resumed_path = spawn_resume(&ckpt, dir.path());
+        let resumed_path = common::spawn_resume(&ckpt, dir.path());
         let mut resumed = ModelContainer::new();
         let meta = resumed.load(&resumed_path).unwrap();
         assert_eq!(meta["step"], 100);
@@ -303,7 +297,7 @@ fn write_training_file(
     format::write_checkpoint(dir, stem, metadata, &members, &WriteOptions::default()).unwrap()
 }
 
-/// A v1 checkpoint from PyTorch's state in the pytorch-saver layout (what
+/// A v2 checkpoint from PyTorch's state in the pytorch-saver layout (what
 /// resume_torch.py dumped), written with the format layer.
 fn checkpoint_from_torch(dir: &Path, state_file: &Path, state: &Value, opt_kw: &Value, sched_kw: &Value) -> PathBuf {
     let bytes = std::fs::read(state_file).unwrap();
@@ -332,7 +326,8 @@ fn checkpoint_from_torch(dir: &Path, state_file: &Path, state: &Value, opt_kw: &
         "scheduler_kwargs": sched_kw,
         "timestamp": 1_700_000_000u64,
         "__pytorch_saver__": {
-            "format_version": 1,
+            // Version 2: composite schedulers' kwargs hold spec tags.
+            "format_version": 2,
             "kind": "checkpoint",
             "model": {"class": models::MLP},
             "optimizer": state["optimizer"],

@@ -162,6 +162,10 @@ inline pts_error_t* current_exception_to_error(pts_error_code_t fallback) noexce
   }
 }
 
+/// A closure's loss as a double: a double, or a one-element tensor.
+inline double loss_value(double loss) noexcept { return loss; }
+inline double loss_value(const at::Tensor& loss) { return loss.item<double>(); }
+
 }  // namespace detail
 
 /// An owned pts_tensor_t handle.
@@ -515,6 +519,119 @@ struct FactoryModule<void, R> {
 
 }  // namespace detail
 
+/// A parameter group's hyperparameters, as an optimizer class's step and
+/// group check read them. Borrowed: valid only during the call.
+class OptimizerGroup {
+ public:
+  explicit OptimizerGroup(const pts_optim_group_t* ptr) noexcept : ptr_(ptr) {}
+
+  /// A number (an integer is accepted); missing or not a number throws
+  /// Error (PTS_ERROR_INVALID_STATE) naming the key.
+  double get_double(const std::string& key) const {
+    double out = 0;
+    detail::check(pts_optim_group_f64(ptr_, key.c_str(), &out));
+    return out;
+  }
+  int64_t get_int(const std::string& key) const {
+    int64_t out = 0;
+    detail::check(pts_optim_group_i64(ptr_, key.c_str(), &out));
+    return out;
+  }
+  bool get_bool(const std::string& key) const {
+    bool out = false;
+    detail::check(pts_optim_group_bool(ptr_, key.c_str(), &out));
+    return out;
+  }
+  /// The learning rate (what schedulers change).
+  double lr() const { return get_double("lr"); }
+
+ private:
+  const pts_optim_group_t* ptr_;
+};
+
+/// One parameter's optimizer state (PyTorch's `optimizer.state[p]`), as a
+/// step reads and writes it. Borrowed: valid only during the step.
+class OptimizerState {
+ public:
+  explicit OptimizerState(pts_optim_state_t* ptr) noexcept : ptr_(ptr) {}
+
+  /// The state tensor `key` (sharing its storage: update it in place), or
+  /// an undefined tensor when the state has none (the first step).
+  torch::Tensor get(const std::string& key) const {
+    pts_tensor_t* out = nullptr;
+    detail::check(pts_optim_state_get(ptr_, key.c_str(), &out));
+    if (out == nullptr) return torch::Tensor();
+    TensorHandle handle(out);
+    return tensor_from_capi(handle.get());
+  }
+  /// Sets state `key` (one of the class's state keys) to `tensor` (shared,
+  /// no copy).
+  void set(const std::string& key, const torch::Tensor& tensor) {
+    TensorHandle handle = tensor_to_capi(tensor);
+    detail::check(pts_optim_state_set(ptr_, key.c_str(), handle.get()));
+  }
+
+ private:
+  pts_optim_state_t* ptr_;
+};
+
+/// One per-parameter state key of an optimizer class.
+struct OptimizerStateKey {
+  std::string name;
+  /// true: rank 0 (a step counter); false: the parameter's shape.
+  bool rank0 = false;
+  /// Whether a parameter's non-empty state must hold it.
+  bool required = true;
+};
+
+/// A user optimizer class (Registry::register_optimizer).
+struct OptimizerClass {
+  /// The hyperparameters with their defaults, one JSON object in PyTorch's
+  /// order, such as `{"lr": 0.01, "beta": 0.9}` (`lr` required).
+  std::string hyperparameters_json;
+  std::vector<OptimizerStateKey> state_keys;
+  /// Updates `param` in place (param.sub_(...), never `param = ...`) from
+  /// `grad`, creating or advancing `state`. Called under no_grad.
+  std::function<void(const OptimizerGroup& group, at::Tensor& param, const at::Tensor& grad,
+                     OptimizerState& state)>
+      step;
+  /// Optional: throws (Error, or any std::exception) to refuse a group's
+  /// hyperparameters, on kwargs and on groups loaded from a file.
+  std::function<void(const OptimizerGroup& group)> check_group;
+};
+
+namespace detail {
+
+inline pts_error_t* optimizer_step(void* user_data, const pts_optim_group_t* group,
+                                   pts_tensor_t* param, const pts_tensor_t* grad,
+                                   pts_optim_state_t* state) noexcept {
+  try {
+    auto& cls = *static_cast<OptimizerClass*>(user_data);
+    torch::Tensor p = tensor_from_capi(param);
+    const torch::Tensor g = tensor_from_capi(grad);
+    const OptimizerGroup view(group);
+    OptimizerState st(state);
+    at::NoGradGuard no_grad;
+    cls.step(view, p, g, st);
+    return nullptr;
+  } catch (...) {
+    return current_exception_to_error(PTS_ERROR_CALLBACK);
+  }
+}
+
+inline pts_error_t* optimizer_check_group(void* user_data,
+                                          const pts_optim_group_t* group) noexcept {
+  try {
+    auto& cls = *static_cast<OptimizerClass*>(user_data);
+    cls.check_group(OptimizerGroup(group));
+    return nullptr;
+  } catch (...) {
+    return current_exception_to_error(PTS_ERROR_INVALID_KWARGS);
+  }
+}
+
+}  // namespace detail
+
 /// A registry: class name -> model factory, holding the built-in classes
 /// (`torch.nn.Linear`, `pytorch_saver.models.MLP`) from construction.
 /// Containers take a snapshot when they are created, so registering later
@@ -588,6 +705,44 @@ class Registry {
     // The library owns `data` from the call on, whatever the outcome.
     detail::check(pts_registry_register_model(ptr_.get(), name.c_str(), c_factory, data.release(),
                                               &detail::delete_factory<Fn>));
+  }
+
+  /// Registers an optimizer class under `name` (use the Python class's
+  /// `module.QualName`): containers built on this registry initialize,
+  /// step, save and load it as a built-in one (kwargs checked against
+  /// its hyperparameters, `param_groups`, schedulers changing `lr`, state
+  /// checked against its keys on load). A `torch.optim.*` name or a name
+  /// taken is PTS_ERROR_DUPLICATE_NAME. The library owns a copy of `cls`
+  /// and destroys it once, when the last registry or container using it is
+  /// freed (or at once if this throws). An exception the step throws
+  /// fails the step call with PTS_ERROR_CALLBACK and the exception's
+  /// message; one from check_group fails initialize (or a load) with
+  /// PTS_ERROR_INVALID_KWARGS (PTS_ERROR_INVALID_STATE) and its message.
+  void register_optimizer(const std::string& name, OptimizerClass cls) {
+    if (!cls.step)
+      throw Error(PTS_ERROR_NULL_ARGUMENT, "register_optimizer: the class has no step");
+    std::vector<std::string> names;
+    for (const auto& key : cls.state_keys) names.push_back(key.name);
+    std::vector<pts_optim_state_key_t> keys;
+    for (size_t i = 0; i < names.size(); i++) {
+      keys.push_back({names[i].c_str(), cls.state_keys[i].rank0, cls.state_keys[i].required});
+    }
+    const std::string json = cls.hyperparameters_json;
+    const bool has_check = static_cast<bool>(cls.check_group);
+    auto data = std::make_unique<OptimizerClass>(std::move(cls));
+    const pts_optimizer_class_t c_cls{json.c_str(), keys.empty() ? nullptr : keys.data(),
+                                      keys.size(), &detail::optimizer_step,
+                                      has_check ? &detail::optimizer_check_group : nullptr};
+    // The library owns `data` from the call on, whatever the outcome.
+    detail::check(pts_registry_register_optimizer(ptr_.get(), name.c_str(), &c_cls, data.release(),
+                                                  &detail::delete_factory<OptimizerClass>));
+  }
+
+  /// Whether `name` is a registered optimizer class.
+  bool contains_optimizer(const std::string& name) const {
+    bool out = false;
+    detail::check(pts_registry_contains_optimizer(ptr_.get(), name.c_str(), &out));
+    return out;
   }
 
   pts_registry_t* capi() noexcept { return ptr_.get(); }
@@ -981,6 +1136,41 @@ class Container {
 
   /// optimizer.step(), with torch.optim's math bit for bit.
   void step() { detail::check(pts_container_step(ptr_.get())); }
+
+  /// optimizer.step(closure), for LBFGS (which calls `closure` as often as
+  /// its iterations and line search need; any other optimizer calls it
+  /// once, then steps). `closure()` zeroes the gradients (reset() each
+  /// named_parameters() tensor's mutable_grad(): the container's own
+  /// zero_grad() fails while the step runs, its optimizer being lent to
+  /// the step), computes the loss, runs backward and returns the loss as
+  /// a double or a one-element tensor. Returns the first call's loss. An
+  /// exception the closure throws ends the step and propagates as itself.
+  template <class F, class = std::enable_if_t<std::is_invocable_v<F&>>>
+  double step(F&& closure) {
+    struct Relay {
+      F& fn;
+      std::exception_ptr error;
+      static pts_error_t* call(void* user_data, double* loss) noexcept {
+        Relay& self = *static_cast<Relay*>(user_data);
+        try {
+          *loss = detail::loss_value(self.fn());
+          return nullptr;
+        } catch (...) {
+          self.error = std::current_exception();
+          return detail::current_exception_to_error(PTS_ERROR_CALLBACK);
+        }
+      }
+    };
+    Relay relay{closure, nullptr};
+    double loss = 0;
+    pts_error_t* raw = pts_container_step_closure(ptr_.get(), &Relay::call, &relay, &loss);
+    if (relay.error) {
+      pts_error_free(raw);
+      std::rethrow_exception(relay.error);
+    }
+    detail::check(raw);
+    return loss;
+  }
 
   /// scheduler.step() (PTS_ERROR_USAGE without a scheduler).
   void scheduler_step() { detail::check(pts_container_scheduler_step(ptr_.get())); }

@@ -58,3 +58,30 @@ pts_error_t *ptsgo_load_options_set_progress(pts_load_options_t *options, uintpt
 pts_error_t *ptsgo_container_set_save_progress(pts_container_t *container, uintptr_t relay) {
   return pts_container_set_save_progress(container, ptsgo_progress, (void *)relay, ptsgo_release);
 }
+
+static pts_error_t *ptsgo_optim_step(void *cls, const pts_optim_group_t *group, pts_tensor_t *param,
+                                     const pts_tensor_t *grad, pts_optim_state_t *state) {
+  return ptsgoOptimStep((uintptr_t)cls, (pts_optim_group_t *)group, param, (pts_tensor_t *)grad,
+                        state);
+}
+
+static pts_error_t *ptsgo_optim_check_group(void *cls, const pts_optim_group_t *group) {
+  return ptsgoOptimCheckGroup((uintptr_t)cls, (pts_optim_group_t *)group);
+}
+
+pts_error_t *ptsgo_register_optimizer(pts_registry_t *registry, const char *name,
+                                      const char *hyperparameters_json,
+                                      const pts_optim_state_key_t *state_keys, size_t n_state_keys,
+                                      bool check_group, uintptr_t cls) {
+  pts_optimizer_class_t table = {hyperparameters_json, state_keys, n_state_keys, ptsgo_optim_step,
+                                 check_group ? ptsgo_optim_check_group : NULL};
+  return pts_registry_register_optimizer(registry, name, &table, (void *)cls, ptsgo_release);
+}
+
+static pts_error_t *ptsgo_closure(void *closure, double *loss) {
+  return ptsgoClosure((uintptr_t)closure, loss);
+}
+
+pts_error_t *ptsgo_step_closure(pts_container_t *container, uintptr_t closure, double *loss) {
+  return pts_container_step_closure(container, ptsgo_closure, (void *)closure, loss);
+}

@@ -8,6 +8,8 @@
 #define PYTORCH_SAVER_GO_CALLBACKS_H
 
 #include <pytorch_saver.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* pts_registry_register_model with the Go factory trampoline; `factory`
@@ -28,5 +30,17 @@ pts_error_t *ptsgo_track(pts_container_t *container, const char *name, const cha
  * above. */
 pts_error_t *ptsgo_load_options_set_progress(pts_load_options_t *options, uintptr_t relay);
 pts_error_t *ptsgo_container_set_save_progress(pts_container_t *container, uintptr_t relay);
+
+/* pts_registry_register_optimizer with the Go step (and, when
+ * `check_group`, group check) trampolines and the class's declarations;
+ * `cls` is a cgo.Handle, released as above. */
+pts_error_t *ptsgo_register_optimizer(pts_registry_t *registry, const char *name,
+                                      const char *hyperparameters_json,
+                                      const pts_optim_state_key_t *state_keys, size_t n_state_keys,
+                                      bool check_group, uintptr_t cls);
+
+/* pts_container_step_closure with the Go closure trampoline; `closure`
+ * is a cgo.Handle the caller keeps (and deletes) for the call. */
+pts_error_t *ptsgo_step_closure(pts_container_t *container, uintptr_t closure, double *loss);
 
 #endif

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // Spec names what Container.Initialize builds: a model, and optionally an
@@ -64,9 +65,12 @@ type Spec struct {
 // if Close is never called); methods called after Close return an error
 // matching ErrUsage.
 type Container struct {
-	mu      sync.Mutex
-	ptr     *C.pts_container_t
-	cleanup runtime.Cleanup
+	mu  sync.Mutex
+	ptr *C.pts_container_t
+	// stepping is set while StepClosure runs: other calls then fail
+	// instead of waiting for mu (the closure runs under it).
+	stepping atomic.Bool
+	cleanup  runtime.Cleanup
 	// The relay of SetSaveProgress (nil without), to raise again what its
 	// function panicked with.
 	saveProgress *progressRelay
@@ -183,6 +187,9 @@ func (c *Container) Close() error {
 func (c *Container) with(f func(ptr *C.pts_container_t) error) error {
 	if c == nil {
 		return errorf(CodeNullArgument, "the container is nil")
+	}
+	if c.stepping.Load() {
+		return errorf(CodeUsage, "the container is in StepClosure: its closure may use tensors, not the container")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

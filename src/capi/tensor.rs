@@ -287,6 +287,83 @@ pub unsafe extern "C" fn pts_tensor_copy_to_buffer(
     })
 }
 
+/// Overwrites the tensor's elements in place with `len` bytes at `data`
+/// (native byte order, C-contiguous, the tensor's dtype; `len` must equal
+/// `pts_tensor_nbytes`), on whatever device the tensor is, without
+/// recording it for autograd (as under `torch.no_grad()`): how a C or Go
+/// optimizer step updates a parameter or its state. Every handle sharing
+/// the storage sees the new values.
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_copy_from_buffer(
+    tensor: *mut pts_tensor_t,
+    data: *const c_void,
+    len: usize,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let t = unsafe { arg_mut(tensor, "tensor") }?;
+        let (kind, _) = t.kind_and_dtype()?;
+        let nbytes = t.nbytes()?;
+        if len != nbytes {
+            return Err(pts_error_t::new(
+                PTS_ERROR_INVALID_ARGUMENT,
+                format!("the tensor has {nbytes} bytes, the buffer {len}"),
+            ));
+        }
+        let bytes = unsafe { arg_bytes(data.cast(), len, "data") }?;
+        if len == 0 {
+            return Ok(());
+        }
+        let src = Tensor::f_empty(t.tensor.size(), (kind, Device::Cpu))?;
+        // SAFETY: a fresh contiguous CPU tensor of exactly `len` bytes.
+        let dst = unsafe { std::slice::from_raw_parts_mut(src.data_ptr() as *mut u8, len) };
+        dst.copy_from_slice(bytes);
+        let _guard = tch::no_grad_guard();
+        t.tensor.f_copy_(&src)?;
+        Ok(())
+    })
+}
+
+/// PyTorch's `tensor.backward(gradient)`: back-propagates `gradient` (the
+/// tensor's shape) through the graph that computed `tensor`, adding to
+/// the `.grad` of every leaf that requires gradients. On a parameter
+/// handle (`pts_container_parameter`) it adds `gradient` to the
+/// parameter's `.grad`: how a C or Go caller that computes gradients
+/// itself hands them to the optimizer before `pts_container_step`.
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_backward(
+    tensor: *const pts_tensor_t,
+    gradient: *const pts_tensor_t,
+) -> *mut pts_error_t {
+    boundary(|| {
+        let t = unsafe { arg_ref(tensor, "tensor") }?;
+        let g = unsafe { arg_ref(gradient, "gradient") }?;
+        if !t.tensor.requires_grad() {
+            return Err(pts_error_t::new(
+                PTS_ERROR_INVALID_ARGUMENT,
+                "the tensor does not require gradients: it is not a parameter, nor computed from one",
+            ));
+        }
+        if g.tensor.size() != t.tensor.size() {
+            return Err(pts_error_t::new(
+                PTS_ERROR_INVALID_ARGUMENT,
+                format!(
+                    "the gradient has shape {:?}, the tensor {:?}",
+                    g.tensor.size(),
+                    t.tensor.size()
+                ),
+            ));
+        }
+        let g = g
+            .tensor
+            .f_detach()?
+            .f_to_device(t.tensor.device())?
+            .f_to_kind(t.tensor.f_kind()?)?;
+        // d/dt sum(t * g) = g, bit for bit: the vector-Jacobian product.
+        t.tensor.f_mul(&g)?.f_sum(t.tensor.f_kind()?)?.f_backward()?;
+        Ok(())
+    })
+}
+
 /// Wraps a C++ `torch::Tensor` with no copy: `torch_tensor` points to a
 /// `torch::Tensor` (an `at::Tensor`) of the same libtorch this library
 /// links; the new handle shares its storage and autograd state, and the
@@ -339,4 +416,41 @@ pub unsafe extern "C" fn pts_tensor_free(tensor: *mut pts_tensor_t) {
             drop(unsafe { Box::from_raw(tensor) })
         })
     }
+}
+
+/// Sets `tensor`'s gradient (its `.grad`) to a copy of `grad`, which must
+/// have the tensor's shape and dtype; with `grad` NULL, clears it
+/// (PyTorch's `grad = None`, what `zero_grad` does). `tensor` must require
+/// gradients: a parameter from `pts_container_parameter` does. For a C
+/// closure of `pts_container_step_closure`, which has no autograd.
+#[no_mangle]
+pub unsafe extern "C" fn pts_tensor_set_grad(tensor: *mut pts_tensor_t, grad: *const pts_tensor_t) -> *mut pts_error_t {
+    boundary(|| {
+        let t = unsafe { arg_mut(tensor, "tensor") }?;
+        let invalid = |m: String| pts_error_t::new(PTS_ERROR_INVALID_ARGUMENT, m);
+        if !t.tensor.requires_grad() {
+            return Err(invalid("the tensor does not require gradients".into()));
+        }
+        // SAFETY: NULL or a live tensor handle (header contract).
+        let grad = unsafe { grad.as_ref() };
+        if let Some(g) = grad {
+            if g.tensor.size() != t.tensor.size() || g.tensor.kind() != t.tensor.kind() {
+                return Err(invalid(format!(
+                    "the gradient is {:?} {:?}, the tensor {:?} {:?}",
+                    g.tensor.kind(),
+                    g.tensor.size(),
+                    t.tensor.kind(),
+                    t.tensor.size()
+                )));
+            }
+        }
+        crate::optim::kernels::clear_grad(&mut t.tensor)?;
+        if let Some(g) = grad {
+            // d/dt sum(t * g) = 1 * g: exactly g.
+            let g = g.tensor.detach();
+            let sum = tch::with_grad(|| t.tensor.f_mul(&g)?.f_sum(None::<Kind>));
+            sum?.f_backward()?;
+        }
+        Ok(())
+    })
 }

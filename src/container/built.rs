@@ -28,7 +28,7 @@ impl Built {
         }
         let model = Model::build(registry, spec.model, device, false)?;
         let mut optimizer = match spec.optimizer {
-            Some(o) => Some(Optimizer::new(&o.class, &o.kwargs, model.parameters())?),
+            Some(o) => Some(registry.build_optimizer(&o.class, &o.kwargs, model.parameters())?),
             None => None,
         };
         let scheduler = match (spec.scheduler, optimizer.as_mut()) {

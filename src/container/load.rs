@@ -52,7 +52,7 @@ impl ModelContainer {
             Target::New => {
                 let model = Model::for_file(&self.registry, &ckpt, self.device)?;
                 let optimizer = match &meta.optimizer {
-                    Some(o) => Some(Optimizer::new(&o.class, &o.kwargs, model.parameters())?),
+                    Some(o) => Some(self.registry.build_optimizer(&o.class, &o.kwargs, model.parameters())?),
                     None => None,
                 };
                 Some((model, optimizer))
@@ -167,14 +167,14 @@ fn optimizer_state(
         reason,
     };
     let mut state: BTreeMap<usize, ParamState> = BTreeMap::new();
+    let mut values = BTreeMap::new();
+    // Non-tensor values go to the optimizer, which refuses those its
+    // class does not keep (only LBFGS keeps any).
     for (&index, plain) in &saved.state {
-        if let Some(key) = plain.keys().next() {
-            return Err(invalid(
-                &format!("state.{index}.{key}"),
-                "non-tensor state values are not used by the built-in optimizers".into(),
-            ));
-        }
         state.insert(index, ParamState::new());
+        if !plain.is_empty() {
+            values.insert(index, plain.clone());
+        }
     }
     for entry in ckpt.tensors(MemberName::Optimizer) {
         let (index, key) = saved
@@ -190,5 +190,6 @@ fn optimizer_state(
         param_groups: saved.param_groups.clone(),
         param_names: saved.param_names.clone(),
         state,
+        values,
     })
 }

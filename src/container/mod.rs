@@ -242,6 +242,28 @@ impl ModelContainer {
         self.require_optimizer()?.step()
     }
 
+    /// `optimizer.step(closure)`: LBFGS calls `closure` as often as it
+    /// needs, any other optimizer once before its step (see
+    /// [`Optimizer::step_with_closure`]). The closure zeroes the gradients
+    /// (`Tensor::zero_grad` on the parameters), computes the loss, runs
+    /// backward and returns the loss; returns its first loss.
+    pub fn step_with_closure(&mut self, closure: &mut dyn FnMut() -> Result<f64>) -> Result<f64> {
+        self.require_optimizer()?.step_with_closure(closure)
+    }
+
+    /// Takes the optimizer out for a step whose closure (a C callback)
+    /// may use the container meanwhile; [`lend_back`](Self::lend_back)
+    /// returns it.
+    pub(crate) fn lend_optimizer(&mut self) -> Result<Optimizer> {
+        self.require_optimizer()?;
+        Ok(self.optimizer.take().expect("checked above"))
+    }
+
+    /// Puts back the optimizer [`lend_optimizer`](Self::lend_optimizer) took.
+    pub(crate) fn lend_back(&mut self, optimizer: Optimizer) {
+        self.optimizer = Some(optimizer);
+    }
+
     /// `scheduler.step()`.
     pub fn scheduler_step(&mut self) -> Result<()> {
         let (opt, sched) = self.scheduler_parts()?;

@@ -129,13 +129,19 @@ impl ModelContainer {
                 param_groups,
                 param_names,
                 state,
+                mut values,
             } = opt.state_dict()?;
+            // Every index with state has a JSON object, holding its
+            // non-tensor values (LBFGS's), empty for the others.
+            for &i in state.keys() {
+                values.entry(i).or_insert_with(Map::new);
+            }
             metadata.optimizer = Some(OptimizerMetadata {
                 class: opt.class().into(),
                 kwargs: opt.kwargs().clone(),
                 param_groups,
                 param_names,
-                state: state.keys().map(|&i| (i, Map::new())).collect(),
+                state: values,
             });
             let tensors = state
                 .into_iter()

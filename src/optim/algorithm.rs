@@ -6,7 +6,9 @@ use tch::Tensor;
 
 use super::options::Hp;
 use super::state::ParamState;
-use super::{adadelta, adafactor, adagrad, adam, adamax, asgd, muon, nadam, radam, rmsprop, rprop, sgd, ParamGroup};
+use super::{
+    adadelta, adafactor, adagrad, adam, adamax, asgd, lbfgs, muon, nadam, radam, rmsprop, rprop, sgd, ParamGroup,
+};
 use crate::error::{Error, Result};
 
 /// `torch.optim.SGD`
@@ -35,13 +37,16 @@ pub const ASGD: &str = "torch.optim.ASGD";
 pub const ADAFACTOR: &str = "torch.optim.Adafactor";
 /// `torch.optim.Muon` (2-D parameters only)
 pub const MUON: &str = "torch.optim.Muon";
+/// `torch.optim.LBFGS` (one parameter group; its step takes a closure:
+/// [`Optimizer::step_with_closure`](super::Optimizer::step_with_closure))
+pub const LBFGS: &str = "torch.optim.LBFGS";
 /// `torch.optim.SparseAdam`: known, and refused (see [`Algorithm::from_name`]).
 pub const SPARSE_ADAM: &str = "torch.optim.SparseAdam";
 
 /// Every optimizer name this library knows.
 pub fn names() -> &'static [&'static str] {
     &[
-        ADADELTA, ADAFACTOR, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, MUON, NADAM, RADAM, RMSPROP, RPROP, SGD,
+        ADADELTA, ADAFACTOR, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, LBFGS, MUON, NADAM, RADAM, RMSPROP, RPROP, SGD,
     ]
 }
 
@@ -60,6 +65,7 @@ pub(super) enum Algorithm {
     Asgd,
     Adafactor,
     Muon,
+    Lbfgs,
 }
 
 impl Algorithm {
@@ -78,13 +84,18 @@ impl Algorithm {
             ASGD => Algorithm::Asgd,
             ADAFACTOR => Algorithm::Adafactor,
             MUON => Algorithm::Muon,
+            LBFGS => Algorithm::Lbfgs,
             // Known, but its step needs sparse gradients (COO tensors from
             // nn.Embedding(sparse=True)); tch hands the step dense ones.
             SPARSE_ADAM => {
-                return Err(Error::Usage(format!(
-                    "{SPARSE_ADAM} is not supported: it needs sparse gradients, and tch gives the \
-                     optimizer dense ones only; use {ADAM} or {ADAMW} instead"
-                )))
+                return Err(Error::UnsupportedClass {
+                    kind: "optimizer",
+                    name: SPARSE_ADAM.into(),
+                    reason: format!(
+                        "it needs sparse gradients, and tch gives the optimizer dense ones only; use {ADAM} or \
+                         {ADAMW} instead"
+                    ),
+                })
             }
             _ => {
                 return Err(Error::UnknownName {
@@ -111,6 +122,7 @@ impl Algorithm {
             Algorithm::Asgd => ASGD,
             Algorithm::Adafactor => ADAFACTOR,
             Algorithm::Muon => MUON,
+            Algorithm::Lbfgs => LBFGS,
         }
     }
 
@@ -130,6 +142,7 @@ impl Algorithm {
             Algorithm::Asgd => asgd::HYPERPARAMETERS,
             Algorithm::Adafactor => adafactor::HYPERPARAMETERS,
             Algorithm::Muon => muon::HYPERPARAMETERS,
+            Algorithm::Lbfgs => lbfgs::HYPERPARAMETERS,
         }
     }
 
@@ -163,6 +176,7 @@ impl Algorithm {
             Algorithm::Asgd => asgd::STATE_KEYS,
             Algorithm::Adafactor => adafactor::STATE_KEYS,
             Algorithm::Muon => muon::STATE_KEYS,
+            Algorithm::Lbfgs => lbfgs::STATE_KEYS,
         }
     }
 
@@ -191,6 +205,7 @@ impl Algorithm {
     pub(super) fn check_param(self, name: &str, param: &Tensor) -> std::result::Result<(), String> {
         match self {
             Algorithm::Muon => muon::check_param(name, param),
+            Algorithm::Lbfgs => lbfgs::check_param(name, param),
             _ => Ok(()),
         }
     }
@@ -211,6 +226,8 @@ impl Algorithm {
             Algorithm::Asgd => Ok(asgd::required_state()),
             Algorithm::Adafactor => Ok(adafactor::required_state(shape)),
             Algorithm::Muon => Ok(muon::required_state()),
+            // Its state is global (lbfgs.rs checks it), not per parameter.
+            Algorithm::Lbfgs => Ok(Vec::new()),
         }
     }
 
@@ -254,6 +271,7 @@ impl Hyper {
             Algorithm::Asgd => Hyper::Asgd(asgd::AsgdHp::read(g)?),
             Algorithm::Adafactor => Hyper::Adafactor(adafactor::AdafactorHp::read(g)?),
             Algorithm::Muon => Hyper::Muon(muon::MuonHp::read(g)?),
+            Algorithm::Lbfgs => return Err(lbfgs::needs_closure()),
         })
     }
 

@@ -1,7 +1,7 @@
 //! Optimizers with torch.optim's math and `state_dict()` layout: SGD,
 //! Adam, AdamW, RMSprop, Adagrad, Adamax, NAdam, RAdam, Adadelta, Rprop,
-//! ASGD, Adafactor and Muon under PyTorch's names and kwargs (SparseAdam
-//! is refused: it needs sparse gradients).
+//! ASGD, Adafactor, Muon and LBFGS under PyTorch's names and kwargs
+//! (SparseAdam is refused: it needs sparse gradients).
 //! tch 0.26 has optimizers but exposes none of their state, so these are
 //! implemented here on tch tensors, op for op as PyTorch 2.13 does.
 //!
@@ -15,6 +15,10 @@
 //! - state.rs: per-parameter state, its helpers and loaded-state checks.
 //! - group.rs: [`ParamGroup`], shared with the schedulers (no tch).
 //! - kernels.rs: the ATen ops with scalars that tch leaves out.
+//! - lbfgs.rs: LBFGS, whose step takes a closure and whose state is
+//!   global (kept under the first parameter, as PyTorch keeps it).
+//! - user.rs: optimizer classes a user registers ([`OptimizerClass`]),
+//!   and `Class`, a built-in algorithm or a registered class.
 
 #[cfg(feature = "torch")]
 mod adadelta;
@@ -34,6 +38,8 @@ mod group;
 #[cfg(feature = "torch")]
 pub(crate) mod kernels;
 #[cfg(feature = "torch")]
+mod lbfgs;
+#[cfg(feature = "torch")]
 mod muon;
 #[cfg(feature = "torch")]
 mod nadam;
@@ -51,10 +57,12 @@ mod rprop;
 mod sgd;
 #[cfg(feature = "torch")]
 mod state;
+#[cfg(feature = "torch")]
+mod user;
 
 #[cfg(feature = "torch")]
 pub use algorithm::{
-    names, ADADELTA, ADAFACTOR, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, MUON, NADAM, RADAM, RMSPROP, RPROP, SGD,
+    names, ADADELTA, ADAFACTOR, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, LBFGS, MUON, NADAM, RADAM, RMSPROP, RPROP, SGD,
     SPARSE_ADAM,
 };
 pub use group::ParamGroup;
@@ -62,3 +70,9 @@ pub use group::ParamGroup;
 pub use optimizer::Optimizer;
 #[cfg(feature = "torch")]
 pub use state::{OptimizerState, ParamState};
+#[cfg(feature = "torch")]
+use user::Class;
+#[cfg(feature = "torch")]
+pub(crate) use user::UserClass;
+#[cfg(feature = "torch")]
+pub use user::{OptimizerClass, StateKey, StateShape};

@@ -7,14 +7,16 @@
 //! live here; each algorithm's math is in its own file.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use tch::Tensor;
 
-use super::algorithm::{Algorithm, Hyper};
-use super::options::{build_groups, check_loaded_group, parse_options};
-use super::state::{convert_state, OptimizerState, ParamState, PreparedState};
-use super::{adagrad, kernels, ParamGroup};
+use super::algorithm::Algorithm;
+use super::lbfgs::{self, LbfgsHp, LbfgsState};
+use super::options::build_groups;
+use super::state::{OptimizerState, ParamState, PreparedState};
+use super::{adagrad, kernels, Class, ParamGroup, UserClass};
 use crate::error::{Error, Result};
 use crate::kwargs::Kwargs;
 
@@ -40,30 +42,49 @@ struct Param {
 /// single-tensor algorithm; they change speed, not the update.
 #[derive(Debug)]
 pub struct Optimizer {
-    algorithm: Algorithm,
+    algorithm: Class,
     kwargs: Map<String, Value>,
     params: Vec<Param>,
     groups: Vec<ParamGroup>,
     state: BTreeMap<usize, ParamState>,
+    /// LBFGS's global state (PyTorch keeps it under the first parameter).
+    lbfgs: LbfgsState,
 }
 
 impl Optimizer {
     /// Builds the optimizer named `class` over `params` (name, tensor) in
     /// order: the parameter indices of the state dict follow this order,
     /// which must be `model.parameters()`'s for PyTorch to agree.
+    /// Built-in classes only: a registered class is built through
+    /// [`Registry::build_optimizer`](crate::Registry::build_optimizer).
     pub fn new(class: &str, kwargs: &Map<String, Value>, params: Vec<(String, Tensor)>) -> Result<Self> {
-        let algorithm = Algorithm::from_name(class)?;
-        let kw = Kwargs::new(class, kwargs, false);
-        let base = parse_options(algorithm, &kw, &Map::new())?;
+        Self::build(class, &BTreeMap::new(), kwargs, params)
+    }
+
+    /// [`new`](Self::new) for a built-in class or one of `registered`.
+    pub(crate) fn build(
+        class: &str,
+        registered: &BTreeMap<String, Arc<UserClass>>,
+        kwargs: &Map<String, Value>,
+        params: Vec<(String, Tensor)>,
+    ) -> Result<Self> {
+        let algorithm = Class::resolve(class, registered)?;
+        // LBFGS's max_eval defaults to max_iter * 5 // 4.
+        let completed = (algorithm == Algorithm::Lbfgs).then(|| lbfgs::complete_kwargs(kwargs));
+        let kw = Kwargs::new(class, completed.as_ref().unwrap_or(kwargs), false);
+        let base = algorithm.parse_options(&kw, &Map::new())?;
         let index: HashMap<&str, usize> = params.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
         if index.len() != params.len() {
             return Err(kw.error("two parameters have the same name"));
         }
         let groups = match kw.take("param_groups") {
             None => vec![ParamGroup::new((0..params.len()).collect(), base)],
-            Some(spec) => build_groups(algorithm, class, spec, &base, &index, &kw)?,
+            Some(spec) => build_groups(&algorithm, class, spec, &base, &index, &kw)?,
         };
         kw.finish()?;
+        if algorithm == Algorithm::Lbfgs {
+            lbfgs::check_group_count(groups.len()).map_err(|reason| kw.error(reason))?;
+        }
         for (name, tensor) in &params {
             algorithm.check_param(name, tensor).map_err(|reason| kw.error(reason))?;
         }
@@ -76,8 +97,9 @@ impl Optimizer {
                 .collect(),
             groups,
             state: BTreeMap::new(),
+            lbfgs: LbfgsState::default(),
         };
-        if algorithm == Algorithm::Adagrad {
+        if opt.algorithm == Algorithm::Adagrad {
             opt.init_adagrad()?;
         }
         Ok(opt)
@@ -96,7 +118,7 @@ impl Optimizer {
     }
 
     /// The class name (`torch.optim.Adam`).
-    pub fn class(&self) -> &'static str {
+    pub fn class(&self) -> &str {
         self.algorithm.name()
     }
 
@@ -164,7 +186,11 @@ impl Optimizer {
     }
 
     /// One optimization step over every parameter that has a gradient.
+    /// LBFGS needs [`step_with_closure`](Self::step_with_closure).
     pub fn step(&mut self) -> Result<()> {
+        if self.algorithm == Algorithm::Lbfgs {
+            return Err(lbfgs::needs_closure());
+        }
         self.check_groups()?;
         let _guard = tch::no_grad_guard();
         for g in 0..self.groups.len() {
@@ -176,7 +202,7 @@ impl Optimizer {
                     with_grad.push((i, grad));
                 }
             }
-            let hyper = Hyper::read(self.algorithm, group)?;
+            let hyper = self.algorithm.stepper(group)?;
             for (i, grad) in with_grad {
                 let mut param = self.params[i].tensor.shallow_clone();
                 let state = self.state.entry(i).or_default();
@@ -193,6 +219,34 @@ impl Optimizer {
         Ok(())
     }
 
+    /// PyTorch's `step(closure)`: `closure` zeroes the gradients, computes
+    /// the loss, runs backward and returns the loss; it runs with grad mode
+    /// enabled. LBFGS calls it as often as its iterations and line search
+    /// need; any other optimizer calls it once, then steps. Returns the
+    /// loss of the first call (PyTorch's `orig_loss`). An error of the
+    /// closure ends the step and is returned as it is.
+    pub fn step_with_closure(&mut self, closure: &mut dyn FnMut() -> Result<f64>) -> Result<f64> {
+        if self.algorithm != Algorithm::Lbfgs {
+            let loss = tch::with_grad(&mut *closure)?;
+            self.step()?;
+            return Ok(loss);
+        }
+        self.check_groups()?;
+        lbfgs::check_group_count(self.groups.len()).map_err(Error::Usage)?;
+        let group = &self.groups[0];
+        let hp = LbfgsHp::read(group)?;
+        let params: Vec<Tensor> = group
+            .params
+            .iter()
+            .map(|&i| self.params[i].tensor.shallow_clone())
+            .collect();
+        if params.is_empty() {
+            return Err(Error::Usage("LBFGS has no parameters to optimize".into()));
+        }
+        let _guard = tch::no_grad_guard();
+        self.lbfgs.step(&hp, &params, closure)
+    }
+
     /// The state in PyTorch's layout (tensors are shallow clones). As in
     /// PyTorch, parameter indices count through the groups in order, so
     /// with several groups they can differ from the constructor's order.
@@ -204,6 +258,7 @@ impl Optimizer {
             packed.insert(i, param_names.len());
             param_names.push(self.params[i].name.clone());
         }
+        let lbfgs_state = self.lbfgs_layout()?;
         Ok(OptimizerState {
             param_groups: self
                 .groups
@@ -220,8 +275,24 @@ impl Optimizer {
                         s.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect(),
                     )
                 })
+                .chain(lbfgs_state.1)
                 .collect(),
+            values: lbfgs_state.0.into_iter().collect(),
         })
+    }
+
+    /// LBFGS's state in the file layout under index 0 (the first
+    /// parameter's), as (values, tensors); empty for other optimizers.
+    #[allow(clippy::type_complexity)]
+    fn lbfgs_layout(&self) -> Result<(Option<(usize, Map<String, Value>)>, Option<(usize, ParamState)>)> {
+        let first = self.groups.first().and_then(|g| g.params.first());
+        match first {
+            Some(&i) if !self.lbfgs.is_empty() => {
+                let (values, tensors) = self.lbfgs.to_layout(&self.params[i].tensor)?;
+                Ok((Some((0, values)), Some((0, tensors.into_iter().collect()))))
+            }
+            _ => Ok((None, None)),
+        }
     }
 
     /// Loads a state, matching parameters by name (PyTorch matches by
@@ -241,7 +312,7 @@ impl Optimizer {
     /// without changing anything: a container prepares every part of a
     /// checkpoint before it commits any.
     pub(crate) fn prepare_load(&self, saved: OptimizerState) -> Result<PreparedState> {
-        let alg = self.algorithm;
+        let alg = &self.algorithm;
         if saved.param_groups.len() != self.groups.len() {
             return Err(Error::InvalidState {
                 what: "param_groups".into(),
@@ -301,8 +372,22 @@ impl Optimizer {
                 options.entry(k.clone()).or_insert_with(|| v.clone());
             }
             let group = ParamGroup::new(ours.params.clone(), options);
-            check_loaded_group(alg, &group, g)?;
+            alg.check_loaded_group(&group, g)?;
             groups.push(group);
+        }
+        if *alg == Algorithm::Lbfgs {
+            let lbfgs = self.prepare_lbfgs(saved, &map, &groups)?;
+            return Ok(PreparedState {
+                groups,
+                state: BTreeMap::new(),
+                lbfgs: Some(lbfgs),
+            });
+        }
+        if let Some((s, key)) = saved.values.iter().find_map(|(s, v)| v.keys().next().map(|k| (s, k))) {
+            return Err(Error::InvalidState {
+                what: format!("state.{s}.{key}"),
+                reason: format!("{} has no non-tensor state values", alg.name()),
+            });
         }
         let group_of: HashMap<usize, &ParamGroup> = groups
             .iter()
@@ -327,15 +412,68 @@ impl Optimizer {
                 }
             }
             for (key, t) in saved_state {
-                converted.insert(key.clone(), convert_state(alg, &param.name, &param.tensor, &key, t)?);
+                converted.insert(key.clone(), alg.convert_state(&param.name, &param.tensor, &key, t)?);
             }
             state.insert(j, converted);
         }
-        Ok(PreparedState { groups, state })
+        Ok(PreparedState {
+            groups,
+            state,
+            lbfgs: None,
+        })
+    }
+
+    /// LBFGS's saved state, checked: the parameters in the saved order
+    /// (its vectors are flat over them), state only under the first one.
+    fn prepare_lbfgs(
+        &self,
+        saved: OptimizerState,
+        map: &HashMap<usize, usize>,
+        groups: &[ParamGroup],
+    ) -> Result<LbfgsState> {
+        let group = &groups[0];
+        for (k, s) in saved.param_groups[0].params.iter().enumerate() {
+            if map.get(s) != group.params.get(k) {
+                return Err(Error::StateMismatch {
+                    tensor: saved.param_names.get(*s).cloned().unwrap_or_default(),
+                    reason: "LBFGS's state is flat over the parameters in order, and the file has them \
+                             in another order"
+                        .into(),
+                });
+            }
+        }
+        let mut indices: Vec<usize> = saved.state.keys().chain(saved.values.keys()).copied().collect();
+        indices.sort_unstable();
+        indices.dedup();
+        let first = saved.param_groups[0].params.first().copied();
+        if let Some(&s) = indices.iter().find(|&&s| Some(s) != first) {
+            return Err(Error::InvalidState {
+                what: format!("state.{s}"),
+                reason: "LBFGS keeps its state under the first parameter only".into(),
+            });
+        }
+        let (values, tensors) = match first {
+            Some(s) => (
+                saved.values.get(&s).cloned().unwrap_or_default(),
+                saved
+                    .state
+                    .get(&s)
+                    .map(|t| t.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect()),
+            ),
+            None => (Map::new(), None),
+        };
+        let tensors: ParamState = tensors.unwrap_or_default();
+        let like = &self.params[group.params[0]].tensor;
+        let numel = group.params.iter().map(|&i| self.params[i].tensor.numel() as i64).sum();
+        let history_size = group.get("history_size").and_then(Value::as_i64).unwrap_or(0);
+        LbfgsState::from_layout(&values, &tensors, like, numel, history_size)
     }
 
     pub(crate) fn commit_load(&mut self, prepared: PreparedState) {
         self.groups = prepared.groups;
         self.state = prepared.state;
+        if let Some(lbfgs) = prepared.lbfgs {
+            self.lbfgs = lbfgs;
+        }
     }
 }

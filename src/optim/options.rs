@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::algorithm::Algorithm;
-use super::ParamGroup;
+use super::{Class, ParamGroup};
 use crate::error::{Error, Result};
 use crate::kwargs::Kwargs;
 
@@ -202,7 +202,7 @@ pub(super) fn check_loaded_group(alg: Algorithm, group: &ParamGroup, index: usiz
 
 /// Builds the groups of the `param_groups` kwarg.
 pub(super) fn build_groups(
-    alg: Algorithm,
+    alg: &Class,
     class: &str,
     spec: &Value,
     base: &Map<String, Value>,
@@ -241,7 +241,7 @@ pub(super) fn build_groups(
         }
         let label = format!("{class} param_groups[{g}]");
         let group_kw = Kwargs::new(&label, &overrides, false);
-        let options = parse_options(alg, &group_kw, base)?;
+        let options = alg.parse_options(&group_kw, base)?;
         group_kw.finish()?;
         groups.push(ParamGroup::new(params, options));
     }

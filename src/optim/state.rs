@@ -23,6 +23,11 @@ pub struct OptimizerState {
     pub param_names: Vec<String>,
     /// Per-parameter state by parameter index.
     pub state: BTreeMap<usize, ParamState>,
+    /// Non-tensor per-parameter state values by parameter index (the JSON
+    /// object of FORMAT.md 5; only LBFGS has any: its counters, `t`,
+    /// `H_diag` while a number, `prev_loss`, and null for a None). An
+    /// index here has state even when it has no tensor.
+    pub values: BTreeMap<usize, serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A checked state, ready to replace an optimizer's.
@@ -30,6 +35,7 @@ pub struct OptimizerState {
 pub(crate) struct PreparedState {
     pub(crate) groups: Vec<ParamGroup>,
     pub(super) state: BTreeMap<usize, ParamState>,
+    pub(super) lbfgs: Option<super::lbfgs::LbfgsState>,
 }
 
 /// A saved state tensor, checked against its parameter and converted as

@@ -266,3 +266,34 @@ pub fn child_role() -> Option<(String, PathBuf)> {
     let dir = std::env::var(CHILD_DIR).ok()?;
     Some((role, PathBuf::from(dir)))
 }
+
+/// The checkpoint a [`spawn_resume`] child resumes.
+const CHILD_CHECKPOINT: &str = "PTS_TEST_CHILD_CHECKPOINT";
+
+/// Resumes `ckpt` in a fresh process: this test binary's
+/// `child_process_role`, given the role "resume" ([`resume_role`]), loads
+/// it, trains on, saves into `out` and prints the path
+/// ([`report_saved`]), which this returns.
+pub fn spawn_resume(ckpt: &Path, out: &Path) -> PathBuf {
+    let output = spawn_child("resume", out).env(CHILD_CHECKPOINT, ckpt).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "child failed: {stdout}");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("SAVED: ").map(|(_, p)| p))
+        .unwrap_or_else(|| panic!("child printed no path: {stdout}"));
+    PathBuf::from(line)
+}
+
+/// The checkpoint to resume and the directory to save into, in a child
+/// of [`spawn_resume`]; `None` in a normal test run.
+pub fn resume_role() -> Option<(PathBuf, PathBuf)> {
+    let (role, out) = child_role()?;
+    assert_eq!(role, "resume");
+    Some((PathBuf::from(std::env::var(CHILD_CHECKPOINT).ok()?), out))
+}
+
+/// What a [`spawn_resume`] child prints once it has saved.
+pub fn report_saved(path: &Path) {
+    println!("SAVED: {}", path.display());
+}

@@ -62,6 +62,79 @@ _PARAMETER_SHAPED: Final = frozenset(
 
 _FLOAT_KEY: Final = "__float__"
 
+# LBFGS's lists of tensors, each stored as one stacked tensor (FORMAT.md 5):
+# old_dirs and old_stps [n, N] (N the parameters' total numel), ro [n].
+_LBFGS_LISTS: Final = ("old_dirs", "old_stps", "ro")
+
+
+def _lbfgs_stacked(entry: Mapping[str, Any], params: list[torch.Tensor]) -> dict[str, Any]:
+    """LBFGS's state (under its first parameter) in the file layout: each
+    list of tensors stacked into one; ``al`` (``history_size`` entries, the
+    non-None ones a prefix) as that prefix, ``[k]``. None stays None."""
+    numel = sum(p.numel() for p in params)
+    like = params[0]
+    out = dict(entry)
+    for key in _LBFGS_LISTS:
+        value = out.get(key)
+        if isinstance(value, list):
+            shape = (0,) if key == "ro" else (0, numel)
+            out[key] = torch.stack(value) if value else like.new_empty(shape)
+    al = out.get("al")
+    if isinstance(al, list):
+        prefix = [a for a in al if a is not None]
+        if any(a is None for a in al[: len(prefix)]):
+            raise MetadataError("LBFGS state 'al' has tensors after a None: not a prefix")
+        out["al"] = torch.stack(prefix) if prefix else like.new_empty((0,))
+    return out
+
+
+def _lbfgs_unstacked(
+    entry: dict[str, Any], params: list[torch.Tensor], history_size: object
+) -> dict[str, Any]:
+    """The inverse of :func:`_lbfgs_stacked`, with the shape checks of
+    FORMAT.md 5: n <= history_size rows of N (the parameters' total numel),
+    ``al`` of k <= history_size, ``d`` and ``prev_flat_grad`` of N."""
+    numel = sum(p.numel() for p in params)
+    if not isinstance(history_size, int) or isinstance(history_size, bool):
+        raise FormatError(
+            f"LBFGS history_size {history_size!r} is not an integer", kind="InvalidState"
+        )
+
+    def bad(key: str, value: torch.Tensor, expected: str) -> FormatError:
+        return FormatError(
+            f"LBFGS state {key!r} has shape {list(value.shape)}, expected {expected}",
+            kind="InvalidState",
+        )
+
+    out = dict(entry)
+    for key in ("d", "prev_flat_grad"):
+        value = out.get(key)
+        if isinstance(value, torch.Tensor) and list(value.shape) != [numel]:
+            raise bad(key, value, f"[{numel}]")
+    rows = None
+    for key in _LBFGS_LISTS:
+        value = out.get(key)
+        if not isinstance(value, torch.Tensor):
+            continue
+        n = value.shape[0] if value.dim() >= 1 else -1
+        expected = [n] if key == "ro" else [n, numel]
+        if list(value.shape) != expected or not 0 <= n <= history_size or rows not in (None, n):
+            raise bad(key, value, f"[n, {numel}] / [n] with the same n <= {history_size}")
+        rows = n
+        out[key] = [row.clone() for row in value]
+    al = out.get("al")
+    if isinstance(al, torch.Tensor):
+        if al.dim() != 1 or al.shape[0] > history_size:
+            raise bad("al", al, f"[k] with k <= {history_size}")
+        out["al"] = [a.clone() for a in al] + [None] * (history_size - al.shape[0])
+    for key in ("t", "H_diag"):
+        value = out.get(key)
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise bad(key, value, "one element")
+            out[key] = value.reshape(())
+    return out
+
 
 def encode(value: object, where: str = "value") -> Any:
     """``value`` as JSON for the internals: tuples become lists, non-finite
@@ -241,7 +314,10 @@ def optimizer_layout(
     sd = optimizer.state_dict()
     state: dict[int, dict[str, Any]] = {}
     tensors: dict[str, torch.Tensor] = {}
+    lbfgs = isinstance(optimizer, torch.optim.LBFGS)
     for index, entry in sd["state"].items():
+        if lbfgs:
+            entry = _lbfgs_stacked(entry, optimizer.param_groups[0]["params"])
         if not isinstance(index, int) or isinstance(index, bool):
             raise MetadataError(f"optimizer state key {index!r} is not a parameter index")
         plain: dict[str, Any] = {}
@@ -356,6 +432,15 @@ def optimizer_state_dict(
         param, name = current[j]
         _check_state_shape(name, param, state_key, value)
         state[j][state_key] = value
+    if isinstance(optimizer, torch.optim.LBFGS):
+        params = [p for p, _ in current]
+        if any(remap[s] != k for k, s in enumerate(saved_groups[0].params)):
+            raise StateMismatchError(
+                "LBFGS's state is flat over the parameters in order, and the saved "
+                "parameters are in another order"
+            )
+        history_size = new_groups[0].get("history_size")
+        state = {j: _lbfgs_unstacked(entry, params, history_size) for j, entry in state.items()}
     return {"state": state, "param_groups": new_groups}
 
 
