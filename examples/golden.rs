@@ -119,14 +119,14 @@ fn training_checkpoint(
         json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2}),
     );
     let parts = (Some(optimizer), Some(scheduler));
-    matrix_checkpoint(out, seed, model, &[4], parts, step_scheduler, Extra::None)
+    matrix_checkpoint(out, seed, model, &[4], parts, step_scheduler, (1, Extra::None))
 }
 
 /// A checkpoint of `model` (inputs of shape `[batch, in_shape..]`, 3
 /// outputs), with an optimizer and scheduler when given, trained 10 steps,
 /// and its sidecar extras: the `forward` of a fixed input, and with an
-/// optimizer the `resume` of [`training_checkpoint`]. Written as version
-/// 1 unless it tracks extra state.
+/// optimizer the `resume` of [`training_checkpoint`]. Written as format
+/// `version`, tracking `extra`.
 fn matrix_checkpoint(
     out: &Path,
     seed: i64,
@@ -134,7 +134,7 @@ fn matrix_checkpoint(
     in_shape: &[i64],
     (optimizer, scheduler): Training<'_>,
     step_scheduler: bool,
-    extra: Extra,
+    (version, extra): (u64, Extra),
 ) -> (PathBuf, Map<String, Value>) {
     let (before, after) = (10, 5);
     tch::manual_seed(seed);
@@ -145,7 +145,7 @@ fn matrix_checkpoint(
     if let Some((class, kw)) = scheduler {
         spec = spec.scheduler(class, kwargs(kw));
     }
-    let mut c = container(if extra == Extra::None { 1 } else { 2 });
+    let mut c = container(version);
     c.initialize(spec).expect("initialize");
     let batch = |n: i64| [&[n], in_shape].concat();
     let x = Tensor::randn(batch(6), (Kind::Float, Device::Cpu));
@@ -219,8 +219,190 @@ fn version_2(dir: &Path) {
             Some((optim::ADAM, json!({"lr": 0.01}))),
             Some((sched::STEP_LR, json!({"step_size": 3, "gamma": 0.5}))),
         );
-        matrix_checkpoint(out, 40, model, &[4], parts, true, Extra::RngAndCounters)
+        matrix_checkpoint(out, 40, model, &[4], parts, true, (2, Extra::RngAndCounters))
     });
+    // Every optimizer and scheduler added with version 2's typed kwargs:
+    // composites carry their children as `spec` tags.
+    for (name, model, optimizer, scheduler) in v2_training_combos() {
+        keep_or_write(dir, &format!("rust_v2_{name}_checkpoint.zip"), |out| {
+            let parts = (Some(optimizer), Some(scheduler));
+            matrix_checkpoint(out, 50, model, &[4], parts, true, (2, Extra::None))
+        });
+    }
+    keep_or_write(dir, "rust_v2_mlp_lbfgs_steplr_checkpoint.zip", lbfgs_checkpoint);
+}
+
+/// LBFGS's kwargs in the golden files: a short history, so that it is
+/// full and has rolled over by the save, and the strong Wolfe line search.
+fn lbfgs_kwargs() -> Value {
+    json!({"lr": 0.5, "max_iter": 4, "history_size": 3, "line_search_fn": "strong_wolfe"})
+}
+
+/// The matrix's MLP with LBFGS and StepLR, trained 6 steps with a closure
+/// (gradients zeroed, MSE on one batch, backward), and the sidecar's
+/// `forward`. LBFGS's state is global (FORMAT.md 5), its stacked history
+/// included. No `resume` record: replaying one needs a closure.
+fn lbfgs_checkpoint(out: &Path) -> (PathBuf, Map<String, Value>) {
+    tch::manual_seed(60);
+    let spec = ContainerSpec::model(
+        models::MLP,
+        kwargs(json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2})),
+    )
+    .optimizer(optim::LBFGS, kwargs(lbfgs_kwargs()))
+    .scheduler(sched::STEP_LR, kwargs(json!({"step_size": 2, "gamma": 0.5})));
+    let mut c = container(2);
+    c.initialize(spec).expect("initialize");
+    let x = Tensor::randn([6, 4], (Kind::Float, Device::Cpu));
+    let y = Tensor::randn([6, 3], (Kind::Float, Device::Cpu));
+    for _ in 0..6 {
+        let parts = c.parts_mut().expect("parts");
+        let model = &*parts.model;
+        let params: Vec<Tensor> = model.parameters().into_iter().map(|(_, t)| t).collect();
+        let mut closure = || -> pytorch_saver::Result<f64> {
+            for p in &params {
+                p.shallow_clone().zero_grad();
+            }
+            let loss = (model.forward_t(&x, true)? - &y).square().mean(Kind::Float);
+            loss.backward();
+            Ok(loss.double_value(&[]))
+        };
+        let optimizer = parts.optimizer.expect("optimizer");
+        optimizer.step_with_closure(&mut closure).expect("LBFGS step");
+        c.scheduler_step().expect("scheduler step");
+    }
+    let path = c
+        .save(out, "golden", &UserMetadata::new().with("step", 6).expect("metadata"))
+        .expect("save");
+    let probe = Tensor::linspace(-1.0, 1.0, 8, (Kind::Float, Device::Cpu)).reshape([2, 4]);
+    let output = c.model().and_then(|m| m.forward(&probe)).expect("forward");
+    let extra = kwargs(json!({
+        "forward": {"input": f32s(&probe), "input_shape": [2, 4], "output": f32s(&output)}
+    }));
+    (path, extra)
+}
+
+/// A `spec` tag (FORMAT.md 11.2): a child scheduler of a composite.
+fn spec(class: &str, kwargs: Value) -> Value {
+    json!({"__type__": "spec", "class": class, "kwargs": kwargs})
+}
+
+/// A class name and its kwargs.
+type Class = (&'static str, Value);
+
+/// The version 2 training checkpoints: (name, model, optimizer, scheduler).
+/// Muon takes 2-D parameters only, hence a Linear without bias.
+fn v2_training_combos() -> Vec<(&'static str, Class, Class, Class)> {
+    let mlp = || {
+        (
+            models::MLP,
+            json!({"in_dim": 4, "hidden_dim": 8, "n_classes": 3, "n_layers": 2}),
+        )
+    };
+    let warmup_cosine = json!({
+        "schedulers": [
+            spec(sched::LINEAR_LR, json!({"start_factor": 0.1, "total_iters": 4})),
+            spec(sched::COSINE_ANNEALING_LR, json!({"T_max": 20, "eta_min": 0.001})),
+        ],
+        "milestones": [4],
+    });
+    vec![
+        (
+            "mlp_nadam_sequential",
+            mlp(),
+            (
+                optim::NADAM,
+                json!({"lr": 0.01, "weight_decay": 0.01, "decoupled_weight_decay": true, "momentum_decay": 0.005}),
+            ),
+            (sched::SEQUENTIAL_LR, warmup_cosine.clone()),
+        ),
+        (
+            "mlp_radam_chained",
+            mlp(),
+            (
+                optim::RADAM,
+                json!({"lr": 0.01, "weight_decay": 0.01, "decoupled_weight_decay": true}),
+            ),
+            (
+                sched::CHAINED_SCHEDULER,
+                json!({"schedulers": [
+                    spec(sched::CONSTANT_LR, json!({"factor": 0.5, "total_iters": 6})),
+                    spec(sched::EXPONENTIAL_LR, json!({"gamma": 0.95})),
+                ]}),
+            ),
+        ),
+        (
+            "mlp_adamax_cyclic",
+            mlp(),
+            (optim::ADAMAX, json!({"lr": 0.01})),
+            (
+                sched::CYCLIC_LR,
+                json!({"base_lr": 0.001, "max_lr": 0.01, "step_size_up": 3, "mode": "triangular2",
+                       "cycle_momentum": false}),
+            ),
+        ),
+        (
+            "mlp_adadelta_sequential",
+            mlp(),
+            (optim::ADADELTA, json!({"lr": 1.0, "rho": 0.85})),
+            (
+                sched::SEQUENTIAL_LR,
+                json!({"schedulers": [
+                    spec(sched::CONSTANT_LR, json!({"factor": 0.25, "total_iters": 3})),
+                    spec(sched::STEP_LR, json!({"step_size": 2, "gamma": 0.7})),
+                ], "milestones": [5]}),
+            ),
+        ),
+        (
+            "mlp_rprop_cyclic",
+            mlp(),
+            (optim::RPROP, json!({"lr": 0.005, "etas": [0.4, 1.3]})),
+            (
+                sched::CYCLIC_LR,
+                json!({"base_lr": 0.001, "max_lr": 0.005, "step_size_up": 4, "mode": "exp_range",
+                       "gamma": 0.97, "cycle_momentum": false}),
+            ),
+        ),
+        (
+            "mlp_asgd_sequential",
+            mlp(),
+            (optim::ASGD, json!({"lr": 0.02, "t0": 4.0})),
+            (sched::SEQUENTIAL_LR, warmup_cosine),
+        ),
+        (
+            "mlp_adafactor_chained",
+            mlp(),
+            (optim::ADAFACTOR, json!({"lr": 0.01})),
+            (
+                sched::CHAINED_SCHEDULER,
+                json!({"schedulers": [
+                    spec(sched::LINEAR_LR, json!({"start_factor": 0.5, "total_iters": 5})),
+                    spec(sched::MULTI_STEP_LR, json!({"milestones": [3, 8], "gamma": 0.5})),
+                ]}),
+            ),
+        ),
+        (
+            "linear_muon_cyclic",
+            (
+                models::LINEAR,
+                json!({"in_features": 4, "out_features": 3, "bias": false}),
+            ),
+            (optim::MUON, json!({"lr": 0.02, "momentum": 0.9})),
+            (
+                sched::CYCLIC_LR,
+                json!({"base_lr": 0.005, "max_lr": 0.02, "step_size_up": 3,
+                       "base_momentum": 0.8, "max_momentum": 0.95}),
+            ),
+        ),
+        (
+            "mlp_sgd_cyclic_momentum",
+            mlp(),
+            (optim::SGD, json!({"lr": 0.05, "momentum": 0.9})),
+            (
+                sched::CYCLIC_LR,
+                json!({"base_lr": 0.01, "max_lr": 0.05, "step_size_up": 2, "step_size_down": 4}),
+            ),
+        ),
+    ]
 }
 
 fn version_1(dir: &Path) {
@@ -351,7 +533,7 @@ fn version_1(dir: &Path) {
         for (i, (combo, optimizer, scheduler)) in matrix_combos().into_iter().enumerate() {
             keep_or_write(dir, &format!("rust_matrix_{model_name}_{combo}.zip"), |out| {
                 let parts = (optimizer, scheduler);
-                matrix_checkpoint(out, 10 + i as i64, model.clone(), &[4], parts, true, Extra::None)
+                matrix_checkpoint(out, 10 + i as i64, model.clone(), &[4], parts, true, (1, Extra::None))
             });
         }
     }
@@ -364,7 +546,15 @@ fn version_1(dir: &Path) {
         let (combo_name, optimizer, scheduler) = combos.iter().find(|c| c.0 == combo).expect("a combo").clone();
         keep_or_write(dir, &format!("rust_sequential_{name}_{combo_name}.zip"), |out| {
             let model = (models::SEQUENTIAL, json!({ "layers": layers }));
-            matrix_checkpoint(out, 30, model, &in_shape, (optimizer, scheduler), true, Extra::None)
+            matrix_checkpoint(
+                out,
+                30,
+                model,
+                &in_shape,
+                (optimizer, scheduler),
+                true,
+                (1, Extra::None),
+            )
         });
     }
 }

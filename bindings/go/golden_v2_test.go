@@ -236,3 +236,26 @@ func TestGoldenV2RustMLPWithExtraState(t *testing.T) {
 		t.Errorf("the loaded optimizer has %d param groups, %v", n, err)
 	}
 }
+
+// Python's LambdaLR and MultiplicativeLR checkpoints: their function is a
+// callable tag. Go reads the file and its scheduler section, and refuses
+// to build the scheduler, naming the class.
+func TestGoldenV2PythonOnlySchedulersAreRefused(t *testing.T) {
+	for name, class := range map[string]string{
+		"python_v2_mlp_adam_lambda_checkpoint.zip":        "torch.optim.lr_scheduler.LambdaLR",
+		"python_v2_mlp_sgd_multiplicative_checkpoint.zip": "torch.optim.lr_scheduler.MultiplicativeLR",
+	} {
+		ckpt, err := OpenCheckpoint(goldenV2File(t, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ckpt.Close()
+		if ckpt.SchedulerClass() != class {
+			t.Errorf("%s: scheduler %q", name, ckpt.SchedulerClass())
+		}
+		if tag, ok := ckpt.SchedulerKwargs()["lr_lambda"].(CallableRef); !ok || tag.Name == "" {
+			t.Errorf("%s: lr_lambda %#v, want a callable placeholder", name, ckpt.SchedulerKwargs()["lr_lambda"])
+		}
+		expectRefusedOutsidePython(t, goldenV2File(t, name), class)
+	}
+}

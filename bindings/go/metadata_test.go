@@ -263,8 +263,19 @@ func TestGoldenTypedMetadata(t *testing.T) {
 			checkOptimizerInternals(t, ckpt, o)
 		}
 		if s := in.Scheduler; s != nil {
-			if _, ok := s.State["last_epoch"].(float64); !ok {
-				t.Errorf("%s: scheduler state without last_epoch: %v", path, s.State)
+			// ChainedScheduler has no epoch of its own: its children do.
+			epochs := []any{s.State}
+			if s.Class == "torch.optim.lr_scheduler.ChainedScheduler" {
+				epochs, _ = s.State["_schedulers"].([]any)
+			}
+			if len(epochs) == 0 {
+				t.Errorf("%s: scheduler state without children: %v", path, s.State)
+			}
+			for _, state := range epochs {
+				st, _ := state.(map[string]any)
+				if _, ok := st["last_epoch"].(float64); !ok {
+					t.Errorf("%s: scheduler state without last_epoch: %v", path, state)
+				}
 			}
 			if s.Class == "torch.optim.lr_scheduler.ReduceLROnPlateau" {
 				if s.State["best"] != math.Inf(1) {

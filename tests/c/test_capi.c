@@ -342,6 +342,34 @@ static void test_golden_v2_rust_extra(void) {
   free(sidecar);
 }
 
+/* Python's LambdaLR checkpoint: its lr_lambda is a callable tag, which only
+ * Python can fill in. The file reads; loading it into a container is
+ * refused, naming the class, and yields no container. Python's NAdam +
+ * SequentialLR checkpoint, whose children are spec tags, loads whole with
+ * the learning rate the file's optimizer section records. */
+static void test_golden_v2_schedulers(void) {
+  char *sidecar = NULL;
+  const char *meta = NULL;
+  pts_checkpoint_t *ckpt =
+      open_v2_golden("python_v2_mlp_adam_lambda_checkpoint.zip", &sidecar, &meta);
+  CHECK(ckpt != NULL);
+  pts_checkpoint_free(ckpt);
+  free(sidecar);
+  pts_container_t *c = NULL;
+  char *flat = NULL;
+  FAILS(pts_container_load(NULL, golden_v2("python_v2_mlp_adam_lambda_checkpoint.zip"), &c, &flat),
+        PTS_ERROR_UNSUPPORTED_CLASS, "torch.optim.lr_scheduler.LambdaLR");
+  CHECK(c == NULL && flat == NULL);
+
+  OK(pts_container_load(NULL, golden_v2("python_v2_mlp_nadam_sequential_checkpoint.zip"), &c,
+                        &flat));
+  double lr = 0.0;
+  OK(pts_container_lr(c, 0, &lr));
+  CHECK(lr == 0.008145033635316127);
+  pts_string_free(flat);
+  pts_container_free(c);
+}
+
 static void test_bad_files(void) {
   pts_checkpoint_t *ckpt = NULL;
   pts_container_t *c = NULL;
@@ -1670,6 +1698,7 @@ int main(int argc, char **argv) {
   test_checkpoint_reading();
   test_golden_v2_typed_kwargs_and_extra();
   test_golden_v2_rust_extra();
+  test_golden_v2_schedulers();
   test_bad_files();
   test_mlp_forward_matches_rust();
   test_container_life_cycle();

@@ -10,8 +10,9 @@ each with no optimizer, SGD + StepLR, Adam + CosineAnnealingWarmRestarts
 and AdamW + OneCycleLR, trained 10 steps; plus every dtype; plus two
 portable Sequentials (docs/MODELS.md) trained the same way (all in v1/,
 written by version 1 of the format). Version 2 (v2/): a checkpoint with typed
-kwargs (a dtype, a tuple) and extra state (RNG, GradScaler, Counters), and a
-weights file.
+kwargs (a dtype, a tuple) and extra state (RNG, GradScaler, Counters), a
+weights file, and training checkpoints of the optimizers and schedulers
+added in version 2's time (V2_TRAINING).
 """
 
 from __future__ import annotations
@@ -321,12 +322,237 @@ def v2_weights(scratch: str) -> tuple[str, dict[str, Any]]:
     return write_checkpoint(scratch, "golden", metadata, tensors, None), {}
 
 
+def warmup_factor(epoch: int) -> float:
+    """LambdaLR's ``lr_lambda`` in ``python_v2_mlp_adam_lambda``: the file
+    records only its name; a reader passes a function again at load."""
+    return min(1.0, (epoch + 1) / 4)
+
+
+def decay_factor(epoch: int) -> float:
+    """MultiplicativeLR's ``lr_lambda`` in ``python_v2_mlp_sgd_multiplicative``."""
+    return 0.9 if epoch % 3 == 0 else 1.0
+
+
+_LR = torch.optim.lr_scheduler
+_MLP_KWARGS = MODELS["mlp"][1]
+_WARMUP_COSINE = {
+    "schedulers": [
+        {"class": _LR.LinearLR, "kwargs": {"start_factor": 0.1, "total_iters": 4}},
+        {"class": _LR.CosineAnnealingLR, "kwargs": {"T_max": 20, "eta_min": 0.001}},
+    ],
+    "milestones": [4],
+}
+
+V2_TRAINING: dict[str, tuple[Any, dict[str, Any], Any, dict[str, Any], Any, dict[str, Any]]] = {
+    "mlp_nadam_sequential": (
+        MLP,
+        _MLP_KWARGS,
+        torch.optim.NAdam,
+        {"lr": 0.01, "weight_decay": 0.01, "decoupled_weight_decay": True, "momentum_decay": 0.005},
+        _LR.SequentialLR,
+        _WARMUP_COSINE,
+    ),
+    "mlp_radam_chained": (
+        MLP,
+        _MLP_KWARGS,
+        torch.optim.RAdam,
+        {"lr": 0.01, "weight_decay": 0.01, "decoupled_weight_decay": True},
+        _LR.ChainedScheduler,
+        {
+            "schedulers": [
+                {"class": _LR.ConstantLR, "kwargs": {"factor": 0.5, "total_iters": 6}},
+                {"class": _LR.ExponentialLR, "kwargs": {"gamma": 0.95}},
+            ]
+        },
+    ),
+    "mlp_adamax_cyclic": (
+        MLP,
+        _MLP_KWARGS,
+        torch.optim.Adamax,
+        {"lr": 0.01},
+        _LR.CyclicLR,
+        {
+            "base_lr": 0.001,
+            "max_lr": 0.01,
+            "step_size_up": 3,
+            "mode": "triangular2",
+            "cycle_momentum": False,
+        },
+    ),
+    "mlp_adadelta_sequential": (
+        MLP,
+        _MLP_KWARGS,
+        torch.optim.Adadelta,
+        {"lr": 1.0, "rho": 0.85},
+        _LR.SequentialLR,
+        {
+            "schedulers": [
+                {"class": _LR.ConstantLR, "kwargs": {"factor": 0.25, "total_iters": 3}},
+                {"class": _LR.StepLR, "kwargs": {"step_size": 2, "gamma": 0.7}},
+            ],
+            "milestones": [5],
+        },
+    ),
+    "mlp_rprop_cyclic": (
+        MLP,
+        _MLP_KWARGS,
+        torch.optim.Rprop,
+        {"lr": 0.005, "etas": (0.4, 1.3)},
+        _LR.CyclicLR,
+        {
+            "base_lr": 0.001,
+            "max_lr": 0.005,
+            "step_size_up": 4,
+            "mode": "exp_range",
+            "gamma": 0.97,
+            "cycle_momentum": False,
+        },
+    ),
+    "mlp_asgd_sequential": (
+        MLP,
+        _MLP_KWARGS,
+        torch.optim.ASGD,
+        {"lr": 0.02, "t0": 4.0},
+        _LR.SequentialLR,
+        _WARMUP_COSINE,
+    ),
+    "mlp_adafactor_chained": (
+        MLP,
+        _MLP_KWARGS,
+        torch.optim.Adafactor,
+        {"lr": 0.01},
+        _LR.ChainedScheduler,
+        {
+            "schedulers": [
+                {"class": _LR.LinearLR, "kwargs": {"start_factor": 0.5, "total_iters": 5}},
+                {"class": _LR.MultiStepLR, "kwargs": {"milestones": [3, 8], "gamma": 0.5}},
+            ]
+        },
+    ),
+    "linear_muon_cyclic": (
+        torch.nn.Linear,
+        {"in_features": 4, "out_features": 3, "bias": False},
+        torch.optim.Muon,
+        {"lr": 0.02, "momentum": 0.9},
+        _LR.CyclicLR,
+        {
+            "base_lr": 0.005,
+            "max_lr": 0.02,
+            "step_size_up": 3,
+            "base_momentum": 0.8,
+            "max_momentum": 0.95,
+        },
+    ),
+    "mlp_sgd_cyclic_momentum": (
+        MLP,
+        _MLP_KWARGS,
+        torch.optim.SGD,
+        {"lr": 0.05, "momentum": 0.9},
+        _LR.CyclicLR,
+        {"base_lr": 0.01, "max_lr": 0.05, "step_size_up": 2, "step_size_down": 4},
+    ),
+    "mlp_adam_lambda": (
+        MLP,
+        _MLP_KWARGS,
+        torch.optim.Adam,
+        {"lr": 0.01},
+        _LR.LambdaLR,
+        {"lr_lambda": warmup_factor},
+    ),
+    "mlp_sgd_multiplicative": (
+        MLP,
+        _MLP_KWARGS,
+        torch.optim.SGD,
+        {"lr": 0.05},
+        _LR.MultiplicativeLR,
+        {"lr_lambda": decay_factor},
+    ),
+}
+"""Version 2 training checkpoints: name -> (model class, kwargs, optimizer,
+kwargs, scheduler, kwargs). Composites' children are ``spec`` tags in the
+file; LambdaLR's and MultiplicativeLR's functions ``callable`` tags."""
+
+
+def v2_training_checkpoint(scratch: str, seed: int, name: str) -> tuple[str, dict[str, Any]]:
+    """A V2_TRAINING checkpoint trained 10 steps as the matrix is, with the
+    sidecar's forward and resume (the resume passes the callables again)."""
+    model_class, model_kwargs, optim_class, optim_kwargs, sched_class, sched_kwargs = V2_TRAINING[
+        name
+    ]
+    torch.manual_seed(seed)
+    container = ModelContainer()
+    objs = container.initialize(
+        model_class, model_kwargs, optim_class, optim_kwargs, sched_class, sched_kwargs
+    )
+    x, y = torch.randn(6, 4), torch.randn(6, 3)
+    train(objs, x, y, BEFORE)
+    path = container.save(scratch, "golden", step=BEFORE)
+    probe = torch.linspace(-1.0, 1.0, 8).reshape(2, 4)
+    with torch.no_grad():
+        output = objs.model.eval()(probe)
+    callables = {k: v for k, v in sched_kwargs.items() if k == "lr_lambda"}
+    _, resumed = ModelContainer().load(path, callables=callables or None)
+    train(resumed, x, y, AFTER)
+    return path, {
+        "forward": {"input": f32s(probe), "input_shape": [2, 4], "output": f32s(output)},
+        "resume": {
+            "input": f32s(x),
+            "input_shape": [6, 4],
+            "target": f32s(y),
+            "target_shape": [6, 3],
+            "steps": AFTER,
+            "params_after": {n: f32s(t) for n, t in resumed.model.state_dict().items()},
+            "lrs_after": [g["lr"] for g in resumed.optimizer.param_groups],
+        },
+    }
+
+
+def v2_lbfgs_checkpoint(scratch: str) -> tuple[str, dict[str, Any]]:
+    """The MLP with LBFGS (a short history, rolled over by the save, and
+    the strong Wolfe line search) and StepLR, trained 6 steps with a
+    closure, as examples/golden.rs writes Rust's; with the sidecar's
+    forward and no resume record (replaying one needs a closure)."""
+    torch.manual_seed(310)
+    container = ModelContainer()
+    objs = container.initialize(
+        MLP,
+        _MLP_KWARGS,
+        torch.optim.LBFGS,
+        {"lr": 0.5, "max_iter": 4, "history_size": 3, "line_search_fn": "strong_wolfe"},
+        _LR.StepLR,
+        {"step_size": 2, "gamma": 0.5},
+    )
+    x, y = torch.randn(6, 4), torch.randn(6, 3)
+
+    def closure() -> torch.Tensor:
+        objs.optimizer.zero_grad()
+        loss = (objs.model(x) - y).square().mean()
+        loss.backward()
+        return loss
+
+    for _ in range(6):
+        objs.optimizer.step(closure)
+        objs.scheduler.step()
+    path = container.save(scratch, "golden", step=6)
+    probe = torch.linspace(-1.0, 1.0, 8).reshape(2, 4)
+    with torch.no_grad():
+        output = objs.model.eval()(probe)
+    return path, {"forward": {"input": f32s(probe), "input_shape": [2, 4], "output": f32s(output)}}
+
+
 def main() -> None:
     GOLDEN.mkdir(parents=True, exist_ok=True)
     GOLDEN_V2.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     keep_or_write("python_v2_typed_extra_checkpoint.zip", v2_typed_extra_checkpoint, GOLDEN_V2)
     keep_or_write("python_v2_weights.zip", v2_weights, GOLDEN_V2)
+    for i, name in enumerate(V2_TRAINING):
+        keep_or_write(
+            f"python_v2_{name}_checkpoint.zip",
+            lambda scratch, i=i, name=name: v2_training_checkpoint(scratch, 300 + i, name),
+            GOLDEN_V2,
+        )
+    keep_or_write("python_v2_mlp_lbfgs_steplr_checkpoint.zip", v2_lbfgs_checkpoint, GOLDEN_V2)
     keep_or_write("python_all_dtypes_inference.zip", all_dtypes)
     for m, model in enumerate(MODELS):
         for c, combo in enumerate(COMBOS):

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import torch
-from pytorch_saver import RNG, ClassResolutionError, Counters, ModelContainer, read_checkpoint
+from pytorch_saver import RNG, ClassResolutionError, Counters, ModelContainer, Spec, read_checkpoint
+from pytorch_saver._state import optimizer_layout
 from pytorch_saver.distributed import read_tensors, verify
 
 GOLDEN = Path(__file__).resolve().parents[3] / "tests" / "golden"
@@ -61,38 +62,101 @@ def test_reads_with_the_recorded_values(path: Path) -> None:
             assert hex_of(got[name]) == t["hex"], f"{member}: {name}"
 
 
-# The files of built-in models whose kwargs are plain JSON (v1's matrix):
-# their metadata loads back as the sidecar records it. The v2 files have
-# tests of their own below.
+# The files of built-in models whose kwargs are plain JSON (v1's matrix),
+# and v2's training checkpoints of the optimizers and schedulers added with
+# it: their metadata loads back as the sidecar records it. The other v2
+# files have tests of their own below.
 BUILTIN_FILES = [
     p
     for p in FILES
-    if p.parent.name == "v1"
-    and sidecar(p)["metadata"]["__pytorch_saver__"]["model"]["class"] in BUILTIN_MODELS
+    if (p.parent.name == "v1" or (p.parent.name == "v2" and p.name.endswith("_checkpoint.zip")))
+    and "extra" not in sidecar(p)["metadata"]["__pytorch_saver__"]
+    and sidecar(p)["metadata"]["__pytorch_saver__"].get("model", {}).get("class") in BUILTIN_MODELS
 ]
+
+
+def warmup_factor(epoch: int) -> float:
+    """The generator's LambdaLR function (tests/golden/README.md)."""
+    return min(1.0, (epoch + 1) / 4)
+
+
+def decay_factor(epoch: int) -> float:
+    """The generator's MultiplicativeLR function (tests/golden/README.md)."""
+    return 0.9 if epoch % 3 == 0 else 1.0
+
+
+# Scheduler class -> the function its golden files' callable tag stands for.
+CALLABLES = {
+    "torch.optim.lr_scheduler.LambdaLR": warmup_factor,
+    "torch.optim.lr_scheduler.MultiplicativeLR": decay_factor,
+}
+
+
+def test_the_v2_training_checkpoints_of_both_languages_are_there() -> None:
+    names = {p.name for p in BUILTIN_FILES}
+    for name in (
+        "mlp_nadam_sequential",
+        "mlp_radam_chained",
+        "mlp_adamax_cyclic",
+        "mlp_adadelta_sequential",
+        "mlp_rprop_cyclic",
+        "mlp_asgd_sequential",
+        "mlp_adafactor_chained",
+        "linear_muon_cyclic",
+        "mlp_sgd_cyclic_momentum",
+        "mlp_lbfgs_steplr",
+    ):
+        for language in ("rust", "python"):
+            assert f"{language}_v2_{name}_checkpoint.zip" in names
+    assert "python_v2_mlp_adam_lambda_checkpoint.zip" in names
+    assert "python_v2_mlp_sgd_multiplicative_checkpoint.zip" in names
+
+
+def as_recorded(value: Any, recorded: Any) -> Any:
+    """Loaded metadata in the file's form: tuples back to ``tuple`` tags, a
+    composite's children (loaded as ``Spec``) back to ``spec`` tags, and
+    the function passed for a ``callable`` tag back to that tag."""
+    if isinstance(value, Spec):
+        name = f"{value.cls.__module__}.{value.cls.__qualname__}"
+        return {
+            "__type__": "spec",
+            "class": name,
+            "kwargs": as_recorded(value.kwargs, recorded["kwargs"]),
+        }
+    if isinstance(value, tuple) and isinstance(recorded, dict):
+        items = [as_recorded(v, r) for v, r in zip(value, recorded["items"], strict=True)]
+        return {"__type__": "tuple", "items": items}
+    if isinstance(value, dict) and isinstance(recorded, dict):
+        return {k: as_recorded(v, recorded.get(k)) for k, v in value.items()}
+    if isinstance(value, list) and isinstance(recorded, list) and len(value) == len(recorded):
+        return [as_recorded(v, r) for v, r in zip(value, recorded, strict=True)]
+    if any(value is fn for fn in CALLABLES.values()):
+        assert isinstance(recorded, dict) and recorded.get("__type__") == "callable", recorded
+        return recorded
+    return value
 
 
 @pytest.mark.parametrize("path", BUILTIN_FILES, ids=lambda p: p.name)
 def test_loads_by_name_with_its_bytes_forward_and_resume(path: Path) -> None:
     want = sidecar(path)
-    metadata, objs = ModelContainer().load(path)
+    scheduler = want["metadata"]["__pytorch_saver__"].get("scheduler", {}).get("class")
+    callables = {"lr_lambda": CALLABLES[scheduler]} if scheduler in CALLABLES else None
+    metadata, objs = ModelContainer().load(path, callables=callables)
     assert "__pytorch_saver__" not in metadata
-    assert metadata == {k: v for k, v in want["metadata"].items() if k != "__pytorch_saver__"}
+    recorded = {k: v for k, v in want["metadata"].items() if k != "__pytorch_saver__"}
+    assert as_recorded(metadata, recorded) == recorded
     for name, t in objs.model.state_dict().items():
         assert hex_of(t) == want["tensors"]["model.safetensors"][name]["hex"], name
     internals = want["metadata"]["__pytorch_saver__"]
     assert (objs.optimizer is None) == ("optimizer" not in internals)
     assert (objs.scheduler is None) == ("scheduler" not in internals)
     if objs.optimizer is not None:
+        # The optimizer's state in the file's layout (LBFGS's lists stacked).
         saved = want["tensors"]["optimizer.safetensors"]
-        state = objs.optimizer.state_dict()["state"]
-        n = 0
-        for index, entries in state.items():
-            for key, value in entries.items():
-                if torch.is_tensor(value):
-                    assert hex_of(value) == saved[f"state.{index}.{key}"]["hex"], (index, key)
-                    n += 1
-        assert n == len(saved)
+        _, tensors = optimizer_layout(objs.optimizer, objs.model, internals["optimizer"]["class"])
+        assert set(tensors) == set(saved)
+        for name, value in tensors.items():
+            assert hex_of(value) == saved[name]["hex"], name
 
     if "forward" in want:
         fwd = want["forward"]
