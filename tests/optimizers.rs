@@ -6,8 +6,8 @@
 mod common;
 
 use pytorch_saver::optim::{
-    Optimizer, ADADELTA, ADAFACTOR, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, LBFGS, MUON, NADAM, RADAM, RMSPROP, RPROP, SGD,
-    SPARSE_ADAM,
+    Optimizer, OptimizerState, ADADELTA, ADAFACTOR, ADAGRAD, ADAM, ADAMAX, ADAMW, ASGD, LBFGS, MUON, NADAM, RADAM,
+    RMSPROP, RPROP, SGD, SPARSE_ADAM,
 };
 use pytorch_saver::Error;
 use serde_json::{json, Map, Value};
@@ -146,6 +146,14 @@ fn scenarios() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// The layout PyTorch's `state_dict()` has besides the state: the
+/// param_groups and the parameter names.
+fn assert_groups_and_names(sd: &OptimizerState, reference: &Value, label: &str) {
+    let groups: Vec<Value> = sd.param_groups.iter().map(|g| g.to_json()).collect();
+    assert_eq!(Value::Array(groups), reference["param_groups"], "{label}: param_groups");
+    assert_eq!(json!(sd.param_names), reference["param_names"], "{label}: param_names");
+}
+
 #[test]
 fn optimizers_match_torch_optim_over_200_steps() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,17 +202,7 @@ fn optimizers_match_torch_optim_over_200_steps() {
         let label = format!("{class} {kw}");
         // The layout: param_groups and parameter names as PyTorch's.
         let sd = opt.state_dict().unwrap();
-        let ours: Vec<Value> = sd.param_groups.iter().map(|g| g.to_json()).collect();
-        assert_eq!(
-            Value::Array(ours),
-            reference[s]["param_groups"],
-            "{label}: param_groups"
-        );
-        assert_eq!(
-            json!(sd.param_names),
-            reference[s]["param_names"],
-            "{label}: param_names"
-        );
+        assert_groups_and_names(&sd, &reference[s], &label);
         let expected_keys: Vec<String> = tensors
             .keys()
             .filter_map(|k| k.strip_prefix(&format!("state.{s}.")).map(str::to_owned))
@@ -590,17 +588,7 @@ fn lbfgs_with_a_closure_matches_torch_optim_over_200_steps() {
                 .unwrap_or_else(|e| panic!("{label}: {e}"));
         }
         let sd = opt.state_dict().unwrap();
-        let groups: Vec<Value> = sd.param_groups.iter().map(|g| g.to_json()).collect();
-        assert_eq!(
-            Value::Array(groups),
-            reference[s]["param_groups"],
-            "{label}: param_groups"
-        );
-        assert_eq!(
-            json!(sd.param_names),
-            reference[s]["param_names"],
-            "{label}: param_names"
-        );
+        assert_groups_and_names(&sd, &reference[s], &label);
         let values: Map<String, Value> = sd.values.iter().map(|(i, v)| (i.to_string(), json!(v))).collect();
         assert_eq!(
             Value::Object(values),

@@ -157,16 +157,9 @@ func (r *Registry) RegisterOptimizer(name string, class OptimizerClass) error {
 // ContainsOptimizer reports whether an optimizer class name is registered
 // (the built-in torch.optim classes are always there, not registered).
 func (r *Registry) ContainsOptimizer(name string) (bool, error) {
-	cname, err := cString("class name", name)
-	if err != nil {
-		return false, err
-	}
-	defer freeString(cname)
-	var out C.bool
-	err = r.read(func(ptr *C.pts_registry_t) error {
-		return takeError(C.pts_registry_contains_optimizer(ptr, cname, &out))
+	return r.contains(name, func(ptr *C.pts_registry_t, cname *C.char, out *C.bool) *C.pts_error_t {
+		return C.pts_registry_contains_optimizer(ptr, cname, out)
 	})
-	return bool(out), err
 }
 
 // callHandle is a library pointer valid during one callback.

@@ -117,6 +117,13 @@ func (r *Registry) read(f func(ptr *C.pts_registry_t) error) error {
 
 // Contains reports whether a class name is registered.
 func (r *Registry) Contains(name string) (bool, error) {
+	return r.contains(name, func(ptr *C.pts_registry_t, cname *C.char, out *C.bool) *C.pts_error_t {
+		return C.pts_registry_contains(ptr, cname, out)
+	})
+}
+
+// contains asks the library, through query, whether name is registered.
+func (r *Registry) contains(name string, query func(*C.pts_registry_t, *C.char, *C.bool) *C.pts_error_t) (bool, error) {
 	cname, err := cString("class name", name)
 	if err != nil {
 		return false, err
@@ -124,7 +131,7 @@ func (r *Registry) Contains(name string) (bool, error) {
 	defer freeString(cname)
 	var out C.bool
 	err = r.read(func(ptr *C.pts_registry_t) error {
-		return takeError(C.pts_registry_contains(ptr, cname, &out))
+		return takeError(query(ptr, cname, &out))
 	})
 	return bool(out), err
 }
