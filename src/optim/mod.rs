@@ -15,7 +15,7 @@
 //! - state.rs: per-parameter state, its helpers and loaded-state checks.
 //! - group.rs: [`ParamGroup`], shared with the schedulers (no tch).
 //! - kernels.rs: the ATen ops with scalars that tch leaves out.
-//! - lbfgs.rs: LBFGS, whose step takes a closure and whose state is
+//! - lbfgs/: LBFGS, whose step takes a closure and whose state is
 //!   global (kept under the first parameter, as PyTorch keeps it).
 //! - user.rs: optimizer classes a user registers ([`OptimizerClass`]),
 //!   and `Class`, a built-in algorithm or a registered class.
