@@ -319,7 +319,14 @@ def main() -> int:
     if args.rank is None:
         return _launch(args.scenario, args.world, args.out)
     _rank_main(args.rank, args.scenario, args.world, args.port, Path(args.out))
-    return 0
+    # destroy_process_group leaves gloo's transport threads running (the
+    # device mesh still holds the group), and tearing them down among the
+    # interpreter's exit-time destructors sometimes aborts the process
+    # ("terminate called without an active exception") after the rank has
+    # done all its work. A finished rank exits here instead.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
