@@ -174,7 +174,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.rank is not None:
         _rank(args.rank, args.port, Path(args.work), args.runs)
-        return
+        # gloo's transport threads outlive destroy_process_group, and their
+        # teardown among the interpreter's exit-time destructors can abort a
+        # rank that has finished: exit without it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     os.makedirs(args.dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="sharded-", dir=args.dir)
     try:
