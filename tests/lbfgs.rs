@@ -92,17 +92,9 @@ fn assert_bit_identical(a: &ModelContainer, b: &ModelContainer, label: &str) {
 /// train 5 more steps, save. Without the role variable it does nothing.
 #[test]
 fn child_process_role() {
-    let Some((ckpt, out)) = common::resume_role() else {
-        return;
-    };
-    let mut c = ModelContainer::new();
-    let meta = c.load(&ckpt).unwrap();
-    let start = meta["step"].as_u64().unwrap() as usize;
-    train(&mut c, &common::batch_data(), start, 5);
-    let path = c
-        .save(&out, "resumed", &UserMetadata::new().with("step", start + 5).unwrap())
-        .unwrap();
-    common::report_saved(&path);
+    common::resume_child(ModelContainer::new(), 5, |c, start, steps| {
+        train(c, &common::batch_data(), start, steps);
+    });
 }
 
 #[test]

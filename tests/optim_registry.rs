@@ -134,17 +134,9 @@ fn assert_bit_identical(a: &ModelContainer, b: &ModelContainer) {
 /// train 50 more steps, save. Without the role variable it does nothing.
 #[test]
 fn child_process_role() {
-    let Some((ckpt, out)) = common::resume_role() else {
-        return;
-    };
-    let mut c = ModelContainer::with_registry(registry());
-    let meta = c.load(&ckpt).unwrap();
-    let start = meta["step"].as_u64().unwrap() as usize;
-    train(&mut c, &data(), start, 50);
-    let path = c
-        .save(&out, "resumed", &UserMetadata::new().with("step", start + 50).unwrap())
-        .unwrap();
-    common::report_saved(&path);
+    common::resume_child(ModelContainer::with_registry(registry()), 50, |c, start, steps| {
+        train(c, &data(), start, steps);
+    });
 }
 
 #[test]

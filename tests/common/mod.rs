@@ -273,7 +273,7 @@ const CHILD_CHECKPOINT: &str = "PTS_TEST_CHILD_CHECKPOINT";
 /// Resumes `ckpt` in a fresh process: this test binary's
 /// `child_process_role`, given the role "resume" ([`resume_role`]), loads
 /// it, trains on, saves into `out` and prints the path
-/// ([`report_saved`]), which this returns.
+/// ([`resume_child`]), which this returns.
 pub fn spawn_resume(ckpt: &Path, out: &Path) -> PathBuf {
     let output = spawn_child("resume", out).env(CHILD_CHECKPOINT, ckpt).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -287,13 +287,29 @@ pub fn spawn_resume(ckpt: &Path, out: &Path) -> PathBuf {
 
 /// The checkpoint to resume and the directory to save into, in a child
 /// of [`spawn_resume`]; `None` in a normal test run.
-pub fn resume_role() -> Option<(PathBuf, PathBuf)> {
+fn resume_role() -> Option<(PathBuf, PathBuf)> {
     let (role, out) = child_role()?;
     assert_eq!(role, "resume");
     Some((PathBuf::from(std::env::var(CHILD_CHECKPOINT).ok()?), out))
 }
 
-/// What a [`spawn_resume`] child prints once it has saved.
-pub fn report_saved(path: &Path) {
+/// What a [`spawn_resume`] child does, from its `child_process_role`:
+/// loads the checkpoint into `c` knowing nothing else, trains `steps` more
+/// steps from the saved `step` (`train(c, start, steps)`), saves with the
+/// new `step` and prints the path. In a normal test run it does nothing.
+#[cfg(feature = "torch")]
+pub fn resume_child(
+    mut c: pytorch_saver::ModelContainer,
+    steps: usize,
+    train: impl FnOnce(&mut pytorch_saver::ModelContainer, usize, usize),
+) {
+    let Some((ckpt, out)) = resume_role() else {
+        return;
+    };
+    let meta = c.load(&ckpt).unwrap();
+    let start = meta["step"].as_u64().unwrap() as usize;
+    train(&mut c, start, steps);
+    let step = pytorch_saver::UserMetadata::new().with("step", start + steps).unwrap();
+    let path = c.save(&out, "resumed", &step).unwrap();
     println!("SAVED: {}", path.display());
 }
