@@ -17,7 +17,6 @@ import "C"
 import (
 	"encoding/json"
 	"fmt"
-	"runtime"
 	"runtime/cgo"
 	"strings"
 	"sync"
@@ -136,22 +135,9 @@ func (r *Registry) RegisterOptimizer(name string, class OptimizerClass) error {
 			table[i] = C.pts_optim_state_key_t{name: ck, rank0: C.bool(k.Rank0), required: C.bool(!k.Optional)}
 		}
 	}
-	if r == nil {
-		return errorf(CodeNullArgument, "the registry is nil")
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.ptr == nil {
-		return errClosed("registry")
-	}
-	maybeGC()
-	// The library owns the handle from here on, whatever the outcome:
-	// its finalizer (ptsgoRelease) deletes it, at once on error.
-	h := newHandle(&optimizerEntry{name: name, class: class})
-	err = takeError(C.ptsgo_register_optimizer(r.ptr, cname, chyper, keys, C.size_t(n),
-		C.bool(class.CheckGroup != nil), C.uintptr_t(h)))
-	runtime.KeepAlive(r)
-	return err
+	return r.register(&optimizerEntry{name: name, class: class}, func(ptr *C.pts_registry_t, h C.uintptr_t) *C.pts_error_t {
+		return C.ptsgo_register_optimizer(ptr, cname, chyper, keys, C.size_t(n), C.bool(class.CheckGroup != nil), h)
+	})
 }
 
 // ContainsOptimizer reports whether an optimizer class name is registered

@@ -115,6 +115,25 @@ func (r *Registry) read(f func(ptr *C.pts_registry_t) error) error {
 	return err
 }
 
+// register hands entry to the library under the exclusive lock: f passes
+// the handle to a registering call. The library owns the handle from the
+// call on, whatever the outcome: its finalizer (ptsgoRelease) deletes it,
+// at once on error.
+func (r *Registry) register(entry any, f func(ptr *C.pts_registry_t, h C.uintptr_t) *C.pts_error_t) error {
+	if r == nil {
+		return errorf(CodeNullArgument, "the registry is nil")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ptr == nil {
+		return errClosed("registry")
+	}
+	maybeGC()
+	err := takeError(f(r.ptr, C.uintptr_t(newHandle(entry))))
+	runtime.KeepAlive(r)
+	return err
+}
+
 // Contains reports whether a class name is registered.
 func (r *Registry) Contains(name string) (bool, error) {
 	return r.contains(name, func(ptr *C.pts_registry_t, cname *C.char, out *C.bool) *C.pts_error_t {
@@ -155,21 +174,9 @@ func (r *Registry) RegisterModel(name string, factory ModelFactory) error {
 		return err
 	}
 	defer freeString(cname)
-	if r == nil {
-		return errorf(CodeNullArgument, "the registry is nil")
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.ptr == nil {
-		return errClosed("registry")
-	}
-	maybeGC()
-	// The library owns the handle from here on, whatever the outcome:
-	// its finalizer (ptsgoRelease) deletes it, at once on error.
-	h := newHandle(&factoryEntry{name: name, factory: factory})
-	err = takeError(C.ptsgo_register_model(r.ptr, cname, C.uintptr_t(h)))
-	runtime.KeepAlive(r)
-	return err
+	return r.register(&factoryEntry{name: name, factory: factory}, func(ptr *C.pts_registry_t, h C.uintptr_t) *C.pts_error_t {
+		return C.ptsgo_register_model(ptr, cname, h)
+	})
 }
 
 // NewContainer returns an empty container over the registry's classes
