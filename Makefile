@@ -26,7 +26,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 TORCH_DIR = $(CURDIR)/$(VENV)/lib/python3.11/site-packages/torch
 SDK := $(CURDIR)/target/sdk
 PREFIX ?= $(SDK)
-C_SOURCES = $(wildcard src/*.cpp src/*.h src/optim/*.cpp tests/c/*.c tests/c/*.h examples/c/*.c examples/cpp/*.cpp bindings/cpp/*.hpp bindings/cpp/tests/*.cpp bindings/go/*.c bindings/go/*.h)
+C_SOURCES = $(wildcard src/*.cpp src/*.h src/optim/*.cpp tests/c/*.c tests/c/*.h examples/c/*.c examples/cpp/*.cpp bindings/cpp/*.hpp bindings/cpp/tests/*.cpp bindings/cpp/tests/*.hpp bindings/go/*.c bindings/go/*.h)
 
 .PHONY: all demo test lint rust-test python-package python-test c-test cpp-test go-test go-serve bench fuzz venv deps build clean lib install header
 

@@ -33,6 +33,8 @@
 #include <utility>
 #include <vector>
 
+#include "temp_dir.hpp"
+
 extern char** environ;
 
 namespace {
@@ -106,32 +108,6 @@ Container new_net_container(const Registry& registry) {
                        kWarmRestartsKwargs);
   return container;
 }
-
-// A directory removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "pts_cpp_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  // A new subdirectory.
-  std::string sub(const std::string& name) const {
-    fs::create_directories(path_ / name);
-    return (path_ / name).string();
-  }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
 
 // The Error `f` throws, or nullopt.
 template <class F>

@@ -15,6 +15,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "temp_dir.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -25,29 +27,6 @@ using pytorch_saver::StateView;
 
 constexpr const char* kMlp = "pytorch_saver.models.MLP";
 constexpr const char* kMlpKwargs = R"({"in_dim": 4, "hidden_dim": 8, "n_classes": 3})";
-
-// A directory removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "pts_cpp_extra_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string str() const { return path_.string(); }
-  size_t file_count() const {
-    return static_cast<size_t>(std::distance(fs::directory_iterator(path_), {}));
-  }
-
- private:
-  fs::path path_;
-};
 
 // A C++ object with state: a step count and a running average tensor.
 struct Ema : pytorch_saver::Stateful {

@@ -12,28 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
 using pytorch_saver::Container;
 using pytorch_saver::Error;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "pts_cpp_lbfgs_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
 
 // y = x w + 0.25 with w = (1.5, -2, 0.5), x a fixed grid.
 torch::Tensor inputs() { return torch::linspace(-1.0, 1.0, 48).reshape({16, 3}); }

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -20,24 +22,6 @@ using pytorch_saver::CheckpointManager;
 using pytorch_saver::Container;
 using pytorch_saver::Error;
 using pytorch_saver::Policy;
-
-// A directory removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "pts_cpp_manager_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
 
 // A freshly (randomly) initialized MLP with SGD.
 Container new_mlp() {

@@ -18,6 +18,8 @@
 #include <utility>
 #include <vector>
 
+#include "temp_dir.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -104,25 +106,6 @@ Container fresh(const Registry& registry) {
   container.initialize(kMlp, kMlpKwargs, kSignMomentum, kKwargs, kStepLr, kStepLrKwargs);
   return container;
 }
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "pts_cpp_optim_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
 
 void expect_same_member(const std::string& a, const std::string& b, Member member) {
   Checkpoint ca = Checkpoint::open(a);

@@ -18,6 +18,8 @@
 #include <utility>
 #include <vector>
 
+#include "temp_dir.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -28,23 +30,6 @@ using pytorch_saver::Error;
 using pytorch_saver::LoadOptions;
 using pytorch_saver::Policy;
 using pytorch_saver::ProgressFn;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "pts_cpp_progress_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
 
 // What a callback heard; the library serializes the calls.
 struct Record {
